@@ -1,0 +1,256 @@
+//! Observation of the local database: one bounded round trip per poll cycle.
+//!
+//! Owns the connection pool (bb8, at most `max_connections_in_pool` connections, never
+//! connecting at start-up so the daemon starts with its database down) and the single query
+//! that reads `pg_is_in_recovery()` together with every row of `repmgr.nodes`. The query runs
+//! as an unnamed, typed statement (`query_typed`): one round trip, no prepare, no text pasted
+//! into SQL. Nothing here decides anything; it only says what the database said, or why it
+//! could not be asked.
+
+use std::time::Duration;
+
+use bb8::{Pool, RunError};
+use bb8_postgres::PostgresConnectionManager;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Config as PgConfig, NoTls};
+
+/// One row of `repmgr.nodes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    pub node_id: i32,
+    pub node_name: String,
+    /// `primary`, `standby` or `witness`.
+    pub node_type: String,
+    pub active: bool,
+    /// The site.
+    pub location: String,
+    /// How repmgr reaches the node; its host is the default address of the node's daemon.
+    pub conninfo: String,
+}
+
+/// What one successful round trip to the local database returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbObservation {
+    pub in_recovery: bool,
+    /// Every row of `repmgr.nodes`, ordered by `node_id`.
+    pub nodes: Vec<NodeRow>,
+}
+
+impl DbObservation {
+    /// The active primary named by this metadata, if exactly one row is an active primary.
+    pub fn named_primary(&self) -> Option<&str> {
+        let mut primaries = self
+            .nodes
+            .iter()
+            .filter(|n| n.node_type == "primary" && n.active);
+        match (primaries.next(), primaries.next()) {
+            (Some(p), None) => Some(&p.node_name),
+            _ => None,
+        }
+    }
+}
+
+/// Why the local database could not be observed. Each of them makes the node Down.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DbError {
+    #[error("database did not answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("cannot connect to database: {0}")]
+    Connect(String),
+    #[error("query failed: {0}")]
+    Query(String),
+    #[error("not a repmgr database: {0}")]
+    NotRepmgr(String),
+}
+
+impl DbError {
+    /// A short stable kind, so that a change of error text does not count as a new failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DbError::Timeout(_) => "timeout",
+            DbError::Connect(_) => "connect",
+            DbError::Query(_) => "query",
+            DbError::NotRepmgr(_) => "not_repmgr",
+        }
+    }
+}
+
+/// The single statement of a poll cycle. A LEFT JOIN keeps the recovery flag when the table
+/// is empty.
+const OBSERVE_SQL: &str = "SELECT r.in_recovery, n.node_id, n.node_name, n.type, n.active, \
+     n.location, n.conninfo \
+     FROM (SELECT pg_is_in_recovery() AS in_recovery) r \
+     LEFT JOIN repmgr.nodes n ON true ORDER BY n.node_id";
+
+/// The local database, through a small pool.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool<PostgresConnectionManager<NoTls>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("timeout", &self.timeout).finish()
+    }
+}
+
+impl Db {
+    /// Builds the pool without connecting. `timeout` bounds every observation as a whole and
+    /// also each connection attempt (libpq `connect_timeout`, pool checkout) and each statement
+    /// on the server (`statement_timeout`), so that a query outliving its caller is cancelled
+    /// by the server as well.
+    pub fn new(conninfo: &str, pool_size: u32, timeout: Duration) -> Result<Db, DbError> {
+        let mut config: PgConfig = conninfo
+            .parse()
+            .map_err(|e| DbError::Connect(format!("bad conninfo: {e}")))?;
+        if config.get_application_name().is_none() {
+            config.application_name("primgr");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(timeout);
+        }
+        let statement_timeout = format!("-c statement_timeout={}", timeout.as_millis().max(1));
+        let options = match config.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} {statement_timeout}"),
+            _ => statement_timeout,
+        };
+        config.options(options);
+        let manager = PostgresConnectionManager::new(config, NoTls);
+        let pool = Pool::builder()
+            .max_size(pool_size)
+            .connection_timeout(timeout)
+            // Validating on checkout would cost a second round trip per cycle; a broken
+            // connection is noticed by the query itself (and retried once, below).
+            .test_on_check_out(false)
+            // Report a refused connection as it is instead of retrying until the timeout.
+            .retry_connection(false)
+            .idle_timeout(Some(Duration::from_secs(600)))
+            .build_unchecked(manager);
+        Ok(Db { pool, timeout })
+    }
+
+    /// Observes the database once, within the timeout.
+    pub async fn observe(&self) -> Result<DbObservation, DbError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let attempt = async {
+            match self.observe_once().await {
+                // A pooled connection whose server went away fails once with "closed"; the
+                // pool drops it, so a second attempt gets a fresh connection.
+                Err(Retry::Closed(_)) => self.observe_once().await,
+                other => other,
+            }
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(obs)) => Ok(obs),
+            Ok(Err(Retry::Closed(e) | Retry::Final(e))) => Err(e),
+            Err(_) => Err(DbError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn observe_once(&self) -> Result<DbObservation, Retry> {
+        let conn = self.pool.get().await.map_err(|e| match e {
+            RunError::User(e) => Retry::Final(DbError::Connect(error_text(&e))),
+            RunError::TimedOut => Retry::Final(DbError::Timeout(self.timeout)),
+        })?;
+        let rows = conn.query_typed(OBSERVE_SQL, &[]).await.map_err(|e| {
+            if e.is_closed() {
+                return Retry::Closed(DbError::Connect(error_text(&e)));
+            }
+            let missing = matches!(
+                e.code(),
+                Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME
+                    || *c == SqlState::UNDEFINED_COLUMN
+            );
+            if missing {
+                Retry::Final(DbError::NotRepmgr(error_text(&e)))
+            } else {
+                Retry::Final(DbError::Query(error_text(&e)))
+            }
+        })?;
+        parse_rows(&rows).map_err(Retry::Final)
+    }
+}
+
+enum Retry {
+    Closed(DbError),
+    Final(DbError),
+}
+
+fn parse_rows(rows: &[tokio_postgres::Row]) -> Result<DbObservation, DbError> {
+    let bad = |e: tokio_postgres::Error| DbError::Query(format!("unexpected row: {e}"));
+    let mut in_recovery = None;
+    let mut nodes = Vec::with_capacity(rows.len());
+    for row in rows {
+        in_recovery = Some(row.try_get::<_, bool>(0).map_err(bad)?);
+        let Some(node_id) = row.try_get::<_, Option<i32>>(1).map_err(bad)? else {
+            continue; // the LEFT JOIN row of an empty table
+        };
+        nodes.push(NodeRow {
+            node_id,
+            node_name: row.try_get::<_, String>(2).map_err(bad)?,
+            node_type: row.try_get::<_, String>(3).map_err(bad)?,
+            active: row.try_get::<_, bool>(4).map_err(bad)?,
+            location: row.try_get::<_, String>(5).map_err(bad)?,
+            conninfo: row.try_get::<_, String>(6).map_err(bad)?,
+        });
+    }
+    let in_recovery =
+        in_recovery.ok_or_else(|| DbError::Query("the observation returned no row".into()))?;
+    Ok(DbObservation { in_recovery, nodes })
+}
+
+/// The most useful text of a driver error: the server's message when there is one.
+fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i32, name: &str, ty: &str, active: bool) -> NodeRow {
+        NodeRow {
+            node_id: id,
+            node_name: name.into(),
+            node_type: ty.into(),
+            active,
+            location: "dc1".into(),
+            conninfo: String::new(),
+        }
+    }
+
+    #[test]
+    fn named_primary_is_the_single_active_primary() {
+        let mut obs = DbObservation {
+            in_recovery: true,
+            nodes: vec![
+                row(1, "node1", "primary", false),
+                row(2, "node2", "primary", true),
+                row(3, "node3", "standby", true),
+            ],
+        };
+        assert_eq!(obs.named_primary(), Some("node2"));
+        obs.nodes[0].active = true;
+        assert_eq!(obs.named_primary(), None, "two active primaries name nobody");
+        obs.nodes.clear();
+        assert_eq!(obs.named_primary(), None);
+    }
+
+    #[test]
+    fn bad_conninfo_is_an_error_not_a_panic() {
+        assert!(Db::new("host='x", 3, Duration::from_secs(1)).is_err());
+    }
+}
