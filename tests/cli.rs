@@ -1,0 +1,97 @@
+//! The `primgr` binary's configuration handling, as an operator meets it: the shipped example
+//! is valid and documents the defaults; every bad configuration exits 64 naming the key (and
+//! line) or the cause, before anything starts.
+
+use std::process::{Command, Output};
+
+fn primgr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_primgr"))
+        .args(args)
+        .output()
+        .expect("run primgr")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn example() -> String {
+    format!("{}/etc/primgr.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn shipped_example_is_valid_and_states_the_defaults() {
+    let o = primgr(&["--config", &example(), "--node-name", "node1", "--check-config"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    // The example's values are the built-in defaults.
+    let defaults = primgr(&["--node-name", "node1", "--check-config"]);
+    assert!(defaults.status.success());
+    assert_eq!(out, String::from_utf8_lossy(&defaults.stdout));
+    for want in ["0.0.0.0:5999", "max_connections_in_pool: 3", "interval: 2s", "peer_timeout: 1s", "max_staleness: 10s"] {
+        assert!(out.contains(want), "{want} missing in {out}");
+    }
+}
+
+#[test]
+fn flags_override_the_file() {
+    let o = primgr(&["--config", &example(), "--node-name", "n", "--interval", "750ms", "--check-config"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("interval: 750ms"));
+}
+
+fn write(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("primgr-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[test]
+fn bad_configurations_exit_64_naming_the_key_or_cause() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("unknown.toml", "node_name = \"a\"\nintervall = \"2s\"\n", &["intervall", "line 2"]),
+        ("duration.toml", "node_name = \"a\"\ndb_timeout = \"soon\"\n", &["`db_timeout`", "line 2"]),
+        ("address.toml", "listen = \"0.0.0.0\"\n", &["`listen`", "line 1"]),
+        ("source.toml", "source_address = \"localhost\"\n", &["`source_address`", "line 1"]),
+        ("type.toml", "peer_port = \"5999\"\n", &["peer_port", "line 1"]),
+        ("syntax.toml", "interval = \"2s\n", &["line 1"]),
+        ("staleness.toml", "max_staleness = \"1s\"\n", &["`max_staleness`"]),
+        ("peer.toml", "[peers]\nnode2 = \"10.0.0.2:5999\"\n", &["`peers.node2`", "line 2"]),
+    ];
+    for (name, text, wants) in cases {
+        let path = write(name, text);
+        let o = primgr(&["--config", path.to_str().expect("utf8 path"), "--node-name", "n", "--check-config"]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(64), "{name}: {e}");
+        for want in *wants {
+            assert!(e.contains(want), "{name}: {want:?} not in {e:?}");
+        }
+    }
+}
+
+#[test]
+fn missing_or_unreadable_files_and_bad_flags_exit_64() {
+    let o = primgr(&["--config", "/nonexistent/primgr.toml", "--check-config"]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(stderr(&o).contains("/nonexistent/primgr.toml"), "{}", stderr(&o));
+    // A directory cannot be read as a file, even by root.
+    let o = primgr(&["--config", "/", "--check-config"]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(stderr(&o).contains("cannot read config file"), "{}", stderr(&o));
+    let o = primgr(&["--node-name", "n", "--max-connections-in-pool", "lots", "--check-config"]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(stderr(&o).contains("`max_connections_in_pool`"), "{}", stderr(&o));
+    let o = primgr(&["--no-such-flag"]);
+    assert_eq!(o.status.code(), Some(64));
+}
+
+#[test]
+fn the_daemon_does_not_start_on_a_bad_config() {
+    // Without --check-config a bad file still stops before listening.
+    let path = write("run.toml", "listen = \"127.0.0.1:1\"\ninterval = \"-1s\"\n");
+    let o = primgr(&["--config", path.to_str().expect("utf8 path"), "--node-name", "n"]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+    assert!(stderr(&o).contains("`interval`"));
+}

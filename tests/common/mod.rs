@@ -1,0 +1,182 @@
+//! Shared by the integration tests: in-process primgr daemons beside a lab cluster, and the
+//! waits and probes a user would run against them.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use primgr::Config;
+use primgr_lab::http::{self, HttpResponse};
+use primgr_lab::Lab;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Poll timings used by the lab daemons: short, so scenarios settle quickly.
+pub const INTERVAL: Duration = Duration::from_millis(500);
+pub const DB_TIMEOUT: Duration = Duration::from_secs(1);
+pub const PEER_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The configuration of the daemon of `node`: listens on the node's address, binds its peer
+/// requests to it, reads the node's own database over TCP.
+pub fn config_for(lab: &Lab, node: &str) -> Config {
+    let mut c = Config::for_node(node).expect("default config is valid");
+    c.listen = lab.daemon_addr(node);
+    c.conninfo = format!("{} application_name=primgr", lab.conninfo(node));
+    c.interval = INTERVAL;
+    c.db_timeout = DB_TIMEOUT;
+    c.peer_timeout = PEER_TIMEOUT;
+    c.source_address = Some(lab.addr(node).into());
+    c.max_staleness = Config::default_max_staleness(INTERVAL, DB_TIMEOUT, PEER_TIMEOUT);
+    c
+}
+
+/// One daemon running in this process.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Starts a daemon with `config` on its `listen` address.
+    pub async fn start(config: Config) -> Daemon {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .unwrap_or_else(|e| panic!("bind {}: {e}", config.listen));
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            primgr::run(config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("daemon runs");
+        });
+        Daemon {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the daemon and waits until it has exited; returns how long that took.
+    pub async fn stop(&mut self) -> Duration {
+        let t0 = Instant::now();
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("daemon task ends cleanly");
+        }
+        t0.elapsed()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A daemon per lab node.
+pub struct Fleet {
+    pub daemons: BTreeMap<String, Daemon>,
+}
+
+impl Fleet {
+    pub async fn start(lab: &Lab) -> Fleet {
+        let mut daemons = BTreeMap::new();
+        for node in lab.node_names() {
+            daemons.insert(node.clone(), Daemon::start(config_for(lab, &node)).await);
+        }
+        Fleet { daemons }
+    }
+
+    pub fn addr(&self, node: &str) -> SocketAddr {
+        self.daemons[node].addr
+    }
+
+    /// GET `path` from the daemon of `node` (1 s bound).
+    pub async fn get(&self, node: &str, path: &str) -> anyhow::Result<HttpResponse> {
+        http::get(self.addr(node), path, Duration::from_secs(1)).await
+    }
+
+    /// Every node's `/state` status code (0 when it did not answer).
+    pub async fn codes(&self) -> BTreeMap<String, u16> {
+        let mut out = BTreeMap::new();
+        for node in self.daemons.keys() {
+            let code = self.get(node, "/state").await.map(|r| r.status).unwrap_or(0);
+            out.insert(node.clone(), code);
+        }
+        out
+    }
+
+    /// Waits until every listed node answers `/state` with its listed code; returns the time
+    /// it took, or panics with the last codes seen after `within`.
+    pub async fn wait_codes(&self, want: &[(&str, u16)], within: Duration) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let codes = self.codes().await;
+            if want.iter().all(|(n, c)| codes.get(*n) == Some(c)) {
+                return t0.elapsed();
+            }
+            if t0.elapsed() > within {
+                let mut status = String::new();
+                for (n, _) in want {
+                    if let Ok(r) = self.get(n, "/status").await {
+                        status.push_str(&format!("\n{n}: {}", r.body));
+                    }
+                }
+                panic!(
+                    "after {within:?} wanted {want:?}, last saw {codes:?}; status:{status}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The JSON body of `path` on `node`, with its status.
+    pub async fn json(&self, node: &str, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .get(node, path)
+            .await
+            .unwrap_or_else(|e| panic!("{node} {path}: {e}"));
+        let v = serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("{node} {path}: body {:?} is not JSON: {e}", r.body));
+        (r.status, v)
+    }
+
+    /// Waits until `path` on `node` returns JSON for which `check` holds; returns it.
+    pub async fn wait_json(
+        &self,
+        node: &str,
+        path: &str,
+        within: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let t0 = Instant::now();
+        loop {
+            let (_, v) = self.json(node, path).await;
+            if check(&v) {
+                return v;
+            }
+            assert!(t0.elapsed() < within, "{node} {path} never as wanted; last {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop_all(&mut self) {
+        for d in self.daemons.values_mut() {
+            d.stop().await;
+        }
+    }
+}
+
+/// How long a state change may take to show: two cycles plus both timeouts, plus slack for a
+/// loaded 2-core machine.
+pub fn settle_bound() -> Duration {
+    INTERVAL * 2 + DB_TIMEOUT + PEER_TIMEOUT + Duration::from_secs(2)
+}
