@@ -1,0 +1,292 @@
+//! End-to-end test of the lab itself on a real 4-node cluster (subnet 200). Must run as root.
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use primgr_lab::{Lab, LabSpec, PG_PORT, StopMode};
+
+struct Clock(Instant);
+
+impl Clock {
+    fn lap(&mut self, step: &str) {
+        println!("{step:<45} {:>6.2}s", self.0.elapsed().as_secs_f64());
+        self.0 = Instant::now();
+    }
+}
+
+async fn metadata_primary(lab: &Lab, node: &str) -> Result<String> {
+    lab.primary_in_metadata(node)
+        .await?
+        .with_context(|| format!("no active primary in {node}'s repmgr.nodes"))
+}
+
+fn iptables_s() -> Result<String> {
+    let out = std::process::Command::new("iptables")
+        .arg("-S")
+        .output()
+        .context("running iptables -S")?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_lifecycle() -> Result<()> {
+    let mut c = Clock(Instant::now());
+    let lab = Lab::build(LabSpec::standard(200)).await?;
+    c.lap("build 4-node lab");
+    for (step, d) in lab.timings() {
+        println!("    {step:<41} {:>6.2}s", d.as_secs_f64());
+    }
+    let dir = lab.dir().to_path_buf();
+    assert_eq!(lab.addr("node3").to_string(), "127.0.200.13");
+    assert_eq!(
+        lab.conninfo("node4"),
+        "host=127.0.200.14 port=5432 dbname=repmgr user=repmgr"
+    );
+
+    ensure!(!lab.in_recovery("node1").await?, "node1 must be primary");
+    for n in ["node2", "node3", "node4"] {
+        ensure!(lab.in_recovery(n).await?, "{n} must be in recovery");
+        ensure!(lab.is_streaming(n).await?, "{n} must stream");
+    }
+    assert_eq!(metadata_primary(&lab, "node3").await?, "node1");
+    assert_eq!(
+        lab.psql(
+            "node3",
+            "SELECT node_name || ':' || location FROM repmgr.nodes ORDER BY node_id"
+        )
+        .await?,
+        "node1:dc1\nnode2:dc1\nnode3:dc1\nnode4:dc2"
+    );
+    // repmgr.nodes conninfo as the daemons will see it.
+    println!(
+        "    conninfo of node2 in repmgr.nodes: {}",
+        lab.psql(
+            "node1",
+            "SELECT conninfo FROM repmgr.nodes WHERE node_name = 'node2'"
+        )
+        .await?
+    );
+    c.lap("checks after build");
+
+    lab.stop("node1", StopMode::Immediate).await?;
+    ensure!(!lab.is_running("node1"));
+    c.lap("stop node1 immediate");
+    lab.promote("node2").await?;
+    c.lap("promote node2");
+    lab.follow("node3").await?;
+    c.lap("follow node3");
+    lab.follow("node4").await?;
+    c.lap("follow node4");
+    assert_eq!(metadata_primary(&lab, "node3").await?, "node2");
+    assert_eq!(metadata_primary(&lab, "node4").await?, "node2");
+
+    lab.start("node1").await?;
+    c.lap("start node1 (split brain)");
+    ensure!(!lab.in_recovery("node1").await?, "node1 must be read-write");
+    assert_eq!(metadata_primary(&lab, "node1").await?, "node1");
+
+    lab.rejoin("node1", "node2").await?;
+    c.lap("rejoin node1 to node2");
+    ensure!(lab.in_recovery("node1").await?, "node1 must be in recovery");
+    ensure!(lab.is_streaming("node1").await?, "node1 must stream");
+    assert_eq!(metadata_primary(&lab, "node1").await?, "node2");
+    // it streams from node2
+    assert_eq!(
+        lab.psql(
+            "node2",
+            "SELECT application_name FROM pg_stat_replication ORDER BY 1"
+        )
+        .await?,
+        "node1\nnode3\nnode4"
+    );
+    // node.conf survived the rewind
+    assert_eq!(
+        lab.psql("node1", "SHOW listen_addresses").await?,
+        "127.0.200.11"
+    );
+
+    lab.freeze("node2").await?;
+    ensure!(lab.is_frozen("node2"));
+    let t = Instant::now();
+    let r = lab
+        .psql_timeout("node2", "SELECT 1", Duration::from_secs(2))
+        .await;
+    ensure!(r.is_err(), "psql on frozen node2 must fail, got {r:?}");
+    ensure!(t.elapsed() < Duration::from_secs(4), "timeout not honoured");
+    c.lap("freeze node2 + failing psql");
+    lab.thaw("node2").await?;
+    assert_eq!(lab.psql("node2", "SELECT 1").await?, "1");
+    c.lap("thaw node2");
+
+    lab.freeze_postmaster("node3").await?;
+    ensure!(
+        lab.psql_timeout("node3", "SELECT 1", Duration::from_secs(2))
+            .await
+            .is_err()
+    );
+    lab.thaw("node3").await?;
+    assert_eq!(lab.psql("node3", "SELECT 1").await?, "1");
+    c.lap("freeze_postmaster node3 + thaw");
+
+    lab.cut("node1", "node2").await?;
+    let rules = iptables_s()?;
+    println!(
+        "    {}",
+        rules
+            .lines()
+            .filter(|l| l.contains("PRIMGR_LAB_200"))
+            .collect::<Vec<_>>()
+            .join("\n    ")
+    );
+    ensure!(rules.contains("-A PRIMGR_LAB_200 -s 127.0.200.11/32 -d 127.0.200.12/32 -j DROP"));
+    ensure!(rules.contains("-A PRIMGR_LAB_200 -s 127.0.200.12/32 -d 127.0.200.11/32 -j DROP"));
+    ensure!(rules.contains("-A INPUT -j PRIMGR_LAB_200"));
+    ensure!(rules.contains("-A OUTPUT -j PRIMGR_LAB_200"));
+    assert_eq!(lab.firewall_rules().await?.len(), 3);
+    // A connection bound to node1's address towards node2's postgres now times out.
+    ensure!(
+        !connects_from("127.0.200.11", "127.0.200.12:5432").await?,
+        "cut node1 -> node2 must block"
+    );
+    ensure!(connects_from("127.0.200.13", "127.0.200.12:5432").await?);
+    c.lap("cut node1<->node2");
+    lab.heal("node1", "node2").await?;
+    let rules = iptables_s()?;
+    ensure!(!rules.contains("127.0.200.11/32"), "rules left: {rules}");
+    c.lap("heal node1<->node2");
+    lab.cut("node3", "node4").await?;
+    lab.heal_all().await?;
+    ensure!(!iptables_s()?.contains("127.0.200.13/32"));
+
+    lab.teardown().await?;
+    c.lap("teardown");
+    ensure!(!dir.exists(), "{} still exists", dir.display());
+    ensure!(
+        !iptables_s()?.contains("PRIMGR_LAB_200"),
+        "chain left behind"
+    );
+    ensure!(primgr_lab::postgres_processes_in(&dir).is_empty());
+    for i in 1..=4 {
+        let addr: SocketAddr = format!("127.0.200.{}:{PG_PORT}", 10 + i).parse()?;
+        ensure!(
+            TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+            "something still listens on {addr}"
+        );
+    }
+    Ok(())
+}
+
+/// Whether a TCP connect from a bound source address succeeds within 1 s.
+async fn connects_from(src: &str, dst: &str) -> Result<bool> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(format!("{src}:0").parse()?)?;
+    let dst: SocketAddr = dst.parse()?;
+    Ok(matches!(
+        tokio::time::timeout(Duration::from_secs(1), sock.connect(dst)).await,
+        Ok(Ok(_))
+    ))
+}
+
+/// A fake primgr: a shell script serving a fixed HTTP answer with socat on the `--listen` address.
+fn write_fake_daemon(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let resp = dir.join("fake-response");
+    std::fs::write(
+        &resp,
+        "HTTP/1.1 202 Accepted\r\nContent-Length: 7\r\n\r\nStandby",
+    )?;
+    let script = dir.join("fake-primgr.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do case $prev in --listen) L=$a;; esac; prev=$a; done\n\
+             exec socat TCP-LISTEN:${{L##*:}},bind=${{L%:*}},reuseaddr,fork SYSTEM:'cat {}'\n",
+            resp.display()
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    Ok(script)
+}
+
+/// Rejoin of a crashed (never restarted) old primary, daemon processes, and a lab dropped
+/// without teardown (as in a panicking test) being cleaned up by Drop, while another lab runs
+/// at the same time on another subnet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_rejoin_daemons_and_drop() -> Result<()> {
+    let mut c = Clock(Instant::now());
+    let spec = LabSpec {
+        subnet: 201,
+        dir: None,
+        nodes: vec![
+            primgr_lab::NodeSpec::new("a1", "dc1"),
+            primgr_lab::NodeSpec::new("a2", "dc2"),
+        ],
+    };
+    let lab = Lab::build(spec).await?;
+    c.lap("[201] build 2-node lab");
+    assert_eq!(lab.addr("a2").to_string(), "127.0.201.12");
+    ensure!(lab.in_recovery("a2").await?);
+    assert_eq!(lab.location("a2")?, "dc2");
+
+    lab.stop("a1", StopMode::Immediate).await?;
+    lab.promote("a2").await?;
+    c.lap("[201] crash a1, promote a2");
+    lab.rejoin("a1", "a2").await?;
+    c.lap("[201] rejoin crashed a1 to a2");
+    ensure!(lab.is_streaming("a1").await?);
+    assert_eq!(metadata_primary(&lab, "a1").await?, "a2");
+
+    let fake = write_fake_daemon(lab.dir())?;
+    for n in ["a1", "a2"] {
+        lab.spawn_daemon(n, &fake, &["--interval".into(), "1s".into()])
+            .await?;
+    }
+    for n in ["a1", "a2"] {
+        lab.wait_daemon_ready(n, Duration::from_secs(5)).await?;
+    }
+    let r = primgr_lab::http::get(lab.daemon_addr("a1"), "/state", Duration::from_secs(1)).await?;
+    assert_eq!((r.status, r.body.as_str()), (202, "Standby"));
+    let r = primgr_lab::http::get_from(
+        Some(lab.addr("a2").into()),
+        lab.daemon_addr("a1"),
+        "/state",
+        Duration::from_secs(1),
+    )
+    .await?;
+    assert_eq!(r.status, 202);
+    lab.stop_daemon("a1").await?;
+    ensure!(!lab.daemon_running("a1") && lab.daemon_running("a2"));
+    lab.spawn_daemon("a1", &fake, &[]).await?;
+    lab.wait_daemon_ready("a1", Duration::from_secs(5)).await?;
+    c.lap("[201] fake daemons");
+
+    lab.cut("a1", "a2").await?;
+    ensure!(
+        primgr_lab::http::get_from(
+            Some(lab.addr("a2").into()),
+            lab.daemon_addr("a1"),
+            "/state",
+            Duration::from_secs(1),
+        )
+        .await
+        .is_err(),
+        "cut must block a2 -> a1"
+    );
+    lab.freeze("a1").await?;
+    let dir = lab.dir().to_path_buf();
+    drop(lab);
+    c.lap("[201] drop (frozen, cut, daemons running)");
+    ensure!(!dir.exists());
+    ensure!(!iptables_s()?.contains("PRIMGR_LAB_201"));
+    ensure!(primgr_lab::postgres_processes_in(&dir).is_empty());
+    let socats = std::process::Command::new("pgrep")
+        .args(["-f", "bind=127.0.201."])
+        .output()?;
+    ensure!(
+        socats.stdout.is_empty(),
+        "fake daemons left: {}",
+        String::from_utf8_lossy(&socats.stdout)
+    );
+    Ok(())
+}
