@@ -130,7 +130,10 @@ impl App {
             .map(|(n, _)| n.clone())
             .collect();
         if primaries.len() > 1 {
-            warn!(?primaries, "more than one node answers Primary: split brain");
+            warn!(
+                ?primaries,
+                "more than one node answers Primary: split brain"
+            );
         }
         RealPrimary { answers, primaries }
     }
@@ -139,14 +142,19 @@ impl App {
 /// The routes of one daemon, as a warp filter.
 pub fn routes(
     app: Arc<App>,
-) -> impl Filter<Extract = (Response<Bytes>,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static
-{
+) -> impl Filter<Extract = (Response<Bytes>,), Error = std::convert::Infallible>
++ Clone
++ Send
++ Sync
++ 'static {
     warp::method()
         .and(warp::path::full())
         .and(warp::any().map(move || Arc::clone(&app)))
-        .then(|method: Method, path: warp::path::FullPath, app: Arc<App>| async move {
-            handle(&app, &method, path.as_str()).await
-        })
+        .then(
+            |method: Method, path: warp::path::FullPath, app: Arc<App>| async move {
+                handle(&app, &method, path.as_str()).await
+            },
+        )
 }
 
 #[derive(Clone, Copy)]

@@ -141,7 +141,11 @@ impl Origin {
             Origin::Defaults => "defaults".to_string(),
             Origin::File { path, text } => {
                 let upto = span.start.min(text.len());
-                let line = text.as_bytes()[..upto].iter().filter(|b| **b == b'\n').count() + 1;
+                let line = text.as_bytes()[..upto]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1;
                 format!("{} line {line}", path.display())
             }
         }
@@ -255,9 +259,8 @@ impl Settings {
             Some(v) => {
                 let span = v.span();
                 let text = v.into_inner();
-                text.parse::<tokio_postgres::Config>().map_err(|e| {
-                    invalid("conninfo", span, format!("not a valid conninfo: {e}"))
-                })?;
+                text.parse::<tokio_postgres::Config>()
+                    .map_err(|e| invalid("conninfo", span, format!("not a valid conninfo: {e}")))?;
                 text
             }
             None => DEFAULT_CONNINFO.to_string(),
@@ -287,7 +290,10 @@ impl Settings {
                     invalid(
                         key,
                         span.clone(),
-                        format!("{:?} is not a duration like \"2s\" or \"500ms\" ({e})", v.get_ref()),
+                        format!(
+                            "{:?} is not a duration like \"2s\" or \"500ms\" ({e})",
+                            v.get_ref()
+                        ),
                     )
                 })?;
                 if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
@@ -545,7 +551,10 @@ node1 = "http://127.0.0.11:6000"
             .validate(&origin)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("command line") && e.contains("`db_timeout`"), "{e}");
+        assert!(
+            e.contains("command line") && e.contains("`db_timeout`"),
+            "{e}"
+        );
     }
 
     #[test]

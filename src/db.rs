@@ -91,7 +91,9 @@ pub struct Db {
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").field("timeout", &self.timeout).finish()
+        f.debug_struct("Db")
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -244,7 +246,11 @@ mod tests {
         };
         assert_eq!(obs.named_primary(), Some("node2"));
         obs.nodes[0].active = true;
-        assert_eq!(obs.named_primary(), None, "two active primaries name nobody");
+        assert_eq!(
+            obs.named_primary(),
+            None,
+            "two active primaries name nobody"
+        );
         obs.nodes.clear();
         assert_eq!(obs.named_primary(), None);
     }

@@ -227,7 +227,11 @@ mod tests {
     fn standby_when_in_recovery_whatever_the_votes() {
         let mut obs = cluster(3);
         obs.in_recovery = true;
-        let v = verdict("n1", Ok(&obs), &answers(3, 2, PeerAnswer::Failed("x".into())));
+        let v = verdict(
+            "n1",
+            Ok(&obs),
+            &answers(3, 2, PeerAnswer::Failed("x".into())),
+        );
         assert_eq!((v.state, v.state.code()), (State::Standby, 202));
         assert!(voters(&obs, "n1").is_none(), "a standby holds no vote");
     }
@@ -237,7 +241,11 @@ mod tests {
         let obs = cluster(3);
         let v = verdict("ghost", Ok(&obs), &[]);
         assert_eq!((v.state, v.state.code()), (State::Unknown, 509));
-        assert!(v.reason.contains("\"ghost\" is not in repmgr.nodes"), "{}", v.reason);
+        assert!(
+            v.reason.contains("\"ghost\" is not in repmgr.nodes"),
+            "{}",
+            v.reason
+        );
     }
 
     /// Every site size from 1 to 5 with every number of confirming voters, and for the other
@@ -249,14 +257,12 @@ mod tests {
             PeerAnswer::NoPrimary("database down".into()),
             PeerAnswer::Failed("timed out".into()),
         ];
-        let expected_needed = [0, 1, 2, 2, 3, 3];
-        for size in 1..=5usize {
+        for (size, needed) in [(1usize, 1usize), (2, 2), (3, 2), (4, 3), (5, 3)] {
             for yes in 0..size {
                 for no in &non_votes {
                     let obs = cluster(size);
                     let v = verdict("n1", Ok(&obs), &answers(size, yes, no.clone()));
                     let votes = yes + 1;
-                    let needed = expected_needed[size];
                     let want = if votes >= needed {
                         State::Primary
                     } else {
@@ -281,13 +287,19 @@ mod tests {
             ("n2".to_string(), PeerAnswer::Named("n2".into())),
             ("n3".to_string(), PeerAnswer::Named("n2".into())),
         ];
-        assert_eq!(verdict("n1", Ok(&obs), &site_names_n2).state, State::Unknown);
+        assert_eq!(
+            verdict("n1", Ok(&obs), &site_names_n2).state,
+            State::Unknown
+        );
         // n2 with n1 (stale, names itself) and n3 (names n2): 2 of 3.
         let answers_for_n2 = vec![
             ("n1".to_string(), PeerAnswer::Named("n1".into())),
             ("n3".to_string(), PeerAnswer::Named("n2".into())),
         ];
-        assert_eq!(verdict("n2", Ok(&obs), &answers_for_n2).state, State::Primary);
+        assert_eq!(
+            verdict("n2", Ok(&obs), &answers_for_n2).state,
+            State::Primary
+        );
     }
 
     #[test]
@@ -302,7 +314,10 @@ mod tests {
         let v = verdict("n1", Ok(&obs), &stuffed);
         assert_eq!((v.votes, v.needed, v.state), (2, 2, State::Primary));
         let only_outsiders = &stuffed[..1];
-        assert_eq!(verdict("n1", Ok(&obs), only_outsiders).state, State::Unknown);
+        assert_eq!(
+            verdict("n1", Ok(&obs), only_outsiders).state,
+            State::Unknown
+        );
     }
 
     #[test]

@@ -236,8 +236,14 @@ mod tests {
     #[test]
     fn host_from_key_value_conninfo() {
         let cases = [
-            ("host=127.0.5.11 port=5432 user=repmgr dbname=repmgr connect_timeout=2", "127.0.5.11"),
-            ("user=repmgr host='db-2.example.com' dbname=repmgr", "db-2.example.com"),
+            (
+                "host=127.0.5.11 port=5432 user=repmgr dbname=repmgr connect_timeout=2",
+                "127.0.5.11",
+            ),
+            (
+                "user=repmgr host='db-2.example.com' dbname=repmgr",
+                "db-2.example.com",
+            ),
             ("hostaddr=10.1.2.3 dbname=repmgr", "10.1.2.3"),
             ("host=/var/run/postgresql,db3 dbname=repmgr", "db3"),
             ("host=db1,db2 port=5432,5433", "db1"),
@@ -250,7 +256,10 @@ mod tests {
     #[test]
     fn host_from_uri_conninfo() {
         let cases = [
-            ("postgresql://repmgr@db-1:5432/repmgr?connect_timeout=2", "db-1"),
+            (
+                "postgresql://repmgr@db-1:5432/repmgr?connect_timeout=2",
+                "db-1",
+            ),
             ("postgres://repmgr:secret@10.0.0.7/repmgr", "10.0.0.7"),
             ("postgresql:///repmgr?host=db9", "db9"),
         ];
@@ -261,7 +270,11 @@ mod tests {
 
     #[test]
     fn no_host_is_an_error_not_a_guess() {
-        for conninfo in ["host=/var/run/postgresql dbname=repmgr", "dbname=repmgr", "host='broken"] {
+        for conninfo in [
+            "host=/var/run/postgresql dbname=repmgr",
+            "dbname=repmgr",
+            "host='broken",
+        ] {
             assert!(conninfo_host(conninfo).is_err(), "{conninfo}");
         }
     }
@@ -274,11 +287,20 @@ mod tests {
             "http://10.9.9.9:7000/".parse::<Uri>().unwrap(),
         );
         let r = row("node2", "host=127.0.0.12");
-        assert_eq!(peer_url(&r, &overrides, 5999).unwrap().to_string(), "http://10.9.9.9:7000/");
+        assert_eq!(
+            peer_url(&r, &overrides, 5999).unwrap().to_string(),
+            "http://10.9.9.9:7000/"
+        );
         let r = row("node3", "host=127.0.0.13 port=5432");
-        assert_eq!(peer_url(&r, &overrides, 5999).unwrap().to_string(), "http://127.0.0.13:5999/");
+        assert_eq!(
+            peer_url(&r, &overrides, 5999).unwrap().to_string(),
+            "http://127.0.0.13:5999/"
+        );
         let r = row("node6", "host=::1");
-        assert_eq!(peer_url(&r, &overrides, 6000).unwrap().to_string(), "http://[::1]:6000/");
+        assert_eq!(
+            peer_url(&r, &overrides, 6000).unwrap().to_string(),
+            "http://[::1]:6000/"
+        );
         let r = row("node4", "host=/tmp");
         assert!(peer_url(&r, &overrides, 5999).is_err());
     }
@@ -293,7 +315,10 @@ mod tests {
             parse_primary(503, br#"{"Primary":null,"state":"Down"}"#),
             PeerAnswer::NoPrimary(s) if s.contains("Down")
         ));
-        assert!(matches!(parse_primary(503, br#"{"Primary":null}"#), PeerAnswer::NoPrimary(_)));
+        assert!(matches!(
+            parse_primary(503, br#"{"Primary":null}"#),
+            PeerAnswer::NoPrimary(_)
+        ));
         for (status, body) in [
             (200, &b"node1"[..]),
             (200, br#"{"primary":"node1"}"#),
@@ -312,8 +337,14 @@ mod tests {
 
     #[test]
     fn state_answers_need_status_and_body_to_agree() {
-        assert_eq!(parse_state(200, br#"{"state":"Primary"}"#), Ok(State::Primary));
-        assert_eq!(parse_state(509, br#"{"state":"Unknown"}"#), Ok(State::Unknown));
+        assert_eq!(
+            parse_state(200, br#"{"state":"Primary"}"#),
+            Ok(State::Primary)
+        );
+        assert_eq!(
+            parse_state(509, br#"{"state":"Unknown"}"#),
+            Ok(State::Unknown)
+        );
         assert!(parse_state(200, br#"{"state":"Standby"}"#).is_err());
         assert!(parse_state(200, b"<html>ok</html>").is_err());
     }

@@ -112,9 +112,7 @@ impl Poller {
                 .iter()
                 .find(|m| m.name == row.node_name)
                 .map(|m| m.url.clone())
-                .unwrap_or_else(|| {
-                    peer_url(row, &self.config.peers, self.config.peer_port)
-                });
+                .unwrap_or_else(|| peer_url(row, &self.config.peers, self.config.peer_port));
             let client = &self.client;
             async move {
                 let (answer, latency) = match &url {

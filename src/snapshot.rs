@@ -275,7 +275,11 @@ fn redact_key_value(conninfo: &str) -> String {
             chars.next();
         }
         let mut key = String::new();
-        while let Some(c) = chars.peek().copied().filter(|c| *c != '=' && !c.is_whitespace()) {
+        while let Some(c) = chars
+            .peek()
+            .copied()
+            .filter(|c| *c != '=' && !c.is_whitespace())
+        {
             key.push(c);
             chars.next();
         }
@@ -373,8 +377,14 @@ mod tests {
         assert_eq!(start.served_state(now, max), State::Down);
         assert_eq!(start.withheld(now, max), Some(Withheld::Starting));
         let fresh = snapshot(Some("node1"), true, now);
-        assert_eq!(fresh.served_state(now + Duration::from_secs(9), max), State::Primary);
-        assert_eq!(fresh.served_state(now + Duration::from_secs(11), max), State::Down);
+        assert_eq!(
+            fresh.served_state(now + Duration::from_secs(9), max),
+            State::Primary
+        );
+        assert_eq!(
+            fresh.served_state(now + Duration::from_secs(11), max),
+            State::Down
+        );
         let (code, body) = fresh.primary_reply(now + Duration::from_secs(11), max);
         assert_eq!((code, &body[..]), (503, PRIMARY_DOWN));
     }
@@ -388,7 +398,10 @@ mod tests {
         let (code, body) = snapshot(None, true, now).primary_reply(now, max);
         assert_eq!((code, &body[..]), (503, &br#"{"Primary":null}"#[..]));
         let (code, body) = snapshot(Some("node1"), false, now).primary_reply(now, max);
-        assert_eq!((code, &body[..]), (503, &br#"{"Primary":null,"state":"Down"}"#[..]));
+        assert_eq!(
+            (code, &body[..]),
+            (503, &br#"{"Primary":null,"state":"Down"}"#[..])
+        );
     }
 
     #[test]
@@ -402,7 +415,10 @@ mod tests {
     #[test]
     fn passwords_are_redacted() {
         let cases = [
-            ("host=db password=secret user=u", "host=db password=*** user=u"),
+            (
+                "host=db password=secret user=u",
+                "host=db password=*** user=u",
+            ),
             ("password = 'se cr\\'et' host=db", "password = *** host=db"),
             ("host=db user=u", "host=db user=u"),
             ("PASSWORD=x", "PASSWORD=***"),

@@ -21,21 +21,41 @@ fn example() -> String {
 
 #[test]
 fn shipped_example_is_valid_and_states_the_defaults() {
-    let o = primgr(&["--config", &example(), "--node-name", "node1", "--check-config"]);
+    let o = primgr(&[
+        "--config",
+        &example(),
+        "--node-name",
+        "node1",
+        "--check-config",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     // The example's values are the built-in defaults.
     let defaults = primgr(&["--node-name", "node1", "--check-config"]);
     assert!(defaults.status.success());
     assert_eq!(out, String::from_utf8_lossy(&defaults.stdout));
-    for want in ["0.0.0.0:5999", "max_connections_in_pool: 3", "interval: 2s", "peer_timeout: 1s", "max_staleness: 10s"] {
+    for want in [
+        "0.0.0.0:5999",
+        "max_connections_in_pool: 3",
+        "interval: 2s",
+        "peer_timeout: 1s",
+        "max_staleness: 10s",
+    ] {
         assert!(out.contains(want), "{want} missing in {out}");
     }
 }
 
 #[test]
 fn flags_override_the_file() {
-    let o = primgr(&["--config", &example(), "--node-name", "n", "--interval", "750ms", "--check-config"]);
+    let o = primgr(&[
+        "--config",
+        &example(),
+        "--node-name",
+        "n",
+        "--interval",
+        "750ms",
+        "--check-config",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("interval: 750ms"));
 }
@@ -51,18 +71,52 @@ fn write(name: &str, text: &str) -> std::path::PathBuf {
 #[test]
 fn bad_configurations_exit_64_naming_the_key_or_cause() {
     let cases: &[(&str, &str, &[&str])] = &[
-        ("unknown.toml", "node_name = \"a\"\nintervall = \"2s\"\n", &["intervall", "line 2"]),
-        ("duration.toml", "node_name = \"a\"\ndb_timeout = \"soon\"\n", &["`db_timeout`", "line 2"]),
-        ("address.toml", "listen = \"0.0.0.0\"\n", &["`listen`", "line 1"]),
-        ("source.toml", "source_address = \"localhost\"\n", &["`source_address`", "line 1"]),
-        ("type.toml", "peer_port = \"5999\"\n", &["peer_port", "line 1"]),
+        (
+            "unknown.toml",
+            "node_name = \"a\"\nintervall = \"2s\"\n",
+            &["intervall", "line 2"],
+        ),
+        (
+            "duration.toml",
+            "node_name = \"a\"\ndb_timeout = \"soon\"\n",
+            &["`db_timeout`", "line 2"],
+        ),
+        (
+            "address.toml",
+            "listen = \"0.0.0.0\"\n",
+            &["`listen`", "line 1"],
+        ),
+        (
+            "source.toml",
+            "source_address = \"localhost\"\n",
+            &["`source_address`", "line 1"],
+        ),
+        (
+            "type.toml",
+            "peer_port = \"5999\"\n",
+            &["peer_port", "line 1"],
+        ),
         ("syntax.toml", "interval = \"2s\n", &["line 1"]),
-        ("staleness.toml", "max_staleness = \"1s\"\n", &["`max_staleness`"]),
-        ("peer.toml", "[peers]\nnode2 = \"10.0.0.2:5999\"\n", &["`peers.node2`", "line 2"]),
+        (
+            "staleness.toml",
+            "max_staleness = \"1s\"\n",
+            &["`max_staleness`"],
+        ),
+        (
+            "peer.toml",
+            "[peers]\nnode2 = \"10.0.0.2:5999\"\n",
+            &["`peers.node2`", "line 2"],
+        ),
     ];
     for (name, text, wants) in cases {
         let path = write(name, text);
-        let o = primgr(&["--config", path.to_str().expect("utf8 path"), "--node-name", "n", "--check-config"]);
+        let o = primgr(&[
+            "--config",
+            path.to_str().expect("utf8 path"),
+            "--node-name",
+            "n",
+            "--check-config",
+        ]);
         let e = stderr(&o);
         assert_eq!(o.status.code(), Some(64), "{name}: {e}");
         for want in *wants {
@@ -75,14 +129,32 @@ fn bad_configurations_exit_64_naming_the_key_or_cause() {
 fn missing_or_unreadable_files_and_bad_flags_exit_64() {
     let o = primgr(&["--config", "/nonexistent/primgr.toml", "--check-config"]);
     assert_eq!(o.status.code(), Some(64));
-    assert!(stderr(&o).contains("/nonexistent/primgr.toml"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent/primgr.toml"),
+        "{}",
+        stderr(&o)
+    );
     // A directory cannot be read as a file, even by root.
     let o = primgr(&["--config", "/", "--check-config"]);
     assert_eq!(o.status.code(), Some(64));
-    assert!(stderr(&o).contains("cannot read config file"), "{}", stderr(&o));
-    let o = primgr(&["--node-name", "n", "--max-connections-in-pool", "lots", "--check-config"]);
+    assert!(
+        stderr(&o).contains("cannot read config file"),
+        "{}",
+        stderr(&o)
+    );
+    let o = primgr(&[
+        "--node-name",
+        "n",
+        "--max-connections-in-pool",
+        "lots",
+        "--check-config",
+    ]);
     assert_eq!(o.status.code(), Some(64));
-    assert!(stderr(&o).contains("`max_connections_in_pool`"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`max_connections_in_pool`"),
+        "{}",
+        stderr(&o)
+    );
     let o = primgr(&["--no-such-flag"]);
     assert_eq!(o.status.code(), Some(64));
 }
@@ -91,7 +163,12 @@ fn missing_or_unreadable_files_and_bad_flags_exit_64() {
 fn the_daemon_does_not_start_on_a_bad_config() {
     // Without --check-config a bad file still stops before listening.
     let path = write("run.toml", "listen = \"127.0.0.1:1\"\ninterval = \"-1s\"\n");
-    let o = primgr(&["--config", path.to_str().expect("utf8 path"), "--node-name", "n"]);
+    let o = primgr(&[
+        "--config",
+        path.to_str().expect("utf8 path"),
+        "--node-name",
+        "n",
+    ]);
     assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
     assert!(stderr(&o).contains("`interval`"));
 }

@@ -13,11 +13,19 @@ use serde_json::json;
 async fn assert_everyone_names(fleet: &Fleet, nodes: &[&str], primary: &str) {
     for node in nodes {
         let (code, body) = fleet.json(node, "/primary").await;
-        assert_eq!((code, body), (200, json!({ "Primary": primary })), "{node} /primary");
+        assert_eq!(
+            (code, body),
+            (200, json!({ "Primary": primary })),
+            "{node} /primary"
+        );
     }
     for node in nodes {
         let (code, body) = fleet.json(node, "/realPrimary").await;
-        assert_eq!((code, body), (200, json!({ "realPrimary": primary })), "{node} /realPrimary");
+        assert_eq!(
+            (code, body),
+            (200, json!({ "realPrimary": primary })),
+            "{node} /realPrimary"
+        );
     }
 }
 
@@ -30,11 +38,20 @@ async fn normal_failover_split_brain_and_rejoin() {
     // 1. Normal: node1 is the confirmed primary, everyone else a standby, and all agree.
     fleet
         .wait_codes(
-            &[("node1", 200), ("node2", 202), ("node3", 202), ("node4", 202)],
+            &[
+                ("node1", 200),
+                ("node2", 202),
+                ("node3", 202),
+                ("node4", 202),
+            ],
             settle_bound(),
         )
         .await;
-    for (node, state) in [("node1", "Primary"), ("node2", "Standby"), ("node4", "Standby")] {
+    for (node, state) in [
+        ("node1", "Primary"),
+        ("node2", "Standby"),
+        ("node4", "Standby"),
+    ] {
         let (_, body) = fleet.json(node, "/state").await;
         assert_eq!(body, json!({ "state": state }), "{node}");
         let (_, root) = fleet.json(node, "/").await;
@@ -49,7 +66,9 @@ async fn normal_failover_split_brain_and_rejoin() {
     assert_eq!(status["site"], "dc1", "{status}");
 
     // 2. Failover: node1 dies, node2 is promoted, node3 and node4 follow it.
-    lab.stop("node1", StopMode::Immediate).await.expect("stop node1");
+    lab.stop("node1", StopMode::Immediate)
+        .await
+        .expect("stop node1");
     lab.promote("node2").await.expect("promote node2");
     let promoted = Instant::now();
     // node2 needs a majority of dc1: node3 names it once it follows node2 and replicates
@@ -61,7 +80,12 @@ async fn normal_failover_split_brain_and_rejoin() {
     let t_node2 = promoted.elapsed();
     fleet
         .wait_codes(
-            &[("node1", 503), ("node2", 200), ("node3", 202), ("node4", 202)],
+            &[
+                ("node1", 503),
+                ("node2", 200),
+                ("node3", 202),
+                ("node4", 202),
+            ],
             settle_bound(),
         )
         .await;
@@ -69,7 +93,10 @@ async fn normal_failover_split_brain_and_rejoin() {
         "failover: promotion -> node2 answers 200 after {t_node2:?} \
          (of which {followed:?} for node3 and node4 to follow)"
     );
-    assert_eq!(fleet.json("node1", "/state").await.1, json!({ "state": "Down" }));
+    assert_eq!(
+        fleet.json("node1", "/state").await.1,
+        json!({ "state": "Down" })
+    );
     assert_eq!(
         fleet.json("node1", "/primary").await,
         (503, json!({ "Primary": null, "state": "Down" }))
@@ -84,18 +111,32 @@ async fn normal_failover_split_brain_and_rejoin() {
     // 3. Split brain: node1 comes back read-write without rejoin. It still names itself, its
     // site names node2: it must never answer 200, and node2 stays the only primary.
     lab.start("node1").await.expect("start node1");
-    assert_eq!(lab.psql("node1", "SELECT pg_is_in_recovery()").await.unwrap(), "f");
+    assert_eq!(
+        lab.psql("node1", "SELECT pg_is_in_recovery()")
+            .await
+            .unwrap(),
+        "f"
+    );
     let started = Instant::now();
     let mut samples = 0;
     loop {
         let codes = fleet.codes().await;
         samples += 1;
-        assert_ne!(codes["node1"], 200, "stale primary node1 answered 200: {codes:?}");
-        assert_eq!(codes["node2"], 200, "node2 lost its 200 during split brain: {codes:?}");
+        assert_ne!(
+            codes["node1"], 200,
+            "stale primary node1 answered 200: {codes:?}"
+        );
+        assert_eq!(
+            codes["node2"], 200,
+            "node2 lost its 200 during split brain: {codes:?}"
+        );
         if codes["node1"] == 509 && started.elapsed() > INTERVAL * 4 {
             break;
         }
-        assert!(started.elapsed() < settle_bound() * 2, "node1 never became 509: {codes:?}");
+        assert!(
+            started.elapsed() < settle_bound() * 2,
+            "node1 never became 509: {codes:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
@@ -109,7 +150,11 @@ async fn normal_failover_split_brain_and_rejoin() {
         "node1's own frozen metadata still names itself"
     );
     let (_, status) = fleet.json("node1", "/status").await;
-    assert_eq!((status["votes"].clone(), status["votes_needed"].clone()), (json!(1), json!(2)), "{status}");
+    assert_eq!(
+        (status["votes"].clone(), status["votes_needed"].clone()),
+        (json!(1), json!(2)),
+        "{status}"
+    );
     for node in all {
         assert_eq!(
             fleet.json(node, "/realPrimary").await,
@@ -122,7 +167,12 @@ async fn normal_failover_split_brain_and_rejoin() {
     lab.rejoin("node1", "node2").await.expect("rejoin node1");
     fleet
         .wait_codes(
-            &[("node1", 202), ("node2", 200), ("node3", 202), ("node4", 202)],
+            &[
+                ("node1", 202),
+                ("node2", 200),
+                ("node3", 202),
+                ("node4", 202),
+            ],
             settle_bound(),
         )
         .await;
@@ -137,7 +187,12 @@ async fn stopped_standby_and_frozen_primary() {
     let fleet = Fleet::start(&lab).await;
     fleet
         .wait_codes(
-            &[("node1", 200), ("node2", 202), ("node3", 202), ("node4", 202)],
+            &[
+                ("node1", 200),
+                ("node2", 202),
+                ("node3", 202),
+                ("node4", 202),
+            ],
             settle_bound(),
         )
         .await;
@@ -145,10 +200,22 @@ async fn stopped_standby_and_frozen_primary() {
     // 5. A standby's PostgreSQL stops: its daemon keeps answering, 503; the primary keeps its
     // majority (2 of 3); restarted, the standby answers 202 again.
     lab.stop("node3", StopMode::Fast).await.expect("stop node3");
-    let t = fleet.wait_codes(&[("node3", 503)], DB_TIMEOUT + INTERVAL * 2 + Duration::from_secs(1)).await;
+    let t = fleet
+        .wait_codes(
+            &[("node3", 503)],
+            DB_TIMEOUT + INTERVAL * 2 + Duration::from_secs(1),
+        )
+        .await;
     println!("standby stopped -> 503 after {t:?}");
-    assert_eq!(fleet.json("node3", "/state").await, (503, json!({ "state": "Down" })));
-    assert_eq!(fleet.codes().await["node1"], 200, "node1 keeps 2 of 3 votes");
+    assert_eq!(
+        fleet.json("node3", "/state").await,
+        (503, json!({ "state": "Down" }))
+    );
+    assert_eq!(
+        fleet.codes().await["node1"],
+        200,
+        "node1 keeps 2 of 3 votes"
+    );
     lab.start("node3").await.expect("start node3");
     let t = fleet.wait_codes(&[("node3", 202)], settle_bound()).await;
     println!("standby restarted -> 202 after {t:?}");
@@ -162,7 +229,10 @@ async fn stopped_standby_and_frozen_primary() {
     let mut down_after = None;
     while frozen.elapsed() < bound + Duration::from_secs(2) {
         let t0 = Instant::now();
-        let r = fleet.get("node1", "/state").await.expect("daemon answers while its database is frozen");
+        let r = fleet
+            .get("node1", "/state")
+            .await
+            .expect("daemon answers while its database is frozen");
         worst = worst.max(t0.elapsed());
         if r.status == 503 && down_after.is_none() {
             down_after = Some(frozen.elapsed());
@@ -174,11 +244,20 @@ async fn stopped_standby_and_frozen_primary() {
     }
     let down_after = down_after.expect("frozen primary never answered 503");
     println!("frozen primary -> 503 after {down_after:?}; slowest /state meanwhile {worst:?}");
-    assert!(down_after <= bound, "503 took {down_after:?}, bound {bound:?}");
-    assert!(worst < Duration::from_millis(100), "a /state took {worst:?} while the database was frozen");
+    assert!(
+        down_after <= bound,
+        "503 took {down_after:?}, bound {bound:?}"
+    );
+    assert!(
+        worst < Duration::from_millis(100),
+        "a /state took {worst:?} while the database was frozen"
+    );
     let (_, status) = fleet.json("node1", "/status").await;
     assert!(
-        status["database"]["error"].as_str().unwrap_or("").contains("did not answer"),
+        status["database"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("did not answer"),
         "{status}"
     );
     lab.thaw("node1").await.expect("thaw node1");

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use primgr::Config;
-use primgr_lab::http::{self, HttpResponse};
 use primgr_lab::Lab;
+use primgr_lab::http::{self, HttpResponse};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -108,7 +108,11 @@ impl Fleet {
     pub async fn codes(&self) -> BTreeMap<String, u16> {
         let mut out = BTreeMap::new();
         for node in self.daemons.keys() {
-            let code = self.get(node, "/state").await.map(|r| r.status).unwrap_or(0);
+            let code = self
+                .get(node, "/state")
+                .await
+                .map(|r| r.status)
+                .unwrap_or(0);
             out.insert(node.clone(), code);
         }
         out
@@ -130,9 +134,7 @@ impl Fleet {
                         status.push_str(&format!("\n{n}: {}", r.body));
                     }
                 }
-                panic!(
-                    "after {within:?} wanted {want:?}, last saw {codes:?}; status:{status}"
-                );
+                panic!("after {within:?} wanted {want:?}, last saw {codes:?}; status:{status}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -163,7 +165,10 @@ impl Fleet {
             if check(&v) {
                 return v;
             }
-            assert!(t0.elapsed() < within, "{node} {path} never as wanted; last {v}");
+            assert!(
+                t0.elapsed() < within,
+                "{node} {path} never as wanted; last {v}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
