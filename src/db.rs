@@ -7,9 +7,10 @@
 //! into SQL. Nothing here decides anything; it only says what the database said, or why it
 //! could not be asked.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use bb8::{Pool, RunError};
+use bb8::{ErrorSink, Pool, RunError};
 use bb8_postgres::PostgresConnectionManager;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Config as PgConfig, NoTls};
@@ -87,6 +88,46 @@ const OBSERVE_SQL: &str = "SELECT r.in_recovery, n.node_id, n.node_name, n.type,
 pub struct Db {
     pool: Pool<PostgresConnectionManager<NoTls>>,
     timeout: Duration,
+    connect_errors: LastConnectError,
+}
+
+/// bb8 hands failed connection attempts to an error sink and lets `get()` time out; this sink
+/// keeps the latest one so an observation can say "connection refused" instead of "timeout".
+#[derive(Debug, Clone, Default)]
+struct LastConnectError(Arc<Mutex<Option<(Instant, String)>>>);
+
+impl LastConnectError {
+    /// The latest connection error seen after `since`, if any.
+    fn since(&self, since: Instant) -> Option<String> {
+        let last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, e)| e.clone())
+    }
+}
+
+impl ErrorSink<tokio_postgres::Error> for LastConnectError {
+    fn sink(&self, error: tokio_postgres::Error) {
+        // A connect that timed out is reported as the observation's timeout, not as a cause.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::TimedOut {
+                    return;
+                }
+            }
+            source = e.source();
+        }
+        if error.to_string().contains("timeout") {
+            return;
+        }
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), error_text(&error)));
+    }
+
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<tokio_postgres::Error>> {
+        Box::new(self.clone())
+    }
 }
 
 impl std::fmt::Debug for Db {
@@ -119,6 +160,7 @@ impl Db {
         };
         config.options(options);
         let manager = PostgresConnectionManager::new(config, NoTls);
+        let connect_errors = LastConnectError::default();
         let pool = Pool::builder()
             .max_size(pool_size)
             .connection_timeout(timeout)
@@ -128,8 +170,13 @@ impl Db {
             // Report a refused connection as it is instead of retrying until the timeout.
             .retry_connection(false)
             .idle_timeout(Some(Duration::from_secs(600)))
+            .error_sink(Box::new(connect_errors.clone()))
             .build_unchecked(manager);
-        Ok(Db { pool, timeout })
+        Ok(Db {
+            pool,
+            timeout,
+            connect_errors,
+        })
     }
 
     /// Observes the database once, within the timeout.
@@ -148,12 +195,27 @@ impl Db {
             Ok(Err(Retry::Closed(e) | Retry::Final(e))) => Err(e),
             Err(_) => Err(DbError::Timeout(self.timeout)),
         }
+        .map_err(|e| match e {
+            // The pool's checkout timed out because connecting failed: say why.
+            DbError::Timeout(_) => match self
+                .connect_errors
+                .since(deadline.into_std() - self.timeout)
+            {
+                Some(text) => DbError::Connect(text),
+                None => e,
+            },
+            other => other,
+        })
     }
 
     async fn observe_once(&self) -> Result<DbObservation, Retry> {
+        let asked = Instant::now();
         let conn = self.pool.get().await.map_err(|e| match e {
             RunError::User(e) => Retry::Final(DbError::Connect(error_text(&e))),
-            RunError::TimedOut => Retry::Final(DbError::Timeout(self.timeout)),
+            RunError::TimedOut => Retry::Final(match self.connect_errors.since(asked) {
+                Some(e) => DbError::Connect(e),
+                None => DbError::Timeout(self.timeout),
+            }),
         })?;
         let rows = conn.query_typed(OBSERVE_SQL, &[]).await.map_err(|e| {
             if e.is_closed() {

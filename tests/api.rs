@@ -1,0 +1,239 @@
+//! The HTTP surface of one daemon, as haproxy and curl meet it: methods, unknown paths, the
+//! answers before the first cycle and with the database down, bounded shutdown, independent
+//! daemons in one process, and `/realPrimary` fan-outs shared by simultaneous callers.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use primgr::Config;
+use primgr_lab::http;
+use primgr_lab::{Lab, LabSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A daemon whose database is a closed port: it is Down, but serves.
+fn dbless(name: &str) -> Config {
+    let mut c = Config::for_node(name).expect("valid");
+    c.listen = "127.0.0.1:0".parse().expect("addr");
+    c.conninfo = "host=127.0.0.1 port=1 dbname=repmgr user=repmgr".into();
+    c.interval = Duration::from_millis(200);
+    c.db_timeout = Duration::from_millis(300);
+    c.peer_timeout = Duration::from_millis(300);
+    c.max_staleness = Duration::from_secs(2);
+    c
+}
+
+/// Sends a raw request and returns the response head and body as text.
+async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn methods_paths_and_a_down_database() {
+    let mut d = Daemon::start(dbless("solo")).await;
+    // Wait for the first cycle: the reason changes from "starting" to the database error.
+    let t0 = Instant::now();
+    loop {
+        let r = http::get(d.addr, "/status", Duration::from_secs(1))
+            .await
+            .expect("status");
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+        if v["reason"].as_str().unwrap_or("").contains("connect") {
+            assert_eq!(v["database"]["reachable"], false);
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "no cycle completed: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for path in ["/state", "/"] {
+        let r = http::get(d.addr, path, Duration::from_secs(1))
+            .await
+            .expect("get");
+        assert_eq!((r.status, r.body.as_str()), (503, r#"{"state":"Down"}"#));
+    }
+    let r = http::get(d.addr, "/primary", Duration::from_secs(1))
+        .await
+        .expect("get");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (503, r#"{"Primary":null,"state":"Down"}"#)
+    );
+    let r = http::get(d.addr, "/realPrimary", Duration::from_secs(1))
+        .await
+        .expect("get");
+    assert_eq!((r.status, r.body.as_str()), (503, r#"{"realPrimary":null}"#));
+
+    // haproxy's default check: OPTIONS / — same status, no body.
+    let head = raw(
+        d.addr,
+        "OPTIONS / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "OPTIONS carries no body: {head:?}");
+    let head = raw(
+        d.addr,
+        "HEAD /state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(!head.contains("Down"), "HEAD carries no body: {head:?}");
+    assert!(head.to_ascii_lowercase().contains("cache-control: no-store"));
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"));
+
+    let post = raw(
+        d.addr,
+        "POST /state HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    assert!(post.to_ascii_lowercase().contains("allow: get, head, options"));
+    let r = http::get(d.addr, "/nope", Duration::from_secs(1))
+        .await
+        .expect("get");
+    assert_eq!(r.status, 404);
+    let r = http::get(d.addr, "/state/extra", Duration::from_secs(1))
+        .await
+        .expect("get");
+    assert_eq!(r.status, 404);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_is_bounded_even_with_idle_and_slow_clients() {
+    let mut d = Daemon::start(dbless("solo")).await;
+    // An idle keep-alive connection after one request, and one that sent half a request.
+    let mut idle = TcpStream::connect(d.addr).await.expect("connect");
+    idle.write_all(b"GET /state HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 512];
+    let n = idle.read(&mut buf).await.expect("read");
+    assert!(n > 0);
+    let mut slow = TcpStream::connect(d.addr).await.expect("connect");
+    slow.write_all(b"GET /state HTTP/1.1\r\nHo")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let took = d.stop().await;
+    println!("shutdown with an idle and a half-sent connection took {took:?}");
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+    // The listener is closed: new connections are refused.
+    assert!(TcpStream::connect(d.addr).await.is_err());
+}
+
+#[tokio::test]
+async fn two_daemons_in_one_process_share_nothing() {
+    let mut a = Daemon::start(dbless("alpha")).await;
+    let mut b = Daemon::start(dbless("beta")).await;
+    for (d, name) in [(&a, "alpha"), (&b, "beta")] {
+        let r = http::get(d.addr, "/status", Duration::from_secs(1))
+            .await
+            .expect("status");
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+        assert_eq!(v["node"], name);
+    }
+    a.stop().await;
+    // b keeps serving after a stopped.
+    let r = http::get(b.addr, "/state", Duration::from_secs(1))
+        .await
+        .expect("b still serves");
+    assert_eq!(r.status, 503);
+    b.stop().await;
+}
+
+/// A fake peer that answers `/state` as a standby after `delay`, counting requests.
+async fn slow_standby(delay: Duration) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if got.starts_with(b"GET /state ") {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(delay).await;
+                let body = r#"{"state":"Standby"}"#;
+                let reply = format!(
+                    "HTTP/1.1 202 Accepted\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_real_primary_requests_share_one_fan_out() {
+    let lab = Lab::build(LabSpec::standard(33)).await.expect("lab builds");
+    let mut config = common::config_for(&lab, "node1");
+    config.peer_timeout = Duration::from_millis(800);
+    let mut counters = Vec::new();
+    for peer in ["node2", "node3", "node4"] {
+        let (addr, count) = slow_standby(Duration::from_millis(300)).await;
+        config.peers.insert(
+            peer.to_string(),
+            format!("http://{addr}").parse().expect("uri"),
+        );
+        counters.push(count);
+    }
+    let mut d = Daemon::start(config).await;
+    // Wait until node1 knows the membership (its first successful cycle).
+    let t0 = Instant::now();
+    loop {
+        let r = http::get(d.addr, "/status", Duration::from_secs(1))
+            .await
+            .expect("status");
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+        if v["members"].as_array().map(|m| m.len()) == Some(4) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no membership: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before: Vec<usize> = counters.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    let requests = 50;
+    let calls = (0..requests).map(|_| http::get(d.addr, "/realPrimary", Duration::from_secs(3)));
+    let answers = futures_util::future::join_all(calls).await;
+    for a in &answers {
+        let a = a.as_ref().expect("answered");
+        // The fake peers are standbys and node1 has no votes from them: nobody is Primary.
+        assert_eq!(a.status, 503, "{}", a.body);
+    }
+    let asked: Vec<usize> = counters
+        .iter()
+        .zip(&before)
+        .map(|(c, b)| c.load(Ordering::SeqCst) - b)
+        .collect();
+    println!("{requests} simultaneous /realPrimary requests asked each peer {asked:?} times");
+    for n in &asked {
+        assert!(
+            (1..=2).contains(n),
+            "{requests} simultaneous requests asked a peer {n} times"
+        );
+    }
+    d.stop().await;
+    lab.teardown().await.expect("teardown");
+}
