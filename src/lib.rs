@@ -19,9 +19,11 @@
 //! completes, so tests can run several daemons in one process (they share nothing).
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod decide;
+pub mod notify;
 pub mod peers;
 pub mod poller;
 pub mod server;

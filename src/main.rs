@@ -1,12 +1,15 @@
 //! The `primgr` command: parse the command line, load the configuration, run the daemon until
-//! SIGTERM or SIGINT. Everything else lives in the library.
+//! SIGTERM or SIGINT (telling systemd when it is ready and when it stops), or run the
+//! `cluster` subcommand. Everything else lives in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use hyper::Uri;
 use primgr::config::{Origin, Settings, from_flag};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Exit status for a bad configuration or command line (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -18,8 +21,11 @@ const EXIT_UNAVAILABLE: u8 = 69;
 /// Every setting can come from the TOML file given with --config and be overridden by the flag
 /// of the same name; see etc/primgr.toml for each key and its default.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// Without a command, run the daemon.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -59,6 +65,28 @@ struct Cli {
     /// A peer API address override, NAME=http://HOST:PORT; repeatable. Replaces the file's [peers].
     #[arg(long = "peer", value_name = "NAME=URL")]
     peers: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show every node's state as its daemon reports it, and the real primary.
+    ///
+    /// Asks the daemon at --url for the cluster's members, then every member's /status at once.
+    /// Exit status: 0 when exactly one node answers 200 (Primary), 1 when none or several do
+    /// (split brain), 2 when not even --url could be reached.
+    Cluster {
+        /// API address of any primgr daemon of the cluster.
+        #[arg(long, value_name = "URL", default_value = primgr::cluster::DEFAULT_URL,
+              value_parser = primgr::cluster::parse_url)]
+        url: Uri,
+        /// Bound on each round of requests (learning the members; asking them all).
+        #[arg(long, value_name = "DURATION", default_value = "2s",
+              value_parser = primgr::cluster::parse_timeout)]
+        timeout: Duration,
+        /// Print a JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Cli {
@@ -124,6 +152,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(Command::Cluster { url, timeout, json }) = &cli.command {
+        return cluster(url, *timeout, *json);
+    }
     let config = match load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -159,6 +190,29 @@ fn main() -> ExitCode {
     runtime.block_on(serve(config))
 }
 
+/// `primgr cluster`: prints the table (or JSON) and exits with its status.
+fn cluster(url: &Uri, timeout: Duration, json: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("primgr cluster: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(primgr::cluster::gather(url, timeout));
+    if json {
+        println!("{:#}", report.to_json());
+    } else if report.error.is_some() {
+        eprint!("primgr cluster: {}", report.render());
+    } else {
+        print!("{}", report.render());
+    }
+    ExitCode::from(report.exit_code())
+}
+
 async fn serve(config: primgr::Config) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
@@ -174,13 +228,32 @@ async fn serve(config: primgr::Config) -> ExitCode {
         "primgr {} starting",
         env!("CARGO_PKG_VERSION")
     );
-    let shutdown = async {
+    let notifier = match primgr::notify::Notifier::from_env() {
+        Ok(n) => n,
+        Err(e) => {
+            warn!("{e}; not notifying systemd");
+            None
+        }
+    };
+    let on_ready: Option<primgr::poller::OnReady> = notifier.clone().map(|n| {
+        let status = format!(
+            "node {}: serving on {}, polling every {}",
+            config.node_name,
+            config.listen,
+            humantime::format_duration(config.interval)
+        );
+        Box::new(move || n.ready(&status)) as primgr::poller::OnReady
+    });
+    let shutdown = async move {
         match primgr::shutdown::signal().await {
             Ok(name) => info!("{name} received; shutting down"),
             Err(e) => error!("cannot watch for signals ({e}); shutting down"),
         }
+        if let Some(n) = &notifier {
+            n.stopping();
+        }
     };
-    match primgr::run(config, listener, shutdown).await {
+    match primgr::run_with_ready(config, listener, shutdown, on_ready).await {
         Ok(()) => {
             info!("stopped");
             ExitCode::SUCCESS

@@ -1,0 +1,46 @@
+-- A least-privilege database role for primgr.
+--
+-- primgr runs one statement per poll cycle (OBSERVE_SQL in src/db.rs):
+--   SELECT pg_is_in_recovery(), and node_id, node_name, type, active, location, conninfo
+--   FROM repmgr.nodes
+-- pg_is_in_recovery() may be executed by PUBLIC, so the role needs exactly:
+--   LOGIN, CONNECT on the repmgr database, USAGE on schema repmgr, SELECT on repmgr.nodes.
+-- Not superuser, not REPLICATION, not pg_monitor, no write access anywhere. Without the SELECT
+-- (or the USAGE) primgr reports Down with "permission denied ..." in /status and keeps serving.
+--
+-- Run once, on the primary, in the repmgr database, as a superuser (roles and grants
+-- replicate to every standby); running it again is harmless:
+--   psql -d repmgr -v ON_ERROR_STOP=1 -f least-privilege.sql
+-- Run it again after `ALTER EXTENSION repmgr UPDATE` in case the upgrade recreated the table.
+-- If the repmgr database has another name, change it in GRANT CONNECT below.
+--
+-- Then let the role in, in pg_hba.conf of EVERY node (before the broader repmgr lines), e.g.
+--   host   repmgr  primgr  10.0.0.0/24  scram-sha-256     -- TCP, with a password, or
+--   local  repmgr  primgr               peer map=primgr   -- unix socket, with pg_ident.conf:
+--                                                         --   primgr  postgres  primgr
+-- and use it in primgr.toml:
+--   conninfo = "host=/var/run/postgresql dbname=repmgr user=primgr application_name=primgr"
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'primgr') THEN
+        CREATE ROLE primgr LOGIN;
+    END IF;
+END
+$$;
+
+-- Nothing beyond logging in. The connection limit leaves room for the pool
+-- (max_connections_in_pool, 3 by default) plus a reconnect; raise it with the pool.
+ALTER ROLE primgr LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS
+    CONNECTION LIMIT 5;
+-- Belt and braces: any transaction of this role is read-only.
+ALTER ROLE primgr SET default_transaction_read_only = on;
+-- For a TCP conninfo with scram-sha-256, set a password (and put it in the conninfo or in
+-- ~postgres/.pgpass):
+--   \password primgr
+
+GRANT CONNECT ON DATABASE repmgr TO primgr;
+GRANT USAGE ON SCHEMA repmgr TO primgr;
+GRANT SELECT ON repmgr.nodes TO primgr;
+-- Tighter alternative to the line above, naming only the columns primgr reads:
+--   GRANT SELECT (node_id, node_name, type, active, location, conninfo) ON repmgr.nodes TO primgr;

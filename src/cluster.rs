@@ -1,0 +1,712 @@
+//! `primgr cluster`: the operator's view of the whole cluster, like `repmgr cluster show`.
+//!
+//! Owns asking one daemon for the membership (the `members` of its `/status`), asking every
+//! member's `/status` at once, and turning the answers into a table or a JSON document with the
+//! real primary (the one node that answers 200) or a split-brain warning, and the exit status
+//! ([`exit_code`]): 0 when exactly one node answers 200, 1 otherwise, 2 when not even the first
+//! node could be asked. An unreachable node is a row with its error, never left out.
+//!
+//! Timeouts: learning the membership and asking the members are each bounded by the
+//! `--timeout` given to [`gather`] (default [`DEFAULT_TIMEOUT`]), so the whole command takes at
+//! most twice that.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use hyper::Uri;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::peers::PeerClient;
+
+/// Default `--url`: the daemon on this machine.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:5999";
+/// Default `--timeout`: bound on each of the two rounds of requests.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Exit status when exactly one node answers 200.
+pub const EXIT_OK: u8 = 0;
+/// Exit status when no node, or more than one, answers 200.
+pub const EXIT_NO_SINGLE_PRIMARY: u8 = 1;
+/// Exit status when nothing could be reached, not even the node given with `--url`.
+pub const EXIT_UNREACHABLE: u8 = 2;
+
+/// One node as its daemon described itself in `/status` (or why it could not).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeReport {
+    /// Its `node_name` in repmgr.nodes.
+    pub name: String,
+    /// Its site (`location`), when known.
+    pub site: Option<String>,
+    /// The API address asked (`host:port`), when it has one.
+    pub address: Option<String>,
+    /// HTTP status of its `/status` (its health-check code), None when it gave no answer.
+    pub code: Option<u16>,
+    /// The state it reports: Primary, Standby, Down or Unknown.
+    pub state: Option<String>,
+    /// Whom its local metadata names as primary.
+    pub primary: Option<String>,
+    /// Votes it got from its site, when it held a vote.
+    pub votes: Option<u64>,
+    /// Votes it needed (0 when no vote was held).
+    pub votes_needed: Option<u64>,
+    /// Age of the poll result it serves, in milliseconds.
+    pub snapshot_age_ms: Option<f64>,
+    /// Why it is in its state, as it says.
+    pub reason: Option<String>,
+    /// Why it could not be asked or its answer could not be read.
+    pub error: Option<String>,
+}
+
+impl NodeReport {
+    /// A node that gave no usable answer.
+    pub fn failed(
+        name: &str,
+        site: Option<String>,
+        address: Option<String>,
+        error: String,
+    ) -> Self {
+        NodeReport {
+            name: name.to_string(),
+            site,
+            address,
+            code: None,
+            state: None,
+            primary: None,
+            votes: None,
+            votes_needed: None,
+            snapshot_age_ms: None,
+            reason: None,
+            error: Some(error),
+        }
+    }
+
+    /// Reads a `/status` answer of the node `name`; an answer that is not primgr's `/status`
+    /// (or is another node's) keeps its code and carries an error.
+    pub fn from_status(
+        name: &str,
+        site: Option<String>,
+        address: Option<String>,
+        code: u16,
+        body: &[u8],
+    ) -> Self {
+        let status: Option<Value> = serde_json::from_slice(body).ok();
+        let Some(state) = status.as_ref().and_then(|s| s["state"].as_str()) else {
+            let mut r = NodeReport::failed(
+                name,
+                site,
+                address,
+                format!("HTTP {code}: not a primgr /status answer"),
+            );
+            r.code = Some(code);
+            return r;
+        };
+        let s = status.as_ref().unwrap_or(&Value::Null);
+        let text = |key: &str| s[key].as_str().map(String::from);
+        let error = match s["node"].as_str() {
+            Some(node) if node != name => Some(format!(
+                "this address answers as node {node:?}, not {name:?}"
+            )),
+            _ => None,
+        };
+        NodeReport {
+            name: name.to_string(),
+            site: site.or_else(|| text("site")),
+            address,
+            code: Some(code),
+            state: Some(state.to_string()),
+            primary: text("primary"),
+            votes: s["votes"].as_u64(),
+            votes_needed: s["votes_needed"].as_u64(),
+            snapshot_age_ms: s["snapshot_age_ms"].as_f64(),
+            reason: text("reason"),
+            error,
+        }
+    }
+
+    /// Whether it answers 200 (Primary), i.e. haproxy would send writes to it.
+    pub fn is_primary(&self) -> bool {
+        self.code == Some(200)
+    }
+
+    /// Whether it gave any HTTP answer.
+    pub fn answered(&self) -> bool {
+        self.code.is_some()
+    }
+}
+
+/// Everything one run of `primgr cluster` learned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterReport {
+    /// The daemon asked for the membership.
+    pub url: String,
+    /// Why the membership could not be learned (nothing else was asked then).
+    pub error: Option<String>,
+    /// Remarks on how the membership was learned.
+    pub notes: Vec<String>,
+    /// Every member, in the order of repmgr.nodes.
+    pub nodes: Vec<NodeReport>,
+}
+
+impl ClusterReport {
+    /// The nodes answering 200.
+    pub fn primaries(&self) -> Vec<&str> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_primary())
+            .map(|n| n.name.as_str())
+            .collect()
+    }
+
+    /// The nodes that gave no HTTP answer.
+    pub fn unreachable(&self) -> Vec<&str> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.answered())
+            .map(|n| n.name.as_str())
+            .collect()
+    }
+
+    /// The exit status of the command; see [`exit_code`].
+    pub fn exit_code(&self) -> u8 {
+        exit_code(self.error.is_some(), &self.nodes)
+    }
+
+    /// The machine-readable document printed by `--json`: the same facts as the table.
+    pub fn to_json(&self) -> Value {
+        let primaries = self.primaries();
+        json!({
+            "url": self.url,
+            "error": self.error,
+            "notes": self.notes,
+            "nodes": self.nodes,
+            "primaries": primaries,
+            "real_primary": match primaries.as_slice() { [one] => Some(*one), _ => None },
+            "split_brain": primaries.len() > 1,
+            "unreachable": self.unreachable(),
+            "exit_code": self.exit_code(),
+        })
+    }
+
+    /// The table and, under it, the real primary or what is wrong.
+    pub fn render(&self) -> String {
+        if let Some(e) = &self.error {
+            return format!("cannot ask {} for the cluster's members: {e}\n", self.url);
+        }
+        let mut out = render_table(&self.nodes);
+        out.push('\n');
+        for note in &self.notes {
+            out.push_str(&format!("Note: {note}\n"));
+        }
+        match self.primaries().as_slice() {
+            [one] => out.push_str(&format!("Real primary: {one}\n")),
+            [] => out.push_str("NO PRIMARY: no node answers 200\n"),
+            many => out.push_str(&format!(
+                "SPLIT BRAIN: {} nodes answer 200 (Primary): {}\n",
+                many.len(),
+                many.join(", ")
+            )),
+        }
+        for n in self.nodes.iter().filter(|n| n.code == Some(509)) {
+            out.push_str(&format!(
+                "Warning: {} is Unknown (509): writable, but its site does not confirm it; \
+                 fence it or rejoin it (repmgr node rejoin)\n",
+                n.name
+            ));
+        }
+        let unreachable = self.unreachable();
+        if !unreachable.is_empty() {
+            out.push_str(&format!(
+                "Warning: no answer from {}\n",
+                unreachable.join(", ")
+            ));
+        }
+        out
+    }
+}
+
+/// The exit status: [`EXIT_UNREACHABLE`] when the membership could not be learned or no node
+/// answered at all, [`EXIT_OK`] when exactly one node answers 200, else
+/// [`EXIT_NO_SINGLE_PRIMARY`].
+pub fn exit_code(membership_failed: bool, nodes: &[NodeReport]) -> u8 {
+    if membership_failed || !nodes.iter().any(NodeReport::answered) {
+        return EXIT_UNREACHABLE;
+    }
+    match nodes.iter().filter(|n| n.is_primary()).count() {
+        1 => EXIT_OK,
+        _ => EXIT_NO_SINGLE_PRIMARY,
+    }
+}
+
+/// Column headers of the table.
+const HEADERS: [&str; 9] = [
+    "Node",
+    "Site",
+    "Address",
+    "State",
+    "Code",
+    "Primary",
+    "Votes",
+    "Age",
+    "Error / reason",
+];
+
+/// The table, one row per node, columns separated by `|` (like `repmgr cluster show`).
+///
+/// Votes are "got/needed" when the node held a vote; the last column shows why a node could not
+/// be asked, else why it is neither Primary nor Standby.
+pub fn render_table(nodes: &[NodeReport]) -> String {
+    let dash = || "-".to_string();
+    let rows: Vec<[String; 9]> = nodes
+        .iter()
+        .map(|n| {
+            let votes = match (n.votes, n.votes_needed) {
+                (Some(v), Some(needed)) if needed > 0 => format!("{v}/{needed}"),
+                _ => dash(),
+            };
+            let detail = match (&n.error, n.state.as_deref()) {
+                (Some(e), _) => e.clone(),
+                (None, Some("Primary" | "Standby")) => String::new(),
+                (None, _) => n.reason.clone().unwrap_or_default(),
+            };
+            [
+                n.name.clone(),
+                n.site.clone().unwrap_or_else(dash),
+                n.address.clone().unwrap_or_else(dash),
+                n.state.clone().unwrap_or_else(|| "unreachable".into()),
+                n.code.map(|c| c.to_string()).unwrap_or_else(dash),
+                n.primary.clone().unwrap_or_else(dash),
+                votes,
+                n.snapshot_age_ms
+                    .map(|ms| format!("{:.1}s", ms / 1000.0))
+                    .unwrap_or_else(dash),
+                one_line(&detail),
+            ]
+        })
+        .collect();
+    let mut widths = HEADERS.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!(" {c:<w$} "))
+            .collect();
+        format!("{}\n", text.join("|").trim_end())
+    };
+    let mut out = line(&HEADERS.map(String::from));
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(w + 2)).collect();
+    out.push_str(&format!("{}\n", rule.join("+")));
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+/// Control characters (newlines in database errors) would break the table.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Parses `--url`: `http://HOST:PORT`, or `HOST:PORT` (plain HTTP).
+pub fn parse_url(text: &str) -> Result<Uri, String> {
+    let with_scheme = if text.contains("://") {
+        text.to_string()
+    } else {
+        format!("http://{text}")
+    };
+    crate::config::parse_peer_url(&with_scheme)
+}
+
+/// Parses `--timeout`: a positive duration such as `2s` or `500ms`.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be more than zero".into()),
+        Err(e) => Err(format!("{text:?} is not a duration ({e})")),
+    }
+}
+
+/// `host:port` of an API address, as shown in the table.
+fn authority(uri: &Uri) -> String {
+    uri.authority()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| uri.to_string())
+}
+
+/// A member listed in the first node's `/status`.
+struct Member {
+    name: String,
+    site: Option<String>,
+    address: Result<Uri, String>,
+}
+
+fn members_of(status: &Value) -> Vec<Member> {
+    let Some(list) = status["members"].as_array() else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|m| {
+            let name = m["name"].as_str()?.to_string();
+            let address = match m["address"].as_str() {
+                Some(a) => a
+                    .parse::<Uri>()
+                    .map_err(|e| format!("its address {a:?} is not a URL: {e}")),
+                None => Err(format!(
+                    "no address: {}",
+                    m["address_error"].as_str().unwrap_or("unknown")
+                )),
+            };
+            Some(Member {
+                name,
+                site: m["site"].as_str().map(String::from),
+                address,
+            })
+        })
+        .collect()
+}
+
+/// Asks the daemon at `url` for the members, then every member's `/status` at once; each round
+/// is bounded by `timeout`.
+pub async fn gather(url: &Uri, timeout: Duration) -> ClusterReport {
+    let client = PeerClient::new(None, timeout);
+    let mut report = ClusterReport {
+        url: url.to_string(),
+        error: None,
+        notes: Vec::new(),
+        nodes: Vec::new(),
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let first = match client.get(url, "/status", deadline).await {
+        Ok((_, body)) => match serde_json::from_slice::<Value>(&body) {
+            Ok(v) if v["node"].is_string() => v,
+            _ => {
+                report.error = Some("its answer is not a primgr /status document".into());
+                return report;
+            }
+        },
+        Err(e) => {
+            report.error = Some(e.to_string());
+            return report;
+        }
+    };
+    let mut members = members_of(&first);
+    if members.is_empty() {
+        let name = first["node"].as_str().unwrap_or_default().to_string();
+        report.notes.push(format!(
+            "{name} lists no members (its database has not been read yet); showing only {name}"
+        ));
+        members.push(Member {
+            name,
+            site: first["site"].as_str().map(String::from),
+            address: Ok(url.clone()),
+        });
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let client = &client;
+    let asks = members.into_iter().map(|m| async move {
+        let uri = match m.address {
+            Ok(uri) => uri,
+            Err(why) => return NodeReport::failed(&m.name, m.site, None, why),
+        };
+        let address = Some(authority(&uri));
+        match client.get(&uri, "/status", deadline).await {
+            Ok((code, body)) => NodeReport::from_status(&m.name, m.site, address, code, &body),
+            Err(e) => NodeReport::failed(&m.name, m.site, address, e.to_string()),
+        }
+    });
+    report.nodes = join_all(asks).await;
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, code: u16, state: &str, primary: &str, votes: (u64, u64)) -> NodeReport {
+        NodeReport {
+            name: name.into(),
+            site: Some("dc1".into()),
+            address: Some(format!("127.0.0.1:{}", 5990 + name.len())),
+            code: Some(code),
+            state: Some(state.into()),
+            primary: Some(primary.into()),
+            votes: Some(votes.0),
+            votes_needed: Some(votes.1),
+            snapshot_age_ms: Some(312.4),
+            reason: Some(format!("reason of {name}")),
+            error: None,
+        }
+    }
+
+    fn down(name: &str) -> NodeReport {
+        NodeReport::failed(
+            name,
+            Some("dc2".into()),
+            Some("127.0.0.9:5999".into()),
+            "request failed: connection refused".into(),
+        )
+    }
+
+    fn cells(table: &str, name: &str) -> Vec<String> {
+        let row = table
+            .lines()
+            .find(|l| l.split('|').next().map(str::trim) == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name} in\n{table}"));
+        row.split('|').map(|c| c.trim().to_string()).collect()
+    }
+
+    #[test]
+    fn exit_codes() {
+        let p1 = node("node1", 200, "Primary", "node1", (3, 2));
+        let p2 = node("node2", 200, "Primary", "node2", (2, 2));
+        let s = node("node3", 202, "Standby", "node1", (0, 0));
+        let u = node("node4", 509, "Unknown", "node4", (1, 2));
+        assert_eq!(
+            exit_code(false, &[p1.clone(), s.clone(), down("x")]),
+            EXIT_OK
+        );
+        assert_eq!(
+            exit_code(false, &[u.clone(), p2.clone(), s.clone()]),
+            EXIT_OK
+        );
+        assert_eq!(
+            exit_code(false, &[p1.clone(), p2.clone(), s.clone()]),
+            EXIT_NO_SINGLE_PRIMARY
+        );
+        assert_eq!(
+            exit_code(false, &[s.clone(), u.clone()]),
+            EXIT_NO_SINGLE_PRIMARY
+        );
+        assert_eq!(exit_code(false, &[down("a"), down("b")]), EXIT_UNREACHABLE);
+        assert_eq!(exit_code(false, &[]), EXIT_UNREACHABLE);
+        assert_eq!(exit_code(true, &[p1]), EXIT_UNREACHABLE);
+    }
+
+    #[test]
+    fn table_has_a_row_per_node_with_its_facts() {
+        let nodes = vec![
+            node("node1", 200, "Primary", "node1", (3, 2)),
+            node("node2", 202, "Standby", "node1", (0, 0)),
+            down("node3"),
+        ];
+        let table = render_table(&nodes);
+        assert_eq!(table.lines().count(), 2 + nodes.len(), "{table}");
+        let header: Vec<String> = table
+            .lines()
+            .next()
+            .unwrap()
+            .split('|')
+            .map(|c| c.trim().into())
+            .collect();
+        assert_eq!(header, HEADERS.map(String::from));
+        assert_eq!(
+            cells(&table, "node1"),
+            [
+                "node1",
+                "dc1",
+                "127.0.0.1:5995",
+                "Primary",
+                "200",
+                "node1",
+                "3/2",
+                "0.3s",
+                ""
+            ]
+        );
+        assert_eq!(
+            cells(&table, "node2"),
+            [
+                "node2",
+                "dc1",
+                "127.0.0.1:5995",
+                "Standby",
+                "202",
+                "node1",
+                "-",
+                "0.3s",
+                ""
+            ]
+        );
+        assert_eq!(
+            cells(&table, "node3"),
+            [
+                "node3",
+                "dc2",
+                "127.0.0.9:5999",
+                "unreachable",
+                "-",
+                "-",
+                "-",
+                "-",
+                "request failed: connection refused"
+            ]
+        );
+        // Columns line up: every separator at the same offsets in every line.
+        let bars = |l: &str| {
+            l.match_indices(['|', '+'])
+                .map(|(i, _)| i)
+                .collect::<Vec<_>>()
+        };
+        let lines: Vec<&str> = table.lines().collect();
+        for l in &lines[1..] {
+            assert_eq!(bars(l), bars(lines[0]), "{table}");
+        }
+    }
+
+    #[test]
+    fn down_and_unknown_nodes_show_their_reason() {
+        let mut d = node("node1", 503, "Down", "node1", (0, 0));
+        d.reason = Some("cannot connect to database:\nrefused".into());
+        let u = node("node5", 509, "Unknown", "node5", (1, 2));
+        let table = render_table(&[d, u]);
+        assert_eq!(
+            cells(&table, "node1")[8],
+            "cannot connect to database: refused"
+        );
+        assert_eq!(cells(&table, "node5")[6], "1/2");
+        assert_eq!(cells(&table, "node5")[8], "reason of node5");
+    }
+
+    fn report(nodes: Vec<NodeReport>) -> ClusterReport {
+        ClusterReport {
+            url: "http://127.0.0.1:5999/".into(),
+            error: None,
+            notes: vec![],
+            nodes,
+        }
+    }
+
+    #[test]
+    fn summary_names_the_real_primary_or_the_split_brain() {
+        let one = report(vec![
+            node("node1", 509, "Unknown", "node1", (1, 2)),
+            node("node2", 200, "Primary", "node2", (2, 2)),
+            down("node4"),
+        ]);
+        let text = one.render();
+        assert!(text.contains("Real primary: node2\n"), "{text}");
+        assert!(text.contains("Warning: node1 is Unknown (509)"), "{text}");
+        assert!(text.contains("Warning: no answer from node4"), "{text}");
+        assert!(!text.contains("SPLIT BRAIN"), "{text}");
+        let doc = one.to_json();
+        assert_eq!(doc["real_primary"], "node2");
+        assert_eq!(doc["exit_code"], 0);
+        assert_eq!(doc["unreachable"], json!(["node4"]));
+        assert_eq!(
+            doc["nodes"][2]["error"],
+            "request failed: connection refused"
+        );
+        assert_eq!(doc["nodes"][1]["votes"], 2);
+
+        let two = report(vec![
+            node("node1", 200, "Primary", "node1", (2, 2)),
+            node("node2", 200, "Primary", "node2", (2, 2)),
+        ]);
+        let text = two.render();
+        assert!(
+            text.contains("SPLIT BRAIN: 2 nodes answer 200 (Primary): node1, node2"),
+            "{text}"
+        );
+        assert!(!text.contains("Real primary"), "{text}");
+        let doc = two.to_json();
+        assert_eq!(
+            (doc["split_brain"].clone(), doc["real_primary"].clone()),
+            (json!(true), Value::Null)
+        );
+        assert_eq!(doc["exit_code"], 1);
+
+        let none = report(vec![node("node2", 202, "Standby", "node1", (0, 0))]);
+        assert!(none.render().contains("NO PRIMARY"));
+        assert_eq!(none.exit_code(), 1);
+    }
+
+    #[test]
+    fn status_answers_are_read_or_flagged() {
+        let body = br#"{"node":"node2","site":"dc1","state":"Unknown","code":509,"primary":"node1",
+            "votes":1,"votes_needed":2,"snapshot_age_ms":12.5,"reason":"only 1 of 3"}"#;
+        let r = NodeReport::from_status("node2", None, None, 509, body);
+        assert_eq!(
+            (
+                r.state.as_deref(),
+                r.code,
+                r.votes,
+                r.votes_needed,
+                r.site.as_deref(),
+                r.error
+            ),
+            (
+                Some("Unknown"),
+                Some(509),
+                Some(1),
+                Some(2),
+                Some("dc1"),
+                None
+            )
+        );
+        let r = NodeReport::from_status("node3", None, None, 509, body);
+        assert!(r.error.unwrap().contains("answers as node \"node2\""));
+        let r = NodeReport::from_status("node3", None, None, 404, br#"{"error":"not found"}"#);
+        assert_eq!((r.code, r.state), (Some(404), None));
+        assert!(r.error.unwrap().contains("not a primgr /status answer"));
+    }
+
+    #[test]
+    fn urls_and_timeouts() {
+        assert_eq!(
+            parse_url("http://10.0.0.1:5999").unwrap().to_string(),
+            "http://10.0.0.1:5999/"
+        );
+        assert_eq!(
+            parse_url("db1:6000").unwrap().to_string(),
+            "http://db1:6000/"
+        );
+        assert!(parse_url("https://db1:5999").is_err());
+        assert!(parse_url("http://").is_err());
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_timeout("0s").is_err());
+        assert!(parse_timeout("soon").is_err());
+    }
+
+    #[test]
+    fn members_come_from_status() {
+        let status = json!({"node":"node1","members":[
+            {"name":"node1","site":"dc1","address":"http://127.0.0.11:5999/"},
+            {"name":"node2","site":"dc1","address":null,"address_error":"its conninfo names no network host"},
+        ]});
+        let m = members_of(&status);
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            m[0].address.as_ref().unwrap().to_string(),
+            "http://127.0.0.11:5999/"
+        );
+        assert!(
+            m[1].address
+                .as_ref()
+                .unwrap_err()
+                .contains("no network host")
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_an_error_not_a_hang() {
+        // Port 1 on loopback: nothing listens there.
+        let url = parse_url("127.0.0.1:1").unwrap();
+        let t0 = std::time::Instant::now();
+        let r = gather(&url, Duration::from_secs(2)).await;
+        assert!(t0.elapsed() < Duration::from_secs(3));
+        assert!(r.error.is_some(), "{r:?}");
+        assert_eq!(r.exit_code(), EXIT_UNREACHABLE);
+        assert!(
+            r.render().contains("cannot ask http://127.0.0.1:1/"),
+            "{}",
+            r.render()
+        );
+    }
+}
