@@ -13,7 +13,8 @@
 //! - [`snapshot`]: the published result and the staleness rule;
 //! - [`poller`]: the interval task that ties the above together and logs transitions;
 //! - [`api`]: the endpoints; [`server`]: connections, limits and draining;
-//! - [`shutdown`]: signals and the stop token.
+//! - [`shutdown`]: signals and the stop token; [`notify`]: systemd readiness (sd_notify);
+//! - [`cluster`]: the `primgr cluster` operator view over every node's `/status`.
 //!
 //! [`run`] starts a whole daemon on an already bound listener and stops it when a future
 //! completes, so tests can run several daemons in one process (they share nothing).
@@ -68,7 +69,11 @@ where
     F: Future<Output = ()> + Send,
 {
     let config = Arc::new(config);
-    let db = db::Db::new(&config.conninfo, config.max_connections_in_pool, config.db_timeout)?;
+    let db = db::Db::new(
+        &config.conninfo,
+        config.max_connections_in_pool,
+        config.db_timeout,
+    )?;
     let client = peers::PeerClient::new(config.source_address, config.peer_timeout);
     let store = Arc::new(snapshot::SnapshotStore::default());
     let (trigger, stop) = shutdown::channel();
