@@ -13,6 +13,8 @@
 //! [`Lab::thaw`], iptables [`Lab::cut`] / [`Lab::heal`] between node addresses), SQL through
 //! [`Lab::psql`], and primgr daemon processes ([`Lab::spawn_daemon`]). [`http`] is a tiny HTTP
 //! client for the daemons' endpoints and [`dashboard`] renders the status table of the demo binary.
+//! [`haproxy`] runs the shipped `contrib/haproxy.cfg`, rendered for the lab's addresses, in front
+//! of a lab and reads haproxy's view of its servers.
 //!
 //! ## Requirements
 //! Must run as **root** (PostgreSQL, psql and repmgr run as the `postgres` OS user through
@@ -53,6 +55,7 @@
 mod cmd;
 pub mod dashboard;
 mod firewall;
+pub mod haproxy;
 pub mod http;
 mod procs;
 

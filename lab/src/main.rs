@@ -2,14 +2,17 @@
 //!
 //! ```text
 //! primgr-lab up   [--subnet N] [--dir DIR] [--primgr PATH] [--interval DUR] [--refresh SECS]
-//!                 [--no-daemons] [-- EXTRA PRIMGR ARGS...]
+//!                 [--no-daemons] [--no-haproxy] [-- EXTRA PRIMGR ARGS...]
 //! primgr-lab down [--subnet N] [--dir DIR]
 //! ```
 //!
 //! `up` builds the standard lab (node1..node3 in dc1, node4 in dc2 on 127.0.N.11..14), starts a
 //! primgr daemon per node (binary: `--primgr`, else `$PRIMGR_BIN`, else `primgr` next to this
-//! executable) and prints every `--refresh` seconds (default 2) a status table. Ctrl-C or SIGTERM
-//! tears everything down. `down` removes a lab left behind by a killed `up` or test.
+//! executable), starts haproxy with the shipped `contrib/haproxy.cfg` rendered for the lab
+//! (write port 127.0.N.100:5000, read port 127.0.N.100:5001; see `primgr_lab::haproxy`) and
+//! prints every `--refresh` seconds (default 2) a status table, including which node new
+//! connections through haproxy's write and read ports reach. Ctrl-C or SIGTERM tears everything
+//! down. `down` removes a lab left behind by a killed `up` or test.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,13 +20,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use primgr_lab::dashboard::{self, Section};
+use primgr_lab::haproxy::{self, Haproxy};
 use primgr_lab::{Lab, LabSpec};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 const USAGE: &str = "\
 usage:
   primgr-lab up   [--subnet N] [--dir DIR] [--primgr PATH] [--interval DUR] [--refresh SECS]
-                  [--no-daemons] [-- EXTRA PRIMGR ARGS...]
+                  [--no-daemons] [--no-haproxy] [-- EXTRA PRIMGR ARGS...]
   primgr-lab down [--subnet N] [--dir DIR]
 
   --subnet N      third octet of the node addresses 127.0.N.11.. (default 77)
@@ -31,7 +35,8 @@ usage:
   --primgr PATH   primgr binary (default $PRIMGR_BIN, else `primgr` next to this executable)
   --interval DUR  passed to every daemon as `--interval DUR` (default 1s; `none`: not passed)
   --refresh SECS  status print period (default 2)
-  --no-daemons    only build the cluster and show it
+  --no-daemons    only build the cluster and show it (implies --no-haproxy)
+  --no-haproxy    do not start haproxy (contrib/haproxy.cfg) in front of the cluster
   -- ARGS         further arguments for every primgr daemon
 Must run as root.";
 
@@ -43,6 +48,7 @@ struct Opts {
     interval: Option<String>,
     refresh: Duration,
     daemons: bool,
+    haproxy: bool,
     extra: Vec<String>,
 }
 
@@ -54,6 +60,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         interval: Some("1s".to_string()),
         refresh: Duration::from_secs(2),
         daemons: true,
+        haproxy: true,
         extra: Vec::new(),
     };
     let mut it = args.iter();
@@ -88,6 +95,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                 o.refresh = Duration::from_secs_f64(secs);
             }
             "--no-daemons" => o.daemons = false,
+            "--no-haproxy" => o.haproxy = false,
             "--" => {
                 o.extra = it.by_ref().cloned().collect();
             }
@@ -200,11 +208,23 @@ async fn demo(
             }
         }
     }
+    // haproxy checks the daemons: without them every server would be DOWN.
+    let hp = if bin.is_some() && o.haproxy {
+        match Haproxy::start(lab, haproxy::SHIPPED_CONFIG).await {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("primgr-lab: warning: haproxy not started: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     // SAFETY: isatty has no preconditions.
     let tty = unsafe { libc::isatty(1) } == 1;
     let started = Instant::now();
     loop {
-        let text = dashboard::render(&collect(lab, bin.is_some()).await);
+        let text = dashboard::render(&collect(lab, bin.is_some(), hp.as_ref()).await);
         if tty {
             print!("\x1b[H\x1b[2J");
         }
@@ -215,15 +235,19 @@ async fn demo(
         );
         tokio::select! {
             _ = tokio::time::sleep(o.refresh) => {}
-            _ = sigint.recv() => return Ok(()),
-            _ = sigterm.recv() => return Ok(()),
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
         }
     }
+    if let Some(h) = hp {
+        h.stop().await?;
+    }
+    Ok(())
 }
 
 /// Everything printed each round. To show another part of the demo (e.g. haproxy), write an
 /// `async fn(&Lab) -> Section` (see `primgr_lab::dashboard`) and add it here.
-async fn collect(lab: &Lab, daemons: bool) -> Vec<Section> {
+async fn collect(lab: &Lab, daemons: bool, hp: Option<&Haproxy>) -> Vec<Section> {
     let (nodes, daemon_sec) = tokio::join!(dashboard::nodes_section(lab), async {
         if daemons {
             Some(dashboard::daemons_section(lab).await)
@@ -233,6 +257,9 @@ async fn collect(lab: &Lab, daemons: bool) -> Vec<Section> {
     });
     let mut v = vec![nodes];
     v.extend(daemon_sec);
+    if let Some(hp) = hp {
+        v.push(haproxy::section(lab, hp).await);
+    }
     v.push(dashboard::access_section(lab, daemons));
     v
 }
