@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bb8::{ErrorSink, Pool, RunError};
 use bb8_postgres::PostgresConnectionManager;
+use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Config as PgConfig, NoTls};
 
@@ -92,9 +93,11 @@ pub struct Db {
 }
 
 /// bb8 hands failed connection attempts to an error sink and lets `get()` time out; this sink
-/// keeps the latest one so an observation can say "connection refused" instead of "timeout".
+/// keeps the latest one so an observation can say "connection refused" instead of "timeout",
+/// and wakes the observation waiting for a connection so that it fails at once instead of at
+/// the end of `db_timeout` (a stopped database is then Down one cycle after it stopped).
 #[derive(Debug, Clone, Default)]
-struct LastConnectError(Arc<Mutex<Option<(Instant, String)>>>);
+struct LastConnectError(Arc<Mutex<Option<(Instant, String)>>>, Arc<Notify>);
 
 impl LastConnectError {
     /// The latest connection error seen after `since`, if any.
@@ -103,6 +106,20 @@ impl LastConnectError {
         last.as_ref()
             .filter(|(at, _)| *at >= since)
             .map(|(_, e)| e.clone())
+    }
+
+    /// Waits for a connection error after `since`.
+    async fn next(&self, since: Instant) -> String {
+        loop {
+            let notified = self.1.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so an error sunk in between is not missed.
+            notified.as_mut().enable();
+            if let Some(e) = self.since(since) {
+                return e;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -123,6 +140,7 @@ impl ErrorSink<tokio_postgres::Error> for LastConnectError {
         }
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((Instant::now(), error_text(&error)));
+        self.1.notify_waiters();
     }
 
     fn boxed_clone(&self) -> Box<dyn ErrorSink<tokio_postgres::Error>> {
@@ -210,7 +228,12 @@ impl Db {
 
     async fn observe_once(&self) -> Result<DbObservation, Retry> {
         let asked = Instant::now();
-        let conn = self.pool.get().await.map_err(|e| match e {
+        let checkout = tokio::select! {
+            checkout = self.pool.get() => checkout,
+            // The connection attempt made for this checkout failed: say so now.
+            e = self.connect_errors.next(asked) => return Err(Retry::Final(DbError::Connect(e))),
+        };
+        let conn = checkout.map_err(|e| match e {
             RunError::User(e) => Retry::Final(DbError::Connect(error_text(&e))),
             RunError::TimedOut => Retry::Final(match self.connect_errors.since(asked) {
                 Some(e) => DbError::Connect(e),
@@ -315,6 +338,30 @@ mod tests {
         );
         obs.nodes.clear();
         assert_eq!(obs.named_primary(), None);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_fails_at_once_not_at_the_timeout() {
+        // Nothing listens on port 1: every connection attempt is refused.
+        let db = Db::new(
+            "host=127.0.0.1 port=1 dbname=repmgr user=repmgr",
+            3,
+            Duration::from_secs(3),
+        )
+        .expect("conninfo");
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            let e = db.observe().await.expect_err("nothing listens");
+            assert!(
+                matches!(&e, DbError::Connect(text) if text.contains("refused")),
+                "{e}"
+            );
+            assert!(
+                t0.elapsed() < Duration::from_secs(1),
+                "took {:?}",
+                t0.elapsed()
+            );
+        }
     }
 
     #[test]

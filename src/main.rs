@@ -214,7 +214,7 @@ fn cluster(url: &Uri, timeout: Duration, json: bool) -> ExitCode {
 }
 
 async fn serve(config: primgr::Config) -> ExitCode {
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match primgr::server::bind(config.listen) {
         Ok(l) => l,
         Err(e) => {
             error!("cannot listen on {} (`listen`): {e}", config.listen);

@@ -79,7 +79,9 @@ impl PeerClient {
         path: &str,
         deadline: Instant,
     ) -> Result<(u16, Bytes), PeerError> {
-        let budget = deadline.saturating_duration_since(Instant::now());
+        // In whole milliseconds: it is shown to operators ("no answer within 500ms").
+        let left = deadline.saturating_duration_since(Instant::now());
+        let budget = Duration::from_millis(((left.as_micros() + 500) / 1000) as u64);
         let uri = join(base, path)?;
         let mut request = hyper::Request::new(Empty::new());
         *request.uri_mut() = uri;

@@ -3,18 +3,25 @@
 //! Owns how connections are served, not what is answered (that is [`crate::api`]). Every limit
 //! that keeps a misbehaving client from hurting the health checks lives here: a cap on open
 //! connections, a cap on request-head size, a timeout for reading a request head that also
-//! closes idle keep-alive connections, and a deadline for draining at shutdown.
+//! closes idle keep-alive connections, the refusal of request bodies (no endpoint takes one) and
+//! of request targets without a path, and a deadline for draining at shutdown.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, Ready, ready};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use bytes::Bytes;
+use futures_util::future::{Either as EitherFuture, MapOk, TryFutureExt};
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Incoming};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::service::Service;
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
@@ -23,33 +30,53 @@ use tracing::{debug, warn};
 /// idle timeout. Longer than the peer client's pool idle time ([`crate::peers::POOL_IDLE_TIMEOUT`]).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Largest request head (request line and headers) accepted; a larger one gets 431.
+/// Largest request head (request line and headers) accepted; a larger one gets 431 and the
+/// connection is closed.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Most connections served at once; past it new connections are closed at once.
 pub const MAX_CONNECTIONS: usize = 4096;
 
+/// Length of the kernel's queue of connections not yet accepted ([`bind`]). The default of
+/// the standard library and tokio (128) overflows under a burst of connects; an overflowed
+/// queue drops the SYN of a health check, which then waits a full second for the
+/// retransmission.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
 /// How long in-flight requests may take to finish after shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Binds the listening socket with a queue of [`LISTEN_BACKLOG`] pending connections.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Serves `service` on `listener` until `shutdown` completes, then stops accepting, lets
 /// in-flight requests finish (at most [`DRAIN_TIMEOUT`]) and returns.
 pub async fn serve<S, B, F>(listener: TcpListener, service: S, shutdown: F)
 where
-    S: Service<hyper::Request<Incoming>, Response = hyper::Response<B>, Error = Infallible>
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + Sync
         + 'static,
     S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     F: Future<Output = ()> + Send,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(IDLE_TIMEOUT)
+        // Without max_header_size a head that arrives in one read is parsed whatever its size;
+        // max_buf_size only bounds the buffer while a head is still incomplete.
+        .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     let http = Arc::new(http);
@@ -80,7 +107,7 @@ where
         };
         refused_logged = false;
         let _ = stream.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+        let conn = http.serve_connection(TokioIo::new(stream), Gate(service.clone()));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -96,5 +123,146 @@ where
         .is_err()
     {
         warn!("some requests were still running when the drain deadline passed");
+    }
+}
+
+/// Wraps the API and answers, itself, the requests it must not see: one that carries a body (a
+/// `Content-Length` above zero or any `Transfer-Encoding`) gets 413 without the body being read,
+/// since no endpoint takes one and a health check never sends one; one whose target has no path
+/// (the authority form of `CONNECT host:port`, or `GET host`) gets 400, since warp's path
+/// filters panic on it. Both close the connection.
+#[derive(Clone)]
+struct Gate<S>(S);
+
+type Refused = Full<Bytes>;
+type Wrapped<B> = Response<Either<B, Refused>>;
+
+impl<S, B> Service<Request<Incoming>> for Gate<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+{
+    type Response = Wrapped<B>;
+    type Error = Infallible;
+    #[allow(clippy::type_complexity)]
+    type Future = EitherFuture<
+        MapOk<S::Future, fn(Response<B>) -> Wrapped<B>>,
+        Ready<Result<Wrapped<B>, Infallible>>,
+    >;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let refusal = if !request.body().is_end_stream() {
+            Some((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &br#"{"error":"request bodies are not accepted"}"#[..],
+            ))
+        } else if request.uri().path_and_query().is_none() {
+            Some((
+                StatusCode::BAD_REQUEST,
+                &br#"{"error":"the request target has no path"}"#[..],
+            ))
+        } else {
+            None
+        };
+        match refusal {
+            None => {
+                let wrap: fn(Response<B>) -> Wrapped<B> = |r| r.map(Either::Left);
+                EitherFuture::Left(self.0.call(request).map_ok(wrap))
+            }
+            Some((status, body)) => {
+                EitherFuture::Right(ready(Ok(refused(status, body).map(Either::Right))))
+            }
+        }
+    }
+}
+
+/// A refusal answered by the server itself; `Connection: close` since the request was not
+/// read to its end.
+fn refused(status: StatusCode, body: &'static [u8]) -> Response<Refused> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Sends `raw` on a fresh connection and returns everything the server wrote until it
+    /// closed the connection.
+    async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(raw).await;
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out));
+        // A reset after the answer is fine; the bytes read so far are kept.
+        let _ = read.await.expect("the server closes the connection");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn oversized_heads_bodies_and_targets_without_a_path_are_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ok = hyper::service::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, ok, async {
+            let _ = stopped.await;
+        }));
+
+        let close = "Connection: close\r\n";
+        let plain = exchange(
+            addr,
+            format!("GET / HTTP/1.1\r\nHost: x\r\n{close}\r\n").as_bytes(),
+        )
+        .await;
+        assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+
+        // One header just over the limit, sent in a single write.
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n{close}\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
+        let r = exchange(addr, big.as_bytes()).await;
+        assert!(r.is_empty() || r.starts_with("HTTP/1.1 431"), "{r}");
+
+        for body in [
+            "Content-Length: 5\r\n\r\nhello",
+            "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ] {
+            // The connection is closed after the 413 even though the client asked to keep it.
+            let r = exchange(
+                addr,
+                format!("GET / HTTP/1.1\r\nHost: x\r\n{body}").as_bytes(),
+            )
+            .await;
+            assert!(r.starts_with("HTTP/1.1 413"), "{body}: {r}");
+            assert!(r.contains("connection: close"), "{r}");
+        }
+        for target in ["CONNECT 127.0.0.1:5432", "GET state"] {
+            let r = exchange(
+                addr,
+                format!("{target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            )
+            .await;
+            assert!(r.starts_with("HTTP/1.1 400"), "{target}: {r}");
+        }
+        let empty = exchange(
+            addr,
+            format!("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n{close}\r\n").as_bytes(),
+        )
+        .await;
+        assert!(
+            empty.starts_with("HTTP/1.1 200"),
+            "an empty body is no body: {empty}"
+        );
+
+        let _ = stop.send(());
+        server.await.unwrap();
     }
 }
