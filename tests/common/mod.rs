@@ -2,6 +2,9 @@
 //! waits and probes a user would run against them.
 #![allow(dead_code)]
 
+pub mod child;
+pub mod sampler;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,0 +1,937 @@
+//! A seeded random schedule of faults on a real four-node repmgr lab (node1–3 in dc1, node4 in
+//! dc2), each node with the real `primgr` binary bound to its node address, while a sampler on
+//! its own thread reads every node's `/state` 20 times a second from 127.0.0.1.
+//!
+//! Faults, each chosen only when it is valid in the model of the cluster the test keeps:
+//! failover (the primary killed hard, the dc1 standby with the most WAL promoted, the rest
+//! following), a stale old primary started without rejoin, rejoin, a database frozen (SIGSTOP of
+//! the postmaster and its children), only the postmaster frozen, a peer link cut (iptables DROP
+//! between two dc1 node addresses) and a daemon stopped; repairs: thaw, heal, daemon restarted.
+//! The seed is printed first; `PRIMGR_CHAOS_SEED=<seed>` replays the same schedule (the same
+//! faults in the same order; timings vary). `PRIMGR_CHAOS_FAULTS` sets the number of faults
+//! (default 15, a CI run of about three minutes).
+//!
+//! Invariants, checked on every sample against the fault log:
+//! 1. two nodes of one site never answer 200 at the same time outside a settle window of
+//!    2 × interval after an action (the longest overlap is reported, even inside a window);
+//! 2. a node whose database is stopped or frozen answers 503 within `db_timeout` + `interval`
+//!    + 500 ms, and until its database is back;
+//! 3. every running daemon answers every sample within 100 ms;
+//! 4. once everything is healed, exactly one node (the model's primary) answers 200 and every
+//!    other 202 within [`HEAL_BOUND`].
+//!
+//! Only the postmaster frozen: existing sessions keep working, new connections hang. The
+//! daemon observes through its pooled connection, which keeps working, so the node keeps
+//! answering what its database says (a Primary with its votes stays 200). That is taken as
+//! correct: the database serves every existing session, replication included, and the daemon
+//! does not open a connection per cycle. Invariant 2 therefore covers stopped and fully frozen
+//! databases; what pm-frozen nodes answered is reported, and invariants 1 and 3 hold for them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::sampler::{Sample, Sampler, quantile};
+use primgr_lab::http;
+use primgr_lab::{Lab, LabSpec, StopMode};
+
+/// Lab subnet 50 is this file's.
+const SUBNET: u8 = 50;
+const INTERVAL: Duration = Duration::from_millis(500);
+const DB_TIMEOUT: Duration = Duration::from_secs(1);
+const PEER_TIMEOUT: Duration = Duration::from_millis(500);
+/// The sampler's period per node (20 Hz).
+const PERIOD: Duration = Duration::from_millis(50);
+/// Invariant 1: overlaps inside this window after an action are reported, not failures.
+const SETTLE: Duration = Duration::from_millis(2 * INTERVAL.as_millis() as u64);
+/// Invariant 2: a stopped or frozen database shows as 503 within this bound.
+const DOWN_BOUND: Duration =
+    Duration::from_millis((DB_TIMEOUT.as_millis() + INTERVAL.as_millis()) as u64 + 500);
+/// Invariant 3: every answer within this bound.
+const ANSWER_BOUND: Duration = Duration::from_millis(100);
+/// Invariant 4: after the last repair, two cycles plus both timeouts plus 2 s of slack for a
+/// loaded machine.
+const HEAL_BOUND: Duration = Duration::from_millis(
+    (2 * INTERVAL.as_millis() + DB_TIMEOUT.as_millis() + PEER_TIMEOUT.as_millis()) as u64 + 2000,
+);
+/// Open faults (frozen databases, cuts, stopped daemons) at most at once.
+const MAX_OPEN: usize = 3;
+
+/// splitmix64: small, fast, and the same sequence for the same seed everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.next() % (to - from + 1))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Db {
+    Running,
+    Stopped,
+    Frozen,
+    PmFrozen,
+}
+
+struct NodeModel {
+    name: String,
+    site: String,
+    db: Db,
+    /// An old primary that has not been rejoined (stopped, or running read-write).
+    stale: bool,
+    daemon: bool,
+}
+
+struct Model {
+    nodes: Vec<NodeModel>,
+    primary: usize,
+    cuts: Vec<(usize, usize)>,
+}
+
+impl Model {
+    fn open_faults(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n.db, Db::Frozen | Db::PmFrozen) || !n.daemon)
+            .count()
+            + self.cuts.len()
+    }
+
+    fn dc1(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].site == "dc1")
+            .collect()
+    }
+
+    /// Every action valid now, with the weight of its kind.
+    fn valid(&self) -> Vec<(Action, u32)> {
+        let mut out = Vec::new();
+        let n = self.nodes.len();
+        let open = self.open_faults();
+        let stale = self.nodes.iter().any(|x| x.stale);
+        let standbys_running = (0..n)
+            .filter(|&i| i != self.primary)
+            .all(|i| self.nodes[i].db == Db::Running);
+        if !stale && standbys_running {
+            out.push((Action::Failover, 4));
+        }
+        for i in 0..n {
+            let x = &self.nodes[i];
+            if x.stale && x.db == Db::Stopped {
+                out.push((Action::StartStale(i), 3));
+            }
+            if x.stale
+                && matches!(x.db, Db::Stopped | Db::Running)
+                && self.nodes[self.primary].db == Db::Running
+            {
+                out.push((Action::Rejoin(i), 3));
+            }
+            if x.db == Db::Running && open < MAX_OPEN {
+                out.push((Action::Freeze(i), 2));
+                out.push((Action::FreezePostmaster(i), 2));
+            }
+            if matches!(x.db, Db::Frozen | Db::PmFrozen) {
+                out.push((Action::Thaw(i), 3));
+            }
+            if x.daemon && open < MAX_OPEN && self.nodes.iter().all(|y| y.daemon) {
+                out.push((Action::StopDaemon(i), 2));
+            }
+            if !x.daemon {
+                out.push((Action::StartDaemon(i), 3));
+            }
+        }
+        let dc1 = self.dc1();
+        for (k, &a) in dc1.iter().enumerate() {
+            for &b in &dc1[k + 1..] {
+                if self.cuts.contains(&(a, b)) {
+                    out.push((Action::Heal(a, b), 3));
+                } else if open < MAX_OPEN && self.cuts.len() < 2 {
+                    out.push((Action::Cut(a, b), 2));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Failover,
+    StartStale(usize),
+    Rejoin(usize),
+    Freeze(usize),
+    FreezePostmaster(usize),
+    Thaw(usize),
+    Cut(usize, usize),
+    Heal(usize, usize),
+    StopDaemon(usize),
+    StartDaemon(usize),
+}
+
+impl Action {
+    fn kind(self) -> &'static str {
+        match self {
+            Action::Failover => "failover",
+            Action::StartStale(_) => "stale primary started",
+            Action::Rejoin(_) => "rejoin",
+            Action::Freeze(_) => "database frozen",
+            Action::FreezePostmaster(_) => "postmaster frozen",
+            Action::Thaw(_) => "thaw",
+            Action::Cut(..) => "link cut",
+            Action::Heal(..) => "link healed",
+            Action::StopDaemon(_) => "daemon stopped",
+            Action::StartDaemon(_) => "daemon restarted",
+        }
+    }
+
+    fn is_fault(self) -> bool {
+        !matches!(
+            self,
+            Action::Thaw(_) | Action::Heal(..) | Action::StartDaemon(_)
+        )
+    }
+
+    /// Least time to leave the cluster alone afterwards, so the fault is observed in full
+    /// (a frozen or stopped database for longer than [`DOWN_BOUND`]).
+    fn dwell(self) -> (u64, u64) {
+        match self {
+            Action::Failover | Action::Freeze(_) | Action::FreezePostmaster(_) => (3000, 4500),
+            Action::Cut(..) | Action::StopDaemon(_) | Action::StartStale(_) => (2000, 3500),
+            _ => (800, 2000),
+        }
+    }
+}
+
+/// An action and when it ran, in sampler time.
+struct Event {
+    what: String,
+    start: Duration,
+    end: Duration,
+}
+
+/// A span of time a node spent in some condition; `end` None = until the end of the run.
+#[derive(Clone, Debug)]
+struct Span {
+    node: usize,
+    what: Db,
+    start: Duration,
+    end: Option<Duration>,
+}
+
+struct Run {
+    lab: Lab,
+    model: Model,
+    rng: Rng,
+    sampler: Sampler,
+    events: Vec<Event>,
+    /// Database stopped, frozen or pm-frozen spans.
+    db_spans: Vec<Span>,
+    /// Daemon not answering on purpose: from the stop until the restarted one listens.
+    daemon_down: Vec<Span>,
+    daemon_args: Vec<String>,
+    seed: u64,
+}
+
+impl Run {
+    fn name(&self, i: usize) -> String {
+        self.model.nodes[i].name.clone()
+    }
+
+    fn db_down(&mut self, i: usize, what: Db) {
+        let start = self.sampler.now();
+        self.model.nodes[i].db = what;
+        self.db_spans.push(Span {
+            node: i,
+            what,
+            start,
+            end: None,
+        });
+    }
+
+    fn db_up(&mut self, i: usize) {
+        let now = self.sampler.now();
+        for s in self
+            .db_spans
+            .iter_mut()
+            .filter(|s| s.node == i && s.end.is_none())
+        {
+            s.end = Some(now);
+        }
+        self.model.nodes[i].db = Db::Running;
+    }
+
+    fn check<T>(&self, what: &str, r: anyhow::Result<T>) -> T {
+        r.unwrap_or_else(|e| panic!("seed {}: {what} failed: {e:#}", self.seed))
+    }
+
+    async fn apply(&mut self, action: Action) -> String {
+        match action {
+            Action::Failover => {
+                let old = self.model.primary;
+                let old_name = self.name(old);
+                self.db_up(old); // a frozen primary is thawed by the stop
+                let r = self.lab.stop(&old_name, StopMode::Immediate).await;
+                self.check("kill primary", r);
+                self.db_down(old, Db::Stopped);
+                // The dc1 standby that received the most WAL, so every other can follow it.
+                let mut lsns = Vec::new();
+                for i in 0..self.model.nodes.len() {
+                    if i == old {
+                        continue;
+                    }
+                    let sql = "SELECT coalesce(pg_last_wal_receive_lsn() - '0/0', 0)::bigint";
+                    let r = self.lab.psql(&self.name(i), sql).await;
+                    let lsn: i64 = self.check("read lsn", r).parse().unwrap_or(0);
+                    lsns.push((i, lsn));
+                }
+                let best = lsns
+                    .iter()
+                    .filter(|(i, _)| self.model.nodes[*i].site == "dc1")
+                    .map(|(_, l)| *l)
+                    .max()
+                    .unwrap_or(0);
+                let candidates: Vec<usize> = lsns
+                    .iter()
+                    .filter(|(i, l)| self.model.nodes[*i].site == "dc1" && *l == best)
+                    .map(|(i, _)| *i)
+                    .collect();
+                let new = candidates[self.rng.below(candidates.len())];
+                let new_name = self.name(new);
+                let r = self.lab.promote(&new_name).await;
+                self.check("promote", r);
+                for (i, _) in &lsns {
+                    if *i != new {
+                        let r = self.lab.follow(&self.name(*i)).await;
+                        self.check("follow", r);
+                    }
+                }
+                self.model.primary = new;
+                self.model.nodes[old].stale = true;
+                format!("{old_name} killed, {new_name} promoted, the rest follow")
+            }
+            Action::StartStale(i) => {
+                self.db_up(i);
+                let r = self.lab.start(&self.name(i)).await;
+                self.check("start stale", r);
+                format!("{} started without rejoin (read-write)", self.name(i))
+            }
+            Action::Rejoin(i) => {
+                self.db_up(i);
+                let (node, primary) = (self.name(i), self.name(self.model.primary));
+                let r = self.lab.rejoin(&node, &primary).await;
+                self.check("rejoin", r);
+                self.model.nodes[i].stale = false;
+                format!("{node} rejoins {primary}")
+            }
+            Action::Freeze(i) => {
+                let r = self.lab.freeze(&self.name(i)).await;
+                self.check("freeze", r);
+                self.db_down(i, Db::Frozen);
+                format!("{} frozen", self.name(i))
+            }
+            Action::FreezePostmaster(i) => {
+                let r = self.lab.freeze_postmaster(&self.name(i)).await;
+                self.check("freeze postmaster", r);
+                self.db_down(i, Db::PmFrozen);
+                format!("{} postmaster frozen", self.name(i))
+            }
+            Action::Thaw(i) => {
+                self.db_up(i);
+                let r = self.lab.thaw(&self.name(i)).await;
+                self.check("thaw", r);
+                format!("{} thawed", self.name(i))
+            }
+            Action::Cut(a, b) => {
+                let r = self.lab.cut(&self.name(a), &self.name(b)).await;
+                self.check("cut", r);
+                self.model.cuts.push((a, b));
+                format!("{} -x- {}", self.name(a), self.name(b))
+            }
+            Action::Heal(a, b) => {
+                let r = self.lab.heal(&self.name(a), &self.name(b)).await;
+                self.check("heal", r);
+                self.model.cuts.retain(|c| *c != (a, b));
+                format!("{} --- {}", self.name(a), self.name(b))
+            }
+            Action::StopDaemon(i) => {
+                let start = self.sampler.now();
+                self.daemon_down.push(Span {
+                    node: i,
+                    what: Db::Stopped,
+                    start,
+                    end: None,
+                });
+                let r = self.lab.stop_daemon(&self.name(i)).await;
+                self.check("stop daemon", r);
+                self.model.nodes[i].daemon = false;
+                format!("daemon of {} stopped", self.name(i))
+            }
+            Action::StartDaemon(i) => {
+                let node = self.name(i);
+                let bin = env!("CARGO_BIN_EXE_primgr");
+                let r = self
+                    .lab
+                    .spawn_daemon(&node, bin.as_ref(), &self.daemon_args)
+                    .await;
+                self.check("spawn daemon", r);
+                let r = self
+                    .lab
+                    .wait_daemon_ready(&node, Duration::from_secs(10))
+                    .await;
+                self.check("daemon ready", r);
+                let now = self.sampler.now();
+                for s in self
+                    .daemon_down
+                    .iter_mut()
+                    .filter(|s| s.node == i && s.end.is_none())
+                {
+                    s.end = Some(now);
+                }
+                self.model.nodes[i].daemon = true;
+                format!("daemon of {node} restarted")
+            }
+        }
+    }
+
+    async fn act(&mut self, action: Action) {
+        let start = self.sampler.now();
+        let what = self.apply(action).await;
+        let end = self.sampler.now();
+        println!(
+            "  {:>7.2}s  +{:>5.2}s  {:<22} {what}",
+            start.as_secs_f64(),
+            (end - start).as_secs_f64(),
+            action.kind()
+        );
+        self.events.push(Event { what, start, end });
+    }
+}
+
+/// Every node's `/state` code now (0 when it did not answer).
+async fn codes(addrs: &[SocketAddr]) -> Vec<u16> {
+    let mut out = Vec::new();
+    for a in addrs {
+        out.push(
+            http::get(*a, "/state", Duration::from_secs(1))
+                .await
+                .map(|r| r.status)
+                .unwrap_or(0),
+        );
+    }
+    out
+}
+
+/// Whether the sample (from its start to its answer) touches one of the node's spans.
+fn touches(spans: &[Span], sample: &Sample, end_of_run: Duration) -> bool {
+    let (from, to) = (sample.at, sample.at + sample.latency);
+    spans
+        .iter()
+        .any(|s| s.node == sample.target && s.start <= to && from <= s.end.unwrap_or(end_of_run))
+}
+
+/// The codes of `nodes` in 100 ms steps from `from` to `to` (the last sample of each step;
+/// `-` none, `x` no answer), for a report.
+fn timeline(
+    samples: &[Sample],
+    nodes: &[usize],
+    names: &[String],
+    from: Duration,
+    to: Duration,
+) -> String {
+    let mut out = String::new();
+    for &n in nodes {
+        out.push_str(&format!("      {:<6}", names[n]));
+        let mut t = from;
+        while t < to {
+            let code = samples
+                .iter()
+                .rfind(|s| s.target == n && s.at >= t && s.at < t + Duration::from_millis(100))
+                .map(|s| {
+                    s.status
+                        .map_or("x".to_string(), |c| (c / 100 * 10 + c % 10).to_string())
+                })
+                .unwrap_or_else(|| "-".into());
+            out.push_str(&format!("{code:>3}"));
+            t += Duration::from_millis(100);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Each node's runs of 200 as [first 200 sample, first later sample that is not 200).
+fn runs_of_200(samples: &[Sample], node: usize) -> Vec<(Duration, Duration)> {
+    let mut runs = Vec::new();
+    let mut open: Option<Duration> = None;
+    let mut last = Duration::ZERO;
+    for s in samples.iter().filter(|s| s.target == node) {
+        match (s.status == Some(200), open) {
+            (true, None) => open = Some(s.at),
+            (false, Some(from)) => {
+                runs.push((from, s.at));
+                open = None;
+            }
+            _ => {}
+        }
+        last = s.at;
+    }
+    if let Some(from) = open {
+        runs.push((from, last + PERIOD));
+    }
+    runs
+}
+
+fn names_of(nodes: &[usize], names: &[String]) -> String {
+    nodes
+        .iter()
+        .map(|&n| names[n].as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_faults_never_make_primgr_lie_hang_or_crash() {
+    let seed = std::env::var("PRIMGR_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    let faults: usize = std::env::var("PRIMGR_CHAOS_FAULTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    println!("chaos seed {seed} (rerun with PRIMGR_CHAOS_SEED={seed}), {faults} faults");
+
+    let lab = Lab::build(LabSpec::standard(SUBNET))
+        .await
+        .expect("lab builds");
+    let daemon_args: Vec<String> = vec![
+        "--interval".into(),
+        format!("{}ms", INTERVAL.as_millis()),
+        "--db-timeout".into(),
+        format!("{}ms", DB_TIMEOUT.as_millis()),
+        "--peer-timeout".into(),
+        format!("{}ms", PEER_TIMEOUT.as_millis()),
+    ];
+    let names = lab.node_names();
+    let bin = env!("CARGO_BIN_EXE_primgr");
+    for n in &names {
+        lab.spawn_daemon(n, bin.as_ref(), &daemon_args)
+            .await
+            .expect("spawn daemon");
+    }
+    for n in &names {
+        lab.wait_daemon_ready(n, Duration::from_secs(10))
+            .await
+            .expect("daemon ready");
+    }
+    let addrs: Vec<SocketAddr> = names.iter().map(|n| lab.daemon_addr(n)).collect();
+    let t = Instant::now();
+    while codes(&addrs).await != [200, 202, 202, 202] {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the cluster never settled: {:?}",
+            codes(&addrs).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let nodes = names
+        .iter()
+        .map(|n| NodeModel {
+            name: n.clone(),
+            site: lab.location(n).expect("location"),
+            db: Db::Running,
+            stale: false,
+            daemon: true,
+        })
+        .collect();
+    let t0 = Instant::now();
+    let sampler = Sampler::start(t0, addrs.clone(), "/state", PERIOD, Duration::from_secs(1));
+    let mut run = Run {
+        lab,
+        model: Model {
+            nodes,
+            primary: 0,
+            cuts: Vec::new(),
+        },
+        rng: Rng(seed),
+        sampler,
+        events: Vec::new(),
+        db_spans: Vec::new(),
+        daemon_down: Vec::new(),
+        daemon_args,
+        seed,
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The schedule.
+    println!("     time     took  action                 what");
+    let mut done = 0;
+    let mut by_kind: BTreeMap<&'static str, usize> = BTreeMap::new();
+    while done < faults {
+        // A kind first (kinds not seen yet weigh more, so a short run covers them all), then
+        // one of its valid instances.
+        let valid = run.model.valid();
+        let mut kinds: Vec<(&'static str, u32)> = Vec::new();
+        for (a, w) in &valid {
+            if !kinds.iter().any(|(k, _)| *k == a.kind()) {
+                let boost = if by_kind.contains_key(a.kind()) { 1 } else { 4 };
+                kinds.push((a.kind(), w * boost));
+            }
+        }
+        let total: u32 = kinds.iter().map(|(_, w)| w).sum();
+        let mut pick = run.rng.below(total as usize) as u32;
+        let kind = kinds
+            .iter()
+            .find(|(_, w)| {
+                if pick < *w {
+                    true
+                } else {
+                    pick -= w;
+                    false
+                }
+            })
+            .map(|(k, _)| *k)
+            .expect("a kind");
+        let instances: Vec<Action> = valid
+            .iter()
+            .filter(|(a, _)| a.kind() == kind)
+            .map(|(a, _)| *a)
+            .collect();
+        let action = instances[run.rng.below(instances.len())];
+        run.act(action).await;
+        *by_kind.entry(action.kind()).or_default() += 1;
+        if action.is_fault() {
+            done += 1;
+        }
+        let (lo, hi) = action.dwell();
+        let pause = run.rng.millis(lo, hi);
+        tokio::time::sleep(pause).await;
+    }
+
+    // Heal everything.
+    println!("  healing:");
+    for i in 0..run.model.nodes.len() {
+        if matches!(run.model.nodes[i].db, Db::Frozen | Db::PmFrozen) {
+            run.act(Action::Thaw(i)).await;
+        }
+    }
+    for (a, b) in run.model.cuts.clone() {
+        run.act(Action::Heal(a, b)).await;
+    }
+    for i in 0..run.model.nodes.len() {
+        if !run.model.nodes[i].daemon {
+            run.act(Action::StartDaemon(i)).await;
+        }
+    }
+    for i in 0..run.model.nodes.len() {
+        if run.model.nodes[i].stale {
+            run.act(Action::Rejoin(i)).await;
+        }
+    }
+    let rules = run.lab.firewall_rules().await.expect("iptables -S");
+    assert!(
+        rules.iter().all(|r| !r.contains(" -j ")),
+        "rules left in the lab's chain after healing: {rules:?}"
+    );
+    let healed = run.sampler.now();
+    let primary = run.model.primary;
+    let want: Vec<u16> = (0..addrs.len())
+        .map(|i| if i == primary { 200 } else { 202 })
+        .collect();
+    // Wait until the expected codes hold for 2 s in a row (the samples decide below).
+    let mut stable_since: Option<Instant> = None;
+    let wait = Instant::now();
+    loop {
+        if codes(&addrs).await == want {
+            let s = *stable_since.get_or_insert_with(Instant::now);
+            if s.elapsed() >= Duration::from_secs(2) {
+                break;
+            }
+        } else {
+            stable_since = None;
+        }
+        if wait.elapsed() > HEAL_BOUND + Duration::from_secs(20) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let samples = run.sampler.stop();
+    let end = samples.last().map(|s| s.at).unwrap_or_default();
+
+    // ---- invariants
+    let mut violations: Vec<String> = Vec::new();
+    let sites: BTreeMap<String, Vec<usize>> =
+        run.model
+            .nodes
+            .iter()
+            .enumerate()
+            .fold(BTreeMap::new(), |mut m, (i, n)| {
+                m.entry(n.site.clone()).or_default().push(i);
+                m
+            });
+    // Settle windows, merged.
+    let mut windows: Vec<(Duration, Duration)> = run
+        .events
+        .iter()
+        .map(|e| (e.start, e.end + SETTLE))
+        .collect();
+    windows.sort();
+    let mut merged: Vec<(Duration, Duration)> = Vec::new();
+    for w in windows {
+        match merged.last_mut() {
+            Some(last) if w.0 <= last.1 => last.1 = last.1.max(w.1),
+            _ => merged.push(w),
+        }
+    }
+
+    // 1. One 200 per site.
+    let runs: Vec<Vec<(Duration, Duration)>> =
+        (0..addrs.len()).map(|i| runs_of_200(&samples, i)).collect();
+    let mut worst_overlap = Duration::ZERO;
+    let mut overlaps = 0;
+    for members in sites.values() {
+        for (k, &a) in members.iter().enumerate() {
+            for &b in &members[k + 1..] {
+                for ra in &runs[a] {
+                    for rb in &runs[b] {
+                        let (from, to) = (ra.0.max(rb.0), ra.1.min(rb.1));
+                        if from >= to {
+                            continue;
+                        }
+                        overlaps += 1;
+                        worst_overlap = worst_overlap.max(to - from);
+                        let excused = merged.iter().any(|w| w.0 <= from && to <= w.1);
+                        println!(
+                            "  overlap: {} and {} both 200 from {:.2}s to {:.2}s ({})",
+                            names[a],
+                            names[b],
+                            from.as_secs_f64(),
+                            to.as_secs_f64(),
+                            if excused {
+                                "inside a settle window"
+                            } else {
+                                "VIOLATION"
+                            }
+                        );
+                        print!(
+                            "    codes of {} every 100 ms from {:.1}s (20 = 200, 22 = 202, 53 = 503, 59 = 509):\n{}",
+                            names_of(members, &names),
+                            from.saturating_sub(Duration::from_secs(2)).as_secs_f64(),
+                            timeline(
+                                &samples,
+                                members,
+                                &names,
+                                from.saturating_sub(Duration::from_secs(2)),
+                                to + Duration::from_secs(1)
+                            )
+                        );
+                        if !excused {
+                            violations.push(format!(
+                                "inv 1: {} and {} both 200 from {:.2}s to {:.2}s",
+                                names[a],
+                                names[b],
+                                from.as_secs_f64(),
+                                to.as_secs_f64()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // 2. Stopped or frozen database: 503 within DOWN_BOUND, until it is back.
+    let mut inv2_checked = 0;
+    let mut worst_to_503 = Duration::ZERO;
+    let mut pm_frozen: BTreeMap<String, usize> = BTreeMap::new();
+    for span in &run.db_spans {
+        let span_end = span.end.unwrap_or(end);
+        let node_samples: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.target == span.node && s.at >= span.start && s.at < span_end)
+            .collect();
+        if span.what == Db::PmFrozen {
+            for s in node_samples
+                .iter()
+                .filter(|s| s.at >= span.start + DOWN_BOUND && !touches(&run.daemon_down, s, end))
+            {
+                *pm_frozen
+                    .entry(s.status.map_or("none".into(), |c| c.to_string()))
+                    .or_default() += 1;
+            }
+            continue;
+        }
+        // Time to the first 503, when the daemon ran all along (a restarted one starts as 503).
+        if let Some(k) = node_samples.iter().position(|s| s.status == Some(503)) {
+            let daemon_ran = !node_samples[..=k]
+                .iter()
+                .any(|s| touches(&run.daemon_down, s, end));
+            if daemon_ran && span_end - span.start > DOWN_BOUND {
+                worst_to_503 = worst_to_503.max(node_samples[k].at - span.start);
+            }
+        }
+        for s in node_samples
+            .iter()
+            .filter(|s| s.at >= span.start + DOWN_BOUND)
+        {
+            let daemon_off = touches(&run.daemon_down, s, end);
+            if daemon_off && s.status.is_none() {
+                continue;
+            }
+            inv2_checked += 1;
+            if s.status != Some(503) {
+                violations.push(format!(
+                    "inv 2: {} ({:?} since {:.2}s) answered {:?} at {:.2}s",
+                    names[span.node],
+                    span.what,
+                    span.start.as_secs_f64(),
+                    s.status,
+                    s.at.as_secs_f64()
+                ));
+            }
+        }
+    }
+
+    // 3. Every running daemon answers every sample within ANSWER_BOUND.
+    let mut inv3_checked = 0;
+    let mut latencies = Vec::new();
+    for s in &samples {
+        if touches(&run.daemon_down, s, end) {
+            continue;
+        }
+        inv3_checked += 1;
+        latencies.push(s.latency);
+        if s.status.is_none() || s.latency > ANSWER_BOUND {
+            violations.push(format!(
+                "inv 3: {} at {:.2}s: {:?} after {:?} {}",
+                names[s.target],
+                s.at.as_secs_f64(),
+                s.status,
+                s.latency,
+                s.error.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    let worst_answer = quantile(&latencies, 1.0);
+    let mut slowest: Vec<&Sample> = samples.iter().filter(|s| s.status.is_some()).collect();
+    slowest.sort_by_key(|s| std::cmp::Reverse(s.latency));
+    let during = |at: Duration| {
+        run.events
+            .iter()
+            .find(|e| e.start <= at && at <= e.end)
+            .map_or("no action running".to_string(), |e| e.what.clone())
+    };
+
+    // 4. After healing, exactly the model's primary answers 200 and every other node 202.
+    let mut converged = healed;
+    for (i, code) in want.iter().enumerate() {
+        if let Some(last_bad) = samples
+            .iter()
+            .rfind(|s| s.target == i && s.at >= healed && s.status != Some(*code))
+        {
+            converged = converged.max(last_bad.at + PERIOD);
+        }
+    }
+    let convergence = converged - healed;
+    let tail = samples.iter().filter(|s| s.at >= converged).count();
+    if convergence > HEAL_BOUND || tail < addrs.len() * 20 {
+        violations.push(format!(
+            "inv 4: after healing at {:.2}s the codes {want:?} held only from {:.2}s ({tail} samples after)",
+            healed.as_secs_f64(),
+            converged.as_secs_f64()
+        ));
+    }
+
+    // ---- summary
+    let duration = end.as_secs_f64();
+    println!("\nchaos summary");
+    println!("  seed                 {seed}");
+    println!(
+        "  faults               {done} ({} actions with repairs)",
+        run.events.len()
+    );
+    for (kind, n) in &by_kind {
+        println!("    {kind:<22} {n}");
+    }
+    println!("  run                  {duration:.1} s");
+    println!(
+        "  samples              {} ({:.1}/s per node)",
+        samples.len(),
+        samples.len() as f64 / addrs.len() as f64 / duration
+    );
+    println!(
+        "  inv 1 worst overlap  {:.0} ms ({overlaps} overlaps, all inside settle windows unless listed below)",
+        worst_overlap.as_secs_f64() * 1e3
+    );
+    println!(
+        "  inv 2 down -> 503    worst {:.0} ms (bound {} ms), {inv2_checked} samples checked",
+        worst_to_503.as_secs_f64() * 1e3,
+        DOWN_BOUND.as_millis()
+    );
+    println!("  pm-frozen answers    {pm_frozen:?}");
+    println!(
+        "  inv 3 answer time    worst {:.1} ms, p99 {:.1} ms (bound {} ms), {inv3_checked} samples checked",
+        worst_answer.as_secs_f64() * 1e3,
+        quantile(&latencies, 0.99).as_secs_f64() * 1e3,
+        ANSWER_BOUND.as_millis()
+    );
+    for s in slowest.iter().take(3) {
+        println!(
+            "    {:.1} ms: {} at {:.2}s ({})",
+            s.latency.as_secs_f64() * 1e3,
+            names[s.target],
+            s.at.as_secs_f64(),
+            during(s.at)
+        );
+    }
+    println!(
+        "  inv 4 healed -> one 200 (primary {})  {:.0} ms (bound {} ms)",
+        names[primary],
+        convergence.as_secs_f64() * 1e3,
+        HEAL_BOUND.as_millis()
+    );
+    println!("  violations           {}", violations.len());
+    for v in violations.iter().take(30) {
+        println!("    {v}");
+    }
+    let logs: Vec<String> = names
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(run.lab.daemon_log(n).expect("log path")).unwrap_or_default()
+        })
+        .collect();
+    for (n, log) in names.iter().zip(&logs) {
+        assert!(
+            !log.contains("panicked"),
+            "seed {seed}: the daemon of {n} panicked:\n{log}"
+        );
+    }
+    assert!(
+        violations.is_empty(),
+        "seed {seed}: {} invariant violations (see the summary)",
+        violations.len()
+    );
+    let Run { lab, .. } = run;
+    lab.teardown().await.expect("teardown");
+}

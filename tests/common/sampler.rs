@@ -1,0 +1,152 @@
+//! A health-check sampler that cannot be slowed down by the test it observes.
+//!
+//! It runs on its own OS thread with its own single-threaded tokio runtime, so neither the lab's
+//! helpers nor in-process daemons nor a hostile load generator in the test's runtime delay it.
+//! Every `period` it starts one GET per target, each on a fresh connection from 127.0.0.1 (what
+//! haproxy's `option httpchk` does), bounded by `timeout`, and records when it started, what it
+//! got and how long it took. A slow answer never delays the next sample: each runs as its own
+//! task.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use primgr_lab::http;
+
+/// One health check.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// When the request started, since the sampler's `t0`.
+    pub at: Duration,
+    /// Index of the target in the list given to [`Sampler::start`].
+    pub target: usize,
+    /// The status, or None when there was no complete answer within the timeout.
+    pub status: Option<u16>,
+    /// Time to the complete answer (or to the failure).
+    pub latency: Duration,
+    /// Why there was no answer.
+    pub error: Option<String>,
+}
+
+/// A running sampler; [`Sampler::stop`] ends it and returns every sample.
+pub struct Sampler {
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sampler {
+    /// Starts sampling `path` on every target every `period`, each request bounded by `timeout`.
+    /// Times are measured from `t0`.
+    pub fn start(
+        t0: Instant,
+        targets: Vec<SocketAddr>,
+        path: &'static str,
+        period: Duration,
+        timeout: Duration,
+    ) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, samples) = (stop.clone(), samples.clone());
+            std::thread::Builder::new()
+                .name("sampler".into())
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("sampler runtime");
+                    rt.block_on(run(t0, targets, path, period, timeout, stop, samples));
+                })
+                .expect("sampler thread")
+        };
+        Sampler {
+            t0,
+            stop,
+            samples,
+            thread: Some(thread),
+        }
+    }
+
+    /// Time since `t0`.
+    pub fn now(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    /// A copy of the samples recorded so far.
+    pub fn samples(&self) -> Vec<Sample> {
+        self.samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stops sampling, waits for requests in flight, returns every sample ordered by time.
+    pub fn stop(mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("sampler thread panicked");
+        }
+        let mut all = std::mem::take(&mut *self.samples.lock().unwrap_or_else(|e| e.into_inner()));
+        all.sort_by_key(|s| (s.at, s.target));
+        all
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn run(
+    t0: Instant,
+    targets: Vec<SocketAddr>,
+    path: &'static str,
+    period: Duration,
+    timeout: Duration,
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut in_flight = tokio::task::JoinSet::new();
+    while !stop.load(Ordering::SeqCst) {
+        tick.tick().await;
+        for (target, addr) in targets.iter().copied().enumerate() {
+            let samples = samples.clone();
+            in_flight.spawn(async move {
+                let started = Instant::now();
+                let r = http::get(addr, path, timeout).await;
+                let latency = started.elapsed();
+                let sample = Sample {
+                    at: started.duration_since(t0),
+                    target,
+                    status: r.as_ref().ok().map(|r| r.status),
+                    latency,
+                    error: r.err().map(|e| format!("{e:#}")),
+                };
+                samples
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(sample);
+            });
+        }
+        while in_flight.try_join_next().is_some() {}
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// The `q`-quantile (0..=1) of `values`, by nearest rank; zero when empty.
+pub fn quantile(values: &[Duration], q: f64) -> Duration {
+    if values.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut v = values.to_vec();
+    v.sort();
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
