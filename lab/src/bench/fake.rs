@@ -1,0 +1,131 @@
+//! Fake peers for the poll-cycle measurement: tiny HTTP/1.1 responders that answer a voter's
+//! questions the way a healthy standby's primgr would (`/primary` 200 `{"Primary":"<primary>"}`,
+//! `/state` 202 `{"state":"Standby"}`, anything else 404), so that a site can grow to 64 voters
+//! without 64 databases.
+//!
+//! Real peers run on other machines; these share the benchmark's CPUs with the daemon under
+//! test, so they are kept as cheap as possible: no HTTP library, a canned response per path,
+//! keep-alive, requests without bodies only (the daemon's GETs). They run as tasks in the
+//! benchmark's runtime and stop when [`FakePeers`] is dropped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+/// Largest request head a fake peer reads before giving up on the connection.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Running fake peers; their listeners and connections end on drop.
+pub struct FakePeers {
+    _tasks: JoinSet<()>,
+}
+
+/// The canned responses.
+struct Answers {
+    primary: Vec<u8>,
+    standby: Vec<u8>,
+    not_found: Vec<u8>,
+}
+
+fn response(status: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncache-control: no-store\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+impl FakePeers {
+    /// Binds one responder per address (all must be free) naming `primary` on `/primary`.
+    pub async fn start(addrs: &[SocketAddr], primary: &str) -> Result<FakePeers> {
+        let answers = Arc::new(Answers {
+            primary: response(
+                "200 OK",
+                &serde_json::json!({ "Primary": primary }).to_string(),
+            ),
+            standby: response("202 Accepted", r#"{"state":"Standby"}"#),
+            not_found: response("404 Not Found", ""),
+        });
+        let mut tasks = JoinSet::new();
+        for &addr in addrs {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("fake peer: binding {addr}"))?;
+            let answers = answers.clone();
+            tasks.spawn(async move {
+                let mut conns = JoinSet::new();
+                while let Ok((stream, _)) = listener.accept().await {
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(serve(stream, answers.clone()));
+                    // Reap finished connections so the set does not grow.
+                    while conns.try_join_next().is_some() {}
+                }
+            });
+        }
+        Ok(FakePeers { _tasks: tasks })
+    }
+}
+
+/// Answers requests on one keep-alive connection until the client closes it.
+async fn serve(mut stream: TcpStream, answers: Arc<Answers>) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > MAX_HEAD {
+                return;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let reply = answer(&buf[..end], &answers);
+        buf.drain(..end);
+        if stream.write_all(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The canned response for a request head.
+fn answer<'a>(head: &[u8], answers: &'a Answers) -> &'a [u8] {
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let _method = parts.next();
+    match parts.next().unwrap_or_default() {
+        b"/primary" => &answers.primary,
+        b"/state" | b"/" => &answers.standby,
+        _ => &answers.not_found,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_by_path() {
+        let a = Answers {
+            primary: b"P".to_vec(),
+            standby: b"S".to_vec(),
+            not_found: b"N".to_vec(),
+        };
+        assert_eq!(
+            answer(b"GET /primary HTTP/1.1\r\nHost: x\r\n\r\n", &a),
+            b"P"
+        );
+        assert_eq!(answer(b"GET /state HTTP/1.1\r\n\r\n", &a), b"S");
+        assert_eq!(answer(b"GET /nope HTTP/1.1\r\n\r\n", &a), b"N");
+        let r = String::from_utf8(response("200 OK", "{}")).unwrap();
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("content-length: 2\r\n\r\n{}"));
+    }
+}
