@@ -5,15 +5,28 @@
 //! `/state`, shared by simultaneous callers), `/status` (everything the snapshot knows, for
 //! operators and probes). Every endpoint answers GET, HEAD and OPTIONS; other methods get 405,
 //! other paths 404. Nothing here touches the database: handlers only read the snapshot.
+//!
+//! [`service`] is what the server runs: it answers the health check (GET or HEAD of `/state`
+//! or `/`, what haproxy sends many times a second) itself, straight from the snapshot, and
+//! hands every other request to the warp [`routes`]. Going through warp's routing cost more
+//! user-space work than the whole answer (measured with `contrib/bench`); both paths build the
+//! reply with the same function, so the answer is the same byte for byte.
 
+use std::convert::Infallible;
+use std::future::{Ready, ready};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared, join_all};
+use futures_util::future::{
+    BoxFuture, Either as EitherFuture, MapOk, Shared, TryFutureExt, join_all,
+};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
 use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Response, StatusCode};
+use hyper::service::Service;
+use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tracing::warn;
 use warp::Filter;
@@ -139,6 +152,68 @@ impl App {
     }
 }
 
+/// The HTTP service of one daemon: the health check answered directly, everything else by
+/// [`routes`] (see the module documentation).
+pub fn service(
+    app: Arc<App>,
+) -> ApiService<
+    impl Service<
+        Request<Incoming>,
+        Response = warp::reply::Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static,
+> {
+    let routes =
+        hyper_util::service::TowerToHyperService::new(warp::service(routes(Arc::clone(&app))));
+    ApiService { app, routes }
+}
+
+/// See [`service`].
+#[derive(Clone)]
+pub struct ApiService<R> {
+    app: Arc<App>,
+    routes: R,
+}
+
+/// A reply of [`ApiService`]: the health check's own body, or the routes' body.
+pub type ApiResponse<B> = Response<Either<Full<Bytes>, B>>;
+
+impl<R, B> Service<Request<Incoming>> for ApiService<R>
+where
+    R: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+{
+    type Response = ApiResponse<B>;
+    type Error = Infallible;
+    #[allow(clippy::type_complexity)]
+    type Future = EitherFuture<
+        Ready<Result<ApiResponse<B>, Infallible>>,
+        MapOk<R::Future, fn(Response<B>) -> ApiResponse<B>>,
+    >;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let method = request.method();
+        if (method == Method::GET || method == Method::HEAD)
+            && matches!(request.uri().path(), "/" | "/state")
+        {
+            let (code, body) = state_reply(&self.app, Instant::now());
+            let reply = json_reply(code, body).map(|b| Either::Left(Full::new(b)));
+            return EitherFuture::Left(ready(Ok(reply)));
+        }
+        let wrap: fn(Response<B>) -> ApiResponse<B> = |r| r.map(Either::Right);
+        EitherFuture::Right(self.routes.call(request).map_ok(wrap))
+    }
+}
+
+/// Status and body of `/state` at `now`.
+fn state_reply(app: &App, now: Instant) -> (u16, Bytes) {
+    let state = app.store.peek().served_state(now, app.config.max_staleness);
+    (state.code(), state_body(state))
+}
+
 /// The routes of one daemon, as a warp filter.
 pub fn routes(
     app: Arc<App>,
@@ -182,10 +257,7 @@ async fn handle(app: &Arc<App>, method: &Method, path: &str) -> Response<Bytes> 
     let now = Instant::now();
     let max_staleness = app.config.max_staleness;
     let (code, body) = match endpoint {
-        Endpoint::State => {
-            let state = app.store.peek().served_state(now, max_staleness);
-            (state.code(), state_body(state))
-        }
+        Endpoint::State => state_reply(app, now),
         Endpoint::Primary => app.store.peek().primary_reply(now, max_staleness),
         Endpoint::RealPrimary => app.real_primary().await.reply(),
         Endpoint::Status => {
@@ -289,4 +361,130 @@ pub fn status_json(config: &Config, snapshot: &Snapshot, now: Instant) -> Value 
         "max_staleness_ms": millis(config.max_staleness),
         "version": env!("CARGO_PKG_VERSION"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::decide::Verdict;
+    use crate::snapshot::DbStatus;
+
+    /// Sends one request on a fresh connection; the whole answer without its `date` header.
+    async fn exchange(addr: std::net::SocketAddr, method: &str, target: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!("{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("answered in time")
+            .unwrap();
+        String::from_utf8_lossy(&out)
+            .split("\r\n")
+            .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+
+    fn snapshot(state: State) -> Snapshot {
+        Snapshot::new(
+            Instant::now(),
+            SystemTime::now(),
+            Duration::ZERO,
+            Verdict {
+                state,
+                reason: String::new(),
+                votes: 0,
+                needed: 0,
+            },
+            Some("dc1".into()),
+            Some("node1".into()),
+            DbStatus {
+                reachable: true,
+                in_recovery: Some(state != State::Primary),
+                error: None,
+            },
+            Vec::new(),
+            Arc::new(Vec::new()),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_health_check_is_answered_exactly_like_the_routes_answer_it() {
+        let config = Arc::new(Config::for_node("node1").unwrap());
+        let store = Arc::new(SnapshotStore::default());
+        let app = App::new(
+            config,
+            store.clone(),
+            PeerClient::new(None, Duration::from_secs(1)),
+        );
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let start = |listener: TcpListener, direct: bool| {
+            let app = Arc::clone(&app);
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                if direct {
+                    crate::server::serve(listener, service(app), shutdown).await;
+                } else {
+                    let routes =
+                        hyper_util::service::TowerToHyperService::new(warp::service(routes(app)));
+                    crate::server::serve(listener, routes, shutdown).await;
+                }
+            })
+        };
+        let direct = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let via_warp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, b) = (direct.local_addr().unwrap(), via_warp.local_addr().unwrap());
+        let servers = [start(direct, true), start(via_warp, false)];
+
+        let requests = [
+            ("GET", "/state"),
+            ("HEAD", "/state"),
+            ("GET", "/"),
+            ("HEAD", "/"),
+            ("GET", "/state?check=1"),
+            ("OPTIONS", "/state"),
+            ("POST", "/state"),
+            ("GET", "/primary"),
+            ("GET", "/nowhere"),
+        ];
+        // Starting (served as Down), then each verdict.
+        for state in [
+            None,
+            Some(State::Primary),
+            Some(State::Standby),
+            Some(State::Unknown),
+        ] {
+            if let Some(s) = state {
+                store.store(snapshot(s));
+            }
+            for (method, target) in requests {
+                let (x, y) = (
+                    exchange(a, method, target).await,
+                    exchange(b, method, target).await,
+                );
+                assert_eq!(x, y, "{method} {target} in state {state:?}");
+                assert!(x.starts_with("HTTP/1.1 "), "{x}");
+            }
+            let want = state.unwrap_or(State::Down);
+            let answer = exchange(a, "GET", "/state").await;
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {}", want.code()))
+                    && answer.ends_with(&format!(r#"{{"state":"{}"}}"#, want.name())),
+                "{answer}"
+            );
+        }
+        stop.send(true).unwrap();
+        for s in servers {
+            s.await.unwrap();
+        }
+    }
 }

@@ -82,8 +82,7 @@ where
     let polling = tokio::spawn(poller.run(stop, on_ready));
 
     let app = api::App::new(config, store, client);
-    let service = hyper_util::service::TowerToHyperService::new(warp::service(api::routes(app)));
-    server::serve(listener, service, shutdown).await;
+    server::serve(listener, api::service(app), shutdown).await;
 
     trigger.fire();
     let _ = polling.await;
