@@ -168,6 +168,12 @@ impl Opts {
                 other => bail!("unknown argument {other:?}\n{USAGE}"),
             }
         }
+        // The daemons start in the lab directory: a relative path would not resolve there.
+        for p in [&mut o.primgr, &mut o.baseline] {
+            if let Ok(abs) = p.canonicalize() {
+                *p = abs;
+            }
+        }
         Ok(o)
     }
 
