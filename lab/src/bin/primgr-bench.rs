@@ -769,7 +769,10 @@ async fn poll_cycle_scaling(o: &Opts, lab: &Lab, f: &mut Findings) -> Result<()>
     Ok(())
 }
 
-fn render(o: &Opts, machine: &Machine, f: Findings) -> Outcome {
+fn render(o: &Opts, machine: &Machine, mut f: Findings) -> Outcome {
+    // In the order of the measurements (the callgrind count of 1 runs after 3).
+    f.lines
+        .sort_by_key(|l| l.what.split_whitespace().next().map(str::to_string));
     let mut summary = Table::new(&["measurement", "value", "target", "verdict"]);
     let mut missed = 0;
     for l in &f.lines {
@@ -783,7 +786,11 @@ fn render(o: &Opts, machine: &Machine, f: Findings) -> Outcome {
             l.pass.map_or("", verdict).to_string(),
         ]);
     }
-    let mode = if o.short { "short mode" } else { "full mode" };
+    let mode = if o.short {
+        "short mode (a smoke test: too few samples for the verdicts to mean much)"
+    } else {
+        "full mode"
+    };
     let mut text = format!(
         "primgr benchmark, {} — {mode}: {} round(s) × {} s per load run\n\
          machine: {}, {} CPUs, Linux {}; load average {} at start, {} at end\n\
