@@ -50,7 +50,10 @@ async fn methods_paths_and_a_down_database() {
             assert_eq!(v["database"]["reachable"], false);
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "no cycle completed: {v}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no cycle completed: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -70,7 +73,10 @@ async fn methods_paths_and_a_down_database() {
     let r = http::get(d.addr, "/realPrimary", Duration::from_secs(1))
         .await
         .expect("get");
-    assert_eq!((r.status, r.body.as_str()), (503, r#"{"realPrimary":null}"#));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (503, r#"{"realPrimary":null}"#)
+    );
 
     // haproxy's default check: OPTIONS / — same status, no body.
     let head = raw(
@@ -79,7 +85,10 @@ async fn methods_paths_and_a_down_database() {
     )
     .await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
-    assert!(head.ends_with("\r\n\r\n"), "OPTIONS carries no body: {head:?}");
+    assert!(
+        head.ends_with("\r\n\r\n"),
+        "OPTIONS carries no body: {head:?}"
+    );
     let head = raw(
         d.addr,
         "HEAD /state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -87,8 +96,14 @@ async fn methods_paths_and_a_down_database() {
     .await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     assert!(!head.contains("Down"), "HEAD carries no body: {head:?}");
-    assert!(head.to_ascii_lowercase().contains("cache-control: no-store"));
-    assert!(head.to_ascii_lowercase().contains("content-type: application/json"));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("cache-control: no-store")
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json")
+    );
 
     let post = raw(
         d.addr,
@@ -96,7 +111,10 @@ async fn methods_paths_and_a_down_database() {
     )
     .await;
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
-    assert!(post.to_ascii_lowercase().contains("allow: get, head, options"));
+    assert!(
+        post.to_ascii_lowercase()
+            .contains("allow: get, head, options")
+    );
     let r = http::get(d.addr, "/nope", Duration::from_secs(1))
         .await
         .expect("get");
