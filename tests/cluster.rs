@@ -36,17 +36,7 @@ async fn normal_failover_split_brain_and_rejoin() {
     let all = ["node1", "node2", "node3", "node4"];
 
     // 1. Normal: node1 is the confirmed primary, everyone else a standby, and all agree.
-    fleet
-        .wait_codes(
-            &[
-                ("node1", 200),
-                ("node2", 202),
-                ("node3", 202),
-                ("node4", 202),
-            ],
-            settle_bound(),
-        )
-        .await;
+    fleet.wait_normal().await;
     for (node, state) in [
         ("node1", "Primary"),
         ("node2", "Standby"),
@@ -185,17 +175,7 @@ async fn normal_failover_split_brain_and_rejoin() {
 async fn stopped_standby_and_frozen_primary() {
     let lab = Lab::build(LabSpec::standard(32)).await.expect("lab builds");
     let fleet = Fleet::start(&lab).await;
-    fleet
-        .wait_codes(
-            &[
-                ("node1", 200),
-                ("node2", 202),
-                ("node3", 202),
-                ("node4", 202),
-            ],
-            settle_bound(),
-        )
-        .await;
+    fleet.wait_normal().await;
 
     // 5. A standby's PostgreSQL stops: its daemon keeps answering, 503; the primary keeps its
     // majority (2 of 3); restarted, the standby answers 202 again.

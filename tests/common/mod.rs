@@ -44,8 +44,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon with `config` on its `listen` address.
     pub async fn start(config: Config) -> Daemon {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let listener = primgr::server::bind(config.listen)
             .unwrap_or_else(|e| panic!("bind {}: {e}", config.listen));
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel();
@@ -141,6 +140,20 @@ impl Fleet {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits for the standard lab's normal state: node1 answers 200, node2-4 answer 202.
+    pub async fn wait_normal(&self) -> Duration {
+        self.wait_codes(
+            &[
+                ("node1", 200),
+                ("node2", 202),
+                ("node3", 202),
+                ("node4", 202),
+            ],
+            settle_bound(),
+        )
+        .await
     }
 
     /// The JSON body of `path` on `node`, with its status.
