@@ -606,51 +606,31 @@ impl Lab {
     }
 
     async fn pg_start(&self, n: &Node<'_>) -> Result<()> {
-        Run::new(
-            format!("pg_ctl start {}", n.name),
-            [
-                pg_bin("pg_ctl"),
-                "-D".into(),
-                s(&n.data()),
-                "-l".into(),
-                s(&n.log()),
-                "-w".into(),
-                "-t".into(),
-                "60".into(),
-                "start".into(),
-            ],
-        )
-        .postgres()
-        .cwd(&self.dir)
-        .log(&n.log())
-        .timeout(T_PG_CTL)
-        .run()
-        .await
-        .map(drop)
+        self.pg_ctl(n, "start", &["-l".into(), s(&n.log())]).await
     }
 
     async fn pg_stop(&self, n: &Node<'_>, mode: StopMode) -> Result<()> {
-        Run::new(
-            format!("pg_ctl stop -m {} {}", mode.arg(), n.name),
-            [
-                pg_bin("pg_ctl"),
-                "-D".into(),
-                s(&n.data()),
-                "-m".into(),
-                mode.arg().into(),
-                "-w".into(),
-                "-t".into(),
-                "60".into(),
-                "stop".into(),
-            ],
-        )
-        .postgres()
-        .cwd(&self.dir)
-        .log(&n.log())
-        .timeout(T_PG_CTL)
-        .run()
-        .await
-        .map(drop)
+        self.pg_ctl(n, "stop", &["-m".into(), mode.arg().into()])
+            .await
+    }
+
+    /// `pg_ctl -D <data> <options> -w -t 60 <action>` as postgres, logged to the node's log.
+    async fn pg_ctl(&self, n: &Node<'_>, action: &str, options: &[String]) -> Result<()> {
+        let mut argv = vec![pg_bin("pg_ctl"), "-D".into(), s(&n.data())];
+        argv.extend(options.iter().cloned());
+        argv.extend(["-w".into(), "-t".into(), "60".into(), action.into()]);
+        let what = match options {
+            [flag, mode] if flag == "-m" => format!("pg_ctl {action} -m {mode} {}", n.name),
+            _ => format!("pg_ctl {action} {}", n.name),
+        };
+        Run::new(what, argv)
+            .postgres()
+            .cwd(&self.dir)
+            .log(&n.log())
+            .timeout(T_PG_CTL)
+            .run()
+            .await
+            .map(drop)
     }
 
     async fn setup(&self) -> Result<()> {
