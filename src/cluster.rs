@@ -1,7 +1,7 @@
 //! `primgr cluster`: the operator's view of the whole cluster, like `repmgr cluster show`.
 //!
 //! Owns asking one daemon for the membership (the `members` of its `/status`), asking every
-//! member's `/status` at once, and turning the answers into a table or a JSON document with the
+//! member's `/status` at once (through the bounded fan-out of [`crate::peers`]), and turning the answers into a table or a JSON document with the
 //! real primary (the one node that answers 200) or a split-brain warning, and the exit status
 //! ([`exit_code`]): 0 when exactly one node answers 200, 1 otherwise, 2 when not even the first
 //! node could be asked. An unreachable node is a row with its error, never left out.
@@ -12,12 +12,11 @@
 
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use hyper::Uri;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::peers::PeerClient;
+use crate::peers::{PeerClient, fan_out};
 
 /// Default `--url`: the daemon on this machine.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:5999";
@@ -91,7 +90,10 @@ impl NodeReport {
         body: &[u8],
     ) -> Self {
         let status: Option<Value> = serde_json::from_slice(body).ok();
-        let Some(state) = status.as_ref().and_then(|s| s["state"].as_str()) else {
+        let well_formed = status
+            .as_ref()
+            .filter(|s| s["node"].is_string() && s["code"].as_u64() == Some(u64::from(code)));
+        let Some(state) = well_formed.and_then(|s| s["state"].as_str()) else {
             let mut r = NodeReport::failed(
                 name,
                 site,
@@ -124,9 +126,10 @@ impl NodeReport {
         }
     }
 
-    /// Whether it answers 200 (Primary), i.e. haproxy would send writes to it.
+    /// Whether it answers 200 (Primary), i.e. haproxy would send writes to it: only a
+    /// well-formed `/status` of the node asked, saying Primary with code 200, counts.
     pub fn is_primary(&self) -> bool {
-        self.code == Some(200)
+        self.code == Some(200) && self.state.as_deref() == Some("Primary") && self.error.is_none()
     }
 
     /// Whether it gave any HTTP answer.
@@ -266,7 +269,7 @@ pub fn render_table(nodes: &[NodeReport]) -> String {
             };
             let detail = match (&n.error, n.state.as_deref()) {
                 (Some(e), _) => e.clone(),
-                (None, Some("Primary" | "Standby")) => String::new(),
+                (None, Some("Primary" | "Standby" | "Witness")) => String::new(),
                 (None, _) => n.reason.clone().unwrap_or_default(),
             };
             [
@@ -341,13 +344,13 @@ fn authority(uri: &Uri) -> String {
 }
 
 /// A member listed in the first node's `/status`.
-struct Member {
+struct Listed {
     name: String,
     site: Option<String>,
     address: Result<Uri, String>,
 }
 
-fn members_of(status: &Value) -> Vec<Member> {
+fn members_of(status: &Value) -> Vec<Listed> {
     let Some(list) = status["members"].as_array() else {
         return Vec::new();
     };
@@ -363,7 +366,7 @@ fn members_of(status: &Value) -> Vec<Member> {
                     m["address_error"].as_str().unwrap_or("unknown")
                 )),
             };
-            Some(Member {
+            Some(Listed {
                 name,
                 site: m["site"].as_str().map(String::from),
                 address,
@@ -375,7 +378,7 @@ fn members_of(status: &Value) -> Vec<Member> {
 /// Asks the daemon at `url` for the members, then every member's `/status` at once; each round
 /// is bounded by `timeout`.
 pub async fn gather(url: &Uri, timeout: Duration) -> ClusterReport {
-    let client = PeerClient::new(None, timeout);
+    let client = PeerClient::new(None);
     let mut report = ClusterReport {
         url: url.to_string(),
         error: None,
@@ -402,15 +405,14 @@ pub async fn gather(url: &Uri, timeout: Duration) -> ClusterReport {
         report.notes.push(format!(
             "{name} lists no members (its database has not been read yet); showing only {name}"
         ));
-        members.push(Member {
+        members.push(Listed {
             name,
             site: first["site"].as_str().map(String::from),
             address: Ok(url.clone()),
         });
     }
-    let deadline = tokio::time::Instant::now() + timeout;
     let client = &client;
-    let asks = members.into_iter().map(|m| async move {
+    report.nodes = fan_out(timeout, members, |m, deadline| async move {
         let uri = match m.address {
             Ok(uri) => uri,
             Err(why) => return NodeReport::failed(&m.name, m.site, None, why),
@@ -420,8 +422,8 @@ pub async fn gather(url: &Uri, timeout: Duration) -> ClusterReport {
             Ok((code, body)) => NodeReport::from_status(&m.name, m.site, address, code, &body),
             Err(e) => NodeReport::failed(&m.name, m.site, address, e.to_string()),
         }
-    });
-    report.nodes = join_all(asks).await;
+    })
+    .await;
     report
 }
 
@@ -655,6 +657,43 @@ mod tests {
         let r = NodeReport::from_status("node3", None, None, 404, br#"{"error":"not found"}"#);
         assert_eq!((r.code, r.state), (Some(404), None));
         assert!(r.error.unwrap().contains("not a primgr /status answer"));
+    }
+
+    /// Only a well-formed `/status` of the node asked, saying Primary with 200, is a primary:
+    /// any other 200 (another program, another node's daemon, a body that disagrees with its
+    /// status) is shown with its error and not counted.
+    #[test]
+    fn only_a_well_formed_status_of_the_node_asked_counts_as_a_primary() {
+        let good = br#"{"node":"node1","state":"Primary","code":200,"votes":2,"votes_needed":2}"#;
+        assert!(NodeReport::from_status("node1", None, None, 200, good).is_primary());
+        for (name, body) in [
+            // Another node's daemon behind this address.
+            ("node2", &good[..]),
+            // Not primgr at all.
+            ("node1", br#"{"status":"ok"}"#),
+            ("node1", b"<html>It works!</html>"),
+            // No node name.
+            ("node1", br#"{"state":"Primary","code":200}"#),
+            // A body that disagrees with its status code.
+            ("node1", br#"{"node":"node1","state":"Primary","code":509}"#),
+            ("node1", br#"{"node":"node1","state":"Witness","code":200}"#),
+        ] {
+            let r = NodeReport::from_status(name, None, None, 200, body);
+            assert!(
+                !r.is_primary(),
+                "{name} {body:?} counted as a primary: {r:?}"
+            );
+            assert!(
+                r.error.is_some() || r.state.as_deref() != Some("Primary"),
+                "{r:?}"
+            );
+        }
+        let report = report(vec![
+            NodeReport::from_status("node1", None, None, 200, good),
+            NodeReport::from_status("node2", None, None, 200, good),
+        ]);
+        assert_eq!(report.primaries(), ["node1"]);
+        assert_eq!(report.exit_code(), EXIT_OK);
     }
 
     #[test]

@@ -4,13 +4,15 @@
 //! connecting at start-up so the daemon starts with its database down) and the single query
 //! that reads `pg_is_in_recovery()` together with every row of `repmgr.nodes`. The query runs
 //! as an unnamed, typed statement (`query_typed`): one round trip, no prepare, no text pasted
-//! into SQL. Nothing here decides anything; it only says what the database said, or why it
-//! could not be asked.
+//! into SQL. A connection whose query was abandoned (at `db_timeout`, or at shutdown) is
+//! closed, never handed out again: the pool's manager ([`Manager`]) marks each connection busy
+//! while it runs a query and counts a busy connection as broken when it comes back. Nothing
+//! here decides anything; it only says what the database said, or why it could not be asked.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bb8::{ErrorSink, Pool, RunError};
+use bb8::{ErrorSink, ManageConnection, Pool, RunError};
 use bb8_postgres::PostgresConnectionManager;
 use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
@@ -84,10 +86,44 @@ const OBSERVE_SQL: &str = "SELECT r.in_recovery, n.node_id, n.node_name, n.type,
      FROM (SELECT pg_is_in_recovery() AS in_recovery) r \
      LEFT JOIN repmgr.nodes n ON true ORDER BY n.node_id";
 
+/// bb8-postgres's manager, with connections that know whether a query is running on them.
+#[derive(Debug)]
+pub struct Manager(PostgresConnectionManager<NoTls>);
+
+/// A pooled connection: the client, and whether a query was started on it and not seen to end.
+pub struct Tracked {
+    client: tokio_postgres::Client,
+    busy: bool,
+}
+
+impl ManageConnection for Manager {
+    type Connection = Tracked;
+    type Error = tokio_postgres::Error;
+
+    async fn connect(&self) -> Result<Tracked, tokio_postgres::Error> {
+        let client = self.0.connect().await?;
+        Ok(Tracked {
+            client,
+            busy: false,
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut Tracked) -> Result<(), tokio_postgres::Error> {
+        self.0.is_valid(&mut conn.client).await
+    }
+
+    /// A connection comes back broken when its server closed it, or when the future running
+    /// a query on it was dropped before the answer (a timeout): its session may still be
+    /// busy, so it is closed rather than reused.
+    fn has_broken(&self, conn: &mut Tracked) -> bool {
+        conn.busy || conn.client.is_closed()
+    }
+}
+
 /// The local database, through a small pool.
 #[derive(Clone)]
 pub struct Db {
-    pool: Pool<PostgresConnectionManager<NoTls>>,
+    pool: Pool<Manager>,
     timeout: Duration,
     connect_errors: LastConnectError,
 }
@@ -177,7 +213,7 @@ impl Db {
             _ => statement_timeout,
         };
         config.options(options);
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let manager = Manager(PostgresConnectionManager::new(config, NoTls));
         let connect_errors = LastConnectError::default();
         let pool = Pool::builder()
             .max_size(pool_size)
@@ -233,14 +269,18 @@ impl Db {
             // The connection attempt made for this checkout failed: say so now.
             e = self.connect_errors.next(asked) => return Err(Retry::Final(DbError::Connect(e))),
         };
-        let conn = checkout.map_err(|e| match e {
+        let mut conn = checkout.map_err(|e| match e {
             RunError::User(e) => Retry::Final(DbError::Connect(error_text(&e))),
             RunError::TimedOut => Retry::Final(match self.connect_errors.since(asked) {
                 Some(e) => DbError::Connect(e),
                 None => DbError::Timeout(self.timeout),
             }),
         })?;
-        let rows = conn.query_typed(OBSERVE_SQL, &[]).await.map_err(|e| {
+        conn.busy = true;
+        let rows = conn.client.query_typed(OBSERVE_SQL, &[]).await;
+        // Reached only when the query ended (with rows or an error): the session is idle again.
+        conn.busy = false;
+        let rows = rows.map_err(|e| {
             if e.is_closed() {
                 return Retry::Closed(DbError::Connect(error_text(&e)));
             }

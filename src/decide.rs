@@ -1,13 +1,15 @@
-//! The verdict: a pure function from observations to a state.
+//! The verdict: a pure function from observations and held votes to a state.
 //!
-//! Owns the rules of the seed: Down when the local database cannot be observed, Standby when it
-//! is in recovery, Primary when it is not in recovery and a majority of its own site (itself
-//! included) names it as primary, Unknown otherwise. No I/O happens here, so every rule is
-//! tested table by table.
-
-use std::collections::BTreeSet;
+//! Owns the rules of the seed, made safe: Down when the local database cannot be observed,
+//! Witness for a repmgr witness (never a primary, never in a pool), Standby when in recovery,
+//! Primary when not in recovery and a majority of its own site holds unexpired, settled votes
+//! for it ([`crate::vote`]), Unknown otherwise. A node counts its own vote only when its own
+//! metadata names it as the active primary (the poller asks its own promise book then, like
+//! any voter). No I/O and no clock here: `now` is an argument, so every rule is tested table
+//! by table and the simulation drives the same code.
 
 use crate::db::{DbError, DbObservation, NodeRow};
+use crate::vote::{Ballot, Window};
 
 /// What a node answers to a health check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -16,15 +18,26 @@ pub enum State {
     Standby,
     Down,
     Unknown,
+    /// A repmgr witness: answers 503, never Primary, never 509, never in a read pool.
+    Witness,
 }
 
 impl State {
-    /// The HTTP status of `/state` for this state (the seed's codes).
+    /// Every state, in the order of the seed (and the witness last).
+    pub const ALL: [State; 5] = [
+        State::Primary,
+        State::Standby,
+        State::Down,
+        State::Unknown,
+        State::Witness,
+    ];
+
+    /// The HTTP status of `/state` for this state (the seed's codes; a witness is 503).
     pub const fn code(self) -> u16 {
         match self {
             State::Primary => 200,
             State::Standby => 202,
-            State::Down => 503,
+            State::Down | State::Witness => 503,
             State::Unknown => 509,
         }
     }
@@ -36,12 +49,13 @@ impl State {
             State::Standby => "Standby",
             State::Down => "Down",
             State::Unknown => "Unknown",
+            State::Witness => "Witness",
         }
     }
 
     /// The state a `/state` answer describes, if status and body agree on one.
     pub fn from_answer(code: u16, name: &str) -> Option<State> {
-        [State::Primary, State::Standby, State::Down, State::Unknown]
+        State::ALL
             .into_iter()
             .find(|s| s.code() == code && s.name() == name)
     }
@@ -53,37 +67,15 @@ impl std::fmt::Display for State {
     }
 }
 
-/// What a voter said when asked whom its local metadata names as primary.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerAnswer {
-    /// It named this node.
-    Named(String),
-    /// It answered, but named nobody (its database is down, or its metadata has no primary).
-    NoPrimary(String),
-    /// It could not be asked or its answer made no sense.
-    Failed(String),
-}
-
-impl PeerAnswer {
-    /// The node named, if any.
-    pub fn named(&self) -> Option<&str> {
-        match self {
-            PeerAnswer::Named(n) => Some(n),
-            _ => None,
-        }
-    }
-}
-
 /// The outcome of one cycle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
+    /// Primary means "may answer 200 within `window`"; outside it the node answers Unknown.
     pub state: State,
     /// Why, in words an operator can act on.
     pub reason: String,
-    /// Votes for this node, itself included (0 when no vote was held).
-    pub votes: usize,
-    /// Votes needed for a majority of the site (0 when no vote was held).
-    pub needed: usize,
+    /// When a Primary may answer 200 (None for every other state).
+    pub window: Option<Window>,
 }
 
 /// The majority of a site of `n` nodes: ⌊n/2⌋+1.
@@ -91,86 +83,132 @@ pub const fn majority(site_size: usize) -> usize {
     site_size / 2 + 1
 }
 
-/// This node's row and the other nodes of its site (its voters), when a vote is needed: the
-/// database is observed, not in recovery, and this node is registered.
-pub fn voters<'a>(obs: &'a DbObservation, me: &str) -> Option<(&'a NodeRow, Vec<&'a NodeRow>)> {
-    if obs.in_recovery {
-        return None;
-    }
-    let own = obs.nodes.iter().find(|n| n.node_name == me)?;
-    let others = obs
-        .nodes
-        .iter()
-        .filter(|n| n.location == own.location && n.node_name != me)
-        .collect();
-    Some((own, others))
+/// `repmgr.nodes.type` of a witness.
+pub const WITNESS: &str = "witness";
+
+/// What a cycle must do, given the observation: who this node is, and whether it stands for
+/// election.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role<'a> {
+    /// This node's row, when registered.
+    pub own: Option<&'a NodeRow>,
+    /// The other nodes of its site: its voters (active or not, witnesses included).
+    pub voters: Vec<&'a NodeRow>,
+    /// Whether it asks for votes: observed, not in recovery, registered, not a witness.
+    pub candidate: bool,
 }
 
-/// The verdict of a cycle.
-///
-/// `answers` are the voters' answers by voter name; answers from nodes that are not voters of
-/// this node's site are ignored, and each voter counts at most once.
+impl Role<'_> {
+    /// The size of the site, this node included.
+    pub fn site_size(&self) -> usize {
+        self.voters.len() + 1
+    }
+}
+
+/// This node's role in the observed metadata.
+pub fn role<'a>(obs: &'a DbObservation, me: &str) -> Role<'a> {
+    let own = obs.nodes.iter().find(|n| n.node_name == me);
+    let voters = match own {
+        Some(own) => obs
+            .nodes
+            .iter()
+            .filter(|n| n.location == own.location && n.node_name != me)
+            .collect(),
+        None => Vec::new(),
+    };
+    let candidate = !obs.in_recovery && own.is_some_and(|o| o.node_type != WITNESS);
+    Role {
+        own,
+        voters,
+        candidate,
+    }
+}
+
+/// The verdict of a cycle at `now`, from the observation and the votes held (the ballot's
+/// `needed` is ignored: the majority comes from the observed site).
 pub fn verdict(
     me: &str,
     db: Result<&DbObservation, &DbError>,
-    answers: &[(String, PeerAnswer)],
+    ballot: &Ballot,
+    now: std::time::Instant,
 ) -> Verdict {
     let obs = match db {
-        Err(e) => return no_vote(State::Down, e.to_string()),
+        Err(e) => return plain(State::Down, e.to_string()),
         Ok(obs) => obs,
     };
-    if obs.in_recovery {
-        return no_vote(State::Standby, "in recovery".into());
+    let role = role(obs, me);
+    if role.own.is_some_and(|o| o.node_type == WITNESS) {
+        return plain(
+            State::Witness,
+            "a repmgr witness: it votes, but is never a primary and takes no reads".into(),
+        );
     }
-    let Some((own, others)) = voters(obs, me) else {
-        return no_vote(
+    if obs.in_recovery {
+        return plain(State::Standby, "in recovery".into());
+    }
+    let Some(own) = role.own else {
+        return plain(
             State::Unknown,
             format!("not in recovery, but node_name {me:?} is not in repmgr.nodes"),
         );
     };
     let site = &own.location;
-    let size = others.len() + 1;
+    let size = role.site_size();
     let needed = majority(size);
-    let voter_names: BTreeSet<&str> = others.iter().map(|n| n.node_name.as_str()).collect();
-    let mut counted = BTreeSet::new();
-    for (voter, answer) in answers {
-        if voter_names.contains(voter.as_str()) && answer.named() == Some(me) {
-            counted.insert(voter.as_str());
-        }
-    }
-    let votes = counted.len() + 1;
-    if votes >= needed {
-        Verdict {
+    let counted = Ballot {
+        votes: ballot
+            .votes
+            .iter()
+            .filter(|v| v.voter == me || role.voters.iter().any(|r| r.node_name == v.voter))
+            .cloned()
+            .collect(),
+        needed,
+    };
+    let live = counted.live(now);
+    let named = match obs.named_primary() {
+        Some(p) if p == me => String::new(),
+        Some(p) => format!("; its own metadata names {p}"),
+        None => "; its own metadata names no primary".into(),
+    };
+    match counted.window(now) {
+        Some(window) => Verdict {
             state: State::Primary,
-            reason: format!("not in recovery; {votes} of {size} nodes of site {site:?} name {me}"),
-            votes,
-            needed,
-        }
-    } else {
-        Verdict {
-            state: State::Unknown,
             reason: format!(
-                "not in recovery, but only {votes} of {size} nodes of site {site:?} name {me} \
-                 ({needed} needed)"
+                "not in recovery; {live} of {size} nodes of site {site:?} hold a vote for {me}{named}"
             ),
-            votes,
-            needed,
-        }
+            window: Some(window),
+        },
+        None if live >= needed => plain(
+            State::Unknown,
+            format!(
+                "not in recovery; {live} of {size} nodes of site {site:?} vote for {me}, but too \
+                 few of those votes will settle before they expire{named}"
+            ),
+        ),
+        None => plain(
+            State::Unknown,
+            format!(
+                "not in recovery, but only {live} of {size} nodes of site {site:?} hold a vote \
+                 for {me} ({needed} needed){named}"
+            ),
+        ),
     }
 }
 
-fn no_vote(state: State, reason: String) -> Verdict {
+fn plain(state: State, reason: String) -> Verdict {
     Verdict {
         state,
         reason,
-        votes: 0,
-        needed: 0,
+        window: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
+    use crate::vote::HeldVote;
 
     fn node(id: i32, name: &str, location: &str) -> NodeRow {
         NodeRow {
@@ -195,51 +233,55 @@ mod tests {
         }
     }
 
-    fn answers(size: usize, yes: usize, no: PeerAnswer) -> Vec<(String, PeerAnswer)> {
-        (2..=size)
-            .map(|i| {
-                let a = if i - 2 < yes {
-                    PeerAnswer::Named("n1".into())
-                } else {
-                    no.clone()
-                };
-                (format!("n{i}"), a)
-            })
-            .collect()
+    /// A vote of `voter` that counts from `t` for 3 s.
+    fn vote(voter: &str, t: Instant) -> HeldVote {
+        HeldVote {
+            voter: voter.into(),
+            sent: t,
+            valid_until: t + Duration::from_secs(3),
+            settled_at: t,
+        }
+    }
+
+    fn ballot(voters: &[&str], t: Instant) -> Ballot {
+        Ballot {
+            votes: voters.iter().map(|v| vote(v, t)).collect(),
+            needed: 0,
+        }
     }
 
     #[test]
     fn down_when_the_database_cannot_be_observed() {
+        let t = Instant::now();
         for e in [
-            DbError::Timeout(std::time::Duration::from_secs(2)),
+            DbError::Timeout(Duration::from_secs(2)),
             DbError::Connect("refused".into()),
             DbError::Query("boom".into()),
             DbError::NotRepmgr("relation \"repmgr.nodes\" does not exist".into()),
         ] {
-            let v = verdict("n1", Err(&e), &[]);
-            assert_eq!(v.state, State::Down);
-            assert_eq!(v.state.code(), 503);
+            let v = verdict("n1", Err(&e), &ballot(&["n1", "n2"], t), t);
+            assert_eq!((v.state, v.state.code()), (State::Down, 503));
             assert_eq!(v.reason, e.to_string());
         }
     }
 
     #[test]
     fn standby_when_in_recovery_whatever_the_votes() {
+        let t = Instant::now();
         let mut obs = cluster(3);
         obs.in_recovery = true;
-        let v = verdict(
-            "n1",
-            Ok(&obs),
-            &answers(3, 2, PeerAnswer::Failed("x".into())),
+        let v = verdict("n1", Ok(&obs), &ballot(&["n1", "n2", "n3"], t), t);
+        assert_eq!(
+            (v.state, v.state.code(), v.window),
+            (State::Standby, 202, None)
         );
-        assert_eq!((v.state, v.state.code()), (State::Standby, 202));
-        assert!(voters(&obs, "n1").is_none(), "a standby holds no vote");
+        assert!(!role(&obs, "n1").candidate, "a standby asks for no vote");
     }
 
     #[test]
     fn unknown_when_own_row_is_missing() {
-        let obs = cluster(3);
-        let v = verdict("ghost", Ok(&obs), &[]);
+        let t = Instant::now();
+        let v = verdict("ghost", Ok(&cluster(3)), &ballot(&["n2", "n3"], t), t);
         assert_eq!((v.state, v.state.code()), (State::Unknown, 509));
         assert!(
             v.reason.contains("\"ghost\" is not in repmgr.nodes"),
@@ -248,99 +290,113 @@ mod tests {
         );
     }
 
-    /// Every site size from 1 to 5 with every number of confirming voters, and for the other
-    /// voters every kind of non-vote: another name, no primary, an error.
+    /// A witness (never in recovery) is never Primary, never 509, whatever votes it has, in a
+    /// site of its own or a shared one.
+    #[test]
+    fn a_witness_is_a_witness() {
+        let t = Instant::now();
+        for (location, size) in [("dc3", 1), ("dc1", 4)] {
+            let mut obs = cluster(3);
+            obs.nodes.push(NodeRow {
+                node_type: WITNESS.into(),
+                ..node(5, "w", location)
+            });
+            let r = role(&obs, "w");
+            assert!(!r.candidate && r.site_size() == size);
+            let v = verdict("w", Ok(&obs), &ballot(&["w", "n1", "n2", "n3"], t), t);
+            assert_eq!(
+                (v.state, v.state.code(), v.window),
+                (State::Witness, 503, None)
+            );
+        }
+        // The witness is a voter of the primary's site when it shares it.
+        let mut obs = cluster(3);
+        obs.nodes.push(NodeRow {
+            node_type: WITNESS.into(),
+            ..node(5, "w", "dc1")
+        });
+        assert_eq!(role(&obs, "n1").site_size(), 4);
+    }
+
+    /// Every site size from 1 to 5 with every number of votes held (its own among them or
+    /// not): Primary exactly when a majority of the site holds a vote.
     #[test]
     fn majority_of_own_site_for_every_size_and_vote_count() {
-        let non_votes = [
-            PeerAnswer::Named("n2".into()),
-            PeerAnswer::NoPrimary("database down".into()),
-            PeerAnswer::Failed("timed out".into()),
-        ];
+        let t = Instant::now();
         for (size, needed) in [(1usize, 1usize), (2, 2), (3, 2), (4, 3), (5, 3)] {
-            for yes in 0..size {
-                for no in &non_votes {
-                    let obs = cluster(size);
-                    let v = verdict("n1", Ok(&obs), &answers(size, yes, no.clone()));
-                    let votes = yes + 1;
-                    let want = if votes >= needed {
-                        State::Primary
-                    } else {
-                        State::Unknown
-                    };
-                    assert_eq!(
-                        (v.state, v.votes, v.needed),
-                        (want, votes, needed),
-                        "size {size}, {yes} yes, others {no:?}: {}",
-                        v.reason
-                    );
-                }
+            let obs = cluster(size);
+            let names: Vec<String> = (1..=size).map(|i| format!("n{i}")).collect();
+            for mask in 0u32..(1 << size) {
+                let voters: Vec<&str> = (0..size)
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| names[i].as_str())
+                    .collect();
+                let v = verdict("n1", Ok(&obs), &ballot(&voters, t), t);
+                let want = if voters.len() >= needed {
+                    State::Primary
+                } else {
+                    State::Unknown
+                };
+                assert_eq!(v.state, want, "size {size}, votes {voters:?}: {}", v.reason);
+                assert_eq!(v.window.is_some(), want == State::Primary);
             }
         }
     }
 
     #[test]
-    fn the_split_brain_table() {
-        // Old primary n1 came back read-write; its site names n2.
+    fn votes_from_outside_the_site_or_strangers_do_not_count() {
+        let t = Instant::now();
         let obs = cluster(3);
-        let site_names_n2 = vec![
-            ("n2".to_string(), PeerAnswer::Named("n2".into())),
-            ("n3".to_string(), PeerAnswer::Named("n2".into())),
-        ];
+        let v = verdict("n1", Ok(&obs), &ballot(&["far", "stranger", "n2"], t), t);
+        assert_eq!(v.state, State::Unknown, "{}", v.reason);
+        let v = verdict("n1", Ok(&obs), &ballot(&["n2", "n3"], t), t);
+        assert_eq!(v.state, State::Primary, "{}", v.reason);
+    }
+
+    #[test]
+    fn the_window_comes_from_the_votes() {
+        let t = Instant::now();
+        let obs = cluster(3);
+        let mut b = ballot(&["n1", "n2"], t);
+        b.votes[1].settled_at = t + Duration::from_secs(1);
+        b.votes[1].valid_until = t + Duration::from_secs(2);
+        let v = verdict("n1", Ok(&obs), &b, t);
         assert_eq!(
-            verdict("n1", Ok(&obs), &site_names_n2).state,
-            State::Unknown
+            v.window,
+            Some(Window {
+                from: t + Duration::from_secs(1),
+                until: t + Duration::from_secs(2)
+            })
         );
-        // n2 with n1 (stale, names itself) and n3 (names n2): 2 of 3.
-        let answers_for_n2 = vec![
-            ("n1".to_string(), PeerAnswer::Named("n1".into())),
-            ("n3".to_string(), PeerAnswer::Named("n2".into())),
-        ];
+        // Enough votes, but one settles only after the other expired: no window.
+        b.votes[1].settled_at = t + Duration::from_secs(3);
+        b.votes[1].valid_until = t + Duration::from_secs(4);
+        let v = verdict("n1", Ok(&obs), &b, t);
+        assert_eq!((v.state, v.window), (State::Unknown, None));
+        assert!(v.reason.contains("settle"), "{}", v.reason);
+    }
+
+    #[test]
+    fn a_node_alone_in_its_site_needs_its_own_vote() {
+        let t = Instant::now();
+        let obs = cluster(1);
         assert_eq!(
-            verdict("n2", Ok(&obs), &answers_for_n2).state,
+            verdict("n1", Ok(&obs), &ballot(&["n1"], t), t).state,
             State::Primary
         );
-    }
-
-    #[test]
-    fn answers_from_outside_the_site_or_twice_do_not_count() {
-        let obs = cluster(3);
-        let stuffed = vec![
-            ("far".to_string(), PeerAnswer::Named("n1".into())),
-            ("n2".to_string(), PeerAnswer::Named("n1".into())),
-            ("n2".to_string(), PeerAnswer::Named("n1".into())),
-            ("stranger".to_string(), PeerAnswer::Named("n1".into())),
-        ];
-        let v = verdict("n1", Ok(&obs), &stuffed);
-        assert_eq!((v.votes, v.needed, v.state), (2, 2, State::Primary));
-        let only_outsiders = &stuffed[..1];
-        assert_eq!(
-            verdict("n1", Ok(&obs), only_outsiders).state,
-            State::Unknown
-        );
-    }
-
-    #[test]
-    fn inactive_rows_of_the_site_still_count_as_voters() {
-        let mut obs = cluster(3);
-        obs.nodes[1].active = false;
-        let (_, others) = voters(&obs, "n1").unwrap();
-        assert_eq!(others.len(), 2);
-    }
-
-    #[test]
-    fn a_primary_alone_in_its_site_is_primary() {
-        let obs = cluster(1);
-        let v = verdict("n1", Ok(&obs), &[]);
-        assert_eq!((v.state, v.votes, v.needed), (State::Primary, 1, 1));
+        // Promoted outside repmgr: its metadata names another node, so it holds no own vote.
+        let v = verdict("n1", Ok(&obs), &ballot(&[], t), t);
+        assert_eq!(v.state, State::Unknown);
+        assert!(v.reason.contains("only 0 of 1"), "{}", v.reason);
     }
 
     #[test]
     fn states_round_trip_through_answers() {
-        for s in [State::Primary, State::Standby, State::Down, State::Unknown] {
+        for s in State::ALL {
             assert_eq!(State::from_answer(s.code(), s.name()), Some(s));
         }
         assert_eq!(State::from_answer(200, "Standby"), None);
         assert_eq!(State::from_answer(500, "Primary"), None);
+        assert_eq!(State::from_answer(200, "Witness"), None);
     }
 }

@@ -1,29 +1,35 @@
-//! The peers: where their daemons listen, the HTTP client that asks them, and the fan-out.
+//! The peers: where their daemons listen, the HTTP client that asks them, and the bounded
+//! fan-out.
 //!
 //! Owns the address of each peer's API (an explicit `[peers]` entry, else the host of its
 //! repmgr conninfo and `peer_port`), one keep-alive HTTP client per daemon (bound to
 //! `source_address` when set, so a network cut between node addresses behaves like a real
-//! one), and asking many peers at once under one deadline. Every failure of a peer becomes a
-//! value (an answer that does not vote, a state that is not Primary); nothing here panics or
-//! waits past the deadline, and no response body is read past [`MAX_BODY`].
+//! one), reading what peers answer (`/vote`, `/release`, `/state`), and the bounded fan-out
+//! ([`PeerClient::fan_out`]): asking many peers at once under one deadline, which the poll
+//! cycle, `/realPrimary` and `primgr cluster` all use. Every failure of a peer becomes a value
+//! (an answer that does not vote, a state that is not Primary); nothing here panics or waits
+//! past the deadline, and no response body is read past [`MAX_BODY`].
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper::Uri;
 use hyper::header::{HeaderValue, USER_AGENT};
+use hyper::{Method, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::Value;
 use tokio::time::Instant;
-use tokio_postgres::config::Host;
 
+use crate::conninfo;
 use crate::db::NodeRow;
-use crate::decide::{PeerAnswer, State};
+use crate::decide::State;
+use crate::vote::Grant;
 
 /// Largest response body read from a peer; anything longer is an error, not a vote.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -54,12 +60,11 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    /// A keep-alive client whose connects are bounded by `connect_timeout` and, when
-    /// `source_address` is set, made from that local address.
-    pub fn new(source_address: Option<IpAddr>, connect_timeout: Duration) -> PeerClient {
+    /// A keep-alive client whose connections are made from `source_address` when it is set.
+    /// Every request (connect included) is bounded by the deadline its caller gives.
+    pub fn new(source_address: Option<IpAddr>) -> PeerClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
         connector.set_local_address(source_address);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -79,11 +84,24 @@ impl PeerClient {
         path: &str,
         deadline: Instant,
     ) -> Result<(u16, Bytes), PeerError> {
+        self.request(Method::GET, base, path, deadline).await
+    }
+
+    /// Sends a body-less `method` request for `path` to the peer at `base`; status and body,
+    /// by `deadline`.
+    pub async fn request(
+        &self,
+        method: Method,
+        base: &Uri,
+        path: &str,
+        deadline: Instant,
+    ) -> Result<(u16, Bytes), PeerError> {
         // In whole milliseconds: it is shown to operators ("no answer within 500ms").
         let left = deadline.saturating_duration_since(Instant::now());
         let budget = Duration::from_millis(((left.as_micros() + 500) / 1000) as u64);
         let uri = join(base, path)?;
         let mut request = hyper::Request::new(Empty::new());
+        *request.method_mut() = method;
         *request.uri_mut() = uri;
         request
             .headers_mut()
@@ -107,11 +125,17 @@ impl PeerClient {
             .unwrap_or(Err(PeerError::Timeout(budget)))
     }
 
-    /// Asks a voter whom its local metadata names as primary (`/primary`).
-    pub async fn ask_primary(&self, base: &Uri, deadline: Instant) -> PeerAnswer {
-        match self.get(base, "/primary", deadline).await {
-            Err(e) => PeerAnswer::Failed(e.to_string()),
-            Ok((status, body)) => parse_primary(status, &body),
+    /// Asks a voter for its vote (`GET /vote`); `voter` is the node asked, `me` this node.
+    pub async fn ask_vote(
+        &self,
+        base: &Uri,
+        voter: &str,
+        me: &str,
+        deadline: Instant,
+    ) -> VoteReply {
+        match self.get(base, "/vote", deadline).await {
+            Err(e) => VoteReply::Failed(e.to_string()),
+            Ok((status, body)) => parse_vote(status, &body, voter, me),
         }
     }
 
@@ -120,27 +144,125 @@ impl PeerClient {
         let (status, body) = self.get(base, "/state", deadline).await?;
         parse_state(status, &body)
     }
-}
 
-/// Reads a `/primary` answer: 200 `{"Primary":"name"}` names a node; a 503 with
-/// `"Primary":null` names nobody; anything else is a failure.
-pub fn parse_primary(status: u16, body: &[u8]) -> PeerAnswer {
-    let json: Option<Value> = serde_json::from_slice(body).ok();
-    let primary = json.as_ref().and_then(|j| j.get("Primary"));
-    match (status, primary) {
-        (200, Some(Value::String(name))) if !name.is_empty() => PeerAnswer::Named(name.clone()),
-        (503, Some(Value::Null)) => {
-            let why = match json.as_ref().and_then(|j| j.get("state")) {
-                Some(Value::String(s)) => format!("names no primary (state {s})"),
-                _ => "names no primary".to_string(),
-            };
-            PeerAnswer::NoPrimary(why)
+    /// Asks `holder` to release the promises made to it (`POST /release`).
+    pub async fn ask_release(&self, base: &Uri, holder: &str, deadline: Instant) -> ReleaseReply {
+        match self.request(Method::POST, base, "/release", deadline).await {
+            Err(e) => ReleaseReply::Failed(e.to_string()),
+            Ok((status, body)) => parse_release(status, &body, holder),
         }
-        _ => PeerAnswer::Failed(format!("HTTP {status}: {}", describe_body(body))),
     }
 }
 
-/// Reads a `/state` answer: status and body must agree on one of the four states.
+/// The bounded fan-out: asks every target at once, every request bounded by the same deadline,
+/// `timeout` from now, which `ask` receives with its target. The poll cycle (votes and
+/// releases), `/realPrimary` and `primgr cluster` all ask through it. The answers come back in
+/// the order of `targets`, each within the deadline, since every request of [`PeerClient`]
+/// ends by the deadline it is given.
+pub async fn fan_out<T, F, Fut>(
+    timeout: Duration,
+    targets: impl IntoIterator<Item = T>,
+    mut ask: F,
+) -> Vec<Fut::Output>
+where
+    F: FnMut(T, Instant) -> Fut,
+    Fut: Future,
+{
+    let deadline = Instant::now() + timeout;
+    join_all(targets.into_iter().map(|t| ask(t, deadline))).await
+}
+
+/// A voter's answer to `/vote`, as the candidate reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoteReply {
+    /// It voted for this node.
+    Granted(Grant),
+    /// It gave no vote to this node: it names another, or nobody, or has promised another.
+    Refused(String),
+    /// It could not be asked, or its answer was not a vote of the node asked.
+    Failed(String),
+}
+
+/// Reads a `/vote` answer of `voter`, asked by `me`. Only a well-formed answer that names the
+/// voter asked (not this node, not another) is a vote: two rows whose addresses reach the same
+/// daemon, or an address that leads back to this node, never count twice.
+pub fn parse_vote(status: u16, body: &[u8], voter: &str, me: &str) -> VoteReply {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let field = |k: &str| json.as_ref().and_then(|j| j.get(k));
+    let node = match field("node") {
+        Some(Value::String(n)) => n.as_str(),
+        _ => return VoteReply::Failed(format!("HTTP {status}: {}", describe_body(body))),
+    };
+    if node != voter || voter == me {
+        return VoteReply::Failed(format!(
+            "this address answers as node {node:?}, not as voter {voter:?}: not counted"
+        ));
+    }
+    match (status, field("vote")) {
+        (200, Some(Value::String(to))) if to == me => {
+            let ms = |k: &str| field(k).and_then(Value::as_u64).map(Duration::from_millis);
+            match (ms("lease_ms"), ms("exclusive_ms")) {
+                (Some(lease), Some(exclusive)) if !lease.is_zero() => VoteReply::Granted(Grant {
+                    to: to.clone(),
+                    lease,
+                    exclusive,
+                }),
+                _ => VoteReply::Failed(format!(
+                    "a vote without a valid lease_ms/exclusive_ms: {}",
+                    describe_body(body)
+                )),
+            }
+        }
+        (200, Some(Value::String(to))) => VoteReply::Refused(format!("votes for {to}")),
+        (503, Some(Value::Null)) => VoteReply::Refused(match field("reason") {
+            Some(Value::String(why)) => format!("no vote: {why}"),
+            _ => "no vote".into(),
+        }),
+        _ => VoteReply::Failed(format!("HTTP {status}: {}", describe_body(body))),
+    }
+}
+
+/// A holder's answer to `/release`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseReply {
+    /// Released; it could have answered 200 at the latest this long before it answered.
+    Released {
+        last_200_ago: Duration,
+    },
+    /// Not released (it answers 200, or is about to).
+    Refused(String),
+    Failed(String),
+}
+
+/// Reads a `/release` answer of `holder`.
+pub fn parse_release(status: u16, body: &[u8], holder: &str) -> ReleaseReply {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let field = |k: &str| json.as_ref().and_then(|j| j.get(k));
+    if field("node").and_then(Value::as_str) != Some(holder) {
+        return ReleaseReply::Failed(format!(
+            "HTTP {status}: not a release answer of {holder}: {}",
+            describe_body(body)
+        ));
+    }
+    match (
+        status,
+        field("released"),
+        field("last_200_ms").and_then(Value::as_u64),
+    ) {
+        (200, Some(Value::Bool(true)), Some(ms)) => ReleaseReply::Released {
+            last_200_ago: Duration::from_millis(ms),
+        },
+        (409, Some(Value::Bool(false)), _) => ReleaseReply::Refused(
+            field("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("refused")
+                .to_string(),
+        ),
+        _ => ReleaseReply::Failed(format!("HTTP {status}: {}", describe_body(body))),
+    }
+}
+
+/// Reads a `/state` answer: status and body must agree on one of the states.
 pub fn parse_state(status: u16, body: &[u8]) -> Result<State, PeerError> {
     let json: Option<Value> = serde_json::from_slice(body).ok();
     match json.as_ref().and_then(|j| j.get("state")) {
@@ -193,7 +315,7 @@ pub fn peer_url(
     if let Some(uri) = overrides.get(&row.node_name) {
         return Ok(uri.clone());
     }
-    let host = conninfo_host(&row.conninfo)?;
+    let host = conninfo::host(&row.conninfo)?;
     let authority = match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => format!("[{v6}]:{peer_port}"),
         _ => format!("{host}:{peer_port}"),
@@ -204,20 +326,6 @@ pub fn peer_url(
         .path_and_query("/")
         .build()
         .map_err(|e| format!("host {host:?} of its conninfo is not usable in a URL: {e}"))
-}
-
-/// The network host of a conninfo (key=value or URI form): the first TCP `host`, else the
-/// first `hostaddr`. A conninfo that only names a unix socket has none.
-pub fn conninfo_host(conninfo: &str) -> Result<String, String> {
-    let config: tokio_postgres::Config = conninfo
-        .parse()
-        .map_err(|e| format!("its conninfo cannot be parsed: {e}"))?;
-    let tcp = config.get_hosts().iter().find_map(|h| match h {
-        Host::Tcp(name) if !name.is_empty() => Some(name.clone()),
-        _ => None,
-    });
-    tcp.or_else(|| config.get_hostaddrs().first().map(|a| a.to_string()))
-        .ok_or_else(|| "its conninfo names no network host (only a socket, or nothing)".into())
 }
 
 #[cfg(test)]
@@ -232,52 +340,6 @@ mod tests {
             active: true,
             location: "dc1".into(),
             conninfo: conninfo.into(),
-        }
-    }
-
-    #[test]
-    fn host_from_key_value_conninfo() {
-        let cases = [
-            (
-                "host=127.0.5.11 port=5432 user=repmgr dbname=repmgr connect_timeout=2",
-                "127.0.5.11",
-            ),
-            (
-                "user=repmgr host='db-2.example.com' dbname=repmgr",
-                "db-2.example.com",
-            ),
-            ("hostaddr=10.1.2.3 dbname=repmgr", "10.1.2.3"),
-            ("host=/var/run/postgresql,db3 dbname=repmgr", "db3"),
-            ("host=db1,db2 port=5432,5433", "db1"),
-        ];
-        for (conninfo, host) in cases {
-            assert_eq!(conninfo_host(conninfo).as_deref(), Ok(host), "{conninfo}");
-        }
-    }
-
-    #[test]
-    fn host_from_uri_conninfo() {
-        let cases = [
-            (
-                "postgresql://repmgr@db-1:5432/repmgr?connect_timeout=2",
-                "db-1",
-            ),
-            ("postgres://repmgr:secret@10.0.0.7/repmgr", "10.0.0.7"),
-            ("postgresql:///repmgr?host=db9", "db9"),
-        ];
-        for (conninfo, host) in cases {
-            assert_eq!(conninfo_host(conninfo).as_deref(), Ok(host), "{conninfo}");
-        }
-    }
-
-    #[test]
-    fn no_host_is_an_error_not_a_guess() {
-        for conninfo in [
-            "host=/var/run/postgresql dbname=repmgr",
-            "dbname=repmgr",
-            "host='broken",
-        ] {
-            assert!(conninfo_host(conninfo).is_err(), "{conninfo}");
         }
     }
 
@@ -307,31 +369,87 @@ mod tests {
         assert!(peer_url(&r, &overrides, 5999).is_err());
     }
 
+    /// Only a well-formed vote of the voter asked, for this node, with a lease, is a vote.
     #[test]
-    fn primary_answers() {
+    fn vote_answers() {
+        let granted = br#"{"node":"n3","vote":"n1","lease_ms":3000,"exclusive_ms":250}"#;
         assert_eq!(
-            parse_primary(200, br#"{"Primary":"node1"}"#),
-            PeerAnswer::Named("node1".into())
+            parse_vote(200, granted, "n3", "n1"),
+            VoteReply::Granted(Grant {
+                to: "n1".into(),
+                lease: Duration::from_secs(3),
+                exclusive: Duration::from_millis(250),
+            })
         );
+        // Another voter's answer (two rows reaching one daemon), or this node's own daemon
+        // reached through an alias: not counted.
+        for (voter, me) in [("n2", "n1"), ("n3", "n3")] {
+            assert!(
+                matches!(parse_vote(200, granted, voter, me), VoteReply::Failed(w) if w.contains("answers as node")),
+                "{voter} {me}"
+            );
+        }
         assert!(matches!(
-            parse_primary(503, br#"{"Primary":null,"state":"Down"}"#),
-            PeerAnswer::NoPrimary(s) if s.contains("Down")
+            parse_vote(200, br#"{"node":"n3","vote":"n2","lease_ms":3000,"exclusive_ms":0}"#, "n3", "n1"),
+            VoteReply::Refused(w) if w.contains("n2")
         ));
         assert!(matches!(
-            parse_primary(503, br#"{"Primary":null}"#),
-            PeerAnswer::NoPrimary(_)
+            parse_vote(503, br#"{"node":"n3","vote":null,"reason":"promised to n2"}"#, "n3", "n1"),
+            VoteReply::Refused(w) if w.contains("promised to n2")
         ));
         for (status, body) in [
-            (200, &b"node1"[..]),
-            (200, br#"{"primary":"node1"}"#),
-            (200, br#"{"Primary":1}"#),
-            (200, br#"{"Primary":""}"#),
-            (500, br#"{"Primary":"node1"}"#),
+            (200, &b"n1"[..]),
+            (200, br#"{"node":"n3","vote":"n1"}"#),
+            (
+                200,
+                br#"{"node":"n3","vote":"n1","lease_ms":0,"exclusive_ms":0}"#,
+            ),
+            (
+                200,
+                br#"{"node":"n3","vote":"n1","lease_ms":-5,"exclusive_ms":0}"#,
+            ),
+            (200, br#"{"vote":"n1","lease_ms":3000,"exclusive_ms":0}"#),
+            (
+                500,
+                br#"{"node":"n3","vote":"n1","lease_ms":3000,"exclusive_ms":0}"#,
+            ),
+            (200, br#"{"Primary":"n1","node":"n3"}"#),
             (302, b""),
             (200, b"\xff\xfe"),
         ] {
             assert!(
-                matches!(parse_primary(status, body), PeerAnswer::Failed(_)),
+                matches!(parse_vote(status, body, "n3", "n1"), VoteReply::Failed(_)),
+                "{status} {body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn release_answers() {
+        assert_eq!(
+            parse_release(
+                200,
+                br#"{"node":"n1","released":true,"last_200_ms":1500}"#,
+                "n1"
+            ),
+            ReleaseReply::Released {
+                last_200_ago: Duration::from_millis(1500)
+            }
+        );
+        assert!(matches!(
+            parse_release(409, br#"{"node":"n1","released":false,"reason":"answers 200"}"#, "n1"),
+            ReleaseReply::Refused(w) if w == "answers 200"
+        ));
+        for (status, body) in [
+            (
+                200,
+                &br#"{"node":"n2","released":true,"last_200_ms":1500}"#[..],
+            ),
+            (200, br#"{"node":"n1","released":true}"#),
+            (404, br#"{"error":"not found"}"#),
+        ] {
+            assert!(
+                matches!(parse_release(status, body, "n1"), ReleaseReply::Failed(_)),
                 "{status} {body:?}"
             );
         }

@@ -1,35 +1,46 @@
-//! The poller: the interval task that observes, asks the site, decides and publishes.
+//! The poller: the interval task that observes, asks, decides and publishes.
 //!
-//! Owns the poll cycle (one database round trip, a concurrent fan-out to the voters under one
-//! deadline, the verdict, a new snapshot) and the log of what changed: a verdict change, the
-//! database or a voter starting or ceasing to fail, a node without a usable address. Each is
-//! logged once when it starts and once when it clears, never on every tick.
+//! Owns the poll cycle: one database round trip; then, under one `peer_timeout` deadline, the
+//! vote requests to the site's voters (when this node stands for election) and the release of
+//! a promise this node's book still holds for a node its metadata no longer names; then its
+//! own vote (only when its own metadata names it); the verdict; and the publication of the
+//! snapshot under the holder's lock ([`crate::vote::Votes`]). It also owns the log of what
+//! changed: a verdict change, the database or a voter starting or ceasing to fail, a node
+//! without a usable address, a release. Each is logged once when it starts and once when it
+//! clears, never on every tick.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use futures_util::future::join_all;
+use hyper::Uri;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::conninfo;
+use crate::daemon::Shared;
 use crate::db::{Db, DbError, DbObservation};
-use crate::decide::{self, PeerAnswer, State};
-use crate::peers::{PeerClient, peer_url};
+use crate::decide::{self, State};
+use crate::peers::{ReleaseReply, VoteReply, fan_out, peer_url};
 use crate::shutdown::Shutdown;
-use crate::snapshot::{DbStatus, Member, Snapshot, SnapshotStore, VoterReport, redact_conninfo};
+use crate::snapshot::{DbStatus, Member, Snapshot, VoterReport};
+use crate::vote::{Ballot, HeldVote, Release};
 
 /// Called once, after the first snapshot has been published.
 pub type OnReady = Box<dyn FnOnce() + Send>;
 
+/// Called at the start of every cycle with its number, from 1. For tests: a hook that panics
+/// proves that a dead poller ends the daemon.
+pub type CycleHook = Arc<dyn Fn(u64) + Send + Sync>;
+
 /// The poll loop of one daemon.
 pub struct Poller {
-    config: Arc<Config>,
+    shared: Arc<Shared>,
     db: Db,
-    client: PeerClient,
-    store: Arc<SnapshotStore>,
     members: Arc<Vec<Member>>,
     log: Transitions,
+    cycles: u64,
+    hook: Option<CycleHook>,
 }
 
 /// What was last logged, so each change is logged once.
@@ -42,157 +53,252 @@ struct Transitions {
 }
 
 impl Poller {
-    pub fn new(
-        config: Arc<Config>,
-        db: Db,
-        client: PeerClient,
-        store: Arc<SnapshotStore>,
-    ) -> Poller {
+    pub fn new(shared: Arc<Shared>, db: Db, hook: Option<CycleHook>) -> Poller {
         Poller {
-            config,
+            shared,
             db,
-            client,
-            store,
             members: Arc::new(Vec::new()),
             log: Transitions::default(),
+            cycles: 0,
+            hook,
         }
     }
 
-    /// Polls every `interval` until `shutdown` fires. A cycle in progress is abandoned at
-    /// shutdown; nothing it would have published matters any more.
+    /// Polls every `interval` (read again each cycle, so a reload applies at the next one)
+    /// until `shutdown` fires. A cycle that takes longer than the interval is followed by the
+    /// next at once. A cycle in progress is abandoned at shutdown.
     pub async fn run(mut self, mut shutdown: Shutdown, mut on_ready: Option<OnReady>) {
-        let mut tick = tokio::time::interval(self.config.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.wait() => return,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(next) => {}
             }
-            let snapshot = tokio::select! {
+            let start = tokio::time::Instant::now();
+            tokio::select! {
                 _ = shutdown.wait() => return,
-                s = self.cycle() => s,
-            };
-            self.store.store(snapshot);
+                _ = self.cycle() => {}
+            }
             if let Some(ready) = on_ready.take() {
                 ready();
             }
+            next = (start + self.shared.config().interval).max(tokio::time::Instant::now());
         }
     }
 
-    /// One cycle: observe, vote if needed, decide; returns the snapshot to publish.
-    pub async fn cycle(&mut self) -> Snapshot {
+    /// One cycle: observe, release, ask, vote, decide, publish.
+    pub async fn cycle(&mut self) {
+        self.cycles += 1;
+        if let Some(hook) = &self.hook {
+            hook(self.cycles);
+        }
+        let config = self.shared.config();
         let started = Instant::now();
         let started_wall = SystemTime::now();
         let observed = self.db.observe().await;
         self.log_db(&observed);
         if let Ok(obs) = &observed {
-            self.update_members(obs);
+            self.update_members(&config, obs);
         }
-
-        let config = Arc::clone(&self.config);
         let me = config.node_name.as_str();
-        let (site, voter_rows) = match &observed {
-            Ok(obs) => match decide::voters(obs, me) {
-                Some((own, others)) => (Some(own.location.clone()), others),
-                None => (
-                    obs.nodes
-                        .iter()
-                        .find(|n| n.node_name == me)
-                        .map(|n| n.location.clone()),
-                    Vec::new(),
-                ),
-            },
-            Err(_) => (None, Vec::new()),
-        };
+        let role = observed.as_ref().ok().map(|obs| decide::role(obs, me));
+        let named = observed
+            .as_ref()
+            .ok()
+            .and_then(|o| o.named_primary())
+            .map(String::from);
 
-        let deadline = tokio::time::Instant::now() + self.config.peer_timeout;
-        let asks = voter_rows.iter().map(|row| {
-            let url = self
-                .members
+        // Whom to ask: the voters when this node stands for election; the holder of a promise
+        // this node would now give to someone else.
+        let voters: Vec<(String, Result<Uri, String>)> = match &role {
+            Some(r) if r.candidate => r
+                .voters
                 .iter()
-                .find(|m| m.name == row.node_name)
-                .map(|m| m.url.clone())
-                .unwrap_or_else(|| peer_url(row, &self.config.peers, self.config.peer_port));
-            let client = &self.client;
-            async move {
-                let (answer, latency) = match &url {
+                .map(|row| (row.node_name.clone(), self.url_of(&row.node_name)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let release_from = self
+            .shared
+            .votes
+            .book()
+            .to_release(named.as_deref(), Instant::now())
+            .map(String::from);
+
+        let client = &self.shared.client;
+        let sent = Instant::now();
+        let ask = fan_out(
+            config.peer_timeout,
+            voters,
+            |(name, url), deadline| async move {
+                let (reply, latency) = match &url {
                     Ok(uri) => {
-                        let t0 = Instant::now();
-                        let answer = client.ask_primary(uri, deadline).await;
-                        (answer, Some(t0.elapsed()))
+                        let reply = client.ask_vote(uri, &name, me, deadline).await;
+                        (reply, Some(sent.elapsed()))
                     }
-                    Err(why) => (PeerAnswer::Failed(format!("no address: {why}")), None),
+                    Err(why) => (VoteReply::Failed(format!("no address: {why}")), None),
                 };
                 VoterReport {
-                    name: row.node_name.clone(),
+                    name,
                     url,
-                    answer,
+                    reply,
                     latency,
                 }
-            }
-        });
-        let voters: Vec<VoterReport> = join_all(asks).await;
+            },
+        );
+        let deadline = tokio::time::Instant::now() + config.peer_timeout;
+        let (voters, ()) = tokio::join!(ask, self.release(&config, release_from, deadline));
         self.log_voters(&voters);
 
-        let answers: Vec<(String, PeerAnswer)> = voters
+        // This node's own vote: only when its own metadata names it.
+        let rules = config.lease_rules();
+        let mut votes: Vec<HeldVote> = voters
             .iter()
-            .map(|v| (v.name.clone(), v.answer.clone()))
+            .filter_map(|v| match (&v.reply, v.latency) {
+                (VoteReply::Granted(grant), Some(latency)) => {
+                    Some(rules.hold(&v.name, sent, sent + latency, grant))
+                }
+                _ => None,
+            })
             .collect();
-        let verdict = decide::verdict(me, observed.as_ref(), &answers);
-        self.log_verdict(&verdict);
+        let candidate = role.as_ref().is_some_and(|r| r.candidate);
+        if candidate && named.as_deref() == Some(me) {
+            let at = Instant::now();
+            let own = self.shared.votes.book().answer(Ok(me), at);
+            if let Ok(grant) = own {
+                votes.push(rules.hold(me, at, at, &grant));
+            }
+        }
 
-        let (db, primary) = match &observed {
-            Ok(obs) => (
-                DbStatus {
-                    reachable: true,
-                    in_recovery: Some(obs.in_recovery),
-                    error: None,
-                },
-                obs.named_primary().map(String::from),
-            ),
-            Err(e) => (
-                DbStatus {
-                    reachable: false,
-                    in_recovery: None,
-                    error: Some(e.clone()),
-                },
-                None,
-            ),
+        // Publish under the holder's lock: no vote voided by a release gets in.
+        let shared = Arc::clone(&self.shared);
+        let mut holder = shared.votes.holder();
+        let now = Instant::now();
+        let previous = shared.store.load();
+        if candidate {
+            // A vote not renewed this cycle still counts until it expires: the voter's promise
+            // stands.
+            let renewed: BTreeSet<String> = votes.iter().map(|v| v.voter.clone()).collect();
+            votes.extend(
+                previous
+                    .ballot
+                    .votes
+                    .iter()
+                    .filter(|v| v.live(now) && !renewed.contains(&v.voter))
+                    .cloned(),
+            );
+            votes.retain(|v| holder.admits(v.sent));
+        } else {
+            votes.clear();
+        }
+        let ballot = Ballot {
+            votes,
+            needed: role
+                .as_ref()
+                .filter(|r| r.candidate)
+                .map_or(0, |r| decide::majority(r.site_size())),
         };
-        Snapshot::new(
-            started,
-            started_wall,
-            started.elapsed(),
+        let verdict = decide::verdict(me, observed.as_ref(), &ballot, now);
+        self.log_verdict(&verdict);
+        let db = match &observed {
+            Ok(obs) => DbStatus {
+                reachable: true,
+                in_recovery: Some(obs.in_recovery),
+                error: None,
+            },
+            Err(e) => DbStatus {
+                reachable: false,
+                in_recovery: None,
+                error: Some(e.clone()),
+            },
+        };
+        holder.retire(previous.verdict.window, now);
+        shared.store.store(Snapshot {
+            observed_at: Some(started),
+            observed_at_wall: started_wall,
+            cycle_time: started.elapsed(),
             verdict,
-            site,
-            primary,
+            ballot,
+            site: role
+                .as_ref()
+                .and_then(|r| r.own)
+                .map(|o| o.location.clone()),
+            primary: named,
             db,
             voters,
-            self.members.clone(),
-        )
+            members: self.members.clone(),
+            max_staleness: config.max_staleness,
+        });
     }
 
-    /// Rebuilds the membership when the registered nodes changed.
-    fn update_members(&mut self, obs: &DbObservation) {
-        let unchanged = self.members.len() == obs.nodes.len()
-            && self.members.iter().zip(&obs.nodes).all(|(m, n)| {
-                m.node_id == n.node_id
-                    && m.name == n.node_name
-                    && m.location == n.location
-                    && m.node_type == n.node_type
-                    && m.active == n.active
-                    && m.conninfo == redact_conninfo(&n.conninfo)
-            });
-        if unchanged {
+    /// The API address of a node, from the membership.
+    fn url_of(&self, node: &str) -> Result<Uri, String> {
+        self.members
+            .iter()
+            .find(|m| m.name == node)
+            .map_or_else(|| Err("not a registered node".into()), |m| m.url.clone())
+    }
+
+    /// Asks `holder` to release the promise this node's book holds for it (this node's own
+    /// holder when it is this node), and ends the promise when it did.
+    async fn release(
+        &self,
+        config: &Config,
+        holder: Option<String>,
+        deadline: tokio::time::Instant,
+    ) {
+        let Some(holder) = holder else {
             return;
+        };
+        let votes = &self.shared.votes;
+        let last_200 = if holder == config.node_name {
+            let mut own = votes.holder();
+            let now = Instant::now();
+            match own.release(self.shared.store.peek().verdict.window, now) {
+                Release::Released { last_200 } => Ok(last_200),
+                Release::Refused(why) => Err(why),
+            }
+        } else {
+            match self.url_of(&holder) {
+                Err(why) => Err(format!("no address: {why}")),
+                Ok(uri) => match self
+                    .shared
+                    .client
+                    .ask_release(&uri, &holder, deadline)
+                    .await
+                {
+                    ReleaseReply::Released { last_200_ago } => Ok(config
+                        .lease_rules()
+                        .last_200_seen_at(Instant::now(), last_200_ago)),
+                    ReleaseReply::Refused(why) | ReleaseReply::Failed(why) => Err(why),
+                },
+            }
+        };
+        match last_200 {
+            Ok(at) => {
+                let now = Instant::now();
+                votes.book().release(&holder, at, now);
+                info!(
+                    holder = %holder,
+                    "released the vote promised to {holder}: it answers 200 no more (its last \
+                     possible 200 was {} ms ago)",
+                    now.saturating_duration_since(at).as_millis()
+                );
+            }
+            Err(why) => tracing::debug!(holder = %holder, "promise not released: {why}"),
         }
+    }
+
+    /// Rebuilds the membership from the observed rows (addresses follow `[peers]`, which a
+    /// reload may change).
+    fn update_members(&mut self, config: &Config, obs: &DbObservation) {
         let members: Vec<Member> = obs
             .nodes
             .iter()
             .map(|n| {
-                let url = peer_url(n, &self.config.peers, self.config.peer_port);
+                let url = peer_url(n, &config.peers, config.peer_port);
                 if let Err(why) = &url {
-                    if n.node_name != self.config.node_name
+                    if n.node_name != config.node_name
                         && self.log.without_address.insert(n.node_name.clone())
                     {
                         warn!(node = %n.node_name, "node has no usable API address and counts as unreachable: {why}");
@@ -205,11 +311,13 @@ impl Poller {
                     node_type: n.node_type.clone(),
                     active: n.active,
                     url,
-                    conninfo: redact_conninfo(&n.conninfo),
+                    conninfo: conninfo::redact(&n.conninfo),
                 }
             })
             .collect();
-        self.members = Arc::new(members);
+        if *self.members != members {
+            self.members = Arc::new(members);
+        }
     }
 
     fn log_db(&mut self, observed: &Result<DbObservation, DbError>) {
@@ -228,9 +336,9 @@ impl Poller {
 
     fn log_voters(&mut self, voters: &[VoterReport]) {
         for v in voters {
-            let failing = matches!(v.answer, PeerAnswer::Failed(_));
-            match (&v.answer, self.log.failing_voters.contains(&v.name)) {
-                (PeerAnswer::Failed(why), false) => {
+            let failing = matches!(v.reply, VoteReply::Failed(_));
+            match (&v.reply, self.log.failing_voters.contains(&v.name)) {
+                (VoteReply::Failed(why), false) => {
                     warn!(voter = %v.name, "voter gives no answer: {why}");
                     self.log.failing_voters.insert(v.name.clone());
                 }
@@ -249,7 +357,7 @@ impl Poller {
         }
         let code = verdict.state.code();
         match verdict.state {
-            State::Primary | State::Standby => {
+            State::Primary | State::Standby | State::Witness => {
                 info!(state = %verdict.state, code, "state is now {}: {}", verdict.state, verdict.reason)
             }
             State::Down | State::Unknown => {

@@ -4,20 +4,19 @@
 //! that keeps a misbehaving client from hurting the health checks lives here: a cap on open
 //! connections, a cap on request-head size, a timeout for reading a request head that also
 //! closes idle keep-alive connections, the refusal of request bodies (no endpoint takes one) and
-//! of request targets without a path, and a deadline for draining at shutdown.
+//! of request targets without a path ([`refusal`]), and a deadline for draining at shutdown.
 
 use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::{Either as EitherFuture, MapOk, TryFutureExt};
-use http_body_util::{Either, Full};
+use http_body_util::Full;
 use hyper::body::{Body, Incoming};
 use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
-use hyper::service::Service;
+use hyper::service::{Service, service_fn};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -58,17 +57,16 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves `service` on `listener` until `shutdown` completes, then stops accepting, lets
-/// in-flight requests finish (at most [`DRAIN_TIMEOUT`]) and returns.
-pub async fn serve<S, B, F>(listener: TcpListener, service: S, shutdown: F)
+/// in-flight requests finish (at most [`DRAIN_TIMEOUT`]) and returns. Requests the server
+/// refuses itself ([`refusal`]) never reach `service`.
+pub async fn serve<S, F>(listener: TcpListener, service: S, shutdown: F)
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
         + Clone
         + Send
         + Sync
         + 'static,
     S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     F: Future<Output = ()> + Send,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -107,8 +105,20 @@ where
         };
         refused_logged = false;
         let _ = stream.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(stream), Gate(service.clone()));
-        let conn = graceful.watch(conn);
+        let service = service.clone();
+        let gate = service_fn(move |request: Request<Incoming>| {
+            let call = match refusal(&request) {
+                Some(refused) => Err(refused),
+                None => Ok(service.call(request)),
+            };
+            async move {
+                match call {
+                    Ok(answer) => answer.await,
+                    Err(refused) => Ok(refused),
+                }
+            }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), gate));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 debug!("connection ended with an error: {e}");
@@ -126,64 +136,31 @@ where
     }
 }
 
-/// Wraps the API and answers, itself, the requests it must not see: one that carries a body (a
-/// `Content-Length` above zero or any `Transfer-Encoding`) gets 413 without the body being read,
-/// since no endpoint takes one and a health check never sends one; one whose target has no path
-/// (the authority form of `CONNECT host:port`, or `GET host`) gets 400, since warp's path
-/// filters panic on it. Both close the connection.
-#[derive(Clone)]
-struct Gate<S>(S);
-
-type Refused = Full<Bytes>;
-type Wrapped<B> = Response<Either<B, Refused>>;
-
-impl<S, B> Service<Request<Incoming>> for Gate<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
-{
-    type Response = Wrapped<B>;
-    type Error = Infallible;
-    #[allow(clippy::type_complexity)]
-    type Future = EitherFuture<
-        MapOk<S::Future, fn(Response<B>) -> Wrapped<B>>,
-        Ready<Result<Wrapped<B>, Infallible>>,
-    >;
-
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let refusal = if !request.body().is_end_stream() {
-            Some((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &br#"{"error":"request bodies are not accepted"}"#[..],
-            ))
-        } else if request.uri().path_and_query().is_none() {
-            Some((
-                StatusCode::BAD_REQUEST,
-                &br#"{"error":"the request target has no path"}"#[..],
-            ))
-        } else {
-            None
-        };
-        match refusal {
-            None => {
-                let wrap: fn(Response<B>) -> Wrapped<B> = |r| r.map(Either::Left);
-                EitherFuture::Left(self.0.call(request).map_ok(wrap))
-            }
-            Some((status, body)) => {
-                EitherFuture::Right(ready(Ok(refused(status, body).map(Either::Right))))
-            }
-        }
-    }
-}
-
-/// A refusal answered by the server itself; `Connection: close` since the request was not
-/// read to its end.
-fn refused(status: StatusCode, body: &'static [u8]) -> Response<Refused> {
+/// The answer the server gives itself, if any: a request that carries a body (a
+/// `Content-Length` above zero or any `Transfer-Encoding`) gets 413 without the body being
+/// read, since no endpoint takes one and a health check never sends one; a target without a
+/// path (the authority form of `CONNECT host:port`, or `GET host`) gets 400. Both close the
+/// connection, since the request was not read to its end.
+pub fn refusal(request: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let (status, body): (_, &'static [u8]) = if !request.body().is_end_stream() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            br#"{"error":"request bodies are not accepted"}"#,
+        )
+    } else if request.uri().path_and_query().is_none() {
+        (
+            StatusCode::BAD_REQUEST,
+            br#"{"error":"the request target has no path"}"#,
+        )
+    } else {
+        return None;
+    };
     let mut r = Response::new(Full::new(Bytes::from_static(body)));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CONNECTION, HeaderValue::from_static("close"));
-    r
+    Some(r)
 }
 
 #[cfg(test)]

@@ -1,0 +1,136 @@
+//! One daemon: the state its tasks share, and the entry point that runs them.
+//!
+//! Owns the wiring of a daemon inside a process: [`Shared`] (the configuration in force, the
+//! published snapshot, the vote book and holder, the peer client) and [`run`] /
+//! [`run_with`], which start the poller and serve the API on an already bound listener until
+//! a shutdown future completes. Nothing is global: tests run several daemons in one process.
+//! A poller that ends by itself (a panic in a cycle) ends the daemon with
+//! [`RunError::PollerDied`], so that the process exits non-zero and its supervisor restarts
+//! it, instead of serving "stale" forever.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tracing::error;
+
+use crate::config::Config;
+use crate::db::{Db, DbError};
+use crate::peers::PeerClient;
+use crate::poller::{CycleHook, OnReady, Poller};
+use crate::snapshot::SnapshotStore;
+use crate::vote::Votes;
+use crate::{api, server, shutdown};
+
+/// What the tasks of one daemon share.
+#[derive(Debug)]
+pub struct Shared {
+    config: ArcSwap<Config>,
+    pub store: SnapshotStore,
+    pub votes: Votes,
+    pub client: PeerClient,
+    /// When the daemon started.
+    pub started: Instant,
+}
+
+impl Shared {
+    /// The state of a daemon starting now with `config`.
+    pub fn new(config: Config) -> Shared {
+        let started = Instant::now();
+        Shared {
+            client: PeerClient::new(config.source_address),
+            votes: Votes::new(config.vote_lease, started),
+            config: ArcSwap::from_pointee(config),
+            store: SnapshotStore::default(),
+            started,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+}
+
+/// Why a daemon could not start or stopped by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("conninfo: {0}")]
+    Db(#[from] DbError),
+    #[error("the poll task ended unexpectedly ({0}); stopping so that the service is restarted")]
+    PollerDied(String),
+}
+
+/// What a caller may add to a daemon beyond its configuration.
+#[derive(Default)]
+pub struct Options {
+    /// Called once the first poll cycle has been published (systemd readiness, tests).
+    pub on_ready: Option<OnReady>,
+    /// Called at the start of every cycle (tests).
+    pub cycle_hook: Option<CycleHook>,
+}
+
+/// Runs one daemon until `shutdown` completes: the poller and the HTTP API on `listener`.
+///
+/// Returns once the server has drained (at most [`server::DRAIN_TIMEOUT`]) and the poller has
+/// stopped.
+pub async fn run<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), RunError>
+where
+    F: Future<Output = ()> + Send,
+{
+    run_with(config, listener, shutdown, Options::default()).await
+}
+
+/// [`run`] with [`Options`].
+pub async fn run_with<F>(
+    config: Config,
+    listener: TcpListener,
+    shutdown: F,
+    options: Options,
+) -> Result<(), RunError>
+where
+    F: Future<Output = ()> + Send,
+{
+    let db = Db::new(
+        &config.conninfo,
+        config.max_connections_in_pool,
+        config.db_timeout,
+    )?;
+    let shared = Arc::new(Shared::new(config));
+    let (trigger, stop) = shutdown::channel();
+    let poller = Poller::new(shared.clone(), db, options.cycle_hook);
+    let mut polling = tokio::spawn(poller.run(stop, options.on_ready));
+
+    // Serve until asked to stop, or until the poller ends by itself.
+    let mut died = None;
+    let stop_serving = async {
+        tokio::select! {
+            _ = shutdown => {}
+            ended = &mut polling => died = Some(match ended {
+                Err(e) if e.is_panic() => format!("panicked: {}", panic_text(e.into_panic())),
+                Err(e) => e.to_string(),
+                Ok(()) => "it returned".to_string(),
+            }),
+        }
+    };
+    server::serve(listener, api::service(api::App::new(shared)), stop_serving).await;
+
+    if let Some(why) = died {
+        let e = RunError::PollerDied(why);
+        error!("{e}");
+        return Err(e);
+    }
+    trigger.fire();
+    let _ = polling.await;
+    Ok(())
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic".into())
+}

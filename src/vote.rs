@@ -1,0 +1,645 @@
+//! Vote leases: what this node promised as a voter, and what it holds as a candidate.
+//!
+//! Owns the rules that keep two nodes of one site from answering 200 at the same instant, as
+//! pure code: every function takes the time (`now`, a monotonic [`Instant`] of this node's
+//! clock) as an argument and never reads a clock, a socket or the database, so the
+//! deterministic simulation (`tests/sim.rs`) drives the very same code with skewed clocks.
+//!
+//! ## The protocol
+//! - **Voter** ([`Book`]). Asked for its vote at time `a`, a voter names whom its local metadata
+//!   names as primary, X, and promises: it names no other node (itself included) until
+//!   `a + vote_lease`. While a promise to Y is live it answers "no vote" to everyone but Y. A
+//!   daemon that starts does not know what it promised before it stopped, so it grants no vote
+//!   until `vote_lease` after its start. Each vote says how long the voter has promised no
+//!   other node ([`Grant::exclusive`]).
+//! - **Candidate** ([`LeaseRules::hold`], [`Ballot`]). A vote requested at `s` (when the request
+//!   was *sent*, on the candidate's clock) counts until `s + vote_lease·(1−ρ)/(1+ρ)`: with clock
+//!   rates within `1 ± ρ` of real time that ends before the voter's promise does. A candidate
+//!   answers 200 only while a majority of its site holds unexpired votes for it at the moment
+//!   of the request. Any two majorities of a site share a voter, and no voter holds live
+//!   promises to two nodes, so two 200s of one site never overlap.
+//! - **Handoff**. A vote also *settles*: it counts toward a 200 only once the voter has promised
+//!   no other node for `handoff_delay` (measured conservatively across both clocks). So a new
+//!   primary answers 200 at the earliest `handoff_delay` after the last instant the old one
+//!   could have, which covers haproxy's time to take the old one out of its write pool; a
+//!   continuing primary, whose voters have named it all along, needs no handoff.
+//! - **Release** ([`Holder`]). A node that no longer answers 200 (its database stopped, or its
+//!   site names another node) can release the promises made to it: it voids every vote it
+//!   requested before that instant and tells the voter when it last could have answered 200.
+//!   The voter then ends the promise at once, and the new primary only waits out the handoff,
+//!   not a lease that nobody uses any more.
+//!
+//! Why no promise survives a restart: keeping them would need a durable write before every
+//! answer and a clock base that survives the process; abstaining for `vote_lease` after a start
+//! costs a continuing primary nothing as long as a majority of its site's other daemons keeps
+//! running (a site of one or two nodes waits `vote_lease` after its primary's daemon restarts).
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The timing rules shared by voters and candidates (from the configuration).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeaseRules {
+    /// How long a voter's promise lasts on the voter's clock.
+    pub vote_lease: Duration,
+    /// How long a voter must have promised no other node before its vote can make a 200.
+    pub handoff_delay: Duration,
+    /// ρ: the most any daemon's monotonic clock rate differs from real time (0.01 = 1 %).
+    pub drift: f64,
+}
+
+impl LeaseRules {
+    /// How long after sending the request a candidate may count a vote whose lease is `lease`.
+    pub fn counted_for(&self, lease: Duration) -> Duration {
+        lease.mul_f64((1.0 - self.drift) / (1.0 + self.drift))
+    }
+
+    /// The vote of `voter` for this node, from a grant requested at `sent` and received at
+    /// `received` (both on this node's clock). The lease is the shorter of the voter's and
+    /// ours, so a voter configured with a shorter lease is never over-trusted.
+    ///
+    /// The vote settles once the voter's exclusivity, counted on the safe side of both clocks,
+    /// reaches `handoff_delay`: at `received + handoff_delay·(1+ρ) − exclusive`.
+    pub fn hold(&self, voter: &str, sent: Instant, received: Instant, grant: &Grant) -> HeldVote {
+        let lease = grant.lease.min(self.vote_lease);
+        let wait = self
+            .handoff_delay
+            .mul_f64(1.0 + self.drift)
+            .saturating_sub(grant.exclusive);
+        HeldVote {
+            voter: voter.to_string(),
+            sent,
+            valid_until: sent + self.counted_for(lease),
+            settled_at: received.max(sent) + wait,
+        }
+    }
+
+    /// The voter-clock instant at which a holder's last 200 happened at the latest, when the
+    /// holder said at reply time that it was `ago` ago (its clock) and the reply arrived at
+    /// `received` (the voter's clock).
+    pub fn last_200_seen_at(&self, received: Instant, ago: Duration) -> Instant {
+        let shrunk = ago.mul_f64((1.0 - self.drift) / (1.0 + self.drift));
+        received.checked_sub(shrunk).unwrap_or(received)
+    }
+}
+
+/// A vote as the voter grants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The node the vote is for (whom the voter's metadata names).
+    pub to: String,
+    /// How long the voter promised, on its clock.
+    pub lease: Duration,
+    /// How long the voter has promised no node other than `to` (on its clock).
+    pub exclusive: Duration,
+}
+
+/// Why a voter gives no vote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoVote {
+    /// The daemon started less than `vote_lease` ago; `left` until it may vote.
+    Starting { left: Duration },
+    /// Its metadata names no primary, its database is down, or its view is stale.
+    NamesNobody(String),
+    /// A promise to another node is live for `left` more.
+    Promised { to: String, left: Duration },
+}
+
+impl NoVote {
+    /// The reason in words, as `/vote` shows it.
+    pub fn reason(&self) -> String {
+        match self {
+            NoVote::Starting { left } => format!(
+                "started recently: grants no vote for {} more (it does not know what it promised \
+                 before it started)",
+                humantime::format_duration(round_ms(*left))
+            ),
+            NoVote::NamesNobody(why) => why.clone(),
+            NoVote::Promised { to, left } => format!(
+                "promised to {to} for {} more",
+                humantime::format_duration(round_ms(*left))
+            ),
+        }
+    }
+
+    /// Time left before this answer may change by itself, if bounded.
+    pub fn left(&self) -> Option<Duration> {
+        match self {
+            NoVote::Starting { left } | NoVote::Promised { left, .. } => Some(*left),
+            NoVote::NamesNobody(_) => None,
+        }
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
+/// A live promise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Promise {
+    to: String,
+    until: Instant,
+}
+
+/// The voter's promise book: at most one live promise at any instant.
+#[derive(Debug, Clone)]
+pub struct Book {
+    vote_lease: Duration,
+    /// No vote before this instant: `vote_lease` after the daemon started.
+    accepting_from: Instant,
+    promise: Option<Promise>,
+    /// For each node promised before, when the last promise to it ended (expired or released).
+    ended: BTreeMap<String, Instant>,
+}
+
+impl Book {
+    /// The book of a daemon that started at `started`.
+    pub fn new(vote_lease: Duration, started: Instant) -> Book {
+        Book {
+            vote_lease,
+            accepting_from: started + vote_lease,
+            promise: None,
+            ended: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the length of later promises (a reload); promises already made keep theirs.
+    pub fn set_lease(&mut self, vote_lease: Duration) {
+        self.vote_lease = vote_lease;
+    }
+
+    /// Answers a request for this node's vote at `now`, when its metadata names `named` (or
+    /// nobody, with the reason). A vote is a promise: it is recorded before it is returned.
+    pub fn answer(&mut self, named: Result<&str, &str>, now: Instant) -> Result<Grant, NoVote> {
+        if now < self.accepting_from {
+            return Err(NoVote::Starting {
+                left: self.accepting_from - now,
+            });
+        }
+        self.expire(now);
+        let to = named.map_err(|why| NoVote::NamesNobody(why.to_string()))?;
+        match &mut self.promise {
+            Some(p) if p.to != to => Err(NoVote::Promised {
+                to: p.to.clone(),
+                left: p.until - now,
+            }),
+            Some(p) => {
+                p.until = p.until.max(now + self.vote_lease);
+                Ok(self.grant(to, now))
+            }
+            None => {
+                self.promise = Some(Promise {
+                    to: to.to_string(),
+                    until: now + self.vote_lease,
+                });
+                Ok(self.grant(to, now))
+            }
+        }
+    }
+
+    fn grant(&self, to: &str, now: Instant) -> Grant {
+        Grant {
+            to: to.to_string(),
+            lease: self.vote_lease,
+            exclusive: now.saturating_duration_since(self.exclusive_since(to)),
+        }
+    }
+
+    /// Since when this voter has promised no node other than `to` (at the earliest, the end
+    /// of the abstention after its start: an earlier process may have promised anyone).
+    fn exclusive_since(&self, to: &str) -> Instant {
+        self.ended
+            .iter()
+            .filter(|(n, _)| n.as_str() != to)
+            .map(|(_, at)| *at)
+            .fold(self.accepting_from, Instant::max)
+    }
+
+    /// Moves a promise that has run out into the record of ended promises.
+    fn expire(&mut self, now: Instant) {
+        if let Some(p) = self.promise.take_if(|p| p.until <= now) {
+            self.end(p.to, p.until);
+        }
+    }
+
+    fn end(&mut self, to: String, at: Instant) {
+        let entry = self.ended.entry(to).or_insert(at);
+        *entry = (*entry).max(at);
+    }
+
+    /// The node holding a live promise that this voter would now give to someone else: the
+    /// node to ask for a release. None when there is no such promise.
+    pub fn to_release(&self, named: Option<&str>, now: Instant) -> Option<&str> {
+        let p = self.promise.as_ref().filter(|p| p.until > now)?;
+        match named {
+            Some(n) if n != p.to => Some(&p.to),
+            _ => None,
+        }
+    }
+
+    /// `holder` released the promises made to it; it could have answered 200 at the latest at
+    /// `last_200` (this voter's clock). The promise ends now, and counts as having ended at
+    /// `last_200` for the exclusivity of later votes (never later than the promise's own end).
+    pub fn release(&mut self, holder: &str, last_200: Instant, now: Instant) {
+        self.expire(now);
+        if let Some(p) = self.promise.take_if(|p| p.to == holder) {
+            self.end(p.to, last_200.min(p.until).min(now));
+        }
+    }
+
+    /// The live promise, if any: whom, and until when.
+    pub fn promise(&self, now: Instant) -> Option<(&str, Instant)> {
+        self.promise
+            .as_ref()
+            .filter(|p| p.until > now)
+            .map(|p| (p.to.as_str(), p.until))
+    }
+}
+
+/// A vote this node holds as a candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldVote {
+    /// The node that gave it (this node for its own vote).
+    pub voter: String,
+    /// When the request was sent (this node's clock).
+    pub sent: Instant,
+    /// The vote counts before this instant.
+    pub valid_until: Instant,
+    /// The vote can make a 200 from this instant (handoff).
+    pub settled_at: Instant,
+}
+
+impl HeldVote {
+    /// Whether it counts toward a 200 at `now`.
+    pub fn counts(&self, now: Instant) -> bool {
+        self.settled_at <= now && now < self.valid_until
+    }
+
+    /// Whether it is unexpired at `now` (settled or not).
+    pub fn live(&self, now: Instant) -> bool {
+        now < self.valid_until
+    }
+}
+
+/// The votes a candidate holds after a cycle, and how many make a majority of its site.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ballot {
+    pub votes: Vec<HeldVote>,
+    /// A majority of the site (0: no vote held, e.g. a standby).
+    pub needed: usize,
+}
+
+/// When a candidate may answer 200: from `from` (a majority of settled votes) until `until`
+/// (the first instant after that at which fewer than a majority still count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub from: Instant,
+    pub until: Instant,
+}
+
+impl Window {
+    /// Whether `now` lies in the window.
+    pub fn contains(&self, now: Instant) -> bool {
+        self.from <= now && now < self.until
+    }
+}
+
+impl Ballot {
+    /// How many votes count toward a 200 at `now`.
+    pub fn counting(&self, now: Instant) -> usize {
+        self.votes.iter().filter(|v| v.counts(now)).count()
+    }
+
+    /// How many votes are unexpired at `now`.
+    pub fn live(&self, now: Instant) -> usize {
+        self.votes.iter().filter(|v| v.live(now)).count()
+    }
+
+    /// The first window, at or after `now`, in which a majority of the votes count; None if
+    /// there is none (or no majority is needed, which never happens for a candidate).
+    ///
+    /// Later windows (a majority lost, then regained by votes settling later) are left out:
+    /// the next cycle computes them again, and leaving them out can only withhold a 200.
+    pub fn window(&self, now: Instant) -> Option<Window> {
+        if self.needed == 0 {
+            return None;
+        }
+        // The count only changes at these instants; try each in order.
+        let mut edges: Vec<Instant> = self
+            .votes
+            .iter()
+            .flat_map(|v| [v.settled_at.max(now), v.valid_until])
+            .filter(|t| *t >= now)
+            .collect();
+        edges.push(now);
+        edges.sort();
+        edges.dedup();
+        let from = edges
+            .iter()
+            .copied()
+            .find(|t| self.counting(*t) >= self.needed)?;
+        let until = edges
+            .iter()
+            .copied()
+            .filter(|t| *t > from)
+            .find(|t| self.counting(*t) < self.needed)
+            .unwrap_or(from);
+        Some(Window { from, until })
+    }
+}
+
+/// The candidate side of a release: which requests still count, and when this node last could
+/// have answered 200.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    started: Instant,
+    /// Votes requested before this instant are void (set by the latest release).
+    fence: Option<Instant>,
+    /// The latest instant at which a window already replaced could have answered 200.
+    last_200: Option<Instant>,
+}
+
+/// The outcome of a request to release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// Released: every vote requested before now is void; 200 was possible at the latest at
+    /// `last_200` (this node's clock).
+    Released { last_200: Instant },
+    /// Not released, and why (this node answers 200, or is about to).
+    Refused(String),
+}
+
+impl Holder {
+    /// The holder of a daemon that started at `started`. Whatever an earlier process answered,
+    /// it answered before this one started.
+    pub fn new(started: Instant) -> Holder {
+        Holder {
+            started,
+            fence: None,
+            last_200: None,
+        }
+    }
+
+    /// Whether a vote requested at `sent` may still be counted.
+    pub fn admits(&self, sent: Instant) -> bool {
+        self.fence.is_none_or(|f| sent >= f)
+    }
+
+    /// The published window `window` is replaced at `now`: remember until when it could have
+    /// answered 200.
+    pub fn retire(&mut self, window: Option<Window>, now: Instant) {
+        if let Some(w) = window.filter(|w| w.from < now) {
+            let end = w.until.min(now);
+            self.last_200 = Some(self.last_200.map_or(end, |l| l.max(end)));
+        }
+    }
+
+    /// Releases every vote requested before `now`, unless the published `current` window
+    /// allows a 200 now or later.
+    pub fn release(&mut self, current: Option<Window>, now: Instant) -> Release {
+        if let Some(w) = current {
+            if w.contains(now) {
+                return Release::Refused("answers 200".into());
+            }
+            if now < w.from {
+                return Release::Refused("handing off: about to answer 200".into());
+            }
+        }
+        self.retire(current, now);
+        self.fence = Some(self.fence.map_or(now, |f| f.max(now)));
+        Release::Released {
+            last_200: self.last_200.unwrap_or(self.started).max(self.started),
+        }
+    }
+}
+
+/// A daemon's two halves of the protocol, shared by its poller and its request handlers: the
+/// promise book behind `/vote` and the holder behind `/release` (and the poller's publication,
+/// which must happen under the holder's lock so that no vote a release voided is published).
+#[derive(Debug)]
+pub struct Votes {
+    book: Mutex<Book>,
+    holder: Mutex<Holder>,
+}
+
+impl Votes {
+    /// The votes of a daemon that started at `started`.
+    pub fn new(vote_lease: Duration, started: Instant) -> Votes {
+        Votes {
+            book: Mutex::new(Book::new(vote_lease, started)),
+            holder: Mutex::new(Holder::new(started)),
+        }
+    }
+
+    /// The promise book (a poisoned lock is taken as it is: the book stays consistent after
+    /// every statement).
+    pub fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The holder; keep the guard while publishing a snapshot.
+    pub fn holder(&self) -> MutexGuard<'_, Holder> {
+        self.holder.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Duration = Duration::from_secs(3);
+    const D: Duration = Duration::from_millis(2500);
+
+    fn rules(drift: f64) -> LeaseRules {
+        LeaseRules {
+            vote_lease: L,
+            handoff_delay: D,
+            drift,
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_voter_abstains_for_a_lease_after_it_starts() {
+        let t0 = Instant::now();
+        let mut book = Book::new(L, t0);
+        let e = book.answer(Ok("n1"), t0 + ms(2999)).unwrap_err();
+        assert_eq!(e, NoVote::Starting { left: ms(1) });
+        let g = book.answer(Ok("n1"), t0 + L).unwrap();
+        assert_eq!((g.to.as_str(), g.lease, g.exclusive), ("n1", L, ms(0)));
+        let g = book.answer(Ok("n1"), t0 + ms(10_000)).unwrap();
+        assert_eq!(
+            g.exclusive,
+            ms(7000),
+            "exclusive since the abstention ended"
+        );
+    }
+
+    #[test]
+    fn a_live_promise_to_one_node_refuses_every_other() {
+        let t0 = Instant::now();
+        let mut book = Book::new(L, t0);
+        let t = t0 + L;
+        book.answer(Ok("n1"), t).unwrap();
+        // Renewed at t+1s: the promise now runs to t+4s.
+        book.answer(Ok("n1"), t + ms(1000)).unwrap();
+        for other in ["n2", "n3"] {
+            assert_eq!(
+                book.answer(Ok(other), t + ms(3999)),
+                Err(NoVote::Promised {
+                    to: "n1".into(),
+                    left: ms(1)
+                })
+            );
+        }
+        assert_eq!(book.to_release(Some("n2"), t + ms(2000)), Some("n1"));
+        assert_eq!(book.to_release(Some("n1"), t + ms(2000)), None);
+        // Expired: n2 gets it, exclusive from the end of n1's promise.
+        let g = book.answer(Ok("n2"), t + ms(4500)).unwrap();
+        assert_eq!(g.exclusive, ms(500));
+        // The metadata naming nobody is no vote, and does not end the promise to n2.
+        assert!(matches!(
+            book.answer(Err("database down"), t + ms(5000)),
+            Err(NoVote::NamesNobody(_))
+        ));
+        assert_eq!(book.promise(t + ms(5000)).map(|p| p.0), Some("n2"));
+    }
+
+    #[test]
+    fn a_release_ends_the_promise_at_the_holders_last_200() {
+        let t0 = Instant::now();
+        let mut book = Book::new(L, t0);
+        let t = t0 + L;
+        book.answer(Ok("n1"), t).unwrap();
+        // n1 says its last 200 was at t+200ms; the promise would run to t+3s.
+        book.release("n1", t + ms(200), t + ms(1000));
+        assert_eq!(book.promise(t + ms(1000)), None);
+        let g = book.answer(Ok("n2"), t + ms(1000)).unwrap();
+        assert_eq!(g.exclusive, ms(800));
+        // A release by a node holding no promise changes nothing.
+        book.release("n3", t + ms(1000), t + ms(1100));
+        assert_eq!(book.promise(t + ms(1100)).map(|p| p.0), Some("n2"));
+    }
+
+    #[test]
+    fn a_vote_counts_from_the_send_and_settles_after_the_handoff() {
+        let r = rules(0.01);
+        let s = Instant::now();
+        let received = s + ms(40);
+        let fresh = Grant {
+            to: "n2".into(),
+            lease: L,
+            exclusive: ms(0),
+        };
+        let v = r.hold("n3", s, received, &fresh);
+        // 3 s × 0.99/1.01 = 2.9406 s after the send.
+        assert_eq!(v.valid_until - s, L.mul_f64(0.99 / 1.01));
+        // 2.5 s × 1.01 after the answer arrived.
+        assert_eq!(v.settled_at - received, ms(2525));
+        assert!(!v.counts(s + ms(2000)) && v.live(s + ms(2000)));
+        let old = Grant {
+            exclusive: ms(60_000),
+            ..fresh.clone()
+        };
+        let v = r.hold("n3", s, received, &old);
+        assert_eq!(
+            v.settled_at, received,
+            "a continuing primary needs no handoff"
+        );
+        // A voter with a longer lease is trusted only for ours.
+        let long = Grant {
+            lease: ms(60_000),
+            ..fresh
+        };
+        assert_eq!(r.hold("n3", s, received, &long).valid_until, v.valid_until);
+    }
+
+    fn vote(voter: &str, t: Instant, settled: u64, until: u64) -> HeldVote {
+        HeldVote {
+            voter: voter.into(),
+            sent: t,
+            valid_until: t + ms(until),
+            settled_at: t + ms(settled),
+        }
+    }
+
+    #[test]
+    fn the_window_is_where_a_majority_counts() {
+        let t = Instant::now();
+        let ballot = Ballot {
+            votes: vec![
+                vote("n1", t, 0, 3000),
+                vote("n2", t, 1000, 2000),
+                vote("n3", t, 1500, 4000),
+            ],
+            needed: 2,
+        };
+        assert_eq!(
+            ballot.window(t),
+            Some(Window {
+                from: t + ms(1000),
+                until: t + ms(3000)
+            })
+        );
+        assert_eq!(ballot.counting(t + ms(1600)), 3);
+        // Asked later, the window starts then.
+        assert_eq!(
+            ballot.window(t + ms(2500)).map(|w| w.from),
+            Some(t + ms(2500))
+        );
+        // No majority ever: no window.
+        let short = Ballot {
+            votes: vec![vote("n1", t, 0, 1000), vote("n2", t, 1000, 2000)],
+            needed: 2,
+        };
+        assert_eq!(short.window(t), None);
+        assert_eq!(Ballot::default().window(t), None);
+    }
+
+    #[test]
+    fn a_holder_releases_only_when_it_cannot_answer_200() {
+        let t0 = Instant::now();
+        let mut h = Holder::new(t0);
+        let w = Window {
+            from: t0 + ms(1000),
+            until: t0 + ms(4000),
+        };
+        assert!(matches!(
+            h.release(Some(w), t0 + ms(500)),
+            Release::Refused(_)
+        ));
+        assert!(matches!(
+            h.release(Some(w), t0 + ms(2000)),
+            Release::Refused(_)
+        ));
+        assert!(h.admits(t0));
+        // The window was replaced at 2.5 s by a snapshot without one.
+        h.retire(Some(w), t0 + ms(2500));
+        assert_eq!(
+            h.release(None, t0 + ms(3000)),
+            Release::Released {
+                last_200: t0 + ms(2500)
+            }
+        );
+        assert!(!h.admits(t0 + ms(2999)) && h.admits(t0 + ms(3000)));
+        // A window that expired by itself: released, last 200 at its end.
+        let mut h = Holder::new(t0);
+        assert_eq!(
+            h.release(Some(w), t0 + ms(5000)),
+            Release::Released {
+                last_200: t0 + ms(4000)
+            }
+        );
+        // Never a 200 since the start: an earlier process may have answered until then.
+        let mut h = Holder::new(t0);
+        assert_eq!(
+            h.release(None, t0 + ms(100)),
+            Release::Released { last_200: t0 }
+        );
+    }
+}
