@@ -171,13 +171,7 @@ impl App {
     fn vote(&self, now: Instant) -> (u16, Bytes) {
         let me = self.shared.config().node_name.clone();
         let snapshot = self.shared.store.peek();
-        let named = match (snapshot.withheld(now), &snapshot.primary) {
-            (Some(w), _) => Err(w.reason()),
-            (None, _) if !snapshot.db.reachable => Err("its local database is unusable"),
-            (None, Some(p)) => Ok(p.as_str()),
-            (None, None) => Err("its metadata names no active primary"),
-        };
-        let answer = self.shared.votes.book().answer(named, now);
+        let answer = self.shared.votes.book().answer(snapshot.named(now), now);
         match answer {
             Ok(grant) => (
                 200,

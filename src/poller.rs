@@ -175,28 +175,14 @@ impl Poller {
         let mut holder = shared.votes.holder();
         let now = Instant::now();
         let previous = shared.store.load();
-        if candidate {
-            // A vote not renewed this cycle still counts until it expires: the voter's promise
-            // stands.
-            let renewed: BTreeSet<String> = votes.iter().map(|v| v.voter.clone()).collect();
-            votes.extend(
-                previous
-                    .ballot
-                    .votes
-                    .iter()
-                    .filter(|v| v.live(now) && !renewed.contains(&v.voter))
-                    .cloned(),
-            );
-            votes.retain(|v| holder.admits(v.sent));
+        let needed = role
+            .as_ref()
+            .filter(|r| r.candidate)
+            .map_or(0, |r| decide::majority(r.site_size()));
+        let ballot = if candidate {
+            Ballot::next(&previous.ballot, votes, &holder, needed, now)
         } else {
-            votes.clear();
-        }
-        let ballot = Ballot {
-            votes,
-            needed: role
-                .as_ref()
-                .filter(|r| r.candidate)
-                .map_or(0, |r| decide::majority(r.site_size())),
+            Ballot::default()
         };
         let verdict = decide::verdict(me, observed.as_ref(), &ballot, now);
         self.log_verdict(&verdict);

@@ -186,6 +186,18 @@ impl Snapshot {
         }
     }
 
+    /// Whom this node names as primary when asked for its vote at `now`: its metadata's active
+    /// primary, or why it names nobody (nothing fresh is known, its database is unusable, its
+    /// metadata names no active primary).
+    pub fn named(&self, now: Instant) -> Result<&str, &'static str> {
+        match (self.withheld(now), &self.primary) {
+            (Some(w), _) => Err(w.reason()),
+            (None, _) if !self.db.reachable => Err("its local database is unusable"),
+            (None, Some(p)) => Ok(p.as_str()),
+            (None, None) => Err("its metadata names no active primary"),
+        }
+    }
+
     /// Status and body of `/primary` at `now`: whom the local metadata names, and who says so.
     pub fn primary_reply(&self, me: &str, now: Instant) -> (u16, Bytes) {
         let body = match (self.withheld(now), &self.primary) {

@@ -307,6 +307,28 @@ impl Window {
 }
 
 impl Ballot {
+    /// The ballot a cycle publishes at `now`: the votes `granted` in this cycle, plus the
+    /// votes of `previous` that were not renewed and are still live (the voter's promise
+    /// stands until it expires), less every vote the `holder` has voided by a release.
+    pub fn next(
+        previous: &Ballot,
+        granted: Vec<HeldVote>,
+        holder: &Holder,
+        needed: usize,
+        now: Instant,
+    ) -> Ballot {
+        let mut votes = granted;
+        let carried: Vec<HeldVote> = previous
+            .votes
+            .iter()
+            .filter(|v| v.live(now) && !votes.iter().any(|g| g.voter == v.voter))
+            .cloned()
+            .collect();
+        votes.extend(carried);
+        votes.retain(|v| holder.admits(v.sent));
+        Ballot { votes, needed }
+    }
+
     /// How many votes count toward a 200 at `now`.
     pub fn counting(&self, now: Instant) -> usize {
         self.votes.iter().filter(|v| v.counts(now)).count()
@@ -599,6 +621,31 @@ mod tests {
         };
         assert_eq!(short.window(t), None);
         assert_eq!(Ballot::default().window(t), None);
+    }
+
+    #[test]
+    fn the_next_ballot_carries_live_votes_and_drops_voided_ones() {
+        let t = Instant::now();
+        let previous = Ballot {
+            votes: vec![
+                vote("n1", t, 0, 3000),
+                vote("n2", t, 0, 1000),
+                vote("n3", t, 0, 3000),
+            ],
+            needed: 2,
+        };
+        let renewed = vote("n3", t + ms(1500), 0, 3000);
+        let holder = Holder::new(t);
+        let b = Ballot::next(&previous, vec![renewed.clone()], &holder, 2, t + ms(1500));
+        // n3 renewed, n1 carried, n2 expired.
+        let voters: Vec<&str> = b.votes.iter().map(|v| v.voter.as_str()).collect();
+        assert_eq!(voters, ["n3", "n1"]);
+        assert_eq!(b.votes[0], renewed);
+        // A release at 1 s voids every vote requested before it.
+        let mut holder = Holder::new(t);
+        holder.release(None, t + ms(1000));
+        let b = Ballot::next(&previous, vec![renewed.clone()], &holder, 2, t + ms(1500));
+        assert_eq!(b.votes, [renewed]);
     }
 
     #[test]
