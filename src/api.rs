@@ -3,10 +3,12 @@
 //! Owns the routes ([`route`]) and their replies, all from the snapshot: `/state` and `/` (the
 //! health check), `/primary` (whom the local metadata names), `/realPrimary` (a fan-out to
 //! every node's `/state`, shared by simultaneous callers), `/status` (everything the snapshot
-//! knows), `/vote` (this node's vote, a leased promise) and `POST /release` (release the
-//! votes promised to this node, when it answers 200 no more). Nothing here touches the
-//! database. The only state a request changes is the promise book behind `/vote` and the
-//! holder behind `/release` ([`crate::vote::Votes`]).
+//! knows); between daemons `/vote` (this node's vote, a leased promise), `POST /release`
+//! (release the votes promised to this node, when it answers 200 no more) and `/wal` (where a
+//! primary writes); and Patroni's checks `/replica`, `/read-write` = `/leader`, `/read-only`,
+//! `/health`, `/liveness`, `/readiness` (their rules are [`crate::reads`]'s). Nothing here
+//! touches the database. The only state a request changes is the promise book behind `/vote`
+//! and the holder behind `/release` ([`crate::vote::Votes`]).
 //!
 //! ## One hyper service, one `match`, no warp
 //! The service is a plain `hyper` service function; the routing table is a `match` on the path.
@@ -19,7 +21,8 @@
 //! Protocol-level refusals (bodies, targets without a path, head limits) are the server's
 //! ([`crate::server`]).
 
-use std::convert::Infallible;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,8 +32,7 @@ use futures_util::future::{BoxFuture, Shared as SharedFuture};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use hyper::service::Service;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use serde_json::{Value, json};
 use tracing::warn;
 
@@ -39,6 +41,8 @@ use crate::conninfo;
 use crate::daemon::Shared;
 use crate::decide::State;
 use crate::peers::{VoteReply, fan_out};
+use crate::reads;
+use crate::server::Handler;
 use crate::snapshot::{Snapshot, json_bytes, state_body};
 use crate::vote::Release;
 
@@ -54,6 +58,13 @@ enum Endpoint {
     Status,
     Vote,
     Release,
+    Wal,
+    Replica,
+    ReadWrite,
+    ReadOnly,
+    Health,
+    Liveness,
+    Readiness,
 }
 
 /// Which methods an endpoint answers.
@@ -87,35 +98,44 @@ impl Methods {
 
 /// The routing table: every path the API answers, and how.
 fn route(path: &str) -> Option<(Endpoint, Methods)> {
+    use Endpoint::*;
     Some(match path {
-        "/" | "/state" => (Endpoint::State, Methods::Read),
-        "/primary" => (Endpoint::Primary, Methods::Read),
-        "/realPrimary" => (Endpoint::RealPrimary, Methods::Read),
-        "/status" => (Endpoint::Status, Methods::Read),
-        "/vote" => (Endpoint::Vote, Methods::Get),
-        "/release" => (Endpoint::Release, Methods::Post),
+        // The seed's endpoints.
+        "/" | "/state" => (State, Methods::Read),
+        "/primary" => (Primary, Methods::Read),
+        "/realPrimary" => (RealPrimary, Methods::Read),
+        "/status" => (Status, Methods::Read),
+        // Between daemons: the vote, its release, the primary's WAL position.
+        "/vote" => (Vote, Methods::Get),
+        "/release" => (Release, Methods::Post),
+        "/wal" => (Wal, Methods::Read),
+        // Patroni's health checks (see `reads`).
+        "/replica" => (Replica, Methods::Read),
+        "/read-write" | "/leader" => (ReadWrite, Methods::Read),
+        "/read-only" => (ReadOnly, Methods::Read),
+        "/health" => (Health, Methods::Read),
+        "/liveness" => (Liveness, Methods::Read),
+        "/readiness" => (Readiness, Methods::Read),
         _ => return None,
     })
 }
+
+/// Most client addresses remembered for the "OPTIONS /primary" warning; past it, no more
+/// warnings (a hostile client cannot grow the set without bound).
+const MAX_WARNED: usize = 1024;
 
 /// The API of one daemon.
 pub struct App {
     shared: Arc<Shared>,
     real_primary: Arc<Flights<RealPrimary>>,
+    /// Clients already warned about checking `/primary` (see [`App::answer`]).
+    warned: Mutex<HashSet<IpAddr>>,
 }
 
-/// The HTTP service of one daemon, for [`crate::server::serve`].
-pub fn service(
-    app: Arc<App>,
-) -> impl Service<Request<Incoming>, Response = Reply, Error = Infallible, Future: Send>
-+ Clone
-+ Send
-+ Sync
-+ 'static {
-    hyper::service::service_fn(move |request: Request<Incoming>| {
-        let app = Arc::clone(&app);
-        async move { Ok(app.answer(request.method(), request.uri().path()).await) }
-    })
+impl Handler for App {
+    async fn handle(self: Arc<Self>, client: SocketAddr, request: Request<Incoming>) -> Reply {
+        self.answer(client, request.method(), request.uri()).await
+    }
 }
 
 impl App {
@@ -123,12 +143,13 @@ impl App {
         Arc::new(App {
             shared,
             real_primary: Arc::default(),
+            warned: Mutex::new(HashSet::new()),
         })
     }
 
-    /// The reply to `method` on `path`.
-    pub async fn answer(self: &Arc<Self>, method: &Method, path: &str) -> Reply {
-        let Some((endpoint, methods)) = route(path) else {
+    /// The reply to `method` on `uri` from `client`.
+    pub async fn answer(self: &Arc<Self>, client: SocketAddr, method: &Method, uri: &Uri) -> Reply {
+        let Some((endpoint, methods)) = route(uri.path()) else {
             return error(StatusCode::NOT_FOUND, "not found");
         };
         if !methods.allows(method) {
@@ -147,6 +168,9 @@ impl App {
                 (state.code(), state_body(state))
             }
             Endpoint::Primary => {
+                if method == Method::OPTIONS {
+                    self.warn_primary_check(client);
+                }
                 let me = self.shared.config().node_name.clone();
                 self.shared.store.peek().primary_reply(&me, now)
             }
@@ -158,6 +182,40 @@ impl App {
             }
             Endpoint::Vote => self.vote(now),
             Endpoint::Release => self.release(),
+            Endpoint::Wal => self.wal(now),
+            Endpoint::ReadWrite => {
+                let snapshot = self.shared.store.peek();
+                let outcome = match snapshot.served_state(now) {
+                    State::Primary => Ok(()),
+                    _ => Err(snapshot.served_reason(now)),
+                };
+                self.check_reply(&snapshot, outcome, now)
+            }
+            Endpoint::Health | Endpoint::Liveness => {
+                let snapshot = self.shared.store.peek();
+                let outcome = match endpoint {
+                    Endpoint::Health => reads::health(&snapshot, now),
+                    _ => reads::liveness(&snapshot, now),
+                };
+                self.check_reply(&snapshot, outcome, now)
+            }
+            Endpoint::Replica | Endpoint::ReadOnly | Endpoint::Readiness => {
+                let query = match reads::parse_query(uri.query()) {
+                    Ok(q) => q,
+                    Err(why) => {
+                        return json_reply(400, json_bytes(&json!({ "error": why })));
+                    }
+                };
+                let snapshot = self.shared.store.peek();
+                let outcome = match endpoint {
+                    Endpoint::Replica => reads::replica(&snapshot, &query, now),
+                    Endpoint::ReadOnly => reads::read_only(&snapshot, &query, now),
+                    _ => {
+                        reads::readiness(&snapshot, &query, self.shared.config().readiness_lag, now)
+                    }
+                };
+                self.check_reply(&snapshot, outcome, now)
+            }
         };
         let body = if method == Method::HEAD || method == Method::OPTIONS {
             Bytes::new()
@@ -165,6 +223,66 @@ impl App {
             body
         };
         json_reply(code, body)
+    }
+
+    /// A health-check reply: 200 or 503, with the node, its state, and why not.
+    fn check_reply(&self, s: &Snapshot, outcome: reads::Outcome, now: Instant) -> (u16, Bytes) {
+        let state = s.served_state(now);
+        let mut body = json!({
+            "node": self.shared.config().node_name,
+            "state": state.name(),
+        });
+        if let Some(r) = &s.replication {
+            body["replication_state"] = json!(r.receiver_text());
+            body["lag_bytes"] = json!(r.lag().ok());
+        }
+        if let Some(d) = &s.drained {
+            body["drained"] = json!(d.reason);
+        }
+        match outcome {
+            Ok(()) => (200, json_bytes(&body)),
+            Err(why) => {
+                body["reason"] = json!(why);
+                (503, json_bytes(&body))
+            }
+        }
+    }
+
+    /// haproxy checks with `OPTIONS`; a Patroni configuration that checks `/primary` would
+    /// send writes to every healthy node, since primgr's `/primary` is the seed's (whom the
+    /// metadata names). Said once per client address.
+    fn warn_primary_check(&self, client: SocketAddr) {
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.len() < MAX_WARNED && warned.insert(client.ip()) {
+            warn!(
+                client = %client.ip(),
+                "OPTIONS /primary looks like a Patroni-style haproxy check: primgr's /primary \
+                 answers 200 on EVERY healthy node (it says whom the metadata names). Check \
+                 /state or /read-write for the write pool"
+            );
+        }
+    }
+
+    /// `/wal`: where this node's database writes, when it is not in recovery.
+    fn wal(&self, now: Instant) -> (u16, Bytes) {
+        let me = self.shared.config().node_name.clone();
+        let s = self.shared.store.peek();
+        let why = match (s.withheld(now), s.db.in_recovery, s.current_lsn) {
+            (Some(w), _, _) => w.reason(),
+            (None, Some(false), Some(lsn)) => {
+                let age = s.age(now).unwrap_or_default().as_millis() as u64;
+                return (
+                    200,
+                    json_bytes(&json!({ "node": me, "lsn": lsn, "age_ms": age })),
+                );
+            }
+            (None, Some(true), _) => "in recovery: not a primary",
+            _ => "the local database is unusable",
+        };
+        (
+            503,
+            json_bytes(&json!({ "node": me, "lsn": null, "reason": why })),
+        )
     }
 
     /// `/vote`: name whom the local metadata names, and promise it (see [`crate::vote`]).
@@ -381,6 +499,11 @@ fn error(status: StatusCode, message: &'static str) -> Reply {
     json_reply(status.as_u16(), json_bytes(&json!({ "error": message })))
 }
 
+/// A WAL position as PostgreSQL writes it (`16/B374D848`).
+pub fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
 fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -459,7 +582,24 @@ pub fn status_json(config: &Config, snapshot: &Snapshot, now: Instant) -> Value 
             "in_recovery": snapshot.db.in_recovery,
             "error": snapshot.db.error.as_ref().map(|e| e.to_string()),
             "conninfo": conninfo::redact(&config.conninfo),
+            "current_lsn": snapshot.current_lsn.map(lsn_text),
         },
+        "replication": snapshot.replication.as_ref().map(|r| json!({
+            "received_lsn": r.received.map(lsn_text),
+            "replayed_lsn": r.replayed.map(lsn_text),
+            "primary_lsn": r.primary.as_ref().ok().map(|p| lsn_text(p.lsn)),
+            "primary_lsn_from": r.primary.as_ref().ok().map(|p| p.source),
+            "lag_bytes": r.lag().ok(),
+            "lag_unknown": r.lag().err(),
+            "last_replay_age_ms": r.last_replay_age.map(|a| millis(a + snapshot.age(now).unwrap_or_default())),
+            "replay_paused": r.replay_paused,
+            "receiver_state": r.receiver_text(),
+            "upstream": r.receiver.as_ref().and_then(|w| w.sender.clone()),
+        })),
+        "drained": snapshot.drained.as_ref().map(|d| json!({
+            "reason": d.reason,
+            "since": humantime::format_rfc3339_seconds(d.since).to_string(),
+        })),
         "members": members,
         "snapshot_age_ms": snapshot.age(now).map(millis),
         "observed_at": snapshot.observed_at.map(|_| humantime::format_rfc3339_millis(snapshot.observed_at_wall).to_string()),

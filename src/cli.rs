@@ -112,6 +112,58 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take this node out of the read pool (`/replica`, `/read-only`, `/readiness` and the
+    /// agent's read answer fail), without stopping anything; `/state` stays as it is.
+    ///
+    /// Writes the drain flag in `state_dir` (only root and the service user can) and waits
+    /// until the local daemon shows it. The drain survives restarts; `primgr undrain` ends it.
+    Drain {
+        /// Why, shown in /status, in the checks' bodies and by `primgr cluster`.
+        #[arg(long, default_value = "drained by an operator")]
+        reason: String,
+        #[command(flatten)]
+        local: Local,
+    },
+    /// Put this node back into the read pool (ends `primgr drain`).
+    Undrain {
+        #[command(flatten)]
+        local: Local,
+    },
+}
+
+/// Where the local daemon keeps its state and listens, for `drain` and `undrain`.
+#[derive(clap::Args, Debug)]
+pub struct Local {
+    /// The daemon's configuration file (for `state_dir` and `listen`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The daemon's state directory [default: the configuration's `state_dir`].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Local {
+    /// The state directory, and the local daemon's API address.
+    pub fn resolve(&self) -> Result<(PathBuf, Uri), String> {
+        let (settings, origin) = match &self.config {
+            Some(path) => Settings::load(path).map_err(|e| e.to_string())?,
+            None => (Settings::default(), Origin::Defaults),
+        };
+        // Only `state_dir` and `listen` matter here; a node_name is not needed.
+        let settings = Settings {
+            node_name: settings
+                .node_name
+                .or_else(|| Some(from_flag("local".into()))),
+            ..settings
+        };
+        let config = settings.validate(&origin).map_err(|e| e.to_string())?;
+        let mut listen = config.listen;
+        if listen.ip().is_unspecified() {
+            listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let url = crate::cluster::parse_url(&listen.to_string())?;
+        Ok((self.state_dir.clone().unwrap_or(config.state_dir), url))
+    }
 }
 
 impl Cli {

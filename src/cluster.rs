@@ -53,6 +53,8 @@ pub struct NodeReport {
     pub snapshot_age_ms: Option<f64>,
     /// Why it is in its state, as it says.
     pub reason: Option<String>,
+    /// Why an operator drained it (`primgr drain`), when it is drained.
+    pub drained: Option<String>,
     /// Why it could not be asked or its answer could not be read.
     pub error: Option<String>,
 }
@@ -76,6 +78,7 @@ impl NodeReport {
             votes_needed: None,
             snapshot_age_ms: None,
             reason: None,
+            drained: None,
             error: Some(error),
         }
     }
@@ -122,6 +125,7 @@ impl NodeReport {
             votes_needed: s["votes_needed"].as_u64(),
             snapshot_age_ms: s["snapshot_age_ms"].as_f64(),
             reason: text("reason"),
+            drained: s["drained"]["reason"].as_str().map(String::from),
             error,
         }
     }
@@ -276,7 +280,11 @@ pub fn render_table(nodes: &[NodeReport]) -> String {
                 n.name.clone(),
                 n.site.clone().unwrap_or_else(dash),
                 n.address.clone().unwrap_or_else(dash),
-                n.state.clone().unwrap_or_else(|| "unreachable".into()),
+                match (&n.state, &n.drained) {
+                    (Some(s), Some(_)) => format!("{s} (drained)"),
+                    (Some(s), None) => s.clone(),
+                    (None, _) => "unreachable".into(),
+                },
                 n.code.map(|c| c.to_string()).unwrap_or_else(dash),
                 n.primary.clone().unwrap_or_else(dash),
                 votes,
@@ -443,6 +451,7 @@ mod tests {
             votes_needed: Some(votes.1),
             snapshot_age_ms: Some(312.4),
             reason: Some(format!("reason of {name}")),
+            drained: None,
             error: None,
         }
     }

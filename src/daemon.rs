@@ -115,7 +115,7 @@ where
             }),
         }
     };
-    server::serve(listener, api::service(api::App::new(shared)), stop_serving).await;
+    server::serve(listener, api::App::new(shared), stop_serving).await;
 
     if let Some(why) = died {
         let e = RunError::PollerDied(why);

@@ -1,10 +1,13 @@
 //! Observation of the local database: one bounded round trip per poll cycle.
 //!
 //! Owns the connection pool (bb8, at most `max_connections_in_pool` connections, never
-//! connecting at start-up so the daemon starts with its database down) and the single query
-//! that reads `pg_is_in_recovery()` together with every row of `repmgr.nodes`. The query runs
-//! as an unnamed, typed statement (`query_typed`): one round trip, no prepare, no text pasted
-//! into SQL. A connection whose query was abandoned (at `db_timeout`, or at shutdown) is
+//! connecting at start-up so the daemon starts with its database down), the single query that
+//! reads `pg_is_in_recovery()`, the WAL positions and the WAL receiver together with every row
+//! of `repmgr.nodes`, and the proof that the server still accepts a new client: each
+//! observation also opens a connection of its own and closes it at once (a postmaster that
+//! accepts no one makes the node Down even while the pooled connection still answers). The
+//! query runs as an unnamed, typed statement (`query_typed`): one round trip, no prepare, no
+//! text pasted into SQL. A connection whose query was abandoned (at `db_timeout`, or at shutdown) is
 //! closed, never handed out again: the pool's manager ([`Manager`]) marks each connection busy
 //! while it runs a query and counts a busy connection as broken when it comes back. Nothing
 //! here decides anything; it only says what the database said, or why it could not be asked.
@@ -38,6 +41,41 @@ pub struct DbObservation {
     pub in_recovery: bool,
     /// Every row of `repmgr.nodes`, ordered by `node_id`.
     pub nodes: Vec<NodeRow>,
+    /// WAL positions and the WAL receiver.
+    pub wal: WalObservation,
+}
+
+/// WAL positions (bytes since `0/0`) and replication, as the local database reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalObservation {
+    /// `pg_current_wal_lsn()`: where a primary writes.
+    pub current: Option<u64>,
+    /// `pg_last_wal_receive_lsn()`: what a standby has received (streaming).
+    pub received: Option<u64>,
+    /// `pg_last_wal_replay_lsn()`: what a standby has replayed.
+    pub replayed: Option<u64>,
+    /// `pg_is_wal_replay_paused()` of a standby.
+    pub replay_paused: Option<bool>,
+    /// How old the last replayed transaction was, in milliseconds: `now() -
+    /// pg_last_xact_replay_timestamp()` on the standby (its wall clock against the primary's
+    /// commit timestamps: the one place wall clocks enter, because `lag_time` is defined so).
+    pub last_replay_age_ms: Option<i64>,
+    /// The WAL receiver, when one runs.
+    pub receiver: Option<Receiver>,
+}
+
+/// The WAL receiver (`pg_stat_wal_receiver`). Its details need `pg_read_all_stats`; without
+/// it only its existence is visible and the rest is None.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receiver {
+    /// `streaming`, `starting`, `waiting`, `restarting`, `stopping`.
+    pub status: Option<String>,
+    /// The upstream's end of WAL as it last reported it.
+    pub latest_end: Option<u64>,
+    /// When the last message from the upstream arrived (text, used only to see it change).
+    pub last_msg_receipt: Option<String>,
+    /// `host:port` of the upstream.
+    pub sender: Option<String>,
 }
 
 impl DbObservation {
@@ -65,6 +103,8 @@ pub enum DbError {
     Query(String),
     #[error("not a repmgr database: {0}")]
     NotRepmgr(String),
+    #[error("the server accepts no new connection: {0}")]
+    NoNewConnection(String),
 }
 
 impl DbError {
@@ -75,15 +115,33 @@ impl DbError {
             DbError::Connect(_) => "connect",
             DbError::Query(_) => "query",
             DbError::NotRepmgr(_) => "not_repmgr",
+            DbError::NoNewConnection(_) => "no_new_connection",
         }
     }
 }
 
-/// The single statement of a poll cycle. A LEFT JOIN keeps the recovery flag when the table
-/// is empty.
+/// The single statement of a poll cycle. LEFT JOINs keep the local facts when the table is
+/// empty or no WAL receiver runs. Functions that fail on the wrong role (a primary's
+/// `pg_current_wal_lsn()` on a standby, a standby's `pg_is_wal_replay_paused()` on a primary)
+/// sit behind a CASE on the recovery flag.
 const OBSERVE_SQL: &str = "SELECT r.in_recovery, n.node_id, n.node_name, n.type, n.active, \
-     n.location, n.conninfo \
-     FROM (SELECT pg_is_in_recovery() AS in_recovery) r \
+     n.location, n.conninfo, r.current_lsn, r.receive_lsn, r.replay_lsn, r.replay_paused, \
+     r.replay_age_ms, r.receiver, r.receiver_status, r.latest_end_lsn, r.last_msg_receipt, \
+     r.sender \
+     FROM (SELECT s.in_recovery, \
+             CASE WHEN s.in_recovery THEN NULL \
+                  ELSE (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8 END AS current_lsn, \
+             (pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::int8 AS receive_lsn, \
+             (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 AS replay_lsn, \
+             CASE WHEN s.in_recovery THEN pg_is_wal_replay_paused() END AS replay_paused, \
+             (extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::int8 \
+                 AS replay_age_ms, \
+             w.pid IS NOT NULL AS receiver, w.status AS receiver_status, \
+             (w.latest_end_lsn - '0/0'::pg_lsn)::int8 AS latest_end_lsn, \
+             w.last_msg_receipt_time::text AS last_msg_receipt, \
+             w.sender_host || ':' || w.sender_port AS sender \
+           FROM (SELECT pg_is_in_recovery() AS in_recovery) s \
+           LEFT JOIN pg_stat_wal_receiver w ON true) r \
      LEFT JOIN repmgr.nodes n ON true ORDER BY n.node_id";
 
 /// bb8-postgres's manager, with connections that know whether a query is running on them.
@@ -233,7 +291,8 @@ impl Db {
         })
     }
 
-    /// Observes the database once, within the timeout.
+    /// Observes the database once, within the timeout: the query on a pooled connection and,
+    /// at the same time, a new connection that is closed at once.
     pub async fn observe(&self) -> Result<DbObservation, DbError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let attempt = async {
@@ -244,7 +303,11 @@ impl Db {
                 other => other,
             }
         };
-        match tokio::time::timeout_at(deadline, attempt).await {
+        let (observed, accepted) = tokio::join!(
+            tokio::time::timeout_at(deadline, attempt),
+            tokio::time::timeout_at(deadline, self.pool.dedicated_connection()),
+        );
+        let observed = match observed {
             Ok(Ok(obs)) => Ok(obs),
             Ok(Err(Retry::Closed(e) | Retry::Final(e))) => Err(e),
             Err(_) => Err(DbError::Timeout(self.timeout)),
@@ -259,7 +322,16 @@ impl Db {
                 None => e,
             },
             other => other,
-        })
+        })?;
+        match accepted {
+            Ok(Ok(_new_client)) => Ok(observed),
+            Ok(Err(e)) => Err(DbError::NoNewConnection(error_text(&e))),
+            Err(_) => Err(DbError::NoNewConnection(format!(
+                "a new connection got no answer within {} (db_timeout), while an existing \
+                 session still answers",
+                humantime::format_duration(self.timeout)
+            ))),
+        }
     }
 
     async fn observe_once(&self) -> Result<DbObservation, Retry> {
@@ -306,10 +378,35 @@ enum Retry {
 
 fn parse_rows(rows: &[tokio_postgres::Row]) -> Result<DbObservation, DbError> {
     let bad = |e: tokio_postgres::Error| DbError::Query(format!("unexpected row: {e}"));
-    let mut in_recovery = None;
+    let lsn = |row: &tokio_postgres::Row, i: usize| -> Result<Option<u64>, DbError> {
+        Ok(row
+            .try_get::<_, Option<i64>>(i)
+            .map_err(bad)?
+            .map(|v| v.max(0) as u64))
+    };
+    let Some(first) = rows.first() else {
+        return Err(DbError::Query("the observation returned no row".into()));
+    };
+    let receiver = first
+        .try_get::<_, bool>(12)
+        .map_err(bad)?
+        .then(|| Receiver {
+            status: first.try_get(13).ok().flatten(),
+            latest_end: lsn(first, 14).ok().flatten(),
+            last_msg_receipt: first.try_get(15).ok().flatten(),
+            sender: first.try_get(16).ok().flatten(),
+        });
+    let wal = WalObservation {
+        current: lsn(first, 7)?,
+        received: lsn(first, 8)?,
+        replayed: lsn(first, 9)?,
+        replay_paused: first.try_get(10).map_err(bad)?,
+        last_replay_age_ms: first.try_get(11).map_err(bad)?,
+        receiver,
+    };
+    let in_recovery = first.try_get::<_, bool>(0).map_err(bad)?;
     let mut nodes = Vec::with_capacity(rows.len());
     for row in rows {
-        in_recovery = Some(row.try_get::<_, bool>(0).map_err(bad)?);
         let Some(node_id) = row.try_get::<_, Option<i32>>(1).map_err(bad)? else {
             continue; // the LEFT JOIN row of an empty table
         };
@@ -322,9 +419,11 @@ fn parse_rows(rows: &[tokio_postgres::Row]) -> Result<DbObservation, DbError> {
             conninfo: row.try_get::<_, String>(6).map_err(bad)?,
         });
     }
-    let in_recovery =
-        in_recovery.ok_or_else(|| DbError::Query("the observation returned no row".into()))?;
-    Ok(DbObservation { in_recovery, nodes })
+    Ok(DbObservation {
+        in_recovery,
+        nodes,
+        wal,
+    })
 }
 
 /// The most useful text of a driver error: the server's message when there is one.
@@ -363,6 +462,7 @@ mod tests {
     fn named_primary_is_the_single_active_primary() {
         let mut obs = DbObservation {
             in_recovery: true,
+            wal: WalObservation::default(),
             nodes: vec![
                 row(1, "node1", "primary", false),
                 row(2, "node2", "primary", true),

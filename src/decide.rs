@@ -230,6 +230,7 @@ mod tests {
         DbObservation {
             in_recovery: false,
             nodes,
+            wal: Default::default(),
         }
     }
 

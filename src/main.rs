@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use hyper::Uri;
-use primgr::cli::{Cli, Command};
+use primgr::cli::{Cli, Command, Local};
+use primgr::control;
 use tracing::{error, info, warn};
 
 /// Exit status for a bad configuration or command line (EX_USAGE).
@@ -27,8 +28,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Some(Command::Cluster { url, timeout, json }) = &cli.command {
-        return cluster(url, *timeout, *json);
+    match &cli.command {
+        Some(Command::Cluster { url, timeout, json }) => return cluster(url, *timeout, *json),
+        Some(Command::Drain { reason, local }) => return drain(local, Some(reason)),
+        Some(Command::Undrain { local }) => return drain(local, None),
+        None => {}
     }
     let config = match cli.load() {
         Ok(c) => c,
@@ -65,17 +69,77 @@ fn main() -> ExitCode {
     runtime.block_on(serve(config))
 }
 
-/// `primgr cluster`: prints the table (or JSON) and exits with its status.
-fn cluster(url: &Uri, timeout: Duration, json: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// A single-threaded runtime for a subcommand.
+fn small_runtime(what: &str) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(rt) => Some(rt),
         Err(e) => {
-            eprintln!("primgr cluster: cannot start the runtime: {e}");
+            eprintln!("primgr {what}: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+/// `primgr drain` (with a reason) / `primgr undrain`: writes or removes the flag, then waits
+/// for the local daemon to show it.
+fn drain(local: &Local, reason: Option<&str>) -> ExitCode {
+    let what = if reason.is_some() { "drain" } else { "undrain" };
+    let (dir, url) = match local.resolve() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("primgr {what}: bad configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let changed = match reason {
+        Some(r) => control::drain(&dir, r).map(|()| true),
+        None => control::undrain(&dir),
+    };
+    match changed {
+        Err(e) => {
+            eprintln!(
+                "primgr {what}: cannot change {}: {e} (run as root or as the service user)",
+                control::drain_path(&dir).display()
+            );
             return ExitCode::FAILURE;
         }
+        Ok(false) => println!("not drained; nothing to do"),
+        Ok(true) => {}
+    }
+    let Some(runtime) = small_runtime(what) else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(control::confirm(
+        &url,
+        reason.is_some(),
+        Duration::from_secs(10),
+    )) {
+        Ok(node) => {
+            println!("{node} is {what}ed (the daemon at {url} shows it)");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            println!(
+                "the flag is {}; the daemon at {url} did not show it within 10 s ({why}): it \
+                 takes effect at its next cycle once it runs",
+                if reason.is_some() {
+                    "written"
+                } else {
+                    "removed"
+                }
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `primgr cluster`: prints the table (or JSON) and exits with its status.
+fn cluster(url: &Uri, timeout: Duration, json: bool) -> ExitCode {
+    let Some(runtime) = small_runtime("cluster") else {
+        return ExitCode::FAILURE;
     };
     let report = runtime.block_on(primgr::cluster::gather(url, timeout));
     if json {

@@ -139,6 +139,21 @@ impl PeerClient {
         }
     }
 
+    /// Asks the daemon of the primary `node` where its database writes (`/wal`): the position
+    /// and how old that observation was when it answered.
+    pub async fn ask_wal(
+        &self,
+        base: &Uri,
+        node: &str,
+        deadline: Instant,
+    ) -> Result<(u64, Duration), String> {
+        let (status, body) = self
+            .get(base, "/wal", deadline)
+            .await
+            .map_err(|e| e.to_string())?;
+        parse_wal(status, &body, node)
+    }
+
     /// Asks a node for its state (`/state`).
     pub async fn ask_state(&self, base: &Uri, deadline: Instant) -> Result<State, PeerError> {
         let (status, body) = self.get(base, "/state", deadline).await?;
@@ -259,6 +274,32 @@ pub fn parse_release(status: u16, body: &[u8], holder: &str) -> ReleaseReply {
                 .to_string(),
         ),
         _ => ReleaseReply::Failed(format!("HTTP {status}: {}", describe_body(body))),
+    }
+}
+
+/// Reads a `/wal` answer of `node`: 200 `{"node":..., "lsn": N, "age_ms": A}`.
+pub fn parse_wal(status: u16, body: &[u8], node: &str) -> Result<(u64, Duration), String> {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let field = |k: &str| json.as_ref().and_then(|j| j.get(k));
+    if field("node").and_then(Value::as_str) != Some(node) {
+        return Err(format!(
+            "HTTP {status}: not a /wal answer of {node}: {}",
+            describe_body(body)
+        ));
+    }
+    match (
+        status,
+        field("lsn").and_then(Value::as_u64),
+        field("age_ms").and_then(Value::as_u64),
+    ) {
+        (200, Some(lsn), Some(age)) => Ok((lsn, Duration::from_millis(age))),
+        (503, None, _) => Err(format!(
+            "{node} reports no position: {}",
+            field("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason")
+        )),
+        _ => Err(format!("HTTP {status}: {}", describe_body(body))),
     }
 }
 
@@ -421,6 +462,23 @@ mod tests {
                 matches!(parse_vote(status, body, "n3", "n1"), VoteReply::Failed(_)),
                 "{status} {body:?}"
             );
+        }
+    }
+
+    #[test]
+    fn wal_answers() {
+        assert_eq!(
+            parse_wal(200, br#"{"node":"n1","lsn":123456,"age_ms":40}"#, "n1"),
+            Ok((123456, Duration::from_millis(40)))
+        );
+        for (status, body) in [
+            (200, &br#"{"node":"n2","lsn":123456,"age_ms":40}"#[..]),
+            (200, br#"{"node":"n1","lsn":-1,"age_ms":40}"#),
+            (200, br#"{"node":"n1","lsn":"0/1E240","age_ms":40}"#),
+            (503, br#"{"node":"n1","lsn":null,"reason":"in recovery"}"#),
+            (404, br#"{"error":"not found"}"#),
+        ] {
+            assert!(parse_wal(status, body, "n1").is_err(), "{status} {body:?}");
         }
     }
 

@@ -17,14 +17,16 @@ use hyper::Uri;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::conninfo;
 use crate::daemon::Shared;
 use crate::db::{Db, DbError, DbObservation};
 use crate::decide::{self, State};
 use crate::peers::{ReleaseReply, VoteReply, fan_out, peer_url};
 use crate::shutdown::Shutdown;
-use crate::snapshot::{DbStatus, Member, Snapshot, VoterReport};
+use crate::snapshot::{
+    DbStatus, Drain, Member, PrimaryPosition, Replication, Snapshot, VoterReport,
+};
 use crate::vote::{Ballot, HeldVote, Release};
+use crate::{conninfo, control};
 
 /// Called once, after the first snapshot has been published.
 pub type OnReady = Box<dyn FnOnce() + Send>;
@@ -41,6 +43,14 @@ pub struct Poller {
     log: Transitions,
     cycles: u64,
     hook: Option<CycleHook>,
+    /// The primary's position as its daemon last reported it, and the instant (this node's
+    /// clock) it was observed at the latest.
+    primary_position: Option<(u64, Instant)>,
+    /// The WAL receiver's last message time as last seen, and since when this node knows a
+    /// message arrived at least that recently.
+    receipt: Option<(String, Instant)>,
+    /// When the previous cycle started.
+    previous_start: Option<Instant>,
 }
 
 /// What was last logged, so each change is logged once.
@@ -50,6 +60,9 @@ struct Transitions {
     db_failure: Option<&'static str>,
     failing_voters: BTreeSet<String>,
     without_address: BTreeSet<String>,
+    drain: Option<bool>,
+    drain_unreadable: bool,
+    position_unknown: bool,
 }
 
 impl Poller {
@@ -61,6 +74,9 @@ impl Poller {
             log: Transitions::default(),
             cycles: 0,
             hook,
+            primary_position: None,
+            receipt: None,
+            previous_start: None,
         }
     }
 
@@ -146,9 +162,23 @@ impl Poller {
                 }
             },
         );
+        // A standby asks the daemon of the primary its metadata names where it writes.
+        let upstream = match (&observed, &named) {
+            (Ok(obs), Some(p)) if obs.in_recovery && p != me => Some(p.clone()),
+            _ => None,
+        };
         let deadline = tokio::time::Instant::now() + config.peer_timeout;
-        let (voters, ()) = tokio::join!(ask, self.release(&config, release_from, deadline));
+        let (voters, (), position) = tokio::join!(
+            ask,
+            self.release(&config, release_from, deadline),
+            self.ask_position(upstream, deadline)
+        );
         self.log_voters(&voters);
+        let replication = match &observed {
+            Ok(obs) if obs.in_recovery => Some(self.replication(&config, obs, position, started)),
+            _ => None,
+        };
+        let drained = self.read_drain(&config);
 
         // This node's own vote: only when its own metadata names it.
         let rules = config.lease_rules();
@@ -214,7 +244,148 @@ impl Poller {
             voters,
             members: self.members.clone(),
             max_staleness: config.max_staleness,
+            current_lsn: observed.as_ref().ok().and_then(|o| o.wal.current),
+            replication,
+            drained,
         });
+        self.previous_start = Some(started);
+    }
+
+    /// Asks the daemon of `primary` where it writes; its answer and when it was observed at
+    /// the latest (this node's clock), or why there is none.
+    async fn ask_position(
+        &self,
+        primary: Option<String>,
+        deadline: tokio::time::Instant,
+    ) -> Option<Result<(u64, Instant), String>> {
+        let primary = primary?;
+        let sent = Instant::now();
+        Some(match self.url_of(&primary) {
+            Err(why) => Err(format!("{primary} has no address: {why}")),
+            Ok(uri) => self
+                .shared
+                .client
+                .ask_wal(&uri, &primary, deadline)
+                .await
+                // Observed `age` before it answered, and it answered after we sent.
+                .map(|(lsn, age)| (lsn, sent.checked_sub(age).unwrap_or(sent))),
+        })
+    }
+
+    /// A standby's replication: its positions, and the primary's position from the freshest
+    /// source known within `max_staleness` (the primary's daemon, or the WAL receiver's
+    /// `latest_end_lsn` while it streams and keeps receiving), else why it is unknown.
+    fn replication(
+        &mut self,
+        config: &Config,
+        obs: &DbObservation,
+        asked: Option<Result<(u64, Instant), String>>,
+        now: Instant,
+    ) -> Replication {
+        let fresh = |at: Instant| now.saturating_duration_since(at) <= config.max_staleness;
+        let mut why = match asked {
+            Some(Ok(position)) => {
+                self.primary_position = Some(position);
+                String::new()
+            }
+            Some(Err(e)) => e,
+            None => "its metadata names no other primary".into(),
+        };
+        let from_daemon = self
+            .primary_position
+            .filter(|(_, at)| fresh(*at))
+            .map(|(lsn, _)| lsn);
+        let receiver = obs.wal.receiver.clone();
+        let streaming = receiver
+            .as_ref()
+            .filter(|r| r.status.as_deref() == Some("streaming"));
+        // The receiver's latest_end_lsn counts while messages keep arriving: its last receipt
+        // time changed since the previous cycle began.
+        let from_receiver =
+            match streaming.and_then(|r| r.last_msg_receipt.clone().zip(r.latest_end)) {
+                Some((token, end)) => {
+                    let since = match &self.receipt {
+                        Some((seen, at)) if *seen == token => *at,
+                        _ => self.previous_start.unwrap_or(now),
+                    };
+                    self.receipt = Some((token, since));
+                    fresh(since).then_some(end)
+                }
+                None => {
+                    self.receipt = None;
+                    None
+                }
+            };
+        let primary = match (from_daemon, from_receiver) {
+            (Some(a), Some(b)) if b > a => Ok(PrimaryPosition {
+                lsn: b,
+                source: "the WAL receiver",
+            }),
+            (Some(a), _) => Ok(PrimaryPosition {
+                lsn: a,
+                source: "the primary's daemon",
+            }),
+            (None, Some(b)) => Ok(PrimaryPosition {
+                lsn: b,
+                source: "the WAL receiver",
+            }),
+            (None, None) => {
+                if why.is_empty() {
+                    why = "no fresh answer".into();
+                }
+                Err(format!(
+                    "the primary's position is not known within max_staleness ({}): {why}",
+                    humantime::format_duration(config.max_staleness)
+                ))
+            }
+        };
+        if primary.is_err() != self.log.position_unknown {
+            self.log.position_unknown = primary.is_err();
+            match &primary {
+                Err(e) => warn!("replication lag unknown: {e}"),
+                Ok(p) => info!("replication lag known again (from {})", p.source),
+            }
+        }
+        Replication {
+            received: obs.wal.received,
+            replayed: obs.wal.replayed,
+            primary,
+            receiver,
+            replay_paused: obs.wal.replay_paused,
+            last_replay_age: obs
+                .wal
+                .last_replay_age_ms
+                .map(|ms| std::time::Duration::from_millis(ms.max(0) as u64)),
+        }
+    }
+
+    /// The drain flag; an unreadable `state_dir` is logged once and counts as not drained.
+    fn read_drain(&mut self, config: &Config) -> Option<Drain> {
+        let drained = match control::read(&config.state_dir) {
+            Ok(d) => {
+                self.log.drain_unreadable = false;
+                d
+            }
+            Err(e) => {
+                if !self.log.drain_unreadable {
+                    warn!(
+                        "cannot read the drain flag in {} (`state_dir`): {e}; serving as not drained",
+                        config.state_dir.display()
+                    );
+                    self.log.drain_unreadable = true;
+                }
+                None
+            }
+        };
+        if self.log.drain != Some(drained.is_some()) {
+            match &drained {
+                Some(d) => info!("drained by an operator: {}", d.reason),
+                None if self.log.drain.is_some() => info!("undrained"),
+                None => {}
+            }
+            self.log.drain = Some(drained.is_some());
+        }
+        drained
     }
 
     /// The API address of a node, from the membership.

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Incoming};
 use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
-use hyper::service::{Service, service_fn};
+use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -45,6 +45,16 @@ pub const LISTEN_BACKLOG: u32 = 1024;
 /// How long in-flight requests may take to finish after shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
 
+/// What answers the requests the server lets through.
+pub trait Handler: Send + Sync + 'static {
+    /// The reply to `request` from `client`.
+    fn handle(
+        self: Arc<Self>,
+        client: SocketAddr,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+}
+
 /// Binds the listening socket with a queue of [`LISTEN_BACKLOG`] pending connections.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
@@ -56,17 +66,12 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Serves `service` on `listener` until `shutdown` completes, then stops accepting, lets
+/// Serves `handler` on `listener` until `shutdown` completes, then stops accepting, lets
 /// in-flight requests finish (at most [`DRAIN_TIMEOUT`]) and returns. Requests the server
-/// refuses itself ([`refusal`]) never reach `service`.
-pub async fn serve<S, F>(listener: TcpListener, service: S, shutdown: F)
+/// refuses itself ([`refusal`]) never reach `handler`.
+pub async fn serve<H, F>(listener: TcpListener, handler: Arc<H>, shutdown: F)
 where
-    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    H: Handler,
     F: Future<Output = ()> + Send,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -84,10 +89,10 @@ where
     tokio::pin!(shutdown);
 
     loop {
-        let stream = tokio::select! {
+        let (stream, client) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
                     warn!("accept failed: {e}");
@@ -105,17 +110,17 @@ where
         };
         refused_logged = false;
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
+        let handler = Arc::clone(&handler);
         let gate = service_fn(move |request: Request<Incoming>| {
             let call = match refusal(&request) {
                 Some(refused) => Err(refused),
-                None => Ok(service.call(request)),
+                None => Ok(Arc::clone(&handler).handle(client, request)),
             };
             async move {
-                match call {
+                Ok::<_, Infallible>(match call {
                     Ok(answer) => answer.await,
-                    Err(refused) => Ok(refused),
-                }
+                    Err(refused) => refused,
+                })
             }
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), gate));
@@ -184,9 +189,17 @@ mod tests {
     async fn oversized_heads_bodies_and_targets_without_a_path_are_refused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let ok = hyper::service::service_fn(|_req: Request<Incoming>| async {
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-        });
+        struct Ok200;
+        impl Handler for Ok200 {
+            async fn handle(
+                self: Arc<Self>,
+                _: SocketAddr,
+                _: Request<Incoming>,
+            ) -> Response<Full<Bytes>> {
+                Response::new(Full::new(Bytes::from_static(b"ok")))
+            }
+        }
+        let ok = Arc::new(Ok200);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, ok, async {
             let _ = stopped.await;

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use hyper::Uri;
 use serde_json::json;
 
-use crate::db::DbError;
+use crate::db::{DbError, Receiver};
 use crate::decide::{State, Verdict};
 use crate::peers::VoteReply;
 use crate::vote::Ballot;
@@ -62,6 +62,92 @@ impl DbStatus {
     };
 }
 
+/// Where the primary writes, as a standby learned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryPosition {
+    /// Bytes since `0/0`.
+    pub lsn: u64,
+    /// Where it came from: the primary's daemon, or this standby's WAL receiver.
+    pub source: &'static str,
+}
+
+/// The WAL receiver's state a `replication_state` check asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicationState {
+    /// The WAL receiver is streaming from its upstream.
+    Streaming,
+    /// Recovery from the archive: in recovery with no WAL receiver.
+    Archive,
+}
+
+impl ReplicationState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplicationState::Streaming => "streaming",
+            ReplicationState::Archive => "archive",
+        }
+    }
+}
+
+/// A standby's replication in this cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replication {
+    /// WAL received (streaming), bytes since `0/0`.
+    pub received: Option<u64>,
+    /// WAL replayed, bytes since `0/0`.
+    pub replayed: Option<u64>,
+    /// The primary's position, known within `max_staleness`, or why it is not known.
+    pub primary: Result<PrimaryPosition, String>,
+    /// The WAL receiver, when one runs.
+    pub receiver: Option<Receiver>,
+    pub replay_paused: Option<bool>,
+    /// Age of the last replayed transaction at the observation.
+    pub last_replay_age: Option<Duration>,
+}
+
+impl Replication {
+    /// Replay lag behind the primary in bytes (WAL not even received counts too), or why it
+    /// is unknown.
+    pub fn lag(&self) -> Result<u64, String> {
+        let primary = self.primary.as_ref().map_err(Clone::clone)?;
+        let replayed = self
+            .replayed
+            .ok_or("this standby reports no replay position")?;
+        Ok(primary.lsn.saturating_sub(replayed))
+    }
+
+    /// The receiver's state as a `replication_state` check sees it: streaming, archive
+    /// recovery (no receiver), or neither (None).
+    pub fn state(&self) -> Option<ReplicationState> {
+        match &self.receiver {
+            None => Some(ReplicationState::Archive),
+            Some(r) if r.status.as_deref() == Some("streaming") => {
+                Some(ReplicationState::Streaming)
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// The receiver's state in words.
+    pub fn receiver_text(&self) -> String {
+        match &self.receiver {
+            None => "archive (no WAL receiver)".into(),
+            Some(r) => match &r.status {
+                Some(s) => s.clone(),
+                None => "unknown (the WAL receiver's details need pg_read_all_stats)".into(),
+            },
+        }
+    }
+}
+
+/// An operator's drain of this node ([`crate::control`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drain {
+    pub reason: String,
+    /// When it was drained, for humans.
+    pub since: SystemTime,
+}
+
 /// The result of one poll cycle.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -86,6 +172,12 @@ pub struct Snapshot {
     pub members: Arc<Vec<Member>>,
     /// `max_staleness` of the configuration this cycle ran with.
     pub max_staleness: Duration,
+    /// Where a primary writes (`pg_current_wal_lsn()`), bytes since `0/0`.
+    pub current_lsn: Option<u64>,
+    /// A standby's replication (None for every other role).
+    pub replication: Option<Replication>,
+    /// Set while an operator has drained this node.
+    pub drained: Option<Drain>,
 }
 
 /// The body of `/state` for each state.
@@ -136,6 +228,9 @@ impl Snapshot {
             voters: Vec::new(),
             members: Arc::new(Vec::new()),
             max_staleness: Duration::ZERO,
+            current_lsn: None,
+            replication: None,
+            drained: None,
         }
     }
 
