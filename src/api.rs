@@ -36,13 +36,13 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use serde_json::{Value, json};
 use tracing::warn;
 
-use crate::config::Config;
 use crate::conninfo;
-use crate::daemon::Shared;
 use crate::decide::State;
+use crate::metrics::{self, RequestCounters};
 use crate::peers::{VoteReply, fan_out};
 use crate::reads;
 use crate::server::Handler;
+use crate::shared::{Loaded, Shared};
 use crate::snapshot::{Snapshot, json_bytes, state_body};
 use crate::vote::Release;
 
@@ -65,7 +65,28 @@ enum Endpoint {
     Health,
     Liveness,
     Readiness,
+    Metrics,
 }
+
+/// Endpoint names for the request counters, in the order of [`Endpoint`], and a last row for
+/// requests that matched no route.
+const ENDPOINT_NAMES: &[&str] = &[
+    "/state",
+    "/primary",
+    "/realPrimary",
+    "/status",
+    "/vote",
+    "/release",
+    "/wal",
+    "/replica",
+    "/read-write",
+    "/read-only",
+    "/health",
+    "/liveness",
+    "/readiness",
+    "/metrics",
+    "unrouted",
+];
 
 /// Which methods an endpoint answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +137,8 @@ fn route(path: &str) -> Option<(Endpoint, Methods)> {
         "/health" => (Health, Methods::Read),
         "/liveness" => (Liveness, Methods::Read),
         "/readiness" => (Readiness, Methods::Read),
+        // For teams with Prometheus (`/status` is the probe that needs none).
+        "/metrics" => (Metrics, Methods::Read),
         _ => return None,
     })
 }
@@ -130,11 +153,19 @@ pub struct App {
     real_primary: Arc<Flights<RealPrimary>>,
     /// Clients already warned about checking `/primary` (see [`App::answer`]).
     warned: Mutex<HashSet<IpAddr>>,
+    /// Requests answered, by endpoint and code (`/metrics`).
+    requests: RequestCounters,
 }
 
 impl Handler for App {
     async fn handle(self: Arc<Self>, client: SocketAddr, request: Request<Incoming>) -> Reply {
-        self.answer(client, request.method(), request.uri()).await
+        let routed = route(request.uri().path());
+        let reply = self
+            .answer(client, request.method(), request.uri(), routed)
+            .await;
+        let index = routed.map_or(ENDPOINT_NAMES.len() - 1, |r| r.0 as usize);
+        self.requests.count(index, reply.status().as_u16());
+        reply
     }
 }
 
@@ -144,12 +175,19 @@ impl App {
             shared,
             real_primary: Arc::default(),
             warned: Mutex::new(HashSet::new()),
+            requests: RequestCounters::new(ENDPOINT_NAMES),
         })
     }
 
-    /// The reply to `method` on `uri` from `client`.
-    pub async fn answer(self: &Arc<Self>, client: SocketAddr, method: &Method, uri: &Uri) -> Reply {
-        let Some((endpoint, methods)) = route(uri.path()) else {
+    /// The reply to `method` on `uri` from `client`, routed to `routed`.
+    async fn answer(
+        self: &Arc<Self>,
+        client: SocketAddr,
+        method: &Method,
+        uri: &Uri,
+        routed: Option<(Endpoint, Methods)>,
+    ) -> Reply {
+        let Some((endpoint, methods)) = routed else {
             return error(StatusCode::NOT_FOUND, "not found");
         };
         if !methods.allows(method) {
@@ -177,8 +215,26 @@ impl App {
             Endpoint::RealPrimary => self.real_primary().await,
             Endpoint::Status => {
                 let snapshot = self.shared.store.load();
-                let status = status_json(&self.shared.config(), &snapshot, now);
+                let status = status_json(&self.shared.loaded(), &snapshot, now);
                 (snapshot.served_state(now).code(), json_bytes(&status))
+            }
+            Endpoint::Metrics => {
+                let snapshot = self.shared.store.load();
+                let extra = metrics::Extra {
+                    requests: self.requests.snapshot(),
+                    voter_failures: &snapshot.voter_failures,
+                    config_loaded: self.shared.loaded().at,
+                };
+                let text = metrics::render(&snapshot, &extra, now);
+                let mut r = json_reply(200, Bytes::from(text));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                if method != Method::GET {
+                    *r.body_mut() = Full::new(Bytes::new());
+                }
+                return r;
             }
             Endpoint::Vote => self.vote(now),
             Endpoint::Release => self.release(),
@@ -518,7 +574,8 @@ fn ms_until(now: Instant, t: Instant) -> i64 {
 }
 
 /// Everything the snapshot knows, as served by `/status`.
-pub fn status_json(config: &Config, snapshot: &Snapshot, now: Instant) -> Value {
+pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Value {
+    let config = &loaded.config;
     let state = snapshot.served_state(now);
     let voters: Vec<Value> = snapshot
         .voters
@@ -608,6 +665,10 @@ pub fn status_json(config: &Config, snapshot: &Snapshot, now: Instant) -> Value 
         "max_staleness_ms": millis(config.max_staleness),
         "vote_lease_ms": millis(config.vote_lease),
         "handoff_delay_ms": millis(config.handoff_delay),
+        "config": {
+            "loaded_at": humantime::format_rfc3339_seconds(loaded.at).to_string(),
+            "fingerprint": loaded.fingerprint,
+        },
         "version": env!("CARGO_PKG_VERSION"),
     })
 }

@@ -148,6 +148,31 @@ impl Config {
         }
     }
 
+    /// A short fingerprint of the configuration as [`Display`](std::fmt::Display) shows it
+    /// (passwords masked, so it reveals nothing): 64-bit FNV-1a, in hex. Two nodes with the
+    /// same settings show the same fingerprint; `/status` shows it, so an operator can see
+    /// that a reload took effect.
+    pub fn fingerprint(&self) -> String {
+        let hash = self
+            .to_string()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        format!("{hash:016x}")
+    }
+
+    /// This configuration with what only a restart can change taken from `running`: what a
+    /// reload applies.
+    pub fn reloadable_over(mut self, running: &Config) -> Config {
+        self.listen = running.listen;
+        self.agent_listen = running.agent_listen;
+        self.node_name = running.node_name.clone();
+        self.state_dir = running.state_dir.clone();
+        self.source_address = running.source_address;
+        self
+    }
+
     /// The keys whose change a reload cannot apply (they need a restart), as `key: old → new`.
     pub fn restart_only_changes(&self, new: &Config) -> Vec<String> {
         let mut out = Vec::new();
@@ -1063,6 +1088,25 @@ node1 = "http://127.0.0.11:6000"
     }
 
     #[test]
+    fn fingerprints_follow_the_settings_not_the_password() {
+        let a = Config::for_node("n").unwrap();
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+        assert_eq!(a.fingerprint().len(), 16);
+        let mut b = a.clone();
+        b.interval = Duration::from_millis(900);
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        let mut p1 = a.clone();
+        p1.conninfo = "host=db password=one".into();
+        let mut p2 = a.clone();
+        p2.conninfo = "host=db password=two".into();
+        assert_eq!(
+            p1.fingerprint(),
+            p2.fingerprint(),
+            "the hash never depends on a password"
+        );
+    }
+
+    #[test]
     fn reload_names_what_needs_a_restart() {
         let a = Config::for_node("n").unwrap();
         let mut b = a.clone();
@@ -1078,5 +1122,12 @@ node1 = "http://127.0.0.11:6000"
                 "agent_listen: off → 127.0.0.1:5998"
             ]
         );
+        let applied = b.clone().reloadable_over(&a);
+        assert_eq!(
+            (applied.listen, applied.agent_listen),
+            (a.listen, a.agent_listen)
+        );
+        assert_eq!(applied.interval, Duration::from_millis(900));
+        assert!(a.restart_only_changes(&applied).is_empty());
     }
 }

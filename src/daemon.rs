@@ -1,58 +1,24 @@
-//! One daemon: the state its tasks share, and the entry point that runs them.
+//! One daemon: the entry point that runs its tasks.
 //!
-//! Owns the wiring of a daemon inside a process: [`Shared`] (the configuration in force, the
-//! published snapshot, the vote book and holder, the peer client) and [`run`] /
-//! [`run_with`], which start the poller and serve the API on an already bound listener until
-//! a shutdown future completes. Nothing is global: tests run several daemons in one process.
+//! Owns the wiring of a daemon inside a process: [`run`] / [`run_with`] build its
+//! [`Shared`] state, start the poller (and the agent port and the reload task when asked),
+//! and serve the API on an already bound listener until a shutdown future completes. Nothing is global: tests run several daemons in one process.
 //! A poller that ends by itself (a panic in a cycle) ends the daemon with
 //! [`RunError::PollerDied`], so that the process exits non-zero and its supervisor restarts
 //! it, instead of serving "stale" forever.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tracing::error;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::db::{Db, DbError};
-use crate::peers::PeerClient;
 use crate::poller::{CycleHook, OnReady, Poller};
-use crate::snapshot::SnapshotStore;
-use crate::vote::Votes;
-use crate::{api, server, shutdown};
-
-/// What the tasks of one daemon share.
-#[derive(Debug)]
-pub struct Shared {
-    config: ArcSwap<Config>,
-    pub store: SnapshotStore,
-    pub votes: Votes,
-    pub client: PeerClient,
-    /// When the daemon started.
-    pub started: Instant,
-}
-
-impl Shared {
-    /// The state of a daemon starting now with `config`.
-    pub fn new(config: Config) -> Shared {
-        let started = Instant::now();
-        Shared {
-            client: PeerClient::new(config.source_address),
-            votes: Votes::new(config.vote_lease, started),
-            config: ArcSwap::from_pointee(config),
-            store: SnapshotStore::default(),
-            started,
-        }
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> Arc<Config> {
-        self.config.load_full()
-    }
-}
+use crate::shared::Shared;
+use crate::{agent, api, server, shutdown};
 
 /// Why a daemon could not start or stopped by itself.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +36,10 @@ pub struct Options {
     pub on_ready: Option<OnReady>,
     /// Called at the start of every cycle (tests).
     pub cycle_hook: Option<CycleHook>,
+    /// The bound agent-check listener, when `agent_listen` is set.
+    pub agent: Option<TcpListener>,
+    /// Reloaded configurations (SIGHUP): each is applied as [`Shared::reload`] says.
+    pub reloads: Option<mpsc::UnboundedReceiver<Config>>,
 }
 
 /// Runs one daemon until `shutdown` completes: the poller and the HTTP API on `listener`.
@@ -101,7 +71,13 @@ where
     let shared = Arc::new(Shared::new(config));
     let (trigger, stop) = shutdown::channel();
     let poller = Poller::new(shared.clone(), db, options.cycle_hook);
-    let mut polling = tokio::spawn(poller.run(stop, options.on_ready));
+    let mut polling = tokio::spawn(poller.run(stop.clone(), options.on_ready));
+    if let Some(listener) = options.agent {
+        tokio::spawn(agent::serve(listener, shared.clone(), stop.clone()));
+    }
+    if let Some(reloads) = options.reloads {
+        tokio::spawn(apply_reloads(reloads, shared.clone(), stop));
+    }
 
     // Serve until asked to stop, or until the poller ends by itself.
     let mut died = None;
@@ -125,6 +101,30 @@ where
     trigger.fire();
     let _ = polling.await;
     Ok(())
+}
+
+/// Applies each reloaded configuration until the channel closes or the daemon stops.
+async fn apply_reloads(
+    mut reloads: mpsc::UnboundedReceiver<Config>,
+    shared: Arc<Shared>,
+    mut stop: shutdown::Shutdown,
+) {
+    loop {
+        let config = tokio::select! {
+            _ = stop.wait() => return,
+            next = reloads.recv() => match next {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        for change in shared.reload(config) {
+            warn!("reload: `{change}` needs a restart; ignored until then");
+        }
+        info!(
+            fingerprint = %shared.loaded().fingerprint,
+            "configuration reloaded; it applies from the next cycle"
+        );
+    }
 }
 
 fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {

@@ -8,25 +8,29 @@
 //! Layout, one concern per module (imports flow downwards in this list's reverse: a module
 //! uses only modules listed below it):
 //! - [`cli`]: the command line, flags and subcommands, and their conversion into settings;
-//! - [`daemon`]: one daemon's shared state and the entry point that runs it ([`run`]);
+//! - [`daemon`]: the entry point that runs one daemon's tasks ([`run`]);
 //! - [`poller`]: the cycle: observe, release, ask, vote, decide, publish, log transitions;
 //! - [`api`]: the routing table and what each endpoint answers, from the snapshot;
+//! - [`agent`]: the haproxy agent-check port, one line per connection, from the snapshot;
+//! - [`metrics`]: `/metrics` in the Prometheus text format, and the request counters;
 //! - [`server`]: connections, limits, protocol-level refusals and draining;
 //! - [`cluster`]: the `primgr cluster` operator view over every node's `/status`;
 //! - [`control`]: the drain flag (`primgr drain` / `undrain`), local to the node;
+//! - [`shared`]: what one daemon's tasks share (configuration in force, snapshot, votes), reload;
 //! - [`reads`]: the read rules (`/replica`, `/read-only`, `/readiness`, ...) and their parameters;
 //! - [`snapshot`]: what one cycle publishes, and the staleness and window rules of serving it;
-//! - [`decide`]: the verdict, a pure function of observations and held votes;
-//! - [`vote`]: vote leases: the voter's promise book, the candidate's ballot, releases; pure;
 //! - [`peers`]: peer addresses, the HTTP client, reading peers' answers, the bounded fan-out;
+//! - [`decide`]: the verdict, a pure function of observations and held votes;
 //! - [`db`]: the pool and the single query that observes the local database;
 //! - [`config`]: settings, defaults, validation with the key and line of every error;
+//! - [`vote`]: vote leases: the voter's promise book, the candidate's ballot, releases; pure;
 //! - [`conninfo`]: the host of a conninfo, and the conninfo with its password masked;
 //! - [`shutdown`]: signals and the stop token; [`notify`]: systemd readiness (sd_notify).
 //!
 //! [`run`] starts a whole daemon on an already bound listener and stops it when a future
 //! completes, so tests can run several daemons in one process (they share nothing).
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod cluster;
@@ -36,11 +40,13 @@ pub mod control;
 pub mod daemon;
 pub mod db;
 pub mod decide;
+pub mod metrics;
 pub mod notify;
 pub mod peers;
 pub mod poller;
 pub mod reads;
 pub mod server;
+pub mod shared;
 pub mod shutdown;
 pub mod snapshot;
 pub mod vote;

@@ -10,6 +10,9 @@ use hyper::Uri;
 use primgr::cli::{Cli, Command, Local};
 use primgr::control;
 use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Exit status for a bad configuration or command line (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -46,14 +49,20 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level)),
+    // RUST_LOG, when set, wins over `log_level` (and then a reload leaves the filter alone).
+    let from_env = std::env::var_os("RUST_LOG").is_some();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let (filter, log_filter) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let log_filter = (!from_env).then_some(log_filter);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -66,7 +75,49 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(cli, config, log_filter))
+}
+
+/// The handle that changes the log filter on a reload (None when RUST_LOG decides).
+type LogFilter =
+    Option<tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>>;
+
+/// On each SIGHUP, loads the configuration again (the same file, the same flags over it): a
+/// valid one goes to the daemon (and its `log_level` to the log filter), a bad one is logged
+/// with its key and line and changes nothing.
+fn watch_reloads(
+    mut hangups: tokio::signal::unix::Signal,
+    cli: Cli,
+    mut log_level: String,
+    log_filter: LogFilter,
+) -> tokio::sync::mpsc::UnboundedReceiver<primgr::Config> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            info!("SIGHUP received; reading the configuration again");
+            let config = match cli.load() {
+                Ok(c) => c,
+                Err(e) => {
+                    error!("reload refused, the running configuration stays: {e}");
+                    continue;
+                }
+            };
+            if let Some(handle) = log_filter
+                .as_ref()
+                .filter(|_| config.log_level != log_level)
+            {
+                match handle.reload(EnvFilter::new(&config.log_level)) {
+                    Ok(()) => info!("log_level is now {:?}", config.log_level),
+                    Err(e) => warn!("cannot change the log filter: {e}"),
+                }
+                log_level = config.log_level.clone();
+            }
+            if tx.send(config).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// A single-threaded runtime for a subcommand.
@@ -152,12 +203,34 @@ fn cluster(url: &Uri, timeout: Duration, json: bool) -> ExitCode {
     ExitCode::from(report.exit_code())
 }
 
-async fn serve(config: primgr::Config) -> ExitCode {
+async fn serve(cli: Cli, config: primgr::Config, log_filter: LogFilter) -> ExitCode {
     let listener = match primgr::server::bind(config.listen) {
         Ok(l) => l,
         Err(e) => {
             error!("cannot listen on {} (`listen`): {e}", config.listen);
             return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let agent = match config.agent_listen.map(primgr::server::bind).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            error!(
+                "cannot listen on {:?} (`agent_listen`): {e}",
+                config.agent_listen
+            );
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let reloads = match primgr::shutdown::hangups() {
+        Ok(hangups) => Some(watch_reloads(
+            hangups,
+            cli,
+            config.log_level.clone(),
+            log_filter,
+        )),
+        Err(e) => {
+            warn!("cannot watch for SIGHUP ({e}); reloads are off");
+            None
         }
     };
     info!(
@@ -194,6 +267,8 @@ async fn serve(config: primgr::Config) -> ExitCode {
     };
     let options = primgr::Options {
         on_ready,
+        agent,
+        reloads,
         ..primgr::Options::default()
     };
     match primgr::run_with(config, listener, shutdown, options).await {

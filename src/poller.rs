@@ -9,18 +9,18 @@
 //! without a usable address, a release. Each is logged once when it starts and once when it
 //! clears, never on every tick.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use hyper::Uri;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::daemon::Shared;
 use crate::db::{Db, DbError, DbObservation};
 use crate::decide::{self, State};
 use crate::peers::{ReleaseReply, VoteReply, fan_out, peer_url};
+use crate::shared::Shared;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{
     DbStatus, Drain, Member, PrimaryPosition, Replication, Snapshot, VoterReport,
@@ -51,6 +51,10 @@ pub struct Poller {
     receipt: Option<(String, Instant)>,
     /// When the previous cycle started.
     previous_start: Option<Instant>,
+    /// Vote requests that got no usable answer, by voter, since the start (`/metrics`).
+    voter_failures: Arc<BTreeMap<String, u64>>,
+    /// The settings the pool was built with: a reload that changes them rebuilds it.
+    db_settings: (String, u32, Duration),
 }
 
 /// What was last logged, so each change is logged once.
@@ -67,7 +71,15 @@ struct Transitions {
 
 impl Poller {
     pub fn new(shared: Arc<Shared>, db: Db, hook: Option<CycleHook>) -> Poller {
+        let config = shared.config();
+        let db_settings = (
+            config.conninfo.clone(),
+            config.max_connections_in_pool,
+            config.db_timeout,
+        );
         Poller {
+            voter_failures: Arc::default(),
+            db_settings,
             shared,
             db,
             members: Arc::new(Vec::new()),
@@ -109,6 +121,7 @@ impl Poller {
             hook(self.cycles);
         }
         let config = self.shared.config();
+        self.follow_reload(&config);
         let started = Instant::now();
         let started_wall = SystemTime::now();
         let observed = self.db.observe().await;
@@ -247,6 +260,7 @@ impl Poller {
             current_lsn: observed.as_ref().ok().and_then(|o| o.wal.current),
             replication,
             drained,
+            voter_failures: Arc::clone(&self.voter_failures),
         });
         self.previous_start = Some(started);
     }
@@ -388,6 +402,27 @@ impl Poller {
         drained
     }
 
+    /// Rebuilds the pool when a reload changed the conninfo, its size or `db_timeout`.
+    fn follow_reload(&mut self, config: &Config) {
+        let wanted = (
+            config.conninfo.clone(),
+            config.max_connections_in_pool,
+            config.db_timeout,
+        );
+        if wanted == self.db_settings {
+            return;
+        }
+        match Db::new(&wanted.0, wanted.1, wanted.2) {
+            Ok(db) => {
+                info!("reload: the database settings changed; new connections from now on");
+                self.db = db;
+                self.db_settings = wanted;
+            }
+            // Validated when loaded, so this does not happen; keep the old pool if it does.
+            Err(e) => warn!("reload: cannot use the new conninfo ({e}); keeping the old one"),
+        }
+    }
+
     /// The API address of a node, from the membership.
     fn url_of(&self, node: &str) -> Result<Uri, String> {
         self.members
@@ -494,6 +529,11 @@ impl Poller {
     fn log_voters(&mut self, voters: &[VoterReport]) {
         for v in voters {
             let failing = matches!(v.reply, VoteReply::Failed(_));
+            if failing {
+                *Arc::make_mut(&mut self.voter_failures)
+                    .entry(v.name.clone())
+                    .or_default() += 1;
+            }
             match (&v.reply, self.log.failing_voters.contains(&v.name)) {
                 (VoteReply::Failed(why), false) => {
                     warn!(voter = %v.name, "voter gives no answer: {why}");

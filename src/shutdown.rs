@@ -1,8 +1,9 @@
 //! Shutdown: the operating-system signals that end the daemon, and the token its tasks watch.
 //!
-//! Owns the rule "SIGTERM or SIGINT ends the daemon" and a small broadcast token so that the
-//! server and the poller of one daemon stop together without sharing anything with another
-//! daemon in the same process.
+//! Owns the rules "SIGTERM or SIGINT ends the daemon" and "SIGHUP asks for a reload" (the
+//! reload itself is [`crate::shared::Shared::reload`]), and a small broadcast token so that the
+//! tasks of one daemon stop together without sharing anything with another daemon in the same
+//! process.
 
 use tokio::sync::watch;
 
@@ -49,6 +50,11 @@ pub async fn signal() -> std::io::Result<&'static str> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     })
+}
+
+/// The stream of SIGHUPs (reload requests).
+pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! cycle and swaps it into the [`SnapshotStore`] (an `ArcSwap`); request handlers load it
 //! without locks or allocation. The bodies of `/state` are constants.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -178,6 +179,8 @@ pub struct Snapshot {
     pub replication: Option<Replication>,
     /// Set while an operator has drained this node.
     pub drained: Option<Drain>,
+    /// Vote requests that got no usable answer, by voter, since the daemon started.
+    pub voter_failures: Arc<BTreeMap<String, u64>>,
 }
 
 /// The body of `/state` for each state.
@@ -231,6 +234,7 @@ impl Snapshot {
             current_lsn: None,
             replication: None,
             drained: None,
+            voter_failures: Arc::default(),
         }
     }
 

@@ -1,0 +1,211 @@
+//! The haproxy agent-check port: one line per connection, from the snapshot.
+//!
+//! Owns the agent protocol and its limits. haproxy connects, sends its `agent-send` string
+//! (this agent reads `write` or `read`; anything else, or nothing within [`READ_TIMEOUT`],
+//! means `read`), reads one line and applies it at once, without `fall`/`rise`:
+//! - write pool: `up ready 100%` while `/state` answers 200, else `down #<state>: <reason>`;
+//! - read pool: `drain #...` for a drained node (haproxy stops sending it new connections);
+//!   `down #<reason>` unless the `/replica` rule holds with a known lag; otherwise
+//!   `up ready N%`, where N is 100 up to `agent_lag_soft` of replay lag, falls linearly to
+//!   10 at `agent_lag_hard`, and beyond that the answer is `down`. An unknown lag is `down`.
+//!
+//! Hostile input gets the HTTP port's treatment: at most [`MAX_CONNECTIONS`] at once (more
+//! are closed at once), at most [`MAX_REQUEST`] bytes read, a silent client waits at most
+//! [`READ_TIMEOUT`] and a client that does not read its answer at most [`WRITE_TIMEOUT`].
+//! No database traffic: the answer comes from the snapshot.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::config::{Config, format_size};
+use crate::decide::State;
+use crate::reads::{self, ReadQuery};
+use crate::shared::Shared;
+use crate::shutdown::Shutdown;
+use crate::snapshot::Snapshot;
+
+/// Most agent connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Longest `agent-send` string read; the rest is ignored.
+pub const MAX_REQUEST: usize = 64;
+/// How long to wait for the `agent-send` string before answering for the read pool.
+pub const READ_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long the answer may take to be written.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Which pool asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    Write,
+    Read,
+}
+
+impl Pool {
+    /// The pool an `agent-send` string names: `write`, else read.
+    pub fn from_request(text: &[u8]) -> Pool {
+        match String::from_utf8_lossy(text)
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "write" => Pool::Write,
+            _ => Pool::Read,
+        }
+    }
+}
+
+/// The agent's line for `pool` at `now` (with its newline).
+pub fn answer(s: &Snapshot, config: &Config, pool: Pool, now: Instant) -> String {
+    let line = match pool {
+        Pool::Write => match s.served_state(now) {
+            State::Primary => "up ready 100%".to_string(),
+            state => format!("down #{state}: {}", s.served_reason(now)),
+        },
+        Pool::Read => read_answer(s, config, now),
+    };
+    format!("{}\n", one_line(&line))
+}
+
+fn read_answer(s: &Snapshot, config: &Config, now: Instant) -> String {
+    if let Some(d) = &s.drained {
+        return format!("drain #drained: {}", d.reason);
+    }
+    if let Err(why) = reads::replica(s, &ReadQuery::default(), now) {
+        return format!("down #{why}");
+    }
+    let lag = match s.replication.as_ref().map(|r| r.lag()) {
+        Some(Ok(lag)) => lag,
+        Some(Err(why)) => return format!("down #lag unknown: {why}"),
+        None => return "down #no replication facts".into(),
+    };
+    match weight(lag, config.agent_lag_soft, config.agent_lag_hard) {
+        Some(w) => format!("up ready {w}%"),
+        None => format!(
+            "down #replay lag {} is above agent_lag_hard {}",
+            format_size(lag),
+            format_size(config.agent_lag_hard)
+        ),
+    }
+}
+
+/// The weight (percent) of a standby `lag` bytes behind: 100 up to `soft`, falling linearly to
+/// 10 at `hard`, None (down) beyond `hard`.
+pub fn weight(lag: u64, soft: u64, hard: u64) -> Option<u32> {
+    if lag <= soft {
+        return Some(100);
+    }
+    if lag > hard || hard <= soft {
+        return None;
+    }
+    let fraction = (lag - soft) as f64 / (hard - soft) as f64;
+    Some((100.0 - 90.0 * fraction).round().clamp(10.0, 100.0) as u32)
+}
+
+/// haproxy reads one line: control characters would end it early.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Serves the agent port until `shutdown` fires.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut refused_logged = false;
+    loop {
+        let mut stream = tokio::select! {
+            _ = shutdown.wait() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!("agent: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if !refused_logged {
+                warn!("agent: {MAX_CONNECTIONS} connections open; closing new ones until some end");
+                refused_logged = true;
+            }
+            continue;
+        };
+        refused_logged = false;
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let mut request = [0u8; MAX_REQUEST];
+            let read =
+                tokio::time::timeout(READ_TIMEOUT, read_line(&mut stream, &mut request)).await;
+            let pool = match read {
+                Ok(Ok(n)) => Pool::from_request(&request[..n]),
+                _ => Pool::Read,
+            };
+            let now = Instant::now();
+            let line = answer(&shared.store.peek(), &shared.config(), pool, now);
+            let write = async {
+                stream.write_all(line.as_bytes()).await?;
+                stream.shutdown().await
+            };
+            if let Err(e) = tokio::time::timeout(WRITE_TIMEOUT, write)
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            {
+                debug!("agent: answer not delivered: {e}");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Reads until a newline, the end of the stream or a full buffer; the bytes read.
+async fn read_line(stream: &mut tokio::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let got = stream.read(&mut buf[n..]).await?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+        if buf[..n].contains(&b'\n') {
+            break;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_fall_between_the_bounds() {
+        let (soft, hard) = (1 << 20, 16 << 20);
+        assert_eq!(weight(0, soft, hard), Some(100));
+        assert_eq!(weight(soft, soft, hard), Some(100));
+        assert_eq!(weight(soft + (hard - soft) / 2, soft, hard), Some(55));
+        assert_eq!(weight(hard, soft, hard), Some(10));
+        assert_eq!(weight(hard + 1, soft, hard), None);
+        // Monotone: more lag never gets more weight.
+        let mut last = 100;
+        for lag in (0..=hard).step_by(1 << 16) {
+            let w = weight(lag, soft, hard).unwrap();
+            assert!(w <= last, "{lag}");
+            last = w;
+        }
+    }
+
+    #[test]
+    fn the_pool_comes_from_agent_send() {
+        assert_eq!(Pool::from_request(b"write\n"), Pool::Write);
+        assert_eq!(Pool::from_request(b"WRITE"), Pool::Write);
+        for other in [&b"read\n"[..], b"", b"writ", b"\xff\xfe", b"write please"] {
+            assert_eq!(Pool::from_request(other), Pool::Read, "{other:?}");
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! `/metrics`: the Prometheus text format (version 0.0.4), rendered from the snapshot.
+//!
+//! Owns the metric names and what they mean, and the request counters they read
+//! ([`RequestCounters`], one relaxed atomic increment per request). No database traffic: a
+//! scrape reads the snapshot and the counters like any health check. For teams without
+//! Prometheus, `/status` says the same in JSON.
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `primgr_state{state}` | gauge | 1 for the state `/state` answers now, 0 for the others |
+//! | `primgr_votes` / `primgr_votes_needed` | gauge | votes counting toward a 200 now / a majority of the site |
+//! | `primgr_cycle_duration_seconds` | gauge | how long the last poll cycle took |
+//! | `primgr_snapshot_age_seconds` | gauge | age of the poll result served |
+//! | `primgr_database_up` | gauge | 1 when the last cycle observed the local database |
+//! | `primgr_replication_lag_bytes` | gauge | a standby's replay lag (absent when unknown) |
+//! | `primgr_replication_lag_known` | gauge | 1 when a standby's lag is known |
+//! | `primgr_drained` | gauge | 1 while an operator has drained the node |
+//! | `primgr_voter_failures_total{voter}` | counter | vote requests that got no usable answer |
+//! | `primgr_http_requests_total{endpoint,code}` | counter | requests answered |
+//! | `primgr_config_loaded_timestamp_seconds` | gauge | when the configuration in force was loaded (wall clock) |
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use crate::decide::State;
+use crate::snapshot::Snapshot;
+
+/// The codes counted per endpoint (anything else counts as `other`).
+const CODES: [u16; 10] = [200, 202, 400, 404, 405, 409, 413, 500, 503, 509];
+
+/// Requests answered, by endpoint and status code.
+#[derive(Debug)]
+pub struct RequestCounters {
+    endpoints: &'static [&'static str],
+    counts: Vec<[AtomicU64; CODES.len() + 1]>,
+}
+
+impl RequestCounters {
+    /// Counters for these endpoint names (indexed as given).
+    pub fn new(endpoints: &'static [&'static str]) -> RequestCounters {
+        RequestCounters {
+            endpoints,
+            counts: endpoints
+                .iter()
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+
+    /// Counts one request of endpoint `index` answered with `code`.
+    pub fn count(&self, index: usize, code: u16) {
+        let slot = CODES.iter().position(|c| *c == code).unwrap_or(CODES.len());
+        if let Some(row) = self.counts.get(index) {
+            row[slot].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every non-zero count: (endpoint, code, count).
+    pub fn snapshot(&self) -> Vec<(&'static str, String, u64)> {
+        let mut out = Vec::new();
+        for (name, row) in self.endpoints.iter().zip(&self.counts) {
+            for (slot, n) in row.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    let code = CODES.get(slot).map_or("other".into(), |c| c.to_string());
+                    out.push((*name, code, n));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What `/metrics` shows besides the snapshot.
+pub struct Extra<'a> {
+    pub requests: Vec<(&'static str, String, u64)>,
+    pub voter_failures: &'a BTreeMap<String, u64>,
+    pub config_loaded: SystemTime,
+}
+
+/// The exposition text.
+pub fn render(s: &Snapshot, extra: &Extra<'_>, now: Instant) -> String {
+    let mut out = String::with_capacity(2048);
+    let served = s.served_state(now);
+    family(
+        &mut out,
+        "primgr_state",
+        "gauge",
+        "1 for the state /state answers now.",
+    );
+    for state in State::ALL {
+        let v = u8::from(state == served);
+        let _ = writeln!(out, "primgr_state{{state=\"{}\"}} {v}", state.name());
+    }
+    gauge(
+        &mut out,
+        "primgr_votes",
+        "Votes counting toward a 200 now.",
+        s.ballot.counting(now) as f64,
+    );
+    gauge(
+        &mut out,
+        "primgr_votes_needed",
+        "A majority of the site (0 when not a candidate).",
+        s.ballot.needed as f64,
+    );
+    gauge(
+        &mut out,
+        "primgr_cycle_duration_seconds",
+        "How long the last poll cycle took.",
+        s.cycle_time.as_secs_f64(),
+    );
+    if let Some(age) = s.age(now) {
+        gauge(
+            &mut out,
+            "primgr_snapshot_age_seconds",
+            "Age of the poll result served.",
+            age.as_secs_f64(),
+        );
+    }
+    gauge(
+        &mut out,
+        "primgr_database_up",
+        "1 when the last cycle observed the local database.",
+        f64::from(u8::from(s.db.reachable)),
+    );
+    if let Some(r) = &s.replication {
+        let lag = r.lag();
+        if let Ok(bytes) = lag {
+            gauge(
+                &mut out,
+                "primgr_replication_lag_bytes",
+                "Replay lag behind the primary (standbys).",
+                bytes as f64,
+            );
+        }
+        gauge(
+            &mut out,
+            "primgr_replication_lag_known",
+            "1 when the replay lag is known (standbys).",
+            f64::from(u8::from(lag.is_ok())),
+        );
+    }
+    gauge(
+        &mut out,
+        "primgr_drained",
+        "1 while an operator has drained this node.",
+        f64::from(u8::from(s.drained.is_some())),
+    );
+    family(
+        &mut out,
+        "primgr_voter_failures_total",
+        "counter",
+        "Vote requests that got no usable answer.",
+    );
+    for (voter, n) in extra.voter_failures {
+        let _ = writeln!(
+            out,
+            "primgr_voter_failures_total{{voter=\"{}\"}} {n}",
+            label(voter)
+        );
+    }
+    family(
+        &mut out,
+        "primgr_http_requests_total",
+        "counter",
+        "HTTP requests answered.",
+    );
+    for (endpoint, code, n) in &extra.requests {
+        let _ = writeln!(
+            out,
+            "primgr_http_requests_total{{endpoint=\"{endpoint}\",code=\"{code}\"}} {n}"
+        );
+    }
+    let loaded = extra
+        .config_loaded
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    gauge(
+        &mut out,
+        "primgr_config_loaded_timestamp_seconds",
+        "When the configuration in force was loaded.",
+        loaded,
+    );
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    family(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn label(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_count_by_endpoint_and_code() {
+        let c = RequestCounters::new(&["/state", "/status"]);
+        for _ in 0..3 {
+            c.count(0, 200);
+        }
+        c.count(0, 509);
+        c.count(1, 418);
+        c.count(7, 200); // no such endpoint: ignored
+        assert_eq!(
+            c.snapshot(),
+            [
+                ("/state", "200".to_string(), 3),
+                ("/state", "509".to_string(), 1),
+                ("/status", "other".to_string(), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
