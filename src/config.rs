@@ -414,7 +414,9 @@ impl Settings {
         };
         let listen = v.or(self.listen, "listen", DEFAULT_LISTEN, parse_addr)?;
         let conninfo = v.or(self.conninfo, "conninfo", DEFAULT_CONNINFO, |t| {
-            t.parse::<tokio_postgres::Config>()
+            conninfo::take_passfile(t)
+                .0
+                .parse::<tokio_postgres::Config>()
                 .map(|_| t.to_string())
                 .map_err(|e| format!("not a valid conninfo: {e}"))
         })?;
@@ -696,8 +698,9 @@ fn span<T>(v: &Option<Spanned<T>>) -> std::ops::Range<usize> {
     v.as_ref().map(|v| v.span()).unwrap_or(0..0)
 }
 
+/// A duration for messages, to the millisecond.
 fn fmt_d(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
 }
 
 fn parse_addr(t: &str) -> Result<SocketAddr, String> {

@@ -2,9 +2,13 @@
 //! `repmgr.nodes`), in key=value or URI form.
 //!
 //! Owns what primgr takes from them and what it shows of them: the network host of a node (the
-//! default address of its daemon) and the text with any password masked, which is all that
-//! `/status`, `primgr cluster`, the logs and `--check-config` ever show. A `passfile` is shown
-//! as the path it is; primgr never opens it (libpq-style authentication is the driver's business).
+//! default address of its daemon), the text with any password masked (all that `/status`,
+//! `primgr cluster`, the logs and `--check-config` ever show), and libpq's `passfile`, which
+//! the driver does not read: primgr takes it out of the conninfo and looks the password up in
+//! it the way libpq does ([`pgpass_lookup`]). A passfile is shown as the path it is; its
+//! contents never leave [`crate::db`].
+
+use std::path::PathBuf;
 
 use tokio_postgres::config::Host;
 
@@ -24,20 +28,111 @@ pub fn host(conninfo: &str) -> Result<String, String> {
 
 /// A conninfo with any password replaced by `***` (key=value and URI forms).
 pub fn redact(conninfo: &str) -> String {
-    let trimmed = conninfo.trim_start();
-    if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
-        return redact_uri(trimmed);
-    }
-    redact_key_value(conninfo)
+    rewrite(conninfo, |key, value| {
+        match key.eq_ignore_ascii_case("password") {
+            true => Some("***".into()),
+            false => Some(value.to_string()),
+        }
+    })
 }
 
-fn redact_uri(uri: &str) -> String {
+/// The conninfo without its `passfile` setting (which the driver does not read), and that
+/// setting's path.
+pub fn take_passfile(conninfo: &str) -> (String, Option<PathBuf>) {
+    let mut passfile = None;
+    let rest = rewrite(conninfo, |key, value| {
+        if key == "passfile" {
+            passfile = Some(PathBuf::from(unquote(value)));
+            None
+        } else {
+            Some(value.to_string())
+        }
+    });
+    (rest, passfile)
+}
+
+/// The password a libpq password file gives for a connection, as libpq reads it: the first
+/// line `hostname:port:database:username:password` whose fields match (`*` matches anything,
+/// `\:` and `\\` are escapes, `#` starts a comment). A socket connection matches the host
+/// `localhost`.
+pub fn pgpass_lookup(
+    text: &str,
+    host: &str,
+    port: u16,
+    dbname: &str,
+    user: &str,
+) -> Option<String> {
+    let port = port.to_string();
+    let wanted = [host, port.as_str(), dbname, user];
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|line| {
+            let fields = split_pgpass(line);
+            (fields.len() == 5).then_some(fields)
+        })
+        .find(|f| {
+            f[..4]
+                .iter()
+                .zip(wanted)
+                .all(|(have, want)| have == "*" || have == want)
+        })
+        .map(|mut f| f.swap_remove(4))
+}
+
+/// The fields of a password file line (`:` separates, `\` escapes).
+fn split_pgpass(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => field.extend(chars.next()),
+            ':' if fields.len() < 4 => fields.push(std::mem::take(&mut field)),
+            c => field.push(c),
+        }
+    }
+    fields.push(field);
+    fields
+}
+
+/// The value of a key=value pair as libpq reads it: quotes removed, escapes resolved.
+fn unquote(raw: &str) -> String {
+    let inner = raw
+        .strip_prefix('\'')
+        .and_then(|r| r.strip_suffix('\''))
+        .unwrap_or(raw);
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Rewrites a conninfo pair by pair: `f(key, value)` returns the new value (as it is
+/// written, quotes included), or None to drop the pair. Both forms keep everything else as
+/// written.
+fn rewrite(conninfo: &str, f: impl FnMut(&str, &str) -> Option<String>) -> String {
+    let trimmed = conninfo.trim_start();
+    if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
+        return rewrite_uri(trimmed, f);
+    }
+    rewrite_key_value(conninfo, f)
+}
+
+fn rewrite_uri(uri: &str, mut f: impl FnMut(&str, &str) -> Option<String>) -> String {
     let (scheme, rest) = uri.split_once("://").unwrap_or(("", uri));
     let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(auth_end);
     let authority = match authority.rsplit_once('@') {
         Some((userinfo, hosts)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{hosts}"),
+            Some((user, password)) => match f("password", password) {
+                Some(p) => format!("{user}:{p}@{hosts}"),
+                None => format!("{user}@{hosts}"),
+            },
             None => authority.to_string(),
         },
         None => authority.to_string(),
@@ -46,25 +141,30 @@ fn redact_uri(uri: &str) -> String {
         Some((path, query)) => {
             let query: Vec<String> = query
                 .split('&')
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => kv.to_string(),
+                .filter_map(|kv| match kv.split_once('=') {
+                    Some((k, v)) => f(k, v).map(|v| format!("{k}={v}")),
+                    None => Some(kv.to_string()),
                 })
                 .collect();
-            format!("{path}?{}", query.join("&"))
+            if query.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{}", query.join("&"))
+            }
         }
         None => tail.to_string(),
     };
     format!("{scheme}://{authority}{tail}")
 }
 
-/// Walks key=value pairs with libpq's quoting rules and masks the value of `password`.
-fn redact_key_value(conninfo: &str) -> String {
+/// Walks key=value pairs with libpq's quoting rules.
+fn rewrite_key_value(conninfo: &str, mut f: impl FnMut(&str, &str) -> Option<String>) -> String {
     let mut out = String::with_capacity(conninfo.len());
     let mut chars = conninfo.chars().peekable();
     loop {
+        let mut space = String::new();
         while let Some(c) = chars.peek().copied().filter(|c| c.is_whitespace()) {
-            out.push(c);
+            space.push(c);
             chars.next();
         }
         let mut key = String::new();
@@ -77,22 +177,24 @@ fn redact_key_value(conninfo: &str) -> String {
             chars.next();
         }
         if key.is_empty() && chars.peek().is_none() {
+            out.push_str(&space);
             break;
         }
-        out.push_str(&key);
+        let mut pair = format!("{space}{key}");
         while let Some(c) = chars.peek().copied().filter(|c| c.is_whitespace()) {
-            out.push(c);
+            pair.push(c);
             chars.next();
         }
         if chars.peek() != Some(&'=') {
             // Not a key=value pair; copy the rest as it is.
+            out.push_str(&pair);
             out.extend(chars);
             break;
         }
-        out.push('=');
+        pair.push('=');
         chars.next();
         while let Some(c) = chars.peek().copied().filter(|c| c.is_whitespace()) {
-            out.push(c);
+            pair.push(c);
             chars.next();
         }
         let mut value = String::new();
@@ -102,11 +204,7 @@ fn redact_key_value(conninfo: &str) -> String {
             while let Some(c) = chars.next() {
                 value.push(c);
                 match c {
-                    '\\' => {
-                        if let Some(n) = chars.next() {
-                            value.push(n);
-                        }
-                    }
+                    '\\' => value.extend(chars.next()),
                     '\'' => break,
                     _ => {}
                 }
@@ -116,16 +214,13 @@ fn redact_key_value(conninfo: &str) -> String {
                 value.push(c);
                 chars.next();
                 if c == '\\' {
-                    if let Some(n) = chars.next() {
-                        value.push(n);
-                    }
+                    value.extend(chars.next());
                 }
             }
         }
-        if key.eq_ignore_ascii_case("password") {
-            out.push_str("***");
-        } else {
-            out.push_str(&value);
+        if let Some(v) = f(&key, &value) {
+            out.push_str(&pair);
+            out.push_str(&v);
         }
     }
     out
@@ -134,6 +229,54 @@ fn redact_key_value(conninfo: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_passfile_is_taken_out_of_both_forms() {
+        assert_eq!(
+            take_passfile("host=db passfile='/etc/primgr/my pgpass' user=u"),
+            (
+                "host=db user=u".to_string(),
+                Some(PathBuf::from("/etc/primgr/my pgpass"))
+            )
+        );
+        assert_eq!(
+            take_passfile("postgresql://u@db/repmgr?passfile=/p&sslmode=disable"),
+            (
+                "postgresql://u@db/repmgr?sslmode=disable".to_string(),
+                Some(PathBuf::from("/p"))
+            )
+        );
+        assert_eq!(
+            take_passfile("postgresql://u@db/repmgr?passfile=/p").0,
+            "postgresql://u@db/repmgr"
+        );
+        assert_eq!(take_passfile("host=db"), ("host=db".to_string(), None));
+    }
+
+    #[test]
+    fn pgpass_lines_match_like_libpq() {
+        let file = "# comment\n\
+                    other:5432:repmgr:primgr:wrong\n\
+                    db:5433:*:primgr:wrong-port\n\
+                    db:*:repmgr:primgr:p\\:a\\\\ss\n\
+                    *:*:*:*:fallback\n";
+        assert_eq!(
+            pgpass_lookup(file, "db", 5432, "repmgr", "primgr").as_deref(),
+            Some("p:a\\ss")
+        );
+        assert_eq!(
+            pgpass_lookup(file, "db", 5433, "x", "primgr").as_deref(),
+            Some("wrong-port")
+        );
+        assert_eq!(
+            pgpass_lookup(file, "zz", 1, "x", "y").as_deref(),
+            Some("fallback")
+        );
+        assert_eq!(
+            pgpass_lookup("db:5432:repmgr:primgr\n", "db", 5432, "repmgr", "primgr"),
+            None
+        );
+    }
 
     #[test]
     fn host_from_key_value_conninfo() {

@@ -256,9 +256,15 @@ impl Db {
     /// on the server (`statement_timeout`), so that a query outliving its caller is cancelled
     /// by the server as well.
     pub fn new(conninfo: &str, pool_size: u32, timeout: Duration) -> Result<Db, DbError> {
+        let (conninfo, passfile) = crate::conninfo::take_passfile(conninfo);
         let mut config: PgConfig = conninfo
             .parse()
             .map_err(|e| DbError::Connect(format!("bad conninfo: {e}")))?;
+        if let Some(path) = passfile.filter(|_| config.get_password().is_none()) {
+            if let Some(password) = password_from(&path, &config)? {
+                config.password(password);
+            }
+        }
         if config.get_application_name().is_none() {
             config.application_name("primgr");
         }
@@ -369,6 +375,32 @@ impl Db {
         })?;
         parse_rows(&rows).map_err(Retry::Final)
     }
+}
+
+/// The password `passfile` gives for this connection, as libpq would read it. Like libpq, a
+/// file that others may read is refused (here with an error, since a daemon has no terminal to
+/// warn on).
+fn password_from(path: &std::path::Path, config: &PgConfig) -> Result<Option<String>, DbError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bad = |why: String| DbError::Connect(format!("passfile {}: {why}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(bad(
+            "group or others may read it; chmod 0600 it, as libpq requires".into(),
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        // A socket connection matches "localhost", as in libpq.
+        _ => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or_default();
+    let dbname = config.get_dbname().unwrap_or(user);
+    Ok(crate::conninfo::pgpass_lookup(
+        &text, &host, port, dbname, user,
+    ))
 }
 
 enum Retry {
@@ -502,6 +534,36 @@ mod tests {
                 t0.elapsed()
             );
         }
+    }
+
+    /// A passfile gives the password of the matching line, is refused when others may read
+    /// it, and a missing one is an error that names it.
+    #[tokio::test]
+    async fn the_passfile_gives_the_password() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = std::env::temp_dir().join(format!("primgr-db-pgpass-{}", std::process::id()));
+        std::fs::write(&path, "db:5432:repmgr:primgr:s3cret\n").unwrap();
+        let config: PgConfig = "host=db user=primgr dbname=repmgr".parse().unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = password_from(&path, &config).unwrap_err().to_string();
+        assert!(e.contains("chmod 0600"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            password_from(&path, &config).unwrap().as_deref(),
+            Some("s3cret")
+        );
+        let other: PgConfig = "host=elsewhere user=primgr dbname=repmgr".parse().unwrap();
+        assert_eq!(password_from(&path, &other).unwrap(), None);
+        let conninfo = format!(
+            "host=db user=primgr dbname=repmgr passfile={}",
+            path.display()
+        );
+        assert!(Db::new(&conninfo, 1, Duration::from_secs(1)).is_ok());
+        std::fs::remove_file(&path).unwrap();
+        let e = Db::new(&conninfo, 1, Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("passfile"), "{e}");
     }
 
     #[test]
