@@ -9,17 +9,20 @@
 -- (or the USAGE) primgr reports Down with "permission denied ..." in /status and keeps serving.
 --
 -- Run once, on the primary, in the repmgr database, as a superuser (roles and grants
--- replicate to every standby); running it again is harmless:
---   psql -d repmgr -v ON_ERROR_STOP=1 -f least-privilege.sql
+-- replicate to every standby); running it again is harmless. The package installs this file
+-- as /usr/share/doc/primgr/least-privilege.sql:
+--   psql -d repmgr -v ON_ERROR_STOP=1 -f /usr/share/doc/primgr/least-privilege.sql
 -- Run it again after `ALTER EXTENSION repmgr UPDATE` in case the upgrade recreated the table.
 -- If the repmgr database has another name, change it in GRANT CONNECT below.
 --
--- Then let the role in, in pg_hba.conf of EVERY node (before the broader repmgr lines), e.g.
---   host   repmgr  primgr  10.0.0.0/24  scram-sha-256     -- TCP, with a password, or
---   local  repmgr  primgr               peer map=primgr   -- unix socket, with pg_ident.conf:
---                                                         --   primgr  postgres  primgr
--- and use it in primgr.toml:
---   conninfo = "host=/var/run/postgresql dbname=repmgr user=primgr application_name=primgr"
+-- Then let the service's OS user `primgr` (the unit's User=) in as this role, in pg_hba.conf
+-- of EVERY node (before the broader repmgr lines), one of (README, "Installation"):
+--   local  repmgr  primgr                peer map=primgr   -- unix socket, with pg_ident.conf:
+--                                                          --   primgr  primgr  primgr
+--     conninfo = "host=/var/run/postgresql dbname=repmgr user=primgr application_name=primgr"
+--   host   repmgr  primgr  127.0.0.1/32  scram-sha-256     -- TCP, with the password below:
+--     conninfo = "host=127.0.0.1 dbname=repmgr user=primgr password=... application_name=primgr"
+-- contrib/package-test runs this very file and both ways against a scratch PostgreSQL 15.
 
 DO $$
 BEGIN
@@ -35,8 +38,8 @@ ALTER ROLE primgr LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPA
     CONNECTION LIMIT 5;
 -- Belt and braces: any transaction of this role is read-only.
 ALTER ROLE primgr SET default_transaction_read_only = on;
--- For a TCP conninfo with scram-sha-256, set a password (and put it in the conninfo or in
--- ~postgres/.pgpass):
+-- For a TCP conninfo with scram-sha-256, set a password and put it in the conninfo of
+-- /etc/primgr/primgr.toml (0640 root:primgr; primgr's driver reads no .pgpass or passfile):
 --   \password primgr
 
 GRANT CONNECT ON DATABASE repmgr TO primgr;
