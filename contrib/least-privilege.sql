@@ -1,11 +1,16 @@
 -- A least-privilege database role for primgr.
 --
 -- primgr runs one statement per poll cycle (OBSERVE_SQL in src/db.rs):
---   SELECT pg_is_in_recovery(), and node_id, node_name, type, active, location, conninfo
---   FROM repmgr.nodes
--- pg_is_in_recovery() may be executed by PUBLIC, so the role needs exactly:
---   LOGIN, CONNECT on the repmgr database, USAGE on schema repmgr, SELECT on repmgr.nodes.
--- Not superuser, not REPLICATION, not pg_monitor, no write access anywhere. Without the SELECT
+--   SELECT pg_is_in_recovery(), the WAL positions (pg_current_wal_lsn(),
+--   pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), pg_is_wal_replay_paused(),
+--   pg_last_xact_replay_timestamp()), the WAL receiver (pg_stat_wal_receiver), and
+--   node_id, node_name, type, active, location, conninfo
+--   FROM repmgr.nodes,
+-- and opens one short-lived connection per cycle besides (a new client can still connect).
+-- The functions may be executed by PUBLIC, so the role needs exactly:
+--   LOGIN, CONNECT on the repmgr database, USAGE on schema repmgr, SELECT on repmgr.nodes,
+--   and membership in pg_read_all_stats for the WAL receiver's details (see below).
+-- Not superuser, not REPLICATION, no write access anywhere. Without the SELECT
 -- (or the USAGE) primgr reports Down with "permission denied ..." in /status and keeps serving.
 --
 -- Run once, on the primary, in the repmgr database, as a superuser (roles and grants
@@ -45,5 +50,11 @@ ALTER ROLE primgr SET default_transaction_read_only = on;
 GRANT CONNECT ON DATABASE repmgr TO primgr;
 GRANT USAGE ON SCHEMA repmgr TO primgr;
 GRANT SELECT ON repmgr.nodes TO primgr;
+-- The WAL receiver's state and upstream (replication_state=streaming, /readiness, the lag
+-- from the receiver) are visible only to members of pg_read_all_stats; without it every
+-- replication_state check of a standby fails (its state reads "unknown") and the lag comes
+-- from the primary's daemon alone. pg_read_all_stats also shows other sessions' queries in
+-- pg_stat_activity: leave this line out if that matters more to you than those checks.
+GRANT pg_read_all_stats TO primgr;
 -- Tighter alternative to the line above, naming only the columns primgr reads:
 --   GRANT SELECT (node_id, node_name, type, active, location, conninfo) ON repmgr.nodes TO primgr;

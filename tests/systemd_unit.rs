@@ -17,10 +17,6 @@ const UNIT_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/primgr.ser
 /// Where the package installs the binary (`[package.metadata.deb]` assets in Cargo.toml).
 const INSTALLED_BINARY: &str = "/usr/bin/primgr";
 
-/// The haproxy agent-check listener's connection cap (`agent_listen`, off by default). Used
-/// while the source has no such constant yet; a `const` whose name holds AGENT and
-/// CONNECTIONS in `src/` replaces it (see [`agent_connection_cap`]).
-const AGENT_CONNECTIONS_PLANNED: usize = 256;
 /// Largest pool `max_connections_in_pool` accepts (config.rs validates 1..=100).
 const POOL_MAX: usize = 100;
 /// Peer connections: a few per peer (the poller's vote and a shared `/realPrimary` fan-out at
@@ -141,40 +137,6 @@ fn remove_ipc_only_with_a_dedicated_user() {
     }
 }
 
-/// The connection cap of the agent-check listener: a `const ...: usize = N;` in `src/` whose
-/// name holds both AGENT and CONNECTIONS, or the planned 256 while there is none.
-fn agent_connection_cap() -> usize {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut found = None;
-    for entry in std::fs::read_dir(&src).expect("read src/") {
-        let path = entry.expect("dir entry").path();
-        if path.extension().is_none_or(|e| e != "rs") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).expect("read source");
-        for line in text.lines() {
-            let Some(rest) = line.trim().split("const ").nth(1) else {
-                continue;
-            };
-            let Some((name, rest)) = rest.split_once(':') else {
-                continue;
-            };
-            if !(name.contains("AGENT") && name.contains("CONNECTIONS")) {
-                continue;
-            }
-            let Some(value) = rest.split_once('=').map(|(_, v)| v.trim_end_matches(';')) else {
-                continue;
-            };
-            let n: usize =
-                value.trim().replace('_', "").parse().unwrap_or_else(|_| {
-                    panic!("{}: {name} = {value}: not a number", path.display())
-                });
-            found = Some(n);
-        }
-    }
-    found.unwrap_or(AGENT_CONNECTIONS_PLANNED)
-}
-
 /// The soft limit a `LimitNOFILE=` value sets (`soft:hard` or one value for both).
 fn soft_limit(value: &str) -> usize {
     let soft = value.split(':').next().unwrap_or(value);
@@ -188,7 +150,7 @@ fn soft_limit(value: &str) -> usize {
 /// What the connection caps add up to, with the reason for each part.
 fn descriptors_needed() -> usize {
     primgr::server::MAX_CONNECTIONS
-        + agent_connection_cap()
+        + primgr::agent::MAX_CONNECTIONS
         + POOL_MAX
         + PEER_CONNECTIONS
         + RUNTIME_FDS
@@ -204,7 +166,7 @@ fn file_descriptor_limit_covers_every_connection_cap() {
         "LimitNOFILE={limit} < {needed} = {} HTTP + {} agent + {POOL_MAX} pool + \
          {PEER_CONNECTIONS} peer + {RUNTIME_FDS} runtime descriptors",
         primgr::server::MAX_CONNECTIONS,
-        agent_connection_cap()
+        primgr::agent::MAX_CONNECTIONS
     );
 }
 
