@@ -82,8 +82,12 @@ const CASES: &[Case] = &[
     },
 ];
 
-fn listen(i: usize) -> SocketAddr {
-    SocketAddr::from(([127, 0, SUBNET, 101 + i as u8], 5999))
+/// Where the daemon of case `i` listens: `127.0.<lab subnet>.<101 + i>:5999`.
+fn listen(lab: &Lab, i: usize) -> SocketAddr {
+    SocketAddr::from((
+        [127, 0, lab.subnet(), 101 + i as u8],
+        primgr_lab::DAEMON_PORT,
+    ))
 }
 
 async fn status(addr: SocketAddr) -> (u16, Value) {
@@ -123,7 +127,7 @@ async fn bad_credentials_schema_and_node_name_keep_the_daemon_up_and_say_why_onc
             case.user, case.dbname
         );
         daemons.push(Primgr::spawn(
-            listen(i),
+            listen(&lab, i),
             &[
                 "--node-name",
                 case.node_name,
@@ -149,7 +153,7 @@ async fn bad_credentials_schema_and_node_name_keep_the_daemon_up_and_say_why_onc
     let mut cycles: Vec<std::collections::BTreeSet<String>> = vec![Default::default(); CASES.len()];
     while t0.elapsed() < OBSERVE_FOR {
         for (i, case) in CASES.iter().enumerate() {
-            let (code, s) = status(listen(i)).await;
+            let (code, s) = status(listen(&lab, i)).await;
             if s["observed_at"].is_null() {
                 continue; // still starting
             }
@@ -168,7 +172,7 @@ async fn bad_credentials_schema_and_node_name_keep_the_daemon_up_and_say_why_onc
             case.name,
             d.log_text()
         );
-        let (code, s) = status(listen(i)).await;
+        let (code, s) = status(listen(&lab, i)).await;
         let reason = s["reason"].as_str().unwrap_or_default().to_string();
         println!(
             "{:<32} {code:>5} {:>7}  {reason}",
@@ -248,7 +252,7 @@ async fn bad_credentials_schema_and_node_name_keep_the_daemon_up_and_say_why_onc
         .iter()
         .position(|c| c.user == "primgr_nologin")
         .expect("case");
-    let addr = listen(nologin);
+    let addr = listen(&lab, nologin);
     lab.psql_db("node1", "postgres", "ALTER ROLE primgr_nologin LOGIN")
         .await
         .expect("alter role");

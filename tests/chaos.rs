@@ -601,8 +601,9 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
     // The control: one more primgr, outside the cluster (its database is a closed port), that
     // no fault touches. When it is as slow as a node in the same round of samples, the machine
     // (or the sampler) stalled, not that node's daemon.
-    let control_addr = SocketAddr::from(([127, 0, SUBNET, 99], 5999));
-    let control_conninfo = format!("host=127.0.{SUBNET}.99 port=1 dbname=repmgr user=repmgr");
+    let control_ip = std::net::Ipv4Addr::new(127, 0, lab.subnet(), 99);
+    let control_addr = SocketAddr::from((control_ip, primgr_lab::DAEMON_PORT));
+    let control_conninfo = format!("host={control_ip} port=1 dbname=repmgr user=repmgr");
     let mut control_args = vec!["--node-name", "control", "--conninfo", &control_conninfo];
     control_args.extend(daemon_args.iter().map(String::as_str));
     let mut control = Primgr::spawn(

@@ -20,8 +20,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-/// Lab subnet 51 is this file's: the daemon listens on 127.0.51.11.
-const LISTEN: &str = "127.0.51.11:5999";
+/// Lab subnet 51 is this file's: the daemon listens on node1's address of that subnet,
+/// 127.0.51.11:5999 (shifted by `PRIMGR_LAB_SUBNET_SHIFT`, see `primgr_lab::lab_subnet`).
+const SUBNET: u8 = 51;
 /// How long a hostile request may take to be answered or dropped.
 const ANSWER_WITHIN: Duration = Duration::from_secs(3);
 /// Slack over `IDLE_TIMEOUT` for an idle connection to be closed on a loaded machine.
@@ -404,7 +405,9 @@ async fn storm_client(addr: SocketAddr, kind: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_answering() {
-    let addr: SocketAddr = LISTEN.parse().expect("address");
+    let host = primgr_lab::node_address(primgr_lab::lab_subnet(SUBNET).expect("subnet"), 1);
+    let addr = SocketAddr::from((host, primgr_lab::DAEMON_PORT));
+    let conninfo = format!("host={host} port=1 dbname=repmgr user=repmgr connect_timeout=1");
     let dir = scratch_dir("hostile-http");
     let mut daemon = Primgr::spawn(
         addr,
@@ -412,7 +415,7 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_a
             "--node-name",
             "n1",
             "--conninfo",
-            "host=127.0.51.11 port=1 dbname=repmgr user=repmgr connect_timeout=1",
+            &conninfo,
             "--interval",
             "500ms",
         ],

@@ -283,23 +283,18 @@ async fn cluster_command_through_failover_split_brain_and_stopped_daemons() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_command_with_nothing_listening_exits_2() {
-    // An address of this test's subnet where no daemon runs.
-    let (code, out, err) = primgr(&["cluster", "--url", "http://127.0.71.250:5999"]).await;
+    // An address of this test's subnet (71, shifted like every lab subnet) where no daemon
+    // runs.
+    let subnet = primgr_lab::lab_subnet(71).expect("subnet");
+    let nobody = std::net::SocketAddr::from(([127, 0, subnet, 250], primgr_lab::DAEMON_PORT));
+    let url = format!("http://{nobody}");
+    let (code, out, err) = primgr(&["cluster", "--url", &url]).await;
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.is_empty(), "nothing on stdout: {out}");
-    assert!(
-        err.contains("cannot ask http://127.0.71.250:5999/"),
-        "{err}"
-    );
-    let (code, out, err) = primgr(&[
-        "cluster",
-        "--url",
-        "127.0.71.250:5999",
-        "--json",
-        "--timeout",
-        "500ms",
-    ])
-    .await;
+    assert!(err.contains(&format!("cannot ask {url}/")), "{err}");
+    let bare = nobody.to_string();
+    let (code, out, err) =
+        primgr(&["cluster", "--url", &bare, "--json", "--timeout", "500ms"]).await;
     assert_eq!(code, 2, "{out}{err}");
     let doc: Value = serde_json::from_str(&out).expect("--json prints JSON");
     assert!(

@@ -33,6 +33,16 @@
 //! Several labs can run at once in one process on different subnets: nothing is shared but the
 //! machine.
 //!
+//! ## Subnet shift
+//! `PRIMGR_LAB_SUBNET_SHIFT=N` (default 0) moves every lab to another subnet, so that two
+//! checkouts can run the lab tests on one machine at the same time: the subnet *s* a spec asks
+//! for becomes `((s - 1 + N) % 254) + 1` (it stays in 1..=254). It is applied in one place,
+//! [`lab_subnet`], when a spec is resolved ([`Lab::build`], [`LabSpec::lab_dir`],
+//! [`destroy_leftovers`]); [`Lab::subnet`] returns the shifted value and every address, the
+//! default directory `/tmp/primgr-lab-<subnet>`, the iptables chain and haproxy's proxy address
+//! derive from it. Tests that need an address of their subnet without a lab call
+//! [`lab_subnet`] too.
+//!
 //! ## Layout of a node (`<dir>/<node>/`)
 //! `data/` (its `postgresql.conf` ends with `include 'node.conf'`; `node.conf` holds
 //! `listen_addresses`, `port`, `unix_socket_directories`, `cluster_name`), `repmgr.conf`,
@@ -93,6 +103,42 @@ const T_PSQL: Duration = Duration::from_secs(15);
 const T_WAIT: Duration = Duration::from_secs(60);
 const MARKER: &str = ".primgr-lab";
 
+/// Environment variable that shifts every lab subnet (see [`lab_subnet`]).
+pub const SUBNET_SHIFT_ENV: &str = "PRIMGR_LAB_SUBNET_SHIFT";
+
+/// `subnet` shifted by `shift` within 1..=254: `((subnet - 1 + shift) % 254) + 1`.
+/// `subnet` must be in 1..=254 (see [`lab_subnet`], which checks it).
+pub fn shift_subnet(subnet: u8, shift: u32) -> u8 {
+    let s = u32::from(subnet.clamp(1, 254));
+    // The result is in 1..=254.
+    (((s - 1 + shift % 254) % 254) + 1) as u8
+}
+
+/// The shift set by `PRIMGR_LAB_SUBNET_SHIFT` (0 when unset or empty); an error when it is
+/// not a whole number.
+pub fn subnet_shift() -> Result<u32> {
+    match std::env::var(SUBNET_SHIFT_ENV) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse::<u32>()
+            .with_context(|| format!("{SUBNET_SHIFT_ENV}={v:?} is not a whole number (e.g. 100)")),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(0),
+        Err(e) => bail!("{SUBNET_SHIFT_ENV}: {e}"),
+    }
+}
+
+/// The subnet a lab asked for as `requested` really uses: `requested` shifted by
+/// `PRIMGR_LAB_SUBNET_SHIFT` ([`shift_subnet`]). Every address, directory, chain and proxy
+/// address of a lab derives from this value ([`Lab::subnet`]); tests that need an address of
+/// "their" subnet without a lab derive it from here too.
+pub fn lab_subnet(requested: u8) -> Result<u8> {
+    ensure!(
+        (1..=254).contains(&requested),
+        "subnet {requested} is outside 1..=254 (0 is 127.0.0.x, which the machine uses)"
+    );
+    Ok(shift_subnet(requested, subnet_shift()?))
+}
+
 /// Default lab directory of a subnet: `/tmp/primgr-lab-<subnet>`.
 pub fn default_dir(subnet: u8) -> PathBuf {
     PathBuf::from(format!("/tmp/primgr-lab-{subnet}"))
@@ -143,7 +189,9 @@ impl NodeSpec {
 /// `127.0.<subnet>.<10+N>` and repmgr `node_id` *N*.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabSpec {
-    /// Third octet of the nodes' addresses; also names the default directory and the chain.
+    /// The requested subnet, 1..=254. The lab uses [`lab_subnet`]`(subnet)` (this value
+    /// shifted by `PRIMGR_LAB_SUBNET_SHIFT`) as the third octet of its addresses and to name
+    /// its default directory and its chain.
     pub subnet: u8,
     /// Lab directory; `None` = [`default_dir`]. The `postgres` user must be able to enter it.
     pub dir: Option<PathBuf>,
@@ -166,13 +214,21 @@ impl LabSpec {
         }
     }
 
-    /// The directory the lab will use.
-    pub fn lab_dir(&self) -> PathBuf {
-        self.dir.clone().unwrap_or_else(|| default_dir(self.subnet))
+    /// The subnet the lab will use: [`lab_subnet`]`(self.subnet)`.
+    pub fn effective_subnet(&self) -> Result<u8> {
+        lab_subnet(self.subnet)
+    }
+
+    /// The directory the lab will use (the default one names the effective subnet).
+    pub fn lab_dir(&self) -> Result<PathBuf> {
+        match &self.dir {
+            Some(d) => Ok(d.clone()),
+            None => Ok(default_dir(self.effective_subnet()?)),
+        }
     }
 
     fn validate(&self) -> Result<()> {
-        ensure!(self.subnet != 0, "subnet 0 is reserved (127.0.0.x)");
+        self.effective_subnet()?;
         ensure!(!self.nodes.is_empty(), "a lab needs at least one node");
         ensure!(self.nodes.len() <= 200, "at most 200 nodes");
         for (i, n) in self.nodes.iter().enumerate() {
@@ -384,13 +440,13 @@ impl Lab {
         spec.validate()?;
         let started = Instant::now();
         let pg = postgres_user()?;
-        let mut dir = spec.lab_dir();
+        let mut dir = spec.lab_dir()?;
         if dir.is_relative() {
             dir = std::env::current_dir()
                 .context("current directory")?
                 .join(dir);
         }
-        let subnet = spec.subnet;
+        let subnet = spec.effective_subnet()?;
         {
             let d = dir.clone();
             tokio::task::spawn_blocking(move || destroy(subnet, &d, &[]))
@@ -808,7 +864,8 @@ impl Lab {
 
     // ---------------------------------------------------------------- accessors
 
-    /// The subnet (third address octet) of this lab.
+    /// The subnet (third address octet) of this lab: the spec's, shifted by
+    /// `PRIMGR_LAB_SUBNET_SHIFT` ([`lab_subnet`]).
     pub fn subnet(&self) -> u8 {
         self.subnet
     }
@@ -1447,12 +1504,14 @@ fn rejoin_logs() -> Vec<PathBuf> {
     .collect()
 }
 
-/// Remove what a lab left behind on `subnet` in `dir` (default [`default_dir`]): daemons and
-/// postmasters found through the pid files in the directory (SIGTERM/immediate shutdown, then
-/// SIGKILL), the lab's iptables chain and the directory itself. Synchronous; needs root.
-/// A directory without the lab's marker file is never deleted.
+/// Remove what a lab built for `subnet` left behind in `dir` (default [`default_dir`]): daemons
+/// and postmasters found through the pid files in the directory (SIGTERM/immediate shutdown,
+/// then SIGKILL), the lab's iptables chain and the directory itself. `subnet` is the requested
+/// one, like [`LabSpec::subnet`]: it is shifted by `PRIMGR_LAB_SUBNET_SHIFT` ([`lab_subnet`]).
+/// Synchronous; needs root. A directory without the lab's marker file is never deleted.
 pub fn destroy_leftovers(subnet: u8, dir: Option<&Path>) -> Result<()> {
     ensure_root()?;
+    let subnet = lab_subnet(subnet)?;
     let dir = dir
         .map(Path::to_path_buf)
         .unwrap_or_else(|| default_dir(subnet));
@@ -1587,4 +1646,24 @@ fn stop_postmasters(dir: &Path) -> Result<()> {
 /// lab's postmasters; empty after teardown).
 pub fn postgres_processes_in(dir: &Path) -> Vec<i32> {
     procs::postgres_processes_under(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_shift_stays_in_1_to_254() {
+        assert_eq!(shift_subnet(51, 0), 51);
+        assert_eq!(shift_subnet(51, 100), 151);
+        assert_eq!(shift_subnet(200, 100), 46);
+        assert_eq!(shift_subnet(254, 1), 1);
+        assert_eq!(shift_subnet(1, 253), 254);
+        assert_eq!(shift_subnet(7, 254), 7);
+        for s in 1..=254u8 {
+            for n in [0, 1, 100, 253, 254, 1000] {
+                assert!((1..=254).contains(&shift_subnet(s, n)), "{s} + {n}");
+            }
+        }
+    }
 }

@@ -66,7 +66,8 @@ usage: primgr-bench [--short] [--rounds N] [--seconds S] [--subnet N] [--out FIL
   --short          CI mode: 1 round of 2 s per load run, few samples (about a minute)
   --rounds N       rounds of alternating primgr/baseline load runs (default 5; short 1)
   --seconds S      length of each load run (default 5; short 2)
-  --subnet N       lab subnet, addresses 127.0.N.x (default 61; short 62)
+  --subnet N       lab subnet, addresses 127.0.N.x (default 61; short 62; shifted by
+                   $PRIMGR_LAB_SUBNET_SHIFT like every lab subnet)
   --out FILE       where to write the report (default target/bench/report.txt)
   --primgr PATH    primgr binary (default: `primgr` next to this executable)
   --baseline PATH  baseline binary (default: `baseline` next to this executable)
@@ -151,8 +152,8 @@ impl Opts {
                     o.subnet = v
                         .parse()
                         .ok()
-                        .filter(|&n: &u8| n != 0)
-                        .with_context(|| format!("bad --subnet {v:?} (1..=255)"))?;
+                        .filter(|&n: &u8| (1..=254).contains(&n))
+                        .with_context(|| format!("bad --subnet {v:?} (1..=254)"))?;
                 }
                 "--only" => {
                     let v = val(a)?;
@@ -270,8 +271,9 @@ async fn run(o: &Opts) -> Result<Outcome> {
     let wrk = Wrk::new(&work_dir, 2)?;
     let machine = Machine::probe();
 
-    progress(format!("building lab {} ...", o.subnet));
-    let lab = Lab::build(LabSpec::standard(o.subnet)).await?;
+    let spec = LabSpec::standard(o.subnet);
+    progress(format!("building lab {} ...", spec.effective_subnet()?));
+    let lab = Lab::build(spec).await?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("SIGINT handler")?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
