@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::child::{Primgr, scratch_dir};
-use primgr_lab::http;
+use common::{json_at, wait_json_at};
 use primgr_lab::{Lab, LabSpec, NodeSpec};
 use serde_json::Value;
 
@@ -91,12 +91,7 @@ fn listen(lab: &Lab, i: usize) -> SocketAddr {
 }
 
 async fn status(addr: SocketAddr) -> (u16, Value) {
-    let r = http::get(addr, "/status", Duration::from_secs(1))
-        .await
-        .unwrap_or_else(|e| panic!("{addr} /status: {e:#}"));
-    let v = serde_json::from_str(&r.body)
-        .unwrap_or_else(|e| panic!("{addr} /status body {:?}: {e}", r.body));
-    (r.status, v)
+    json_at(addr, "/status").await
 }
 
 fn count(log: &str, needle: &str) -> usize {
@@ -256,19 +251,20 @@ async fn bad_credentials_schema_and_node_name_keep_the_daemon_up_and_say_why_onc
     lab.psql_db("node1", "postgres", "ALTER ROLE primgr_nologin LOGIN")
         .await
         .expect("alter role");
-    wait_reason(addr, "permission denied for schema repmgr").await;
+    wait_json_at(addr, "/status", Duration::from_secs(5), |s| {
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("permission denied for schema repmgr"))
+    })
+    .await;
     lab.psql("node1", "GRANT USAGE ON SCHEMA repmgr TO primgr_nologin; GRANT SELECT ON repmgr.nodes TO primgr_nologin")
         .await
         .expect("grant");
     let t = Instant::now();
-    loop {
-        let (code, s) = status(addr).await;
-        if code == 200 {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "never recovered: {s}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_json_at(addr, "/status", Duration::from_secs(5), |s| {
+        s["code"] == 200
+    })
+    .await;
     // A few more cycles, then the log tells the story once per change.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = daemons[nologin].log_text();
@@ -287,19 +283,4 @@ async fn bad_credentials_schema_and_node_name_keep_the_daemon_up_and_say_why_onc
 
     drop(daemons);
     lab.teardown().await.expect("teardown");
-}
-
-async fn wait_reason(addr: SocketAddr, want: &str) {
-    let t = Instant::now();
-    loop {
-        let (_, s) = status(addr).await;
-        if s["reason"].as_str().is_some_and(|r| r.contains(want)) {
-            return;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "reason never became {want:?}: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

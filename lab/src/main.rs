@@ -72,14 +72,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                 .with_context(|| format!("{name} needs a value"))
         };
         match a.as_str() {
-            "--subnet" => {
-                let v = val("--subnet")?;
-                o.subnet = v
-                    .parse()
-                    .ok()
-                    .filter(|&n: &u8| (1..=254).contains(&n))
-                    .with_context(|| format!("bad --subnet {v:?} (1..=254)"))?;
-            }
+            "--subnet" => o.subnet = primgr_lab::parse_subnet(&val("--subnet")?)?,
             "--dir" => o.dir = Some(val("--dir")?.into()),
             "--primgr" => o.primgr = Some(val("--primgr")?.into()),
             "--interval" => {
@@ -259,7 +252,7 @@ async fn collect(lab: &Lab, daemons: bool, hp: Option<&Haproxy>) -> Vec<Section>
     let mut v = vec![nodes];
     v.extend(daemon_sec);
     if let Some(hp) = hp {
-        v.push(haproxy::section(lab, hp).await);
+        v.push(dashboard::haproxy_section(lab, hp).await);
     }
     v.push(dashboard::access_section(lab, daemons));
     v
