@@ -6,11 +6,11 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Daemon;
 use primgr::Config;
-use primgr_lab::http;
+use primgr_lab::http::{self, RawResponse};
 use primgr_lab::{Lab, LabSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,35 +27,25 @@ fn dbless(name: &str) -> Config {
     c
 }
 
-/// Sends a raw request and returns the response head and body as text.
-async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+/// Sends `METHOD path` with `Connection: close` (and `extra` header lines) and returns the
+/// response as it came.
+async fn raw(addr: std::net::SocketAddr, method: &str, path: &str, extra: &str) -> RawResponse {
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n");
+    http::request(addr, request.as_bytes(), Duration::from_secs(2))
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"))
 }
 
 #[tokio::test]
 async fn methods_paths_and_a_down_database() {
     let mut d = Daemon::start(dbless("solo")).await;
     // Wait for the first cycle: the reason changes from "starting" to the database error.
-    let t0 = Instant::now();
-    loop {
-        let r = http::get(d.addr, "/status", Duration::from_secs(1))
-            .await
-            .expect("status");
-        let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
-        if v["reason"].as_str().unwrap_or("").contains("connect") {
-            assert_eq!(v["database"]["reachable"], false);
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "no cycle completed: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let v = common::wait_json_at(d.addr, "/status", Duration::from_secs(5), |v| {
+        v["reason"].as_str().unwrap_or("").contains("connect")
+    })
+    .await;
+    assert_eq!(v["database"]["reachable"], false, "{v}");
 
     for path in ["/state", "/"] {
         let r = http::get(d.addr, path, Duration::from_secs(1))
@@ -79,41 +69,28 @@ async fn methods_paths_and_a_down_database() {
     );
 
     // haproxy's default check: OPTIONS / — same status, no body.
-    let head = raw(
-        d.addr,
-        "OPTIONS / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    let options = raw(d.addr, "OPTIONS", "/", "").await;
+    assert_eq!(options.status, 503, "{options:?}");
     assert!(
-        head.ends_with("\r\n\r\n"),
-        "OPTIONS carries no body: {head:?}"
+        options.body.is_empty(),
+        "OPTIONS carries no body: {options:?}"
     );
-    let head = raw(
-        d.addr,
-        "HEAD /state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
-    assert!(!head.contains("Down"), "HEAD carries no body: {head:?}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("cache-control: no-store")
-    );
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: application/json")
+    let head = raw(d.addr, "HEAD", "/state", "").await;
+    assert_eq!(head.status, 503, "{head:?}");
+    assert!(head.body.is_empty(), "HEAD carries no body: {head:?}");
+    assert_eq!(head.header("cache-control"), Some("no-store"), "{head:?}");
+    assert_eq!(
+        head.header("content-type"),
+        Some("application/json"),
+        "{head:?}"
     );
 
-    let post = raw(
-        d.addr,
-        "POST /state HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
-    assert!(
-        post.to_ascii_lowercase()
-            .contains("allow: get, head, options")
+    let post = raw(d.addr, "POST", "/state", "Content-Length: 0\r\n").await;
+    assert_eq!(post.status, 405, "{post:?}");
+    assert_eq!(
+        post.header("allow").map(str::to_ascii_lowercase).as_deref(),
+        Some("get, head, options"),
+        "{post:?}"
     );
     let r = http::get(d.addr, "/nope", Duration::from_secs(1))
         .await
@@ -179,24 +156,24 @@ async fn slow_standby(delay: Duration) -> (std::net::SocketAddr, Arc<AtomicUsize
         while let Ok((mut s, _)) = listener.accept().await {
             let seen = seen.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
                 let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
+                if !matches!(
+                    http::read_head(&mut s, &mut got, 16 * 1024).await,
+                    Ok(Some(_))
+                ) {
+                    return;
                 }
                 if got.starts_with(b"GET /state ") {
                     seen.fetch_add(1, Ordering::SeqCst);
                 }
+                // The slow part of the fake standby: it answers after `delay`.
                 tokio::time::sleep(delay).await;
-                let body = r#"{"state":"Standby"}"#;
-                let reply = format!(
-                    "HTTP/1.1 202 Accepted\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
+                let reply = http::response(
+                    "202 Accepted",
+                    "Connection: close\r\n",
+                    br#"{"state":"Standby"}"#,
                 );
-                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.write_all(&reply).await;
             });
         }
     });
@@ -219,18 +196,10 @@ async fn simultaneous_real_primary_requests_share_one_fan_out() {
     }
     let mut d = Daemon::start(config).await;
     // Wait until node1 knows the membership (its first successful cycle).
-    let t0 = Instant::now();
-    loop {
-        let r = http::get(d.addr, "/status", Duration::from_secs(1))
-            .await
-            .expect("status");
-        let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
-        if v["members"].as_array().map(|m| m.len()) == Some(4) {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "no membership: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_json_at(d.addr, "/status", Duration::from_secs(10), |v| {
+        v["members"].as_array().map(|m| m.len()) == Some(4)
+    })
+    .await;
     let before: Vec<usize> = counters.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     let requests = 50;
     let calls = (0..requests).map(|_| http::get(d.addr, "/realPrimary", Duration::from_secs(3)));

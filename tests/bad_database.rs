@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::child::{Primgr, scratch_dir};
-use primgr_lab::http;
+use common::{json_at, wait_json_at};
 use primgr_lab::{Lab, LabSpec, NodeSpec};
 use serde_json::Value;
 
@@ -82,17 +82,16 @@ const CASES: &[Case] = &[
     },
 ];
 
-fn listen(i: usize) -> SocketAddr {
-    SocketAddr::from(([127, 0, SUBNET, 101 + i as u8], 5999))
+/// Where the daemon of case `i` listens: `127.0.<lab subnet>.<101 + i>:5999`.
+fn listen(lab: &Lab, i: usize) -> SocketAddr {
+    SocketAddr::from((
+        [127, 0, lab.subnet(), 101 + i as u8],
+        primgr_lab::DAEMON_PORT,
+    ))
 }
 
 async fn status(addr: SocketAddr) -> (u16, Value) {
-    let r = http::get(addr, "/status", Duration::from_secs(1))
-        .await
-        .unwrap_or_else(|e| panic!("{addr} /status: {e:#}"));
-    let v = serde_json::from_str(&r.body)
-        .unwrap_or_else(|e| panic!("{addr} /status body {:?}: {e}", r.body));
-    (r.status, v)
+    json_at(addr, "/status").await
 }
 
 fn count(log: &str, needle: &str) -> usize {
@@ -123,7 +122,7 @@ async fn bad_credentials_schema_and_node_name_keep_the_daemon_up_and_say_why_onc
             case.user, case.dbname
         );
         daemons.push(Primgr::spawn(
-            listen(i),
+            listen(&lab, i),
             &[
                 "--node-name",
                 case.node_name,
@@ -149,7 +148,7 @@ async fn bad_credentials_schema_and_node_name_keep_the_daemon_up_and_say_why_onc
     let mut cycles: Vec<std::collections::BTreeSet<String>> = vec![Default::default(); CASES.len()];
     while t0.elapsed() < OBSERVE_FOR {
         for (i, case) in CASES.iter().enumerate() {
-            let (code, s) = status(listen(i)).await;
+            let (code, s) = status(listen(&lab, i)).await;
             if s["observed_at"].is_null() {
                 continue; // still starting
             }
@@ -168,7 +167,7 @@ async fn bad_credentials_schema_and_node_name_keep_the_daemon_up_and_say_why_onc
             case.name,
             d.log_text()
         );
-        let (code, s) = status(listen(i)).await;
+        let (code, s) = status(listen(&lab, i)).await;
         let reason = s["reason"].as_str().unwrap_or_default().to_string();
         println!(
             "{:<32} {code:>5} {:>7}  {reason}",
@@ -248,23 +247,24 @@ async fn bad_credentials_schema_and_node_name_keep_the_daemon_up_and_say_why_onc
         .iter()
         .position(|c| c.user == "primgr_nologin")
         .expect("case");
-    let addr = listen(nologin);
+    let addr = listen(&lab, nologin);
     lab.psql_db("node1", "postgres", "ALTER ROLE primgr_nologin LOGIN")
         .await
         .expect("alter role");
-    wait_reason(addr, "permission denied for schema repmgr").await;
+    wait_json_at(addr, "/status", Duration::from_secs(5), |s| {
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("permission denied for schema repmgr"))
+    })
+    .await;
     lab.psql("node1", "GRANT USAGE ON SCHEMA repmgr TO primgr_nologin; GRANT SELECT ON repmgr.nodes TO primgr_nologin")
         .await
         .expect("grant");
     let t = Instant::now();
-    loop {
-        let (code, s) = status(addr).await;
-        if code == 200 {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "never recovered: {s}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_json_at(addr, "/status", Duration::from_secs(5), |s| {
+        s["code"] == 200
+    })
+    .await;
     // A few more cycles, then the log tells the story once per change.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = daemons[nologin].log_text();
@@ -283,19 +283,4 @@ async fn bad_credentials_schema_and_node_name_keep_the_daemon_up_and_say_why_onc
 
     drop(daemons);
     lab.teardown().await.expect("teardown");
-}
-
-async fn wait_reason(addr: SocketAddr, want: &str) {
-    let t = Instant::now();
-    loop {
-        let (_, s) = status(addr).await;
-        if s["reason"].as_str().is_some_and(|r| r.contains(want)) {
-            return;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "reason never became {want:?}: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

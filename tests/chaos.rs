@@ -37,9 +37,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::child::{Primgr, scratch_dir};
-use common::sampler::{Sample, Sampler, quantile};
-use primgr_lab::http;
+use common::sampler::{Sample, Sampler};
+use primgr_lab::stats::duration_quantile;
 use primgr_lab::{Lab, LabSpec, StopMode};
+use primgr_lab::{http, procfs};
 
 /// Lab subnet 50 is this file's.
 const SUBNET: u8 = 50;
@@ -270,14 +271,7 @@ impl Run {
     }
 
     fn db_up(&mut self, i: usize) {
-        let now = self.sampler.now();
-        for s in self
-            .db_spans
-            .iter_mut()
-            .filter(|s| s.node == i && s.end.is_none())
-        {
-            s.end = Some(now);
-        }
+        close_spans(&mut self.db_spans, i, self.sampler.now());
         self.model.nodes[i].db = Db::Running;
     }
 
@@ -400,14 +394,7 @@ impl Run {
                     .wait_daemon_ready(&node, Duration::from_secs(10))
                     .await;
                 self.check("daemon ready", r);
-                let now = self.sampler.now();
-                for s in self
-                    .daemon_down
-                    .iter_mut()
-                    .filter(|s| s.node == i && s.end.is_none())
-                {
-                    s.end = Some(now);
-                }
+                close_spans(&mut self.daemon_down, i, self.sampler.now());
                 self.model.nodes[i].daemon = true;
                 format!("daemon of {node} restarted")
             }
@@ -440,6 +427,16 @@ async fn codes(addrs: &[SocketAddr]) -> Vec<u16> {
         );
     }
     out
+}
+
+/// Ends the node's open spans at `now`.
+fn close_spans(spans: &mut [Span], node: usize, now: Duration) {
+    for s in spans
+        .iter_mut()
+        .filter(|s| s.node == node && s.end.is_none())
+    {
+        s.end = Some(now);
+    }
 }
 
 /// Whether the sample (from its start to its answer) touches one of the node's spans.
@@ -500,30 +497,6 @@ fn runs_of_200(samples: &[Sample], node: usize) -> Vec<(Duration, Duration)> {
         runs.push((from, last + PERIOD));
     }
     runs
-}
-
-/// The machine's CPU times (user, nice, system, idle, iowait, irq, softirq, steal), in ticks.
-fn cpu_times() -> Vec<u64> {
-    std::fs::read_to_string("/proc/stat")
-        .unwrap_or_default()
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect()
-}
-
-/// The first three fields of /proc/loadavg.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn names_of(nodes: &[usize], names: &[String]) -> String {
@@ -595,14 +568,15 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
             daemon: true,
         })
         .collect();
-    let load_at_start = loadavg();
-    let cpu_at_start = cpu_times();
+    let load_at_start = procfs::loadavg();
+    let cpu_at_start = procfs::machine_cpu_ticks().expect("/proc/stat");
     let t0 = Instant::now();
     // The control: one more primgr, outside the cluster (its database is a closed port), that
     // no fault touches. When it is as slow as a node in the same round of samples, the machine
     // (or the sampler) stalled, not that node's daemon.
-    let control_addr = SocketAddr::from(([127, 0, SUBNET, 99], 5999));
-    let control_conninfo = format!("host=127.0.{SUBNET}.99 port=1 dbname=repmgr user=repmgr");
+    let control_ip = std::net::Ipv4Addr::new(127, 0, lab.subnet(), 99);
+    let control_addr = SocketAddr::from((control_ip, primgr_lab::DAEMON_PORT));
+    let control_conninfo = format!("host={control_ip} port=1 dbname=repmgr user=repmgr");
     let mut control_args = vec!["--node-name", "control", "--conninfo", &control_conninfo];
     control_args.extend(daemon_args.iter().map(String::as_str));
     let mut control = Primgr::spawn(
@@ -905,7 +879,7 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
             s.error.as_deref().unwrap_or("")
         ));
     }
-    let worst_answer = quantile(&latencies, 1.0);
+    let worst_answer = duration_quantile(&latencies, 1.0);
     let control_latencies: Vec<Duration> = control_samples.iter().map(|c| c.latency).collect();
     let mut slowest: Vec<&Sample> = samples
         .iter()
@@ -945,9 +919,10 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
     println!(
         "  machine load         {} at the start, {} at the end (1/5/15 min, 2 cores)",
         load_at_start,
-        loadavg()
+        procfs::loadavg()
     );
-    let cpu: Vec<u64> = cpu_times()
+    let cpu: Vec<u64> = procfs::machine_cpu_ticks()
+        .expect("/proc/stat")
         .iter()
         .zip(&cpu_at_start)
         .map(|(b, a)| b.saturating_sub(*a))
@@ -990,7 +965,7 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
     println!(
         "  inv 3 answer time    worst {:.1} ms, p99 {:.1} ms (bound {} ms), {inv3_checked} samples checked",
         worst_answer.as_secs_f64() * 1e3,
-        quantile(&latencies, 0.99).as_secs_f64() * 1e3,
+        duration_quantile(&latencies, 0.99).as_secs_f64() * 1e3,
         ANSWER_BOUND.as_millis()
     );
     println!(
@@ -1000,8 +975,8 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
     println!(
         "    control daemon: worst {:.1} ms, p99 {:.1} ms; {machine_stalls} node samples over the bound \
          while the control was too (machine stalls, not counted)",
-        quantile(&control_latencies, 1.0).as_secs_f64() * 1e3,
-        quantile(&control_latencies, 0.99).as_secs_f64() * 1e3,
+        duration_quantile(&control_latencies, 1.0).as_secs_f64() * 1e3,
+        duration_quantile(&control_latencies, 0.99).as_secs_f64() * 1e3,
     );
     for s in slowest.iter().take(3) {
         println!(

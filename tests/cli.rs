@@ -15,6 +15,16 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Runs primgr with `args`; asserts exit status 64 and that stderr names every one of `wants`.
+fn exits_64_naming(args: &[&str], wants: &[&str]) {
+    let o = primgr(args);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(64), "{args:?}: {e}");
+    for want in wants {
+        assert!(e.contains(want), "{args:?}: {want:?} not in {e:?}");
+    }
+}
+
 fn example() -> String {
     format!("{}/etc/primgr.toml", env!("CARGO_MANIFEST_DIR"))
 }
@@ -110,65 +120,42 @@ fn bad_configurations_exit_64_naming_the_key_or_cause() {
     ];
     for (name, text, wants) in cases {
         let path = write(name, text);
-        let o = primgr(&[
-            "--config",
-            path.to_str().expect("utf8 path"),
-            "--node-name",
-            "n",
-            "--check-config",
-        ]);
-        let e = stderr(&o);
-        assert_eq!(o.status.code(), Some(64), "{name}: {e}");
-        for want in *wants {
-            assert!(e.contains(want), "{name}: {want:?} not in {e:?}");
-        }
+        let path = path.to_str().expect("utf8 path");
+        exits_64_naming(
+            &["--config", path, "--node-name", "n", "--check-config"],
+            wants,
+        );
     }
 }
 
 #[test]
 fn missing_or_unreadable_files_and_bad_flags_exit_64() {
-    let o = primgr(&["--config", "/nonexistent/primgr.toml", "--check-config"]);
-    assert_eq!(o.status.code(), Some(64));
-    assert!(
-        stderr(&o).contains("/nonexistent/primgr.toml"),
-        "{}",
-        stderr(&o)
+    exits_64_naming(
+        &["--config", "/nonexistent/primgr.toml", "--check-config"],
+        &["/nonexistent/primgr.toml"],
     );
     // A directory cannot be read as a file, even by root.
-    let o = primgr(&["--config", "/", "--check-config"]);
-    assert_eq!(o.status.code(), Some(64));
-    assert!(
-        stderr(&o).contains("cannot read config file"),
-        "{}",
-        stderr(&o)
+    exits_64_naming(
+        &["--config", "/", "--check-config"],
+        &["cannot read config file"],
     );
-    let o = primgr(&[
-        "--node-name",
-        "n",
-        "--max-connections-in-pool",
-        "lots",
-        "--check-config",
-    ]);
-    assert_eq!(o.status.code(), Some(64));
-    assert!(
-        stderr(&o).contains("`max_connections_in_pool`"),
-        "{}",
-        stderr(&o)
+    exits_64_naming(
+        &[
+            "--node-name",
+            "n",
+            "--max-connections-in-pool",
+            "lots",
+            "--check-config",
+        ],
+        &["`max_connections_in_pool`"],
     );
-    let o = primgr(&["--no-such-flag"]);
-    assert_eq!(o.status.code(), Some(64));
+    exits_64_naming(&["--no-such-flag"], &[]);
 }
 
 #[test]
 fn the_daemon_does_not_start_on_a_bad_config() {
     // Without --check-config a bad file still stops before listening.
     let path = write("run.toml", "listen = \"127.0.0.1:1\"\ninterval = \"-1s\"\n");
-    let o = primgr(&[
-        "--config",
-        path.to_str().expect("utf8 path"),
-        "--node-name",
-        "n",
-    ]);
-    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
-    assert!(stderr(&o).contains("`interval`"));
+    let path = path.to_str().expect("utf8 path");
+    exits_64_naming(&["--config", path, "--node-name", "n"], &["`interval`"]);
 }

@@ -19,10 +19,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::child::proc_status_kb;
-use common::sampler::{Sampler, quantile};
-use primgr_lab::http;
+use common::sampler::Sampler;
+use common::{json_at, wait_json_at};
+use primgr_lab::stats::duration_quantile;
 use primgr_lab::{Lab, LabSpec, NodeSpec};
+use primgr_lab::{http, procfs};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -55,7 +56,9 @@ enum Mode {
     Silent,
 }
 
-const GARBAGE: &[Mode] = &[
+/// Every mode, the good one first; a fake peer keeps the index of its current mode.
+const MODES: &[Mode] = &[
+    Mode::Good,
     Mode::NotJson,
     Mode::WrongKeys,
     Mode::WrongTypes,
@@ -69,6 +72,9 @@ const GARBAGE: &[Mode] = &[
     Mode::Reset,
     Mode::Silent,
 ];
+
+/// The garbage: every mode but the good one.
+const GARBAGE: &[Mode] = MODES.split_at(1).1;
 
 /// A fake peer: answers every connection according to the current mode.
 struct FakePeer {
@@ -92,7 +98,7 @@ impl FakePeer {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let mode = GARBAGE_AND_GOOD[m.load(Ordering::SeqCst)];
+                let mode = MODES[m.load(Ordering::SeqCst)];
                 let asked = a.clone();
                 tokio::spawn(async move {
                     let _ = serve(stream, mode, asked, node1_api).await;
@@ -103,10 +109,7 @@ impl FakePeer {
     }
 
     fn set(&self, mode: Mode) {
-        let i = GARBAGE_AND_GOOD
-            .iter()
-            .position(|m| *m == mode)
-            .expect("mode");
+        let i = MODES.iter().position(|m| *m == mode).expect("mode");
         self.mode.store(i, Ordering::SeqCst);
     }
 
@@ -115,28 +118,13 @@ impl FakePeer {
     }
 }
 
-const GARBAGE_AND_GOOD: &[Mode] = &[
-    Mode::Good,
-    Mode::NotJson,
-    Mode::WrongKeys,
-    Mode::WrongTypes,
-    Mode::ServerError,
-    Mode::Redirect,
-    Mode::HundredMegabytes,
-    Mode::EndlessFast,
-    Mode::EndlessTrickle,
-    Mode::EndlessHeaders,
-    Mode::NotHttp,
-    Mode::Reset,
-    Mode::Silent,
-];
-
+/// A JSON answer that closes the connection, with `headers` (lines ending in `\r\n`) added.
 fn response(status: &str, headers: &str, body: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
-        body.len()
+    http::response(
+        status,
+        &format!("Content-Type: application/json\r\nConnection: close\r\n{headers}"),
+        body.as_bytes(),
     )
-    .into_bytes()
 }
 
 /// Serves one connection: reads one request head and answers it the `mode` way.
@@ -147,14 +135,13 @@ async fn serve(
     node1_api: SocketAddr,
 ) -> std::io::Result<()> {
     let mut head = Vec::new();
-    let mut buf = [0u8; 2048];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut buf).await?;
-        if n == 0 || head.len() > 16 * 1024 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
+    if http::read_head(&mut s, &mut head, 16 * 1024)
+        .await?
+        .is_none()
+    {
+        return Ok(());
     }
+    let mut buf = [0u8; 2048];
     let primary = head.starts_with(b"GET /primary ");
     if primary {
         asked.fetch_add(1, Ordering::SeqCst);
@@ -256,10 +243,12 @@ async fn serve(
 }
 
 async fn status(addr: SocketAddr) -> Value {
-    let r = http::get(addr, "/status", Duration::from_secs(1))
-        .await
-        .unwrap_or_else(|e| panic!("/status: {e:#}"));
-    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("/status body {:?}: {e}", r.body))
+    json_at(addr, "/status").await.1
+}
+
+/// node1 is the Primary with the votes of both fake peers.
+fn primary_with_3_votes(s: &Value) -> bool {
+    s["code"] == 200 && s["votes"] == 3
 }
 
 /// Every distinct snapshot `/status` shows during `d` (polled every 100 ms).
@@ -323,19 +312,14 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
     let pid = lab.daemon_pid("node1").expect("daemon pid");
 
     // Good answers first: both fakes vote, node1 is the Primary with 3 of 3.
-    let t = Instant::now();
-    loop {
-        let s = status(api).await;
-        if s["code"] == 200 && s["votes"] == 3 {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "never Primary with good fake peers: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let base_rss = proc_status_kb(pid, "VmRSS").expect("VmRSS");
+    wait_json_at(
+        api,
+        "/status",
+        Duration::from_secs(10),
+        primary_with_3_votes,
+    )
+    .await;
+    let base_rss = procfs::status_kb(pid, "VmRSS").expect("VmRSS");
 
     let t0 = Instant::now();
     let sampler = Sampler::start(
@@ -426,23 +410,12 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
     for f in &fakes {
         f.set(Mode::Good);
     }
-    let t = Instant::now();
-    loop {
-        let s = status(api).await;
-        if s["code"] == 200 && s["votes"] == 3 {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "not Primary again after the garbage: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_json_at(api, "/status", Duration::from_secs(5), primary_with_3_votes).await;
     let samples = sampler.stop();
 
     // /state on every sample: answered within 100 ms, and never 200 while the peers are garbage.
     let lat: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
-    let worst = quantile(&lat, 1.0);
+    let worst = duration_quantile(&lat, 1.0);
     for s in &samples {
         assert!(s.status.is_some(), "/state unanswered: {s:?}");
         if let Some((mode, _, _)) = windows
@@ -452,19 +425,19 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
             assert_eq!(s.status, Some(509), "{mode:?}: /state answered {s:?}");
         }
     }
-    let hwm = proc_status_kb(pid, "VmHWM").expect("VmHWM");
-    let rss = proc_status_kb(pid, "VmRSS").expect("VmRSS");
+    let hwm = procfs::status_kb(pid, "VmHWM").expect("VmHWM");
+    let rss = procfs::status_kb(pid, "VmRSS").expect("VmRSS");
     println!(
         "/state: {} samples, p99 {:.2} ms, worst {:.2} ms; daemon memory: VmRSS {base_rss} kB before, \
          {rss} kB after, peak (VmHWM) {hwm} kB",
         samples.len(),
-        quantile(&lat, 0.99).as_secs_f64() * 1e3,
+        duration_quantile(&lat, 0.99).as_secs_f64() * 1e3,
         worst.as_secs_f64() * 1e3
     );
     // Every /state was answered (above); p99 within 100 ms shows the fan-out to garbage peers
     // never holds up the health check (the worst single answer is printed: on a machine shared
     // with benchmarks a lone sample can be delayed by the scheduler, not by the daemon).
-    let p99 = quantile(&lat, 0.99);
+    let p99 = duration_quantile(&lat, 0.99);
     assert!(p99 < Duration::from_millis(100), "/state p99 {p99:?}");
     // A body read to its end would have cost 100 MB; the cap keeps the peak within 32 MiB of
     // the start.

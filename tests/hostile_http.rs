@@ -14,14 +14,17 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::child::{Primgr, scratch_dir};
-use common::sampler::{Sample, Sampler, quantile};
+use common::sampler::{Sample, Sampler};
 use primgr::server::{IDLE_TIMEOUT, MAX_HEAD_BYTES};
+use primgr_lab::stats::duration_quantile;
+use primgr_lab::{http, procfs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-/// Lab subnet 51 is this file's: the daemon listens on 127.0.51.11.
-const LISTEN: &str = "127.0.51.11:5999";
+/// Lab subnet 51 is this file's: the daemon listens on node1's address of that subnet,
+/// 127.0.51.11:5999 (shifted by `PRIMGR_LAB_SUBNET_SHIFT`, see `primgr_lab::lab_subnet`).
+const SUBNET: u8 = 51;
 /// How long a hostile request may take to be answered or dropped.
 const ANSWER_WITHIN: Duration = Duration::from_secs(3);
 /// Slack over `IDLE_TIMEOUT` for an idle connection to be closed on a loaded machine.
@@ -75,14 +78,12 @@ async fn hostile(addr: SocketAddr, head: Vec<u8>, extra: usize) -> Outcome {
         let mut buf = [0u8; 4096];
         loop {
             if let Some(end) = got.windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8_lossy(&got[..end]).into_owned();
-                let code = line
-                    .strip_prefix("HTTP/1.")
-                    .and_then(|r| r.get(2..5))
-                    .and_then(|c| c.parse().ok());
-                return match code {
+                return match http::status_code(&got[..end]) {
                     Some(code) => Outcome::Status(code),
-                    None => panic!("not an HTTP status line: {line:?}"),
+                    None => panic!(
+                        "not an HTTP status line: {:?}",
+                        String::from_utf8_lossy(&got[..end])
+                    ),
                 };
             }
             match rd.read(&mut buf).await {
@@ -257,22 +258,6 @@ fn hostile_requests() -> Vec<(&'static str, Vec<u8>, usize)> {
     ]
 }
 
-/// The kernel's count of connections dropped because a listen queue was full (machine-wide:
-/// other processes' listeners count too).
-fn listen_overflows() -> u64 {
-    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "ListenOverflows")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Latency figures of the health checks made between `from` and `to`; panics if one failed.
 fn phase_report(
     name: &str,
@@ -295,9 +280,9 @@ fn phase_report(
     );
     let lat: Vec<Duration> = phase.iter().map(|s| s.latency).collect();
     let (p50, p99, max) = (
-        quantile(&lat, 0.5),
-        quantile(&lat, 0.99),
-        quantile(&lat, 1.0),
+        duration_quantile(&lat, 0.5),
+        duration_quantile(&lat, 0.99),
+        duration_quantile(&lat, 1.0),
     );
     println!(
         "  {name:<28} {:>6} checks   p50 {:>7.2} ms   p99 {:>7.2} ms   max {:>7.2} ms",
@@ -404,7 +389,9 @@ async fn storm_client(addr: SocketAddr, kind: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_answering() {
-    let addr: SocketAddr = LISTEN.parse().expect("address");
+    let host = primgr_lab::node_address(primgr_lab::lab_subnet(SUBNET).expect("subnet"), 1);
+    let addr = SocketAddr::from((host, primgr_lab::DAEMON_PORT));
+    let conninfo = format!("host={host} port=1 dbname=repmgr user=repmgr connect_timeout=1");
     let dir = scratch_dir("hostile-http");
     let mut daemon = Primgr::spawn(
         addr,
@@ -412,7 +399,7 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_a
             "--node-name",
             "n1",
             "--conninfo",
-            "host=127.0.51.11 port=1 dbname=repmgr user=repmgr connect_timeout=1",
+            &conninfo,
             "--interval",
             "500ms",
         ],
@@ -434,7 +421,7 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_a
     tokio::time::sleep(Duration::from_secs(1)).await;
     let base_rss = daemon.status_kb("VmRSS");
     let base_fds = daemon.open_fds();
-    let base_overflows = listen_overflows();
+    let base_overflows = procfs::listen_overflows().expect("/proc/net/netstat");
     let mut phases = vec![("quiet", Duration::ZERO, checker.now())];
 
     // 1. Hostile requests, each on its own connection, every kind at once, round after round.
@@ -535,8 +522,8 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_a
         println!(
             "  {name:<16} {} closed by the server after {:.2}..{:.2} s",
             c.len(),
-            quantile(c, 0.0).as_secs_f64(),
-            quantile(c, 1.0).as_secs_f64()
+            duration_quantile(c, 0.0).as_secs_f64(),
+            duration_quantile(c, 1.0).as_secs_f64()
         );
     }
     assert_eq!(
@@ -547,9 +534,9 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_a
     );
     let all: Vec<Duration> = closes.concat();
     assert!(
-        quantile(&all, 0.0) >= IDLE_TIMEOUT - Duration::from_millis(500),
+        duration_quantile(&all, 0.0) >= IDLE_TIMEOUT - Duration::from_millis(500),
         "an idle client was closed before IDLE_TIMEOUT: {:?}",
-        quantile(&all, 0.0)
+        duration_quantile(&all, 0.0)
     );
 
     // 3. A storm: connections opened and dropped in five ways, by 50 clients at once.
@@ -594,7 +581,7 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_a
     let samples = checker.stop();
     println!(
         "listen-queue overflows on this machine during the test: {}",
-        listen_overflows() - base_overflows
+        procfs::listen_overflows().expect("/proc/net/netstat") - base_overflows
     );
 
     println!("health checks (GET /state every 10 ms, new connection each, from another thread):");
@@ -608,7 +595,7 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_a
         worst_p99.as_secs_f64() * 1e3
     );
     let all_lat: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
-    let overall_p99 = quantile(&all_lat, 0.99);
+    let overall_p99 = duration_quantile(&all_lat, 0.99);
     // The kernel's counters are approximate (per-CPU caches): the peak is at least every
     // VmRSS read.
     let hwm = daemon.status_kb("VmHWM").max(held_rss);
@@ -617,7 +604,7 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_a
         "overall: {} checks, p99 {:.2} ms, max {:.2} ms",
         samples.len(),
         overall_p99.as_secs_f64() * 1e3,
-        quantile(&all_lat, 1.0).as_secs_f64() * 1e3
+        duration_quantile(&all_lat, 1.0).as_secs_f64() * 1e3
     );
     println!(
         "daemon memory: VmRSS baseline {base_rss} kB, with {IDLE_CONNECTIONS} idle clients {held_rss} kB, \

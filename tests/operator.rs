@@ -10,7 +10,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::{Daemon, Fleet, config_for, settle_bound};
-use primgr_lab::{Lab, LabSpec, StopMode};
+use primgr_lab::{Lab, LabSpec};
 use serde_json::Value;
 
 /// Bound on one run of `primgr cluster` (two rounds of at most 2 s each, plus start-up).
@@ -39,6 +39,15 @@ async fn cluster(lab: &Lab, via: &str, extra: &[&str]) -> (i32, String, String) 
     let mut args = vec!["cluster", "--url", url.as_str()];
     args.extend_from_slice(extra);
     primgr(&args).await
+}
+
+/// `primgr cluster` through `via`'s daemon: prints its table under `label`, asserts the exit
+/// code, returns the table.
+async fn table_via(lab: &Lab, via: &str, label: &str, code: i32) -> String {
+    let (got, table, err) = cluster(lab, via, &[]).await;
+    println!("{label}:\n{table}");
+    assert_eq!(got, code, "{label}: {table}{err}");
+    table
 }
 
 /// The table's rows by node name: Node, Site, Address, State, Code, Primary, Votes, Age,
@@ -100,9 +109,7 @@ async fn cluster_command_through_failover_split_brain_and_stopped_daemons() {
         .wait_json("node1", "/status", settle_bound(), |s| s["votes"] == 3)
         .await;
     // Asked through a standby: any daemon knows the membership.
-    let (code, table, err) = cluster(&lab, "node3", &[]).await;
-    println!("normal:\n{table}");
-    assert_eq!(code, 0, "{table}{err}");
+    let table = table_via(&lab, "node3", "normal", 0).await;
     let r = rows(&table);
     assert_eq!(
         r.keys().collect::<Vec<_>>(),
@@ -163,28 +170,11 @@ async fn cluster_command_through_failover_split_brain_and_stopped_daemons() {
     );
 
     // 2. Failover: node1 dies, node2 is promoted, node3 and node4 follow it.
-    lab.stop("node1", StopMode::Immediate)
-        .await
-        .expect("stop node1");
-    lab.promote("node2").await.expect("promote node2");
-    lab.follow("node3").await.expect("node3 follows");
-    lab.follow("node4").await.expect("node4 follows");
-    fleet
-        .wait_codes(
-            &[
-                ("node1", 503),
-                ("node2", 200),
-                ("node3", 202),
-                ("node4", 202),
-            ],
-            settle_bound(),
-        )
-        .await;
+    lab.failover("node1", "node2").await.expect("failover");
+    fleet.wait_after_failover().await;
     // Asked through node1's daemon: its database is down, it still knows the members.
     for via in ["node1", "node4"] {
-        let (code, table, err) = cluster(&lab, via, &[]).await;
-        println!("after failover, via {via}:\n{table}");
-        assert_eq!(code, 0, "{table}{err}");
+        let table = table_via(&lab, via, &format!("after failover, via {via}"), 0).await;
         assert_states(
             &table,
             &[
@@ -208,9 +198,7 @@ async fn cluster_command_through_failover_split_brain_and_stopped_daemons() {
     fleet
         .wait_codes(&[("node1", 509), ("node2", 200)], settle_bound())
         .await;
-    let (code, table, err) = cluster(&lab, "node1", &[]).await;
-    println!("split brain, via node1:\n{table}");
-    assert_eq!(code, 0, "{table}{err}");
+    let table = table_via(&lab, "node1", "split brain, via node1", 0).await;
     assert_states(
         &table,
         &[
@@ -238,9 +226,7 @@ async fn cluster_command_through_failover_split_brain_and_stopped_daemons() {
         .stop()
         .await;
     println!("node4's daemon stopped in {took:?}");
-    let (code, table, err) = cluster(&lab, "node2", &[]).await;
-    println!("node4's daemon stopped:\n{table}");
-    assert_eq!(code, 0, "{table}{err}");
+    let table = table_via(&lab, "node2", "node4's daemon stopped", 0).await;
     let r = rows(&table);
     assert_eq!(r.len(), 4, "{table}");
     assert_eq!(cell(&r, "node4", STATE), "unreachable", "{table}");
@@ -263,9 +249,7 @@ async fn cluster_command_through_failover_split_brain_and_stopped_daemons() {
         .expect("node2 daemon")
         .stop()
         .await;
-    let (code, table, err) = cluster(&lab, "node3", &[]).await;
-    println!("node2's and node4's daemons stopped:\n{table}");
-    assert_eq!(code, 1, "{table}{err}");
+    let table = table_via(&lab, "node3", "node2's and node4's daemons stopped", 1).await;
     assert_states(
         &table,
         &[("node1", "Unknown", "509"), ("node3", "Standby", "202")],
@@ -283,23 +267,18 @@ async fn cluster_command_through_failover_split_brain_and_stopped_daemons() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_command_with_nothing_listening_exits_2() {
-    // An address of this test's subnet where no daemon runs.
-    let (code, out, err) = primgr(&["cluster", "--url", "http://127.0.71.250:5999"]).await;
+    // An address of this test's subnet (71, shifted like every lab subnet) where no daemon
+    // runs.
+    let subnet = primgr_lab::lab_subnet(71).expect("subnet");
+    let nobody = std::net::SocketAddr::from(([127, 0, subnet, 250], primgr_lab::DAEMON_PORT));
+    let url = format!("http://{nobody}");
+    let (code, out, err) = primgr(&["cluster", "--url", &url]).await;
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.is_empty(), "nothing on stdout: {out}");
-    assert!(
-        err.contains("cannot ask http://127.0.71.250:5999/"),
-        "{err}"
-    );
-    let (code, out, err) = primgr(&[
-        "cluster",
-        "--url",
-        "127.0.71.250:5999",
-        "--json",
-        "--timeout",
-        "500ms",
-    ])
-    .await;
+    assert!(err.contains(&format!("cannot ask {url}/")), "{err}");
+    let bare = nobody.to_string();
+    let (code, out, err) =
+        primgr(&["cluster", "--url", &bare, "--json", "--timeout", "500ms"]).await;
     assert_eq!(code, 2, "{out}{err}");
     let doc: Value = serde_json::from_str(&out).expect("--json prints JSON");
     assert!(
@@ -402,9 +381,7 @@ async fn least_privilege_role_is_enough() {
             "{status}"
         );
     }
-    let (code, table, err) = cluster(&lab, "node2", &[]).await;
-    println!("without SELECT:\n{table}");
-    assert_eq!(code, 1, "no primary: {table}{err}");
+    let table = table_via(&lab, "node2", "without SELECT", 1).await;
     assert!(
         cell(&rows(&table), "node1", DETAIL).contains("permission denied"),
         "{table}"

@@ -1,4 +1,5 @@
-//! Running external commands with a timeout, optionally as the `postgres` OS user.
+//! Running external commands with a timeout, optionally as the `postgres` OS user, and the
+//! check that the lab runs as root ([`ensure_root`]).
 //!
 //! Every command runs in its own process group (so Ctrl-C in a terminal does not reach it and a
 //! timeout can kill it together with whatever it forked), with stdin from `/dev/null`. On failure
@@ -12,6 +13,18 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Fails with a clear error unless the effective user is root.
+pub fn ensure_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    anyhow::ensure!(
+        euid == 0,
+        "primgr-lab must run as root (euid is {euid}): it runs PostgreSQL as the postgres user \
+         through runuser and manages iptables rules; run the tests/demo as root"
+    );
+    Ok(())
+}
 
 /// Home directory given to commands run as `postgres`.
 pub(crate) const PG_HOME: &str = "/var/lib/postgresql";
@@ -155,20 +168,19 @@ impl Run {
         anyhow!(msg)
     }
 
-    /// Run and return the output whatever the exit status; errors only if the command cannot
-    /// be started or times out (it is then killed with its whole process group).
-    pub async fn output(&self) -> Result<Output> {
+    /// The command to spawn: its own process group, stdin from `/dev/null`, stdout and stderr
+    /// piped.
+    fn command(&self) -> Result<std::process::Command> {
         let argv = self.full_argv();
         let (prog, args) = argv
             .split_first()
             .ok_or_else(|| anyhow!("{}: empty command", self.what))?;
-        let mut cmd = tokio::process::Command::new(prog);
+        let mut cmd = std::process::Command::new(prog);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .process_group(0);
+            .stderr(Stdio::piped());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         if let Some(dir) = &self.cwd {
             cmd.current_dir(dir);
         }
@@ -177,6 +189,14 @@ impl Run {
                 cmd.env(k, v);
             }
         }
+        Ok(cmd)
+    }
+
+    /// Run and return the output whatever the exit status; errors only if the command cannot
+    /// be started or times out (it is then killed with its whole process group).
+    pub async fn output(&self) -> Result<Output> {
+        let mut cmd = tokio::process::Command::from(self.command()?);
+        cmd.kill_on_drop(true);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("{}: cannot start {}", self.what, self.display()))?;
@@ -229,25 +249,8 @@ impl Run {
 
     /// Synchronous variant of [`Run::output`] (for `Drop` and blocking contexts).
     pub fn output_sync(&self) -> Result<Output> {
-        let argv = self.full_argv();
-        let (prog, args) = argv
-            .split_first()
-            .ok_or_else(|| anyhow!("{}: empty command", self.what))?;
-        let mut cmd = std::process::Command::new(prog);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        if let Some(dir) = &self.cwd {
-            cmd.current_dir(dir);
-        }
-        if !self.as_postgres {
-            for (k, v) in &self.env {
-                cmd.env(k, v);
-            }
-        }
-        let child = cmd
+        let child = self
+            .command()?
             .spawn()
             .with_context(|| format!("{}: cannot start {}", self.what, self.display()))?;
         let pid = child.id() as i32;

@@ -1,11 +1,21 @@
-//! Status table of the demo (`primgr-lab up`), built from independent [`Section`]s so that
-//! further parts of the demo (e.g. haproxy) can add their own: write an `async fn` returning a
-//! [`Section`] and add it to the list the binary collects before calling [`render`].
+//! What the demo (`primgr-lab up`) shows: a status print built from independent [`Section`]s
+//! (the PostgreSQL nodes, the primgr daemons, haproxy's ports and where new connections through
+//! them land, how to reach things). Further parts of the demo add their own: write an
+//! `async fn` returning a [`Section`] and add it to the list the binary collects before calling
+//! [`render`].
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::http;
-use crate::{Lab, join_all};
+use anyhow::{Result, anyhow};
+
+use crate::haproxy::{Haproxy, READ, STATS, WRITE};
+use crate::sql::psql_over_tcp;
+use crate::table::Table;
+use crate::{Lab, http, join_all};
+
+/// How long one `psql` probe through a listener may take (connect timeout 2 s inside).
+const T_PROBE: Duration = Duration::from_secs(4);
 
 /// One block of the status print: a titled table plus free-form lines.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,32 +41,17 @@ impl Section {
     }
 }
 
-/// Render sections as aligned text tables.
+/// Render sections as aligned text tables ([`Table`]) followed by their notes.
 pub fn render(sections: &[Section]) -> String {
     let mut out = String::new();
     for s in sections {
         out.push_str(&format!("== {} ==\n", s.title));
         if !s.header.is_empty() {
-            let cols = s.header.len();
-            let mut w: Vec<usize> = s.header.iter().map(|h| h.chars().count()).collect();
+            let mut t = Table::new(&s.header);
             for r in &s.rows {
-                for (i, c) in r.iter().enumerate().take(cols) {
-                    w[i] = w[i].max(c.chars().count());
-                }
+                t.row(r.clone());
             }
-            let line = |cells: &[String]| {
-                let mut l = String::new();
-                for (i, width) in w.iter().enumerate() {
-                    let c = cells.get(i).map(String::as_str).unwrap_or("");
-                    l.push_str(&format!("{c:<width$}  "));
-                }
-                l.trim_end().to_string() + "\n"
-            };
-            out.push_str(&line(&s.header));
-            out.push_str(&line(&w.iter().map(|&n| "-".repeat(n)).collect::<Vec<_>>()));
-            for r in &s.rows {
-                out.push_str(&line(r));
-            }
+            out.push_str(&t.render());
         }
         for n in &s.notes {
             out.push_str(n);
@@ -199,6 +194,120 @@ pub fn access_section(lab: &Lab, with_daemons: bool) -> Section {
         lab.dir().display(),
         crate::PG_BIN,
         lab.dir().display()
+    ));
+    sec
+}
+
+/// Where one new connection through a listener landed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Landing {
+    /// `inet_server_addr()` of the session.
+    pub server_addr: String,
+    /// The lab node with that address, if any.
+    pub node: Option<String>,
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+}
+
+/// Opens one new session through `addr` with `psql` (as user `repmgr`, database `repmgr`,
+/// connect timeout 2 s, whole run bounded by 4 s) and asks where it landed.
+pub async fn probe(lab: &Lab, addr: SocketAddr) -> Result<Landing> {
+    let out = psql_over_tcp(
+        addr,
+        "primgr-lab-probe",
+        "SELECT host(inet_server_addr()), pg_is_in_recovery()",
+        T_PROBE,
+    )
+    .await?;
+    let (server_addr, rec) = out
+        .trim()
+        .split_once('|')
+        .ok_or_else(|| anyhow!("unexpected psql output {out:?}"))?;
+    let node = lab
+        .node_names()
+        .into_iter()
+        .find(|n| lab.addr(n).to_string() == server_addr);
+    Ok(Landing {
+        server_addr: server_addr.to_string(),
+        node,
+        in_recovery: rec == "t",
+    })
+}
+
+fn show_landing(r: &Result<Landing>) -> String {
+    match r {
+        Ok(l) => format!(
+            "{} ({})",
+            l.node.as_deref().unwrap_or(&l.server_addr),
+            if l.in_recovery {
+                "standby"
+            } else {
+                "read-write"
+            }
+        ),
+        Err(e) => format!("no server: {}", one_line(&e.root_cause().to_string(), 50)),
+    }
+}
+
+/// The demo's haproxy block: for the write and the read port, haproxy's UP servers and where
+/// new connections land (one probe through the write port, three through the read port).
+pub async fn haproxy_section(lab: &Lab, hp: &Haproxy) -> Section {
+    let mut sec = Section::new(
+        format!("haproxy (contrib/haproxy.cfg, pid {})", hp.pid()),
+        &["port", "address", "haproxy UP", "new connections land on"],
+    );
+    let stats = hp.show_stat().await;
+    for (name, probes) in [(WRITE, 1), (READ, 3)] {
+        let Ok(addr) = hp.listener(name) else {
+            continue;
+        };
+        let up = match &stats {
+            Ok(rows) => {
+                let up: Vec<&str> = rows
+                    .iter()
+                    .filter(|s| s.proxy == name && s.is_server() && s.is_up())
+                    .map(|s| s.server.as_str())
+                    .collect();
+                if up.is_empty() {
+                    "none".to_string()
+                } else {
+                    up.join(",")
+                }
+            }
+            Err(e) => format!("? {}", one_line(&e.to_string(), 30)),
+        };
+        let mut landed = Vec::new();
+        for _ in 0..probes {
+            let l = show_landing(&probe(lab, addr).await);
+            if !landed.contains(&l) {
+                landed.push(l);
+            }
+        }
+        sec.rows.push(vec![
+            name.to_string(),
+            addr.to_string(),
+            up,
+            landed.join(", "),
+        ]);
+    }
+    for (name, what) in [(WRITE, "writes"), (READ, "reads")] {
+        if let Ok(a) = hp.listener(name) {
+            sec.notes.push(format!(
+                "{what}: psql -h {} -p {} -U repmgr repmgr",
+                a.ip(),
+                a.port()
+            ));
+        }
+    }
+    if let Ok(a) = hp.listener(STATS) {
+        sec.notes
+            .push(format!("stats: curl 'http://{a}/stats;csv'"));
+    }
+    sec.notes.push(format!(
+        "echo 'show stat' | socat stdio unix-connect:{}   (config {}, log {})",
+        hp.stats_socket().display(),
+        hp.config_path().display(),
+        hp.log_path().display()
     ));
     sec
 }

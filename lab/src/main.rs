@@ -30,7 +30,8 @@ usage:
                   [--no-daemons] [--no-haproxy] [-- EXTRA PRIMGR ARGS...]
   primgr-lab down [--subnet N] [--dir DIR]
 
-  --subnet N      third octet of the node addresses 127.0.N.11.. (default 77)
+  --subnet N      third octet of the node addresses 127.0.N.11.. (default 77; shifted by
+                  $PRIMGR_LAB_SUBNET_SHIFT like every lab subnet)
   --dir DIR       lab directory (default /tmp/primgr-lab-N)
   --primgr PATH   primgr binary (default $PRIMGR_BIN, else `primgr` next to this executable)
   --interval DUR  passed to every daemon as `--interval DUR` (default 1s; `none`: not passed)
@@ -71,14 +72,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                 .with_context(|| format!("{name} needs a value"))
         };
         match a.as_str() {
-            "--subnet" => {
-                let v = val("--subnet")?;
-                o.subnet = v
-                    .parse()
-                    .ok()
-                    .filter(|&n: &u8| n != 0)
-                    .with_context(|| format!("bad --subnet {v:?} (1..=255)"))?;
-            }
+            "--subnet" => o.subnet = primgr_lab::parse_subnet(&val("--subnet")?)?,
             "--dir" => o.dir = Some(val("--dir")?.into()),
             "--primgr" => o.primgr = Some(val("--primgr")?.into()),
             "--interval" => {
@@ -164,8 +158,8 @@ async fn up(o: Opts) -> Result<()> {
     spec.dir = o.dir.clone();
     eprintln!(
         "primgr-lab: building lab {} in {} ...",
-        o.subnet,
-        spec.lab_dir().display()
+        spec.effective_subnet()?,
+        spec.lab_dir()?.display()
     );
     let t = Instant::now();
     let lab = tokio::select! {
@@ -178,7 +172,7 @@ async fn up(o: Opts) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     let r = demo(&lab, &o, bin, &mut sigint, &mut sigterm).await;
-    eprintln!("primgr-lab: tearing down lab {} ...", o.subnet);
+    eprintln!("primgr-lab: tearing down lab {} ...", lab.subnet());
     let td = lab.teardown().await;
     r?;
     td?;
@@ -258,7 +252,7 @@ async fn collect(lab: &Lab, daemons: bool, hp: Option<&Haproxy>) -> Vec<Section>
     let mut v = vec![nodes];
     v.extend(daemon_sec);
     if let Some(hp) = hp {
-        v.push(haproxy::section(lab, hp).await);
+        v.push(dashboard::haproxy_section(lab, hp).await);
     }
     v.push(dashboard::access_section(lab, daemons));
     v

@@ -1,6 +1,7 @@
-//! End-to-end test of the lab itself on a real 4-node cluster (subnet 200). Must run as root.
+//! End-to-end test of the lab itself on a real 4-node cluster (subnet 200, and 201 for a
+//! second lab at the same time; both shifted by `PRIMGR_LAB_SUBNET_SHIFT`). Must run as root.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -38,10 +39,13 @@ async fn lab_lifecycle() -> Result<()> {
         println!("    {step:<41} {:>6.2}s", d.as_secs_f64());
     }
     let dir = lab.dir().to_path_buf();
-    assert_eq!(lab.addr("node3").to_string(), "127.0.200.13");
+    let subnet = primgr_lab::lab_subnet(200)?;
+    assert_eq!(lab.subnet(), subnet);
+    assert_eq!(dir, primgr_lab::default_dir(subnet));
+    assert_eq!(lab.addr("node3").to_string(), format!("127.0.{subnet}.13"));
     assert_eq!(
         lab.conninfo("node4"),
-        "host=127.0.200.14 port=5432 dbname=repmgr user=repmgr"
+        format!("host=127.0.{subnet}.14 port=5432 dbname=repmgr user=repmgr")
     );
 
     ensure!(!lab.in_recovery("node1").await?, "node1 must be primary");
@@ -103,7 +107,7 @@ async fn lab_lifecycle() -> Result<()> {
     // node.conf survived the rewind
     assert_eq!(
         lab.psql("node1", "SHOW listen_addresses").await?,
-        "127.0.200.11"
+        lab.addr("node1").to_string()
     );
 
     lab.freeze("node2").await?;
@@ -130,45 +134,49 @@ async fn lab_lifecycle() -> Result<()> {
     c.lap("freeze_postmaster node3 + thaw");
 
     lab.cut("node1", "node2").await?;
+    let chain = primgr_lab::chain_name(subnet);
+    let (a1, a2, a3) = (lab.addr("node1"), lab.addr("node2"), lab.addr("node3"));
     let rules = iptables_s()?;
     println!(
         "    {}",
         rules
             .lines()
-            .filter(|l| l.contains("PRIMGR_LAB_200"))
+            .filter(|l| l.contains(&chain))
             .collect::<Vec<_>>()
             .join("\n    ")
     );
-    ensure!(rules.contains("-A PRIMGR_LAB_200 -s 127.0.200.11/32 -d 127.0.200.12/32 -j DROP"));
-    ensure!(rules.contains("-A PRIMGR_LAB_200 -s 127.0.200.12/32 -d 127.0.200.11/32 -j DROP"));
-    ensure!(rules.contains("-A INPUT -j PRIMGR_LAB_200"));
-    ensure!(rules.contains("-A OUTPUT -j PRIMGR_LAB_200"));
+    ensure!(rules.contains(&format!("-A {chain} -s {a1}/32 -d {a2}/32 -j DROP")));
+    ensure!(rules.contains(&format!("-A {chain} -s {a2}/32 -d {a1}/32 -j DROP")));
+    ensure!(rules.contains(&format!("-A INPUT -j {chain}")));
+    ensure!(rules.contains(&format!("-A OUTPUT -j {chain}")));
     assert_eq!(lab.firewall_rules().await?.len(), 3);
     // A connection bound to node1's address towards node2's postgres now times out.
+    let node2_pg = SocketAddr::from((a2, PG_PORT));
     ensure!(
-        !connects_from("127.0.200.11", "127.0.200.12:5432").await?,
+        !connects_from(a1, node2_pg).await?,
         "cut node1 -> node2 must block"
     );
-    ensure!(connects_from("127.0.200.13", "127.0.200.12:5432").await?);
+    ensure!(connects_from(a3, node2_pg).await?);
     c.lap("cut node1<->node2");
     lab.heal("node1", "node2").await?;
     let rules = iptables_s()?;
-    ensure!(!rules.contains("127.0.200.11/32"), "rules left: {rules}");
+    ensure!(!rules.contains(&format!("{a1}/32")), "rules left: {rules}");
     c.lap("heal node1<->node2");
     lab.cut("node3", "node4").await?;
     lab.heal_all().await?;
-    ensure!(!iptables_s()?.contains("127.0.200.13/32"));
+    ensure!(!iptables_s()?.contains(&format!("{a3}/32")));
 
+    let addrs: Vec<SocketAddr> = lab
+        .node_names()
+        .iter()
+        .map(|n| SocketAddr::from((lab.addr(n), PG_PORT)))
+        .collect();
     lab.teardown().await?;
     c.lap("teardown");
     ensure!(!dir.exists(), "{} still exists", dir.display());
-    ensure!(
-        !iptables_s()?.contains("PRIMGR_LAB_200"),
-        "chain left behind"
-    );
+    ensure!(!iptables_s()?.contains(&chain), "chain left behind");
     ensure!(primgr_lab::postgres_processes_in(&dir).is_empty());
-    for i in 1..=4 {
-        let addr: SocketAddr = format!("127.0.200.{}:{PG_PORT}", 10 + i).parse()?;
+    for addr in addrs {
         ensure!(
             TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
             "something still listens on {addr}"
@@ -178,10 +186,9 @@ async fn lab_lifecycle() -> Result<()> {
 }
 
 /// Whether a TCP connect from a bound source address succeeds within 1 s.
-async fn connects_from(src: &str, dst: &str) -> Result<bool> {
+async fn connects_from(src: Ipv4Addr, dst: SocketAddr) -> Result<bool> {
     let sock = tokio::net::TcpSocket::new_v4()?;
-    sock.bind(format!("{src}:0").parse()?)?;
-    let dst: SocketAddr = dst.parse()?;
+    sock.bind(SocketAddr::from((src, 0)))?;
     Ok(matches!(
         tokio::time::timeout(Duration::from_secs(1), sock.connect(dst)).await,
         Ok(Ok(_))
@@ -225,7 +232,8 @@ async fn crash_rejoin_daemons_and_drop() -> Result<()> {
     };
     let lab = Lab::build(spec).await?;
     c.lap("[201] build 2-node lab");
-    assert_eq!(lab.addr("a2").to_string(), "127.0.201.12");
+    let subnet = primgr_lab::lab_subnet(201)?;
+    assert_eq!(lab.addr("a2"), primgr_lab::node_address(subnet, 2));
     ensure!(lab.in_recovery("a2").await?);
     assert_eq!(lab.location("a2")?, "dc2");
 
@@ -278,10 +286,10 @@ async fn crash_rejoin_daemons_and_drop() -> Result<()> {
     drop(lab);
     c.lap("[201] drop (frozen, cut, daemons running)");
     ensure!(!dir.exists());
-    ensure!(!iptables_s()?.contains("PRIMGR_LAB_201"));
+    ensure!(!iptables_s()?.contains(&primgr_lab::chain_name(subnet)));
     ensure!(primgr_lab::postgres_processes_in(&dir).is_empty());
     let socats = std::process::Command::new("pgrep")
-        .args(["-f", "bind=127.0.201."])
+        .args(["-f", &format!("bind=127.0.{subnet}.")])
         .output()?;
     ensure!(
         socats.stdout.is_empty(),

@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use primgr_lab::http;
+use primgr_lab::{http, procfs, wait};
 
 /// A running `primgr` process; killed when dropped.
 pub struct Primgr {
@@ -46,23 +46,30 @@ impl Primgr {
         self.child.id()
     }
 
-    /// Waits until `/state` answers (any status); panics with the log after `within`.
+    /// Waits until `/state` answers (any status); panics with the log after `within` or when
+    /// the process exits first.
     pub async fn wait_listening(&mut self, within: Duration) {
-        let t0 = Instant::now();
-        loop {
-            if http::get(self.addr, "/state", Duration::from_millis(500))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            assert!(self.running(), "primgr exited:\n{}", self.log_text());
-            assert!(
-                t0.elapsed() < within,
-                "primgr not answering after {within:?}:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let addr = self.addr;
+        let exited = std::cell::Cell::new(false);
+        let child = std::cell::RefCell::new(&mut self.child);
+        let r = wait::wait_for_every(
+            &format!("primgr answering on {addr}"),
+            within,
+            Duration::from_millis(50),
+            || async {
+                if !matches!(child.borrow_mut().try_wait(), Ok(None)) {
+                    exited.set(true);
+                    return Ok(true);
+                }
+                Ok(http::get(addr, "/state", Duration::from_millis(500))
+                    .await
+                    .is_ok())
+            },
+        )
+        .await;
+        assert!(!exited.get(), "primgr exited:\n{}", self.log_text());
+        if let Err(e) = r {
+            panic!("{e:#}:\n{}", self.log_text());
         }
     }
 
@@ -73,15 +80,12 @@ impl Primgr {
 
     /// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, ...).
     pub fn status_kb(&self, field: &str) -> u64 {
-        proc_status_kb(self.pid(), field)
-            .unwrap_or_else(|| panic!("{field} of pid {} unreadable", self.pid()))
+        procfs::status_kb(self.pid(), field).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Number of open file descriptors.
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        procfs::open_fds(self.pid()).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Everything the process logged so far.
@@ -100,14 +104,6 @@ impl Drop for Primgr {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A `kB` field of `/proc/<pid>/status`.
-pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// A fresh scratch directory for a test's files (logs), removed first if it exists.

@@ -10,8 +10,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use primgr::Config;
-use primgr_lab::Lab;
 use primgr_lab::http::{self, HttpResponse};
+use primgr_lab::{Lab, wait};
+use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -142,29 +143,29 @@ impl Fleet {
         }
     }
 
+    /// Waits until node1..node4 of the standard lab answer `codes` (in that order).
+    pub async fn wait_standard(&self, codes: [u16; 4]) -> Duration {
+        let want: Vec<(&str, u16)> = ["node1", "node2", "node3", "node4"]
+            .into_iter()
+            .zip(codes)
+            .collect();
+        self.wait_codes(&want, settle_bound()).await
+    }
+
     /// Waits for the standard lab's normal state: node1 answers 200, node2-4 answer 202.
     pub async fn wait_normal(&self) -> Duration {
-        self.wait_codes(
-            &[
-                ("node1", 200),
-                ("node2", 202),
-                ("node3", 202),
-                ("node4", 202),
-            ],
-            settle_bound(),
-        )
-        .await
+        self.wait_standard([200, 202, 202, 202]).await
+    }
+
+    /// Waits for the standard lab after `lab.failover("node1", "node2")`: node1 (its database
+    /// down) answers 503, node2 200, node3 and node4 202.
+    pub async fn wait_after_failover(&self) -> Duration {
+        self.wait_standard([503, 200, 202, 202]).await
     }
 
     /// The JSON body of `path` on `node`, with its status.
-    pub async fn json(&self, node: &str, path: &str) -> (u16, serde_json::Value) {
-        let r = self
-            .get(node, path)
-            .await
-            .unwrap_or_else(|e| panic!("{node} {path}: {e}"));
-        let v = serde_json::from_str(&r.body)
-            .unwrap_or_else(|e| panic!("{node} {path}: body {:?} is not JSON: {e}", r.body));
-        (r.status, v)
+    pub async fn json(&self, node: &str, path: &str) -> (u16, Value) {
+        json_at(self.addr(node), path).await
     }
 
     /// Waits until `path` on `node` returns JSON for which `check` holds; returns it.
@@ -173,20 +174,9 @@ impl Fleet {
         node: &str,
         path: &str,
         within: Duration,
-        check: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let t0 = Instant::now();
-        loop {
-            let (_, v) = self.json(node, path).await;
-            if check(&v) {
-                return v;
-            }
-            assert!(
-                t0.elapsed() < within,
-                "{node} {path} never as wanted; last {v}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        wait_json_at(self.addr(node), path, within, check).await
     }
 
     pub async fn stop_all(&mut self) {
@@ -200,4 +190,42 @@ impl Fleet {
 /// loaded 2-core machine.
 pub fn settle_bound() -> Duration {
     INTERVAL * 2 + DB_TIMEOUT + PEER_TIMEOUT + Duration::from_secs(2)
+}
+
+/// The JSON body of `path` at `addr` (1 s bound), with its status; panics when there is no
+/// answer or it is not JSON.
+pub async fn json_at(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let r = http::get(addr, path, Duration::from_secs(1))
+        .await
+        .unwrap_or_else(|e| panic!("{addr} {path}: {e:#}"));
+    let v = serde_json::from_str(&r.body)
+        .unwrap_or_else(|e| panic!("{addr} {path}: body {:?} is not JSON: {e}", r.body));
+    (r.status, v)
+}
+
+/// Waits (polling every 50 ms) until `path` at `addr` returns JSON for which `check` holds;
+/// returns it, or panics with the last one after `within`.
+pub async fn wait_json_at(
+    addr: SocketAddr,
+    path: &str,
+    within: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let last = std::cell::RefCell::new(Value::Null);
+    let r = wait::wait_for_every(
+        &format!("{addr} {path} as wanted"),
+        within,
+        Duration::from_millis(50),
+        || async {
+            let (_, v) = json_at(addr, path).await;
+            let ok = check(&v);
+            *last.borrow_mut() = v;
+            Ok(ok)
+        },
+    )
+    .await;
+    if let Err(e) = r {
+        panic!("{e:#}; last {}", last.borrow());
+    }
+    last.into_inner()
 }

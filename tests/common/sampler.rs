@@ -160,14 +160,3 @@ fn raise_priority() {
         .stderr(std::process::Stdio::null())
         .status();
 }
-
-/// The `q`-quantile (0..=1) of `values`, by nearest rank; zero when empty.
-pub fn quantile(values: &[Duration], q: f64) -> Duration {
-    if values.is_empty() {
-        return Duration::ZERO;
-    }
-    let mut v = values.to_vec();
-    v.sort();
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}

@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use primgr_lab::http;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
@@ -32,12 +33,11 @@ struct Answers {
 }
 
 fn response(status: &str, body: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncache-control: no-store\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
+    http::response(
+        status,
+        "content-type: application/json\r\ncache-control: no-store\r\n",
+        body.as_bytes(),
     )
-    .into_bytes()
 }
 
 impl FakePeers {
@@ -74,20 +74,7 @@ impl FakePeers {
 /// Answers requests on one keep-alive connection until the client closes it.
 async fn serve(mut stream: TcpStream, answers: Arc<Answers>) {
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
-    loop {
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if buf.len() > MAX_HEAD {
-                return;
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
+    while let Ok(Some(end)) = http::read_head(&mut stream, &mut buf, MAX_HEAD).await {
         let reply = answer(&buf[..end], &answers);
         buf.drain(..end);
         if stream.write_all(reply).await.is_err() {

@@ -1,0 +1,166 @@
+//! Faults: a database frozen (SIGSTOP of the postmaster and its children, or of the postmaster
+//! alone) and thawed, and network cuts in the lab's own iptables chain (DROP or REJECT between
+//! node addresses, arbitrary rules). The iptables primitives are in `firewall.rs`.
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::firewall;
+use crate::lab::{Lab, lock};
+use crate::procfs;
+use crate::spec::chain_name;
+
+/// How [`Lab::cut_with`] blocks traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CutMode {
+    /// Silently drop packets (connects time out): a real partition.
+    Drop,
+    /// Reject TCP with a reset (connects fail at once).
+    Reject,
+}
+
+impl CutMode {
+    fn rule(self, src: &str, dst: &str) -> Vec<String> {
+        let mut r: Vec<String> = ["-s", src, "-d", dst]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        match self {
+            CutMode::Drop => r.extend(["-j".into(), "DROP".into()]),
+            CutMode::Reject => r.extend(
+                ["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"]
+                    .iter()
+                    .map(|s| s.to_string()),
+            ),
+        }
+        r
+    }
+}
+
+impl Lab {
+    /// Whether the node's postmaster is stopped by SIGSTOP.
+    pub fn is_frozen(&self, node: &str) -> bool {
+        self.node(node)
+            .ok()
+            .and_then(|n| procfs::postmaster_pid(&n.data()))
+            .is_some_and(procfs::stopped)
+    }
+
+    /// SIGSTOP the node's postmaster and all its children (a hung database: connections and
+    /// queries hang; TCP connects still succeed).
+    pub async fn freeze(&self, node: &str) -> Result<()> {
+        let pm = self.running_postmaster(node)?;
+        procfs::signal(pm, libc::SIGSTOP);
+        for c in procfs::children(pm) {
+            procfs::signal(c, libc::SIGSTOP);
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP only the postmaster: existing sessions keep working, new connections hang.
+    pub async fn freeze_postmaster(&self, node: &str) -> Result<()> {
+        let pm = self.running_postmaster(node)?;
+        procfs::signal(pm, libc::SIGSTOP);
+        Ok(())
+    }
+
+    /// SIGCONT the postmaster and all its children. Does nothing if the node is not running.
+    pub async fn thaw(&self, node: &str) -> Result<()> {
+        let n = self.node(node)?;
+        if let Some(pm) = procfs::postmaster_pid(&n.data()) {
+            procfs::signal(pm, libc::SIGCONT);
+            for c in procfs::children(pm) {
+                procfs::signal(c, libc::SIGCONT);
+            }
+        }
+        Ok(())
+    }
+
+    fn running_postmaster(&self, node: &str) -> Result<i32> {
+        let n = self.node(node)?;
+        procfs::postmaster_pid(&n.data()).ok_or_else(|| anyhow!("{node} is not running"))
+    }
+
+    async fn fw<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&str) -> Result<T> + Send + 'static,
+    {
+        let chain = chain_name(self.subnet);
+        let l = self.fw_lock.clone();
+        tokio::task::spawn_blocking(move || {
+            let _g = lock(&l);
+            f(&chain)
+        })
+        .await
+        .context("iptables task failed")?
+    }
+
+    /// Drop all packets between the two nodes' addresses, both directions (iptables DROP in the
+    /// lab's chain). Only affects connections whose source is bound to a node address.
+    pub async fn cut(&self, a: &str, b: &str) -> Result<()> {
+        self.cut_with(a, b, CutMode::Drop).await
+    }
+
+    /// [`Lab::cut`] choosing DROP or TCP-reset REJECT.
+    pub async fn cut_with(&self, a: &str, b: &str, mode: CutMode) -> Result<()> {
+        let (x, y) = (self.try_addr(a)?.to_string(), self.try_addr(b)?.to_string());
+        self.fw(move |chain| {
+            firewall::ensure_chain(chain)?;
+            for (src, dst) in [(&x, &y), (&y, &x)] {
+                let rule = mode.rule(src, dst);
+                firewall::add_rule(chain, &rule.iter().map(String::as_str).collect::<Vec<_>>())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Remove the cut between the two nodes (both directions, DROP and REJECT rules).
+    pub async fn heal(&self, a: &str, b: &str) -> Result<()> {
+        let (x, y) = (self.try_addr(a)?.to_string(), self.try_addr(b)?.to_string());
+        self.fw(move |chain| {
+            for (src, dst) in [(&x, &y), (&y, &x)] {
+                for mode in [CutMode::Drop, CutMode::Reject] {
+                    let rule = mode.rule(src, dst);
+                    firewall::delete_rule(
+                        chain,
+                        &rule.iter().map(String::as_str).collect::<Vec<_>>(),
+                    )?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Remove every rule of the lab's chain.
+    pub async fn heal_all(&self) -> Result<()> {
+        self.fw(firewall::flush).await
+    }
+
+    /// Add an arbitrary rule to the lab's chain, e.g. `["-d", "127.0.77.11", "-p", "tcp",
+    /// "--dport", "5432", "-j", "DROP"]` (cuts a database for clients that do not bind).
+    /// Removed by [`Lab::heal_all`], [`Lab::remove_rule`] and teardown.
+    pub async fn add_rule(&self, rule: &[&str]) -> Result<()> {
+        let rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
+        self.fw(move |chain| {
+            firewall::ensure_chain(chain)?;
+            firewall::add_rule(chain, &rule.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+    }
+
+    /// Remove a rule added with [`Lab::add_rule`].
+    pub async fn remove_rule(&self, rule: &[&str]) -> Result<()> {
+        let rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
+        self.fw(move |chain| {
+            firewall::delete_rule(chain, &rule.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+    }
+
+    /// `iptables -S <lab chain>` (empty if the chain does not exist yet).
+    pub async fn firewall_rules(&self) -> Result<Vec<String>> {
+        self.fw(firewall::list).await
+    }
+}
