@@ -58,7 +58,7 @@ async fn methods_paths_and_a_down_database() {
         .expect("get");
     assert_eq!(
         (r.status, r.body.as_str()),
-        (503, r#"{"Primary":null,"state":"Down"}"#)
+        (503, r#"{"Primary":null,"node":"solo","state":"Down"}"#)
     );
     let r = http::get(d.addr, "/realPrimary", Duration::from_secs(1))
         .await

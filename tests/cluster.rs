@@ -11,15 +11,20 @@ use primgr_lab::{Lab, LabSpec, StopMode};
 use serde_json::json;
 
 async fn assert_everyone_names(fleet: &Fleet, nodes: &[&str], primary: &str) {
-    for (path, key) in [("/primary", "Primary"), ("/realPrimary", "realPrimary")] {
-        for node in nodes {
-            let (code, body) = fleet.json(node, path).await;
-            assert_eq!(
-                (code, body),
-                (200, json!({ key: primary })),
-                "{node} {path}"
-            );
-        }
+    for node in nodes {
+        // `/primary` names whom the local metadata names, and the node that says so.
+        let (code, body) = fleet.json(node, "/primary").await;
+        assert_eq!(
+            (code, body),
+            (200, json!({ "Primary": primary, "node": node })),
+            "{node} /primary"
+        );
+        let (code, body) = fleet.json(node, "/realPrimary").await;
+        assert_eq!(
+            (code, body),
+            (200, json!({ "realPrimary": primary })),
+            "{node} /realPrimary"
+        );
     }
 }
 
@@ -68,7 +73,7 @@ async fn normal_failover_split_brain_and_rejoin() {
     );
     assert_eq!(
         fleet.json("node1", "/primary").await,
-        (503, json!({ "Primary": null, "state": "Down" }))
+        (503, json!({ "Primary": null, "state": "Down", "node": "node1" }))
     );
     // Every live daemon, node1's included (its database is down, its daemon is not).
     assert_everyone_names(&fleet, &["node2", "node3", "node4"], "node2").await;
@@ -115,7 +120,7 @@ async fn normal_failover_split_brain_and_rejoin() {
     );
     assert_eq!(
         fleet.json("node1", "/primary").await,
-        (200, json!({ "Primary": "node1" })),
+        (200, json!({ "Primary": "node1", "node": "node1" })),
         "node1's own frozen metadata still names itself"
     );
     let (_, status) = fleet.json("node1", "/status").await;

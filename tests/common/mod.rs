@@ -186,10 +186,17 @@ impl Fleet {
     }
 }
 
-/// How long a state change may take to show: two cycles plus both timeouts, plus slack for a
-/// loaded 2-core machine.
+/// How long a state change may take to show: a daemon that starts grants no vote for
+/// `vote_lease`, a new primary waits out the handoff (`handoff_delay` × (1+ρ)), then two
+/// cycles and both timeouts, plus slack for a loaded 2-core machine.
 pub fn settle_bound() -> Duration {
-    INTERVAL * 2 + DB_TIMEOUT + PEER_TIMEOUT + Duration::from_secs(2)
+    let c = Config::for_node("any").expect("defaults");
+    c.vote_lease
+        + c.handoff_delay.mul_f64(1.0 + c.clock_drift)
+        + INTERVAL * 2
+        + DB_TIMEOUT
+        + PEER_TIMEOUT
+        + Duration::from_secs(2)
 }
 
 /// The JSON body of `path` at `addr` (1 s bound), with its status; panics when there is no
