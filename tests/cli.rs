@@ -45,11 +45,14 @@ fn shipped_example_is_valid_and_states_the_defaults() {
     assert!(defaults.status.success());
     assert_eq!(out, String::from_utf8_lossy(&defaults.stdout));
     for want in [
-        "0.0.0.0:5999",
-        "max_connections_in_pool: 3",
-        "interval: 2s",
-        "peer_timeout: 1s",
-        "max_staleness: 10s",
+        "listen = \"0.0.0.0:5999\"",
+        "max_connections_in_pool = 3",
+        "interval = \"1s\"",
+        "peer_timeout = \"500ms\"",
+        "max_staleness = \"5s\"",
+        "vote_lease = \"3s\"",
+        "handoff_delay = \"2s 500ms\"",
+        "clock_drift = 0.01",
     ] {
         assert!(out.contains(want), "{want} missing in {out}");
     }
@@ -67,7 +70,7 @@ fn flags_override_the_file() {
         "--check-config",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("interval: 750ms"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("interval = \"750ms\""));
 }
 
 fn write(name: &str, text: &str) -> std::path::PathBuf {

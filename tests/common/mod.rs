@@ -91,9 +91,16 @@ pub struct Fleet {
 
 impl Fleet {
     pub async fn start(lab: &Lab) -> Fleet {
+        Fleet::start_with(lab, |_, _| {}).await
+    }
+
+    /// A daemon per node, each configuration adjusted by `adjust(node, config)` first.
+    pub async fn start_with(lab: &Lab, adjust: impl Fn(&str, &mut Config)) -> Fleet {
         let mut daemons = BTreeMap::new();
         for node in lab.node_names() {
-            daemons.insert(node.clone(), Daemon::start(config_for(lab, &node)).await);
+            let mut config = config_for(lab, &node);
+            adjust(&node, &mut config);
+            daemons.insert(node.clone(), Daemon::start(config).await);
         }
         Fleet { daemons }
     }
