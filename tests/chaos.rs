@@ -9,7 +9,11 @@
 //! between two dc1 node addresses) and a daemon stopped; repairs: thaw, heal, daemon restarted.
 //! The seed is printed first; `PRIMGR_CHAOS_SEED=<seed>` replays the same schedule (the same
 //! faults in the same order; timings vary). `PRIMGR_CHAOS_FAULTS` sets the number of faults
-//! (default 15, a CI run of about three minutes).
+//! (default 15, a CI run of about three minutes). Whatever the seed, the schedule contains a
+//! failover, a stale old primary started beside the new one and a frozen database, the faults
+//! the invariants below need (the unit test `every_seed_schedules_every_needed_kind` plays
+//! 15,000 schedules on the model to show it); the summary prints how many samples each
+//! invariant checked, and an invariant that checked none fails the test.
 //!
 //! Invariants, checked on every sample against the fault log:
 //! 1. two nodes of one site never answer 200 at the same time outside a settle window of
@@ -125,6 +129,29 @@ impl Model {
             .collect()
     }
 
+    /// The model after `action` (`promoted`: the node a failover promotes).
+    fn apply(&mut self, action: Action, promoted: usize) {
+        match action {
+            Action::Failover => {
+                let old = self.primary;
+                self.nodes[old].db = Db::Stopped;
+                self.nodes[old].stale = true;
+                self.primary = promoted;
+            }
+            Action::StartStale(i) | Action::Thaw(i) => self.nodes[i].db = Db::Running,
+            Action::Rejoin(i) => {
+                self.nodes[i].db = Db::Running;
+                self.nodes[i].stale = false;
+            }
+            Action::Freeze(i) => self.nodes[i].db = Db::Frozen,
+            Action::FreezePostmaster(i) => self.nodes[i].db = Db::PmFrozen,
+            Action::Cut(a, b) => self.cuts.push((a, b)),
+            Action::Heal(a, b) => self.cuts.retain(|c| *c != (a, b)),
+            Action::StopDaemon(i) => self.nodes[i].daemon = false,
+            Action::StartDaemon(i) => self.nodes[i].daemon = true,
+        }
+    }
+
     /// Every action valid now, with the weight of its kind.
     fn valid(&self) -> Vec<(Action, u32)> {
         let mut out = Vec::new();
@@ -139,7 +166,8 @@ impl Model {
         }
         for i in 0..n {
             let x = &self.nodes[i];
-            if x.stale && x.db == Db::Stopped {
+            // With its daemon running: a split brain nobody answers for tests nothing.
+            if x.stale && x.db == Db::Stopped && x.daemon {
                 out.push((Action::StartStale(i), 3));
             }
             if x.stale
@@ -224,6 +252,183 @@ impl Action {
     }
 }
 
+/// Fault kinds the invariants need at least once: a failover (it stops a database: invariant 2),
+/// a stale old primary started beside the new one (split brain: invariant 1) and a database
+/// frozen (invariant 2).
+const NEEDED: [&str; 3] = ["failover", "stale primary started", "database frozen"];
+
+/// The seeded schedule: which action comes next. At least `faults` faults, and every kind of
+/// [`NEEDED`] at least once whatever the seed: once the faults left to schedule are no more
+/// than the needed kinds not seen yet, only those kinds, the repairs that make them possible
+/// and (while a split brain is still needed) a failover are chosen, for as long as it takes.
+struct Schedule {
+    faults: usize,
+    done: usize,
+    actions: usize,
+    by_kind: BTreeMap<&'static str, usize>,
+}
+
+impl Schedule {
+    fn new(faults: usize) -> Schedule {
+        Schedule {
+            faults,
+            done: 0,
+            actions: 0,
+            by_kind: BTreeMap::new(),
+        }
+    }
+
+    fn missing(&self) -> Vec<&'static str> {
+        NEEDED
+            .into_iter()
+            .filter(|k| !self.by_kind.contains_key(k))
+            .collect()
+    }
+
+    fn finished(&self) -> bool {
+        self.done >= self.faults && self.missing().is_empty()
+    }
+
+    /// Whether `action` may come next while only the needed kinds are being completed.
+    fn completes(action: Action, missing: &[&str]) -> bool {
+        let kind = action.kind();
+        missing.contains(&kind)
+            || matches!(
+                action,
+                Action::Thaw(_) | Action::Heal(..) | Action::StartDaemon(_)
+            )
+            || (action == Action::Failover && missing.contains(&"stale primary started"))
+    }
+
+    /// The next action: a kind first (kinds not seen yet weigh more, so a short run covers
+    /// them all), then one of its valid instances.
+    fn next(&self, model: &Model, rng: &mut Rng, seed: u64) -> Action {
+        assert!(
+            self.actions < 20 * self.faults + 100,
+            "seed {seed}: the schedule did not get every needed kind in {} actions: {:?}",
+            self.actions,
+            self.by_kind
+        );
+        let missing = self.missing();
+        let completing = self.faults.saturating_sub(self.done) <= missing.len();
+        let valid: Vec<(Action, u32)> = model
+            .valid()
+            .into_iter()
+            .filter(|(a, _)| !completing || Self::completes(*a, &missing))
+            .collect();
+        let mut kinds: Vec<(&'static str, u32)> = Vec::new();
+        for (a, w) in &valid {
+            if !kinds.iter().any(|(k, _)| *k == a.kind()) {
+                let boost = if self.by_kind.contains_key(a.kind()) {
+                    1
+                } else {
+                    4
+                };
+                kinds.push((a.kind(), w * boost));
+            }
+        }
+        let total: u32 = kinds.iter().map(|(_, w)| w).sum();
+        assert!(
+            total > 0,
+            "seed {seed}: no valid action (missing {missing:?})"
+        );
+        let mut pick = rng.below(total as usize) as u32;
+        let kind = kinds
+            .iter()
+            .find(|(_, w)| {
+                if pick < *w {
+                    true
+                } else {
+                    pick -= w;
+                    false
+                }
+            })
+            .map(|(k, _)| *k)
+            .expect("a kind");
+        let instances: Vec<Action> = valid
+            .iter()
+            .filter(|(a, _)| a.kind() == kind)
+            .map(|(a, _)| *a)
+            .collect();
+        instances[rng.below(instances.len())]
+    }
+
+    fn record(&mut self, action: Action) {
+        self.actions += 1;
+        *self.by_kind.entry(action.kind()).or_default() += 1;
+        if action.is_fault() {
+            self.done += 1;
+        }
+    }
+}
+
+/// The standard lab's model: node1..node3 in dc1 (node1 the primary), node4 in dc2.
+fn standard_model() -> Model {
+    let nodes = [
+        ("node1", "dc1"),
+        ("node2", "dc1"),
+        ("node3", "dc1"),
+        ("node4", "dc2"),
+    ]
+    .into_iter()
+    .map(|(name, site)| NodeModel {
+        name: name.into(),
+        site: site.into(),
+        db: Db::Running,
+        stale: false,
+        daemon: true,
+    })
+    .collect();
+    Model {
+        nodes,
+        primary: 0,
+        cuts: Vec::new(),
+    }
+}
+
+/// Whatever the seed and the number of faults, the schedule exercises every needed kind: the
+/// schedules of 3,000 seeds at several fault counts, played on the model alone (a failover
+/// promotes a dc1 standby chosen by the seed, as the real run picks among equals).
+#[test]
+fn every_seed_schedules_every_needed_kind() {
+    let mut longest = 0;
+    let mut checked = 0;
+    for faults in [1, 2, 3, 5, 15] {
+        for seed in 0..3000u64 {
+            let mut model = standard_model();
+            let mut rng = Rng(seed);
+            let mut schedule = Schedule::new(faults);
+            while !schedule.finished() {
+                let action = schedule.next(&model, &mut rng, seed);
+                let promoted = if action == Action::Failover {
+                    let dc1: Vec<usize> = model
+                        .dc1()
+                        .into_iter()
+                        .filter(|&i| i != model.primary)
+                        .collect();
+                    dc1[rng.below(dc1.len())]
+                } else {
+                    model.primary
+                };
+                model.apply(action, promoted);
+                schedule.record(action);
+            }
+            for kind in NEEDED {
+                assert!(
+                    schedule.by_kind.contains_key(kind),
+                    "seed {seed}: no {kind}"
+                );
+            }
+            assert!(schedule.done >= faults, "seed {seed}");
+            longest = longest.max(schedule.actions);
+            checked += 1;
+        }
+    }
+    println!(
+        "{checked} schedules checked, each with every needed kind; the longest had {longest} actions"
+    );
+}
+
 /// An action and when it ran, in sampler time.
 struct Event {
     what: String,
@@ -250,6 +455,9 @@ struct Run {
     db_spans: Vec<Span>,
     /// Daemon not answering on purpose: from the stop until the restarted one listens.
     daemon_down: Vec<Span>,
+    /// A stale old primary running read-write beside the real one (split brain): from its
+    /// start until its rejoin.
+    split_brain: Vec<Span>,
     daemon_args: Vec<String>,
     seed: u64,
 }
@@ -261,7 +469,6 @@ impl Run {
 
     fn db_down(&mut self, i: usize, what: Db) {
         let start = self.sampler.now();
-        self.model.nodes[i].db = what;
         self.db_spans.push(Span {
             node: i,
             what,
@@ -272,15 +479,16 @@ impl Run {
 
     fn db_up(&mut self, i: usize) {
         close_spans(&mut self.db_spans, i, self.sampler.now());
-        self.model.nodes[i].db = Db::Running;
     }
 
     fn check<T>(&self, what: &str, r: anyhow::Result<T>) -> T {
         r.unwrap_or_else(|e| panic!("seed {}: {what} failed: {e:#}", self.seed))
     }
 
+    /// Runs `action` on the lab, records its spans, updates the model; returns what it did.
     async fn apply(&mut self, action: Action) -> String {
-        match action {
+        let mut promoted = self.model.primary;
+        let what = match action {
             Action::Failover => {
                 let old = self.model.primary;
                 let old_name = self.name(old);
@@ -320,22 +528,27 @@ impl Run {
                         self.check("follow", r);
                     }
                 }
-                self.model.primary = new;
-                self.model.nodes[old].stale = true;
+                promoted = new;
                 format!("{old_name} killed, {new_name} promoted, the rest follow")
             }
             Action::StartStale(i) => {
                 self.db_up(i);
                 let r = self.lab.start(&self.name(i)).await;
                 self.check("start stale", r);
+                self.split_brain.push(Span {
+                    node: i,
+                    what: Db::Running,
+                    start: self.sampler.now(),
+                    end: None,
+                });
                 format!("{} started without rejoin (read-write)", self.name(i))
             }
             Action::Rejoin(i) => {
                 self.db_up(i);
                 let (node, primary) = (self.name(i), self.name(self.model.primary));
+                close_spans(&mut self.split_brain, i, self.sampler.now());
                 let r = self.lab.rejoin(&node, &primary).await;
                 self.check("rejoin", r);
-                self.model.nodes[i].stale = false;
                 format!("{node} rejoins {primary}")
             }
             Action::Freeze(i) => {
@@ -359,13 +572,11 @@ impl Run {
             Action::Cut(a, b) => {
                 let r = self.lab.cut(&self.name(a), &self.name(b)).await;
                 self.check("cut", r);
-                self.model.cuts.push((a, b));
                 format!("{} -x- {}", self.name(a), self.name(b))
             }
             Action::Heal(a, b) => {
                 let r = self.lab.heal(&self.name(a), &self.name(b)).await;
                 self.check("heal", r);
-                self.model.cuts.retain(|c| *c != (a, b));
                 format!("{} --- {}", self.name(a), self.name(b))
             }
             Action::StopDaemon(i) => {
@@ -378,7 +589,6 @@ impl Run {
                 });
                 let r = self.lab.stop_daemon(&self.name(i)).await;
                 self.check("stop daemon", r);
-                self.model.nodes[i].daemon = false;
                 format!("daemon of {} stopped", self.name(i))
             }
             Action::StartDaemon(i) => {
@@ -395,10 +605,11 @@ impl Run {
                     .await;
                 self.check("daemon ready", r);
                 close_spans(&mut self.daemon_down, i, self.sampler.now());
-                self.model.nodes[i].daemon = true;
                 format!("daemon of {node} restarted")
             }
-        }
+        };
+        self.model.apply(action, promoted);
+        what
     }
 
     async fn act(&mut self, action: Action) {
@@ -601,51 +812,26 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
         events: Vec::new(),
         db_spans: Vec::new(),
         daemon_down: Vec::new(),
+        split_brain: Vec::new(),
         daemon_args,
         seed,
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A second of every target sampled before the first fault.
+    run.sampler
+        .wait_samples(
+            Duration::ZERO,
+            20 * (addrs.len() + 1),
+            Duration::from_secs(10),
+        )
+        .await;
 
     // The schedule.
     println!("     time     took  action                 what");
-    let mut done = 0;
-    let mut by_kind: BTreeMap<&'static str, usize> = BTreeMap::new();
-    while done < faults {
-        // A kind first (kinds not seen yet weigh more, so a short run covers them all), then
-        // one of its valid instances.
-        let valid = run.model.valid();
-        let mut kinds: Vec<(&'static str, u32)> = Vec::new();
-        for (a, w) in &valid {
-            if !kinds.iter().any(|(k, _)| *k == a.kind()) {
-                let boost = if by_kind.contains_key(a.kind()) { 1 } else { 4 };
-                kinds.push((a.kind(), w * boost));
-            }
-        }
-        let total: u32 = kinds.iter().map(|(_, w)| w).sum();
-        let mut pick = run.rng.below(total as usize) as u32;
-        let kind = kinds
-            .iter()
-            .find(|(_, w)| {
-                if pick < *w {
-                    true
-                } else {
-                    pick -= w;
-                    false
-                }
-            })
-            .map(|(k, _)| *k)
-            .expect("a kind");
-        let instances: Vec<Action> = valid
-            .iter()
-            .filter(|(a, _)| a.kind() == kind)
-            .map(|(a, _)| *a)
-            .collect();
-        let action = instances[run.rng.below(instances.len())];
+    let mut schedule = Schedule::new(faults);
+    while !schedule.finished() {
+        let action = schedule.next(&run.model, &mut run.rng, seed);
         run.act(action).await;
-        *by_kind.entry(action.kind()).or_default() += 1;
-        if action.is_fault() {
-            done += 1;
-        }
+        schedule.record(action);
         let (lo, hi) = action.dwell();
         let pause = run.rng.millis(lo, hi);
         tokio::time::sleep(pause).await;
@@ -727,7 +913,17 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
         }
     }
 
-    // 1. One 200 per site.
+    // 1. One 200 per site. Checked: every answered sample of a node that shares its site; the
+    // ones that matter most are those of a stale old primary running beside the real one.
+    let shares_site = |i: usize| sites.values().any(|m| m.len() > 1 && m.contains(&i));
+    let inv1_checked = samples
+        .iter()
+        .filter(|s| s.target < CONTROL && s.status.is_some() && shares_site(s.target))
+        .count();
+    let inv1_split_brain = samples
+        .iter()
+        .filter(|s| s.status.is_some() && touches(&run.split_brain, s, end))
+        .count();
     let runs: Vec<Vec<(Duration, Duration)>> =
         (0..addrs.len()).map(|i| runs_of_200(&samples, i)).collect();
     let mut worst_overlap = Duration::ZERO;
@@ -784,7 +980,7 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
     }
 
     // 2. Stopped or frozen database: 503 within DOWN_BOUND, until it is back.
-    let mut inv2_checked = 0;
+    let mut inv2_checked: BTreeMap<&str, usize> = BTreeMap::new();
     let mut worst_to_503 = Duration::ZERO;
     let mut pm_frozen: BTreeMap<String, usize> = BTreeMap::new();
     for span in &run.db_spans {
@@ -822,7 +1018,13 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
             if s.status.is_none() {
                 continue;
             }
-            inv2_checked += 1;
+            *inv2_checked
+                .entry(if span.what == Db::Stopped {
+                    "stopped"
+                } else {
+                    "frozen"
+                })
+                .or_default() += 1;
             if s.status != Some(503) {
                 violations.push(format!(
                     "inv 2: {} ({:?} since {:.2}s) answered {:?} at {:.2}s",
@@ -939,10 +1141,11 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
     );
     println!("  seed                 {seed}");
     println!(
-        "  faults               {done} ({} actions with repairs)",
+        "  faults               {} ({} actions with repairs)",
+        schedule.done,
         run.events.len()
     );
-    for (kind, n) in &by_kind {
+    for (kind, n) in &schedule.by_kind {
         println!("    {kind:<22} {n}");
     }
     println!("  run                  {duration:.1} s");
@@ -957,7 +1160,7 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
         worst_overlap.as_secs_f64() * 1e3
     );
     println!(
-        "  inv 2 down -> 503    worst {:.0} ms (bound {} ms), {inv2_checked} samples checked",
+        "  inv 2 down -> 503    worst {:.0} ms (bound {} ms)",
         worst_to_503.as_secs_f64() * 1e3,
         DOWN_BOUND.as_millis()
     );
@@ -994,6 +1197,27 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
         convergence.as_secs_f64() * 1e3,
         HEAL_BOUND.as_millis()
     );
+    let inv2_total: usize = inv2_checked.values().sum();
+    println!("  samples checked per invariant:");
+    println!(
+        "    inv 1  {inv1_checked} (nodes sharing a site), {inv1_split_brain} of them during a split brain"
+    );
+    println!("    inv 2  {inv2_total} (database {inv2_checked:?})");
+    println!("    inv 3  {inv3_checked}");
+    println!("    inv 4  {tail} (after convergence)");
+    for (inv, n) in [
+        (
+            "1 (split brain: a stale primary started beside the real one)",
+            inv1_split_brain,
+        ),
+        ("2 (a database stopped or frozen)", inv2_total),
+        ("3 (a running daemon sampled)", inv3_checked),
+        ("4 (samples after healing)", tail),
+    ] {
+        if n == 0 {
+            violations.push(format!("inv {inv} was never exercised"));
+        }
+    }
     println!("  violations           {}", violations.len());
     for v in violations.iter().take(30) {
         println!("    {v}");

@@ -17,7 +17,7 @@ use common::child::{Primgr, scratch_dir};
 use common::sampler::{Sample, Sampler};
 use primgr::server::{IDLE_TIMEOUT, MAX_HEAD_BYTES};
 use primgr_lab::stats::duration_quantile;
-use primgr_lab::{http, procfs};
+use primgr_lab::{http, procfs, wait};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -407,8 +407,14 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_a
         &dir.join("primgr.log"),
     );
     daemon.wait_listening(Duration::from_secs(10)).await;
-    // Let the first cycles run: from then on /state is a steady 503.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The first cycle has run once /state says Down (503): from then on it is a steady 503.
+    wait::wait_for("/state answers 503", Duration::from_secs(10), || async {
+        Ok(http::get(addr, "/state", Duration::from_secs(1))
+            .await
+            .is_ok_and(|r| r.status == 503))
+    })
+    .await
+    .expect("the daemon's first cycle");
 
     let t0 = Instant::now();
     let checker = Sampler::start(
@@ -418,7 +424,10 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_a
         Duration::from_millis(10),
         Duration::from_secs(1),
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A quiet phase of 100 checks (about a second) for the baseline figures.
+    checker
+        .wait_samples(Duration::ZERO, 100, Duration::from_secs(10))
+        .await;
     let base_rss = daemon.status_kb("VmRSS");
     let base_fds = daemon.open_fds();
     let base_overflows = procfs::listen_overflows().expect("/proc/net/netstat");
@@ -493,7 +502,14 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_a
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Until the daemon holds every client (bounded well within IDLE_TIMEOUT, after which it
+    // starts closing them); the assertion below wants at least 90 % of them.
+    let _ = wait::wait_for(
+        "the daemon holds every idle client",
+        IDLE_TIMEOUT / 2,
+        || async { Ok(daemon.open_fds() >= base_fds + IDLE_CONNECTIONS) },
+    )
+    .await;
     let held_fds = daemon.open_fds();
     let held_rss = daemon.status_kb("VmRSS");
     println!(
@@ -568,15 +584,17 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_a
 
     // Half-open leftovers of the storm (half a head, no answer read) end at the head timeout.
     let start = checker.now();
-    let settle = Instant::now();
-    let fds_after = loop {
-        let fds = daemon.open_fds();
-        if fds <= base_fds + 5 || settle.elapsed() > IDLE_TIMEOUT + IDLE_SLACK {
-            break fds;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = wait::wait_for(
+        "the storm's descriptors are closed",
+        IDLE_TIMEOUT + IDLE_SLACK,
+        || async { Ok(daemon.open_fds() <= base_fds + 5) },
+    )
+    .await;
+    let fds_after = daemon.open_fds();
+    // An "after" phase of 100 checks (asserted on below with the others).
+    checker
+        .wait_samples(start, 100, Duration::from_secs(10))
+        .await;
     phases.push(("after", start, checker.now()));
     let samples = checker.stop();
     println!(

@@ -243,3 +243,24 @@ pub async fn wait_json_at(
     }
     last.into_inner()
 }
+
+/// Waits until the daemon at `addr` has completed `n` more poll cycles (`n` new values of
+/// `observed_at` in `/status`); returns how long that took, panics after `within`.
+pub async fn wait_cycles(addr: SocketAddr, n: usize, within: Duration) -> Duration {
+    let first = json_at(addr, "/status").await.1["observed_at"].clone();
+    let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    wait::wait_for_every(
+        &format!("{n} more poll cycles of {addr}"),
+        within,
+        Duration::from_millis(50),
+        || async {
+            let at = json_at(addr, "/status").await.1["observed_at"].clone();
+            if !at.is_null() && at != first {
+                seen.borrow_mut().insert(at.to_string());
+            }
+            Ok(seen.borrow().len() >= n)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}

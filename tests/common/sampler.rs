@@ -89,6 +89,29 @@ impl Sampler {
             .clone()
     }
 
+    /// How many samples have completed that started at `from` or later.
+    pub fn count_since(&self, from: Duration) -> usize {
+        self.samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|s| s.at >= from)
+            .count()
+    }
+
+    /// Waits until `n` samples that started at `from` or later have completed; panics after
+    /// `within` (the sampler runs on its own thread, so this only observes it).
+    pub async fn wait_samples(&self, from: Duration, n: usize, within: Duration) {
+        primgr_lab::wait::wait_for_every(
+            &format!("{n} samples since {from:?}"),
+            within,
+            Duration::from_millis(20),
+            || async move { Ok(self.count_since(from) >= n) },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:#} (got {})", self.count_since(from)));
+    }
+
     /// Stops sampling, waits for requests in flight, returns every sample ordered by time.
     pub fn stop(mut self) -> Vec<Sample> {
         self.stop.store(true, Ordering::SeqCst);
