@@ -73,7 +73,10 @@ async fn normal_failover_split_brain_and_rejoin() {
     );
     assert_eq!(
         fleet.json("node1", "/primary").await,
-        (503, json!({ "Primary": null, "state": "Down", "node": "node1" }))
+        (
+            503,
+            json!({ "Primary": null, "state": "Down", "node": "node1" })
+        )
     );
     // Every live daemon, node1's included (its database is down, its daemon is not).
     assert_everyone_names(&fleet, &["node2", "node3", "node4"], "node2").await;

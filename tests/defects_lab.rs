@@ -44,36 +44,53 @@ async fn a_witness_and_a_promotion_outside_repmgr_are_never_primary() {
         .await
         .expect("lab builds");
     let witness_type = lab
-        .psql("witness", "SELECT type FROM repmgr.nodes WHERE node_name = 'witness'")
+        .psql(
+            "witness",
+            "SELECT type FROM repmgr.nodes WHERE node_name = 'witness'",
+        )
         .await
         .expect("read the witness's own row");
     assert_eq!(witness_type, "witness");
     let fleet = Fleet::start(&lab).await;
     fleet.wait_normal().await;
-    fleet
-        .wait_codes(&[("witness", 503)], settle_bound())
-        .await;
+    fleet.wait_codes(&[("witness", 503)], settle_bound()).await;
 
     // The witness: 503 {"state":"Witness"}, out of every pool, and said so.
     let mut checked = 0;
-    for path in ["/state", "/read-write", "/replica", "/read-only", "/readiness"] {
+    for path in [
+        "/state",
+        "/read-write",
+        "/replica",
+        "/read-only",
+        "/readiness",
+    ] {
         let r = fleet.get("witness", path).await.expect("witness answers");
         assert_eq!(r.status, 503, "witness {path}: {}", r.body);
         checked += 1;
     }
-    assert_eq!(fleet.json("witness", "/state").await.1, json!({"state": "Witness"}));
+    assert_eq!(
+        fleet.json("witness", "/state").await.1,
+        json!({"state": "Witness"})
+    );
     let (_, status) = fleet.json("witness", "/status").await;
     assert_eq!(status["state"], "Witness", "{status}");
     for node in ["node1", "node2", "witness"] {
         let (code, body) = fleet.json(node, "/realPrimary").await;
         assert_eq!(
             (code, body),
-            (200, json!({"realPrimary": "node1", "witnesses": ["witness"]})),
+            (
+                200,
+                json!({"realPrimary": "node1", "witnesses": ["witness"]})
+            ),
             "{node} /realPrimary"
         );
     }
     let (doc, exit) = cluster_json(&fleet, "node2");
-    assert_eq!((exit, &doc["real_primary"]), (0, &json!("node1")), "{doc:#}");
+    assert_eq!(
+        (exit, &doc["real_primary"]),
+        (0, &json!("node1")),
+        "{doc:#}"
+    );
     let witness_row = doc["nodes"]
         .as_array()
         .and_then(|n| n.iter().find(|r| r["name"] == "witness"))
@@ -84,11 +101,16 @@ async fn a_witness_and_a_promotion_outside_repmgr_are_never_primary() {
 
     // node4, alone in dc2, promoted with pg_ctl: writable, but its metadata names node1. It
     // must not confirm itself: 509, never 200, while node1 stays the one primary.
-    lab.promote_outside_repmgr("node4").await.expect("pg_ctl promote node4");
+    lab.promote_outside_repmgr("node4")
+        .await
+        .expect("pg_ctl promote node4");
     let waited = fleet.wait_codes(&[("node4", 509)], settle_bound()).await;
     let (_, status) = fleet.json("node4", "/status").await;
     assert!(
-        status["reason"].as_str().unwrap_or("").contains("its own metadata names node1"),
+        status["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("its own metadata names node1"),
         "{status}"
     );
     // Watch it for a while: never a 200, and node1 keeps its own.
@@ -102,7 +124,11 @@ async fn a_witness_and_a_promotion_outside_repmgr_are_never_primary() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (doc, exit) = cluster_json(&fleet, "node1");
-    assert_eq!((exit, &doc["real_primary"]), (0, &json!("node1")), "{doc:#}");
+    assert_eq!(
+        (exit, &doc["real_primary"]),
+        (0, &json!("node1")),
+        "{doc:#}"
+    );
     println!(
         "pg_ctl promote node4: 509 after {waited:?}; {samples} samples over 3 s, none 200 from node4"
     );
@@ -124,7 +150,11 @@ async fn a_witness_in_the_primarys_site_votes_and_is_a_witness() {
         .await;
     assert_eq!(status["votes_needed"], 3, "{status}");
     let (_, w) = fleet.json("witness", "/status").await;
-    assert_eq!((w["state"].as_str(), w["code"].as_u64()), (Some("Witness"), Some(503)), "{w}");
+    assert_eq!(
+        (w["state"].as_str(), w["code"].as_u64()),
+        (Some("Witness"), Some(503)),
+        "{w}"
+    );
     let (doc, exit) = cluster_json(&fleet, "witness");
     assert_eq!(exit, 0, "{doc:#}");
     assert_eq!(doc["primaries"], json!(["node1"]), "{doc:#}");
@@ -166,7 +196,10 @@ async fn a_vote_counts_once_however_the_addresses_are_set() {
         .await;
     let voters = status["voters"].as_array().cloned().unwrap_or_default();
     for v in &voters {
-        let (name, error) = (v["name"].as_str().unwrap_or(""), v["error"].as_str().unwrap_or(""));
+        let (name, error) = (
+            v["name"].as_str().unwrap_or(""),
+            v["error"].as_str().unwrap_or(""),
+        );
         match name {
             "node2" => assert_eq!(v["vote"], "node1", "{v}"),
             "node3" | "node4" => assert!(error.contains("answers as node \"node2\""), "{v}"),
@@ -187,7 +220,9 @@ async fn a_vote_counts_once_however_the_addresses_are_set() {
         samples += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("node1 with 4 addresses reaching 2 daemons: {samples} samples, none 200, 2 votes held");
+    println!(
+        "node1 with 4 addresses reaching 2 daemons: {samples} samples, none 200, 2 votes held"
+    );
     lab.teardown().await.expect("teardown");
 }
 
@@ -230,7 +265,10 @@ async fn a_connection_abandoned_at_the_timeout_is_closed() {
     let pid: i32 = pooled.trim().parse().expect("pid");
     signal(pid, "STOP");
     let t1 = Instant::now();
-    let e = db.observe().await.expect_err("the stopped session times out");
+    let e = db
+        .observe()
+        .await
+        .expect_err("the stopped session times out");
     assert!(matches!(e, DbError::Timeout(_)), "{e}");
     println!("abandoned after {:?}: {e}", t1.elapsed());
     signal(pid, "CONT");
@@ -247,7 +285,9 @@ async fn a_connection_abandoned_at_the_timeout_is_closed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("backend {pid} gone {:?} after it ran again", t2.elapsed());
-    db.observe().await.expect("the next observation, on a new connection");
+    db.observe()
+        .await
+        .expect("the next observation, on a new connection");
     let pids = backends().await;
     assert!(!pids.contains(&pid.to_string()), "{pids}");
     lab.teardown().await.expect("teardown");

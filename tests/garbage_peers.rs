@@ -1,12 +1,14 @@
 //! Garbage peers: node1 of a real one-site lab (node1 primary, node2 and node3 standbys, all in
 //! dc1) runs the real `primgr` binary, but its two voters are fake peers in this test (`--peer`
-//! overrides) that answer, by turns: non-JSON, the wrong keys, the wrong types, 500, a 302 to a
-//! URL that would vote, a 100 MB body, bodies that never end (fast and trickling), headers that
-//! never end, bytes that are not HTTP, a reset, and silence. Every garbage answer names node1
-//! somehow, so a lax parser would count it as a vote.
+//! overrides) that answer `/vote`, by turns: non-JSON, the wrong keys, the wrong types, a vote
+//! without a lease, another voter's vote, 500, a 302 to a URL that would vote, a 100 MB body,
+//! bodies that never end (fast and trickling), headers that never end, bytes that are not HTTP,
+//! a reset, and silence. Every garbage answer names node1 somehow, so a lax parser would count
+//! it as a vote.
 //!
-//! For each: the voters give no vote (node1 answers 509 Unknown, never 200, with 1 of 3 votes and
-//! each voter's error in `/status`), every cycle completes within `peer_timeout` + a margin,
+//! For each: the voters give no vote (every reply is an error in `/status`, no vote of theirs is
+//! renewed: the ones granted before the garbage expire on time, and from then on node1 answers
+//! 509 Unknown, never 200, with 1 of 3 votes), every cycle completes within `peer_timeout` + a margin,
 //! `/state` keeps answering (p99 within 100 ms) and `/realPrimary` within `peer_timeout` + margin, the
 //! daemon's peak memory stays far below the 100 MB body (bodies are capped at 64 KiB) and
 //! nothing panics. Between a good answer before and after, node1 is a 200 Primary: the fakes can
@@ -20,7 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::sampler::Sampler;
-use common::{json_at, wait_json_at};
+use common::{json_at, settle_bound, wait_json_at};
 use primgr_lab::stats::duration_quantile;
 use primgr_lab::{Lab, LabSpec, NodeSpec};
 use primgr_lab::{http, procfs};
@@ -30,7 +32,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Lab subnet 52 is this file's.
 const SUBNET: u8 = 52;
-const INTERVAL: Duration = Duration::from_millis(500);
 const PEER_TIMEOUT: Duration = Duration::from_millis(500);
 /// Slack over `peer_timeout` for a cycle (which also queries the local database) and for
 /// `/realPrimary` on a loaded machine.
@@ -45,6 +46,8 @@ enum Mode {
     NotJson,
     WrongKeys,
     WrongTypes,
+    NoLease,
+    Impostor,
     ServerError,
     Redirect,
     HundredMegabytes,
@@ -62,6 +65,8 @@ const MODES: &[Mode] = &[
     Mode::NotJson,
     Mode::WrongKeys,
     Mode::WrongTypes,
+    Mode::NoLease,
+    Mode::Impostor,
     Mode::ServerError,
     Mode::Redirect,
     Mode::HundredMegabytes,
@@ -80,12 +85,13 @@ const GARBAGE: &[Mode] = MODES.split_at(1).1;
 struct FakePeer {
     addr: SocketAddr,
     mode: Arc<AtomicUsize>,
-    /// Requests received for `/primary`.
+    /// Requests received for `/vote`.
     asked: Arc<AtomicU64>,
 }
 
 impl FakePeer {
-    async fn start(ip: [u8; 4], node1_api: SocketAddr) -> FakePeer {
+    /// A fake of voter `name` at `ip`.
+    async fn start(ip: [u8; 4], name: &'static str, node1_api: SocketAddr) -> FakePeer {
         let listener = TcpListener::bind(SocketAddr::from((ip, 0)))
             .await
             .expect("bind fake peer");
@@ -101,7 +107,7 @@ impl FakePeer {
                 let mode = MODES[m.load(Ordering::SeqCst)];
                 let asked = a.clone();
                 tokio::spawn(async move {
-                    let _ = serve(stream, mode, asked, node1_api).await;
+                    let _ = serve(stream, mode, name, asked, node1_api).await;
                 });
             }
         });
@@ -127,10 +133,11 @@ fn response(status: &str, headers: &str, body: &str) -> Vec<u8> {
     )
 }
 
-/// Serves one connection: reads one request head and answers it the `mode` way.
+/// Serves one connection of voter `name`: reads one request head and answers it the `mode` way.
 async fn serve(
     mut s: TcpStream,
     mode: Mode,
+    name: &str,
     asked: Arc<AtomicU64>,
     node1_api: SocketAddr,
 ) -> std::io::Result<()> {
@@ -142,11 +149,14 @@ async fn serve(
         return Ok(());
     }
     let mut buf = [0u8; 2048];
-    let primary = head.starts_with(b"GET /primary ");
+    let primary = head.starts_with(b"GET /vote ");
     if primary {
         asked.fetch_add(1, Ordering::SeqCst);
     }
-    let vote = r#"{"Primary":"node1"}"#;
+    // The fake has named node1 for ten minutes: its vote settles at once.
+    let vote =
+        format!(r#"{{"node":"{name}","vote":"node1","lease_ms":3000,"exclusive_ms":600000}}"#);
+    let vote = vote.as_str();
     match mode {
         Mode::Good if primary => s.write_all(&response("200 OK", "", vote)).await?,
         Mode::Good => s.write_all(&response("202 Accepted", "", r#"{"state":"Standby"}"#)).await?,
@@ -157,20 +167,30 @@ async fn serve(
             .await?
         }
         Mode::WrongKeys => {
-            let body = r#"{"primary":"node1","PRIMARY":"node1","Primary ":"node1","state":"Primary","State":"Primary"}"#;
-            s.write_all(&response("200 OK", "", body)).await?
+            let body = format!(
+                r#"{{"node":"{name}","Vote":"node1","VOTE":"node1","vote ":"node1","Primary":"node1","lease_ms":3000,"exclusive_ms":0}}"#
+            );
+            s.write_all(&response("200 OK", "", &body)).await?
         }
         Mode::WrongTypes => {
-            let body = r#"{"Primary":["node1"],"state":{"name":"Primary"}}"#;
+            let body = format!(
+                r#"{{"node":"{name}","vote":["node1"],"lease_ms":"3000","exclusive_ms":{{"ms":0}}}}"#
+            );
+            s.write_all(&response("200 OK", "", &body)).await?
+        }
+        Mode::NoLease => {
+            let body = format!(r#"{{"node":"{name}","vote":"node1"}}"#);
+            s.write_all(&response("200 OK", "", &body)).await?
+        }
+        Mode::Impostor => {
+            // A perfect vote, of another voter.
+            let body = r#"{"node":"node9","vote":"node1","lease_ms":3000,"exclusive_ms":600000}"#;
             s.write_all(&response("200 OK", "", body)).await?
         }
-        Mode::ServerError => {
-            let body = r#"{"Primary":"node1","state":"Primary"}"#;
-            s.write_all(&response("500 Internal Server Error", "", body)).await?
-        }
+        Mode::ServerError => s.write_all(&response("500 Internal Server Error", "", vote)).await?,
         Mode::Redirect => {
-            // node1's own daemon would answer 200 {"Primary":"node1"} there.
-            let location = format!("Location: http://{node1_api}/primary\r\n");
+            // node1's own daemon votes for node1 there.
+            let location = format!("Location: http://{node1_api}/vote\r\n");
             s.write_all(&response("302 Found", &location, vote)).await?
         }
         Mode::HundredMegabytes => {
@@ -181,9 +201,10 @@ async fn serve(
                     .as_bytes(),
             )
             .await?;
-            s.write_all(br#"{"Primary":"node1""#).await?;
+            let start = format!(r#"{{"node":"{name}","vote":"node1","lease_ms":3000,"exclusive_ms":0"#);
+            s.write_all(start.as_bytes()).await?;
             let spaces = vec![b' '; 64 * 1024];
-            let mut left = total - 19;
+            let mut left = total - start.len();
             while left > 1 {
                 let n = (left - 1).min(spaces.len());
                 s.write_all(&spaces[..n]).await?;
@@ -194,7 +215,8 @@ async fn serve(
         Mode::EndlessFast | Mode::EndlessTrickle => {
             s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
                 .await?;
-            s.write_all(b"12\r\n{\"Primary\":\"node1\"\r\n").await?;
+            let start = format!(r#"{{"node":"{name}","vote":"node1","lease_ms":3000"#);
+            s.write_all(format!("{:x}\r\n{start}\r\n", start.len()).as_bytes()).await?;
             let chunk = {
                 let mut c = format!("{:x}\r\n", 16 * 1024).into_bytes();
                 c.extend_from_slice(&[b' '; 16 * 1024]);
@@ -211,7 +233,7 @@ async fn serve(
             }
         }
         Mode::EndlessHeaders => {
-            s.write_all(b"HTTP/1.1 200 OK\r\nX-Primary: node1").await?;
+            s.write_all(b"HTTP/1.1 200 OK\r\nX-Vote: node1").await?;
             loop {
                 s.write_all(b"1").await?;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -251,17 +273,19 @@ fn primary_with_3_votes(s: &Value) -> bool {
     s["code"] == 200 && s["votes"] == 3
 }
 
-/// Every distinct snapshot `/status` shows during `d` (polled every 100 ms).
-async fn snapshots(addr: SocketAddr, d: Duration) -> Vec<Value> {
+/// Every distinct snapshot `/status` shows during `d` (polled every 100 ms), with the instant
+/// its request was sent.
+async fn snapshots(addr: SocketAddr, d: Duration) -> Vec<(Instant, Value)> {
     let t0 = Instant::now();
-    let mut seen: Vec<Value> = Vec::new();
+    let mut seen: Vec<(Instant, Value)> = Vec::new();
     while t0.elapsed() < d {
+        let asked = Instant::now();
         let s = status(addr).await;
         if seen
             .last()
-            .is_none_or(|l| l["observed_at"] != s["observed_at"])
+            .is_none_or(|(_, l)| l["observed_at"] != s["observed_at"])
         {
-            seen.push(s);
+            seen.push((asked, s));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -283,8 +307,8 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
     .expect("lab builds");
     let api = lab.daemon_addr("node1");
     let fakes = [
-        FakePeer::start(lab.addr("node2").octets(), api).await,
-        FakePeer::start(lab.addr("node3").octets(), api).await,
+        FakePeer::start(lab.addr("node2").octets(), "node2", api).await,
+        FakePeer::start(lab.addr("node3").octets(), "node3", api).await,
     ];
     let args: Vec<String> = [
         "--interval",
@@ -312,13 +336,7 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
     let pid = lab.daemon_pid("node1").expect("daemon pid");
 
     // Good answers first: both fakes vote, node1 is the Primary with 3 of 3.
-    wait_json_at(
-        api,
-        "/status",
-        Duration::from_secs(10),
-        primary_with_3_votes,
-    )
-    .await;
+    wait_json_at(api, "/status", settle_bound(), primary_with_3_votes).await;
     let base_rss = procfs::status_kb(pid, "VmRSS").expect("VmRSS");
 
     let t0 = Instant::now();
@@ -331,6 +349,13 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
     );
     // (mode, observed from, observed to) in sampler time
     let mut windows = Vec::new();
+    // The fakes' last good votes were requested before the garbage began, so they count until
+    // at most a lease after it (× (1−ρ)/(1+ρ), as node1 counts them): from then on, 509.
+    let rules = primgr::Config::for_node("node1")
+        .expect("defaults")
+        .lease_rules();
+    let counted = rules.counted_for(rules.vote_lease);
+    let mut garbage_began: Option<(Instant, Duration)> = None;
     println!(
         "{:<18} {:>6} {:>6} {:>12} {:>14}  voter error (node2)",
         "garbage", "asked", "cycles", "max cycle_ms", "/realPrimary ms"
@@ -339,6 +364,7 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
         for f in &fakes {
             f.set(mode);
         }
+        let (began, began_at) = *garbage_began.get_or_insert((Instant::now(), sampler.now()));
         // Let a cycle that started before the switch end, then make sure the fakes are asked.
         let asked = fakes[0].asked();
         let t = Instant::now();
@@ -349,7 +375,7 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let from = sampler.now() + INTERVAL;
+        let from = sampler.now().max(began_at + counted);
         let asked = fakes[0].asked();
         let snaps = snapshots(api, OBSERVE).await;
         let rp_t = Instant::now();
@@ -361,16 +387,29 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
         windows.push((mode, from, to));
 
         let mut max_cycle = 0.0f64;
-        for s in snaps.iter().skip(1) {
-            assert_eq!(s["code"], 509, "{mode:?}: {s}");
-            assert_eq!(
-                (s["votes"].clone(), s["votes_needed"].clone()),
-                (Value::from(1), Value::from(2)),
-                "{mode:?}: {s}"
-            );
+        for (seen, s) in snaps.iter().skip(1) {
+            // No fake's vote is ever renewed: whatever of theirs node1 holds was granted before
+            // the garbage began, so it expires within a lease of that.
+            let since = seen.saturating_duration_since(began);
+            for held in s["held_votes"].as_array().expect("held_votes") {
+                if held["voter"] != "node1" {
+                    let left = held["expires_in_ms"].as_i64().unwrap_or(i64::MAX);
+                    assert!(
+                        left <= counted.saturating_sub(since).as_millis() as i64,
+                        "{mode:?}: a vote of a fake was renewed: {held} ({since:?} into the garbage)"
+                    );
+                }
+            }
+            if since >= counted {
+                assert_eq!(s["code"], 509, "{mode:?}: {s}");
+                assert_eq!(
+                    (s["votes"].clone(), s["votes_needed"].clone()),
+                    (Value::from(1), Value::from(2)),
+                    "{mode:?}: {s}"
+                );
+            }
             for v in s["voters"].as_array().expect("voters") {
-                assert_eq!(v["votes_for_us"], false, "{mode:?}: {v}");
-                assert!(v["primary"].is_null(), "{mode:?}: {v}");
+                assert!(v["vote"].is_null(), "{mode:?}: {v}");
                 assert!(v["error"].is_string(), "{mode:?}: no error for {v}");
             }
             max_cycle = max_cycle.max(s["cycle_ms"].as_f64().expect("cycle_ms"));
@@ -380,7 +419,7 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
             "{mode:?}: only {} cycles in {OBSERVE:?}",
             snaps.len()
         );
-        let last = snaps.last().expect("a snapshot");
+        let (_, last) = snaps.last().expect("a snapshot");
         println!(
             "{:<18} {:>6} {:>6} {:>12.1} {:>14.1}  {}",
             format!("{mode:?}"),
@@ -399,7 +438,9 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
             max_cycle <= (PEER_TIMEOUT + MARGIN).as_secs_f64() * 1e3,
             "{mode:?}: a cycle took {max_cycle} ms"
         );
-        assert_eq!(rp.status, 503, "{mode:?}: /realPrimary {rp:?}");
+        if sampler.now() >= began_at + counted {
+            assert_eq!(rp.status, 503, "{mode:?}: /realPrimary {rp:?}");
+        }
         assert!(
             rp_time <= PEER_TIMEOUT + MARGIN,
             "{mode:?}: /realPrimary took {rp_time:?}"
@@ -410,7 +451,7 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
     for f in &fakes {
         f.set(Mode::Good);
     }
-    wait_json_at(api, "/status", Duration::from_secs(5), primary_with_3_votes).await;
+    wait_json_at(api, "/status", settle_bound(), primary_with_3_votes).await;
     let samples = sampler.stop();
 
     // /state on every sample: answered within 100 ms, and never 200 while the peers are garbage.
