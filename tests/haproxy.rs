@@ -9,190 +9,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::clients::{
+    Attempt, Landing, SAMPLE_EVERY, SHIPPED, address_book, assert_haproxy_view, connect,
+    haproxy_settle, land, sample, shipped, tally,
+};
 use common::{Daemon, Fleet, config_for, settle_bound};
-use primgr_lab::haproxy::{self, Haproxy, READ, STATS, WRITE};
+use primgr_lab::haproxy::{self, Haproxy, READ, WRITE};
 use primgr_lab::{Lab, LabSpec, StopMode};
-use tokio::task::JoinSet;
-use tokio_postgres::NoTls;
-
-/// The shipped configuration, read from the repository at run time.
-const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/haproxy.cfg");
-
-/// A new client connection is opened this often while sampling.
-const SAMPLE_EVERY: Duration = Duration::from_millis(50);
-/// One client attempt: connect (libpq-style connect_timeout 2 s) and one query.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn shipped() -> String {
-    std::fs::read_to_string(SHIPPED).unwrap_or_else(|e| panic!("reading {SHIPPED}: {e}"))
-}
-
-/// How long haproxy may take to follow a change of the daemons' answers: inter + fastinter and
-/// two check timeouts as shipped, plus slack for a loaded 2-core machine.
-fn haproxy_settle() -> Duration {
-    Duration::from_millis(1000 + 500 + 2 * 800) + Duration::from_secs(3)
-}
-
-/// Where a session landed, as the server itself says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Landing {
-    /// The lab node whose address is `inet_server_addr()`.
-    node: String,
-    /// `pg_is_in_recovery()`.
-    in_recovery: bool,
-}
-
-/// lab address → node name.
-fn address_book(lab: &Lab) -> Arc<BTreeMap<String, String>> {
-    Arc::new(
-        lab.node_names()
-            .into_iter()
-            .map(|n| (lab.addr(&n).to_string(), n))
-            .collect(),
-    )
-}
-
-fn conninfo(addr: SocketAddr) -> String {
-    format!(
-        "host={} port={} user=repmgr dbname=repmgr connect_timeout=2 application_name=haproxy-test",
-        addr.ip(),
-        addr.port()
-    )
-}
-
-/// Opens a session through `addr` and asks the server who it is. The session stays open as
-/// long as the returned client lives.
-async fn connect(
-    addr: SocketAddr,
-    book: &BTreeMap<String, String>,
-) -> Result<(tokio_postgres::Client, Landing), String> {
-    let attempt = async {
-        let (client, conn) = tokio_postgres::connect(&conninfo(addr), NoTls)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        tokio::spawn(conn);
-        let row = client
-            .query_one(
-                "SELECT pg_is_in_recovery(), host(inet_server_addr()), \
-                 current_setting('cluster_name')",
-                &[],
-            )
-            .await
-            .map_err(|e| format!("query: {e}"))?;
-        let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
-        let server: String = row.try_get(1).map_err(|e| e.to_string())?;
-        let own_name: String = row.try_get(2).map_err(|e| e.to_string())?;
-        let node = book
-            .get(&server)
-            .ok_or_else(|| format!("landed on {server}, not a lab node"))?;
-        assert_eq!(
-            &own_name, node,
-            "the server at {server} calls itself {own_name}"
-        );
-        Ok((
-            client,
-            Landing {
-                node: node.clone(),
-                in_recovery,
-            },
-        ))
-    };
-    tokio::time::timeout(CLIENT_TIMEOUT, attempt)
-        .await
-        .map_err(|_| format!("no answer within {CLIENT_TIMEOUT:?}"))?
-}
-
-/// One new session through `addr`, closed again.
-async fn land(addr: SocketAddr, book: &BTreeMap<String, String>) -> Result<Landing, String> {
-    connect(addr, book).await.map(|(_, l)| l)
-}
-
-/// One client attempt of a sampling run.
-#[derive(Debug)]
-struct Sample {
-    /// When it was answered (or failed), since the reference instant.
-    at: Duration,
-    outcome: Result<Landing, String>,
-}
-
-/// Opens a new session through `addr` every [`SAMPLE_EVERY`] (each in its own task, so a slow
-/// one does not delay the next) from now until `min` has passed since `t0` and `done` holds
-/// for the samples so far, or `max` has passed. Returns every attempt, in answer order.
-async fn sample(
-    addr: SocketAddr,
-    book: Arc<BTreeMap<String, String>>,
-    t0: Instant,
-    min: Duration,
-    max: Duration,
-    done: impl Fn(&[Sample]) -> bool,
-) -> Vec<Sample> {
-    let mut tick = tokio::time::interval(SAMPLE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut running = JoinSet::new();
-    let mut samples = Vec::new();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let elapsed = t0.elapsed();
-                if elapsed >= max || (elapsed >= min && done(&samples)) {
-                    break;
-                }
-                let book = book.clone();
-                running.spawn(async move {
-                    let outcome = land(addr, &book).await;
-                    Sample { at: t0.elapsed(), outcome }
-                });
-            }
-            Some(r) = running.join_next() => samples.push(r.expect("client task")),
-        }
-    }
-    while let Some(r) = running.join_next().await {
-        samples.push(r.expect("client task"));
-    }
-    samples.sort_by_key(|s| s.at);
-    samples
-}
-
-/// Nodes the successful samples landed on, with counts; and the number of failed attempts.
-fn tally(samples: &[Sample]) -> (BTreeMap<String, usize>, usize) {
-    let mut on = BTreeMap::new();
-    let mut failed = 0;
-    for s in samples {
-        match &s.outcome {
-            Ok(l) => *on.entry(l.node.clone()).or_insert(0) += 1,
-            Err(_) => failed += 1,
-        }
-    }
-    (on, failed)
-}
-
-/// haproxy's view through both interfaces: the UP servers of `proxy` by the stats socket and
-/// by `/stats;csv`; they must agree and be exactly `want`.
-async fn assert_haproxy_view(hp: &Haproxy, proxy: &str, want: &[&str]) {
-    let mut by_socket = hp.up_servers(proxy).await.expect("show stat");
-    by_socket.sort();
-    let url = hp.listener(STATS).expect("stats listener");
-    let csv = primgr_lab::http::get(url, "/stats;csv", Duration::from_secs(2))
-        .await
-        .expect("GET /stats;csv");
-    assert_eq!(csv.status, 200, "/stats;csv: {}", csv.body);
-    let mut by_http: Vec<String> = haproxy::parse_stat_csv(&csv.body)
-        .expect("parse /stats;csv")
-        .into_iter()
-        .filter(|s| s.proxy == proxy && s.is_server() && s.is_up())
-        .map(|s| s.server)
-        .collect();
-    by_http.sort();
-    assert_eq!(
-        by_socket, by_http,
-        "stats socket and /stats;csv disagree on {proxy}"
-    );
-    assert_eq!(by_socket, want, "{proxy}: servers UP in haproxy");
-}
 
 /// The shipped file is a valid haproxy configuration as it stands (placeholder addresses).
 #[tokio::test]
@@ -327,7 +152,7 @@ async fn writes_reach_only_the_real_primary() {
         promoted,
         Duration::ZERO,
         Duration::from_secs(60),
-        |s: &[Sample]| {
+        |s: &[Attempt]| {
             s.iter()
                 .any(|s| matches!(&s.outcome, Ok(l) if l.node == "node2"))
         },
@@ -438,7 +263,7 @@ async fn writes_reach_only_the_real_primary() {
         started,
         Duration::from_secs(5),
         Duration::from_secs(30),
-        |s: &[Sample]| s.iter().any(|s| s.outcome.is_ok()),
+        |s: &[Attempt]| s.iter().any(|s| s.outcome.is_ok()),
     )
     .await;
     let (on, failed) = tally(&samples);
