@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::config::{Config, format_size};
 use crate::decide::State;
 use crate::reads::{self, ReadQuery};
+use crate::server::Admission;
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
@@ -115,28 +115,12 @@ fn one_line(text: &str) -> String {
 
 /// Serves the agent port until `shutdown` fires.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shutdown) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut refused_logged = false;
+    let mut admit = Admission::new(MAX_CONNECTIONS, "agent");
     loop {
-        let mut stream = tokio::select! {
+        let (mut stream, _, slot) = tokio::select! {
             _ = shutdown.wait() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    warn!("agent: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            admitted = admit.next(&listener) => admitted,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            if !refused_logged {
-                warn!("agent: {MAX_CONNECTIONS} connections open; closing new ones until some end");
-                refused_logged = true;
-            }
-            continue;
-        };
-        refused_logged = false;
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let mut request = [0u8; MAX_REQUEST];

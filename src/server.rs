@@ -20,8 +20,8 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 /// A connection that does not send a complete request head within this time is closed. The
@@ -84,31 +84,14 @@ where
         .keep_alive(true);
     let http = Arc::new(http);
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut refused_logged = false;
+    let mut admit = Admission::new(MAX_CONNECTIONS, "HTTP");
     tokio::pin!(shutdown);
 
     loop {
-        let (stream, client) = tokio::select! {
+        let (stream, client, slot) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            admitted = admit.next(&listener) => admitted,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            if !refused_logged {
-                warn!("{MAX_CONNECTIONS} connections open; closing new ones until some end");
-                refused_logged = true;
-            }
-            continue;
-        };
-        refused_logged = false;
         let _ = stream.set_nodelay(true);
         let handler = Arc::clone(&handler);
         let gate = service_fn(move |request: Request<Incoming>| {
@@ -138,6 +121,59 @@ where
         .is_err()
     {
         warn!("some requests were still running when the drain deadline passed");
+    }
+}
+
+/// Accepts connections up to a cap: beyond it, new connections are closed at once (logged once
+/// until one is admitted again), and a failing `accept` (out of file descriptors) backs off
+/// instead of spinning. Each admitted connection holds a slot until it ends.
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    cap: usize,
+    what: &'static str,
+    refused_logged: bool,
+}
+
+impl Admission {
+    /// At most `cap` connections of the `what` listener at once.
+    pub fn new(cap: usize, what: &'static str) -> Admission {
+        Admission {
+            slots: Arc::new(Semaphore::new(cap)),
+            cap,
+            what,
+            refused_logged: false,
+        }
+    }
+
+    /// The next admitted connection, its client, and its slot.
+    pub async fn next(
+        &mut self,
+        listener: &TcpListener,
+    ) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
+        loop {
+            let (stream, client) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!("{}: accept failed: {e}", self.what);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    self.refused_logged = false;
+                    return (stream, client, slot);
+                }
+                Err(_) if !self.refused_logged => {
+                    warn!(
+                        "{}: {} connections open; closing new ones until some end",
+                        self.what, self.cap
+                    );
+                    self.refused_logged = true;
+                }
+                Err(_) => {}
+            }
+        }
     }
 }
 

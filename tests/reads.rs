@@ -23,7 +23,12 @@ use serde_json::Value;
 const PRIMGR: &str = env!("CARGO_BIN_EXE_primgr");
 
 /// Status and body of `method path` on `addr`, from `source` when given.
-async fn ask_from(source: Option<IpAddr>, addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+async fn ask_from(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> (u16, String) {
     let raw = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let bytes = http::exchange(source, addr, raw.as_bytes(), Duration::from_secs(2))
         .await
@@ -48,7 +53,9 @@ fn json(body: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_read_endpoint_and_parameter() {
-    let lab = Lab::build(LabSpec::standard(101)).await.expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(101))
+        .await
+        .expect("lab builds");
     let state_dirs: Vec<_> = lab
         .node_names()
         .iter()
@@ -92,7 +99,11 @@ async fn every_read_endpoint_and_parameter() {
         (s, "/replica?replication_state=streaming", 200),
         (s, "/replica?replication_state=archive", 503),
         (s, "/replica?lag_time=1h", 200),
-        (s, "/replica?lag=16MB&replication_state=streaming&lag_time=1h", 200),
+        (
+            s,
+            "/replica?lag=16MB&replication_state=streaming&lag_time=1h",
+            200,
+        ),
         (s, "/read-only", 200),
         (s, "/read-only?lag=16MB", 200),
         (s, "/health", 200),
@@ -127,18 +138,29 @@ async fn every_read_endpoint_and_parameter() {
     ] {
         let (code, body) = ask(s, "GET", path).await;
         assert_eq!(code, 400, "{path}: {body}");
-        let e = json(&body)["error"].as_str().unwrap_or_default().to_string();
+        let e = json(&body)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         assert!(e.contains(why), "{path}: {e}");
         checked += 1;
     }
     // /status: a standby's positions, lag, receiver and upstream; the primary's position.
     let (_, st) = fleet.json("node2", "/status").await;
     let r = &st["replication"];
-    for key in ["received_lsn", "replayed_lsn", "primary_lsn", "last_replay_age_ms"] {
+    for key in [
+        "received_lsn",
+        "replayed_lsn",
+        "primary_lsn",
+        "last_replay_age_ms",
+    ] {
         assert!(!r[key].is_null(), "{key}: {st}");
     }
     assert_eq!(r["receiver_state"], "streaming", "{st}");
-    assert_eq!(r["primary_lsn_from"].as_str().map(|s| !s.is_empty()), Some(true));
+    assert_eq!(
+        r["primary_lsn_from"].as_str().map(|s| !s.is_empty()),
+        Some(true)
+    );
     assert_eq!(
         r["upstream"].as_str(),
         Some(format!("{}:5432", lab.addr("node1")).as_str()),
@@ -147,16 +169,26 @@ async fn every_read_endpoint_and_parameter() {
     let (_, pst) = fleet.json("node1", "/status").await;
     assert!(pst["database"]["current_lsn"].is_string(), "{pst}");
     assert!(pst["replication"].is_null(), "{pst}");
-    println!("{checked} endpoint checks; node2 lag {} bytes", r["lag_bytes"]);
+    println!(
+        "{checked} endpoint checks; node2 lag {} bytes",
+        r["lag_bytes"]
+    );
 
     // Drain: node2 leaves every read check, `/state` stays truthful; it survives a restart.
     // As an operator would: `primgr drain` with the daemon's configuration file, which says
     // where the flag lives and where the daemon listens (to confirm the drain took effect).
-    let state_dir = &state_dirs.iter().find(|(n, _)| n == "node2").expect("node2").1;
+    let state_dir = &state_dirs
+        .iter()
+        .find(|(n, _)| n == "node2")
+        .expect("node2")
+        .1;
     let conf = lab.dir().join("node2-primgr.toml");
     std::fs::write(
         &conf,
-        format!("listen = \"{s}\"\nstate_dir = \"{}\"\n", state_dir.display()),
+        format!(
+            "listen = \"{s}\"\nstate_dir = \"{}\"\n",
+            state_dir.display()
+        ),
     )
     .expect("config file");
     let out = std::process::Command::new(PRIMGR)
@@ -165,8 +197,15 @@ async fn every_read_endpoint_and_parameter() {
         .output()
         .expect("primgr drain");
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(said.contains("node2 is drained"), "the daemon confirmed it: {said}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("node2 is drained"),
+        "the daemon confirmed it: {said}"
+    );
     fleet
         .wait_json("node2", "/status", settle_bound(), |s| {
             s["drained"]["reason"] == "kernel update"
@@ -177,7 +216,11 @@ async fn every_read_endpoint_and_parameter() {
         assert_eq!(code, 503, "drained {path}: {body}");
         assert!(body.contains("kernel update"), "{body}");
     }
-    assert_eq!(ask(s, "GET", "/state").await.0, 202, "/state stays truthful");
+    assert_eq!(
+        ask(s, "GET", "/state").await.0,
+        202,
+        "/state stays truthful"
+    );
     let out = std::process::Command::new(PRIMGR)
         .args(["cluster", "--url", &s.to_string()])
         .output()
@@ -192,7 +235,9 @@ async fn every_read_endpoint_and_parameter() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("node2 is undrained"));
     fleet
-        .wait_json("node2", "/status", settle_bound(), |s| s["drained"].is_null())
+        .wait_json("node2", "/status", settle_bound(), |s| {
+            s["drained"].is_null()
+        })
         .await;
     assert_eq!(ask(s, "GET", "/replica").await.0, 200);
     lab.teardown().await.expect("teardown");
@@ -202,7 +247,9 @@ async fn every_read_endpoint_and_parameter() {
 /// sample through a failover, on every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_write_answers_like_state() {
-    let lab = Lab::build(LabSpec::standard(102)).await.expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(102))
+        .await
+        .expect("lab builds");
     let fleet = Fleet::start(&lab).await;
     fleet.wait_normal().await;
     let nodes = ["node1", "node2", "node3", "node4"];
@@ -218,7 +265,10 @@ async fn read_write_answers_like_state() {
                     let s = http::get(*a, "/state", Duration::from_secs(1)).await;
                     let w = http::get(*a, "/read-write", Duration::from_secs(1)).await;
                     if let (Ok(s), Ok(w)) = (s, w) {
-                        pairs.lock().expect("pairs").push((*a, s.status == 200, w.status == 200));
+                        pairs
+                            .lock()
+                            .expect("pairs")
+                            .push((*a, s.status == 200, w.status == 200));
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -300,7 +350,11 @@ async fn a_patroni_style_primary_check_is_warned_once_per_client() {
     assert_eq!(warnings.len(), 2, "{warnings:#?}");
     assert!(warnings.iter().any(|l| l.contains("127.0.0.1")));
     assert!(warnings.iter().any(|l| l.contains("127.0.0.2")));
-    assert!(warnings.iter().all(|l| l.contains("/state") && l.contains("/read-write")));
+    assert!(
+        warnings
+            .iter()
+            .all(|l| l.contains("/state") && l.contains("/read-write"))
+    );
     lab.teardown().await.expect("teardown");
 }
 
@@ -309,18 +363,24 @@ async fn a_patroni_style_primary_check_is_warned_once_per_client() {
 /// brings it back. Also measures what the new-connection proof costs the database per cycle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postmaster_that_accepts_no_one_is_down() {
-    let lab = Lab::build(LabSpec::standard(104)).await.expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(104))
+        .await
+        .expect("lab builds");
     let fleet = Fleet::start(&lab).await;
     fleet.wait_normal().await;
     let config = config_for(&lab, "node1");
     // The cost: sessions started on node1 per poll cycle of its daemon.
     let sessions = || async {
-        lab.psql_db("node1", "postgres", "SELECT sessions FROM pg_stat_database WHERE datname = 'repmgr'")
-            .await
-            .expect("sessions")
-            .trim()
-            .parse::<u64>()
-            .expect("a number")
+        lab.psql_db(
+            "node1",
+            "postgres",
+            "SELECT sessions FROM pg_stat_database WHERE datname = 'repmgr'",
+        )
+        .await
+        .expect("sessions")
+        .trim()
+        .parse::<u64>()
+        .expect("a number")
     };
     let cycles = || async {
         // Each cycle publishes a new observed_at.
@@ -354,13 +414,23 @@ async fn a_postmaster_that_accepts_no_one_is_down() {
         Duration::from_millis(20),
         Duration::from_secs(1),
     );
-    lab.freeze_postmaster("node1").await.expect("SIGSTOP postmaster");
+    lab.freeze_postmaster("node1")
+        .await
+        .expect("SIGSTOP postmaster");
     let frozen = sampler.now();
     let bound = config.db_timeout + config.interval;
-    sampler.wait_samples(frozen + bound + Duration::from_secs(1), 10, Duration::from_secs(10)).await;
+    sampler
+        .wait_samples(
+            frozen + bound + Duration::from_secs(1),
+            10,
+            Duration::from_secs(10),
+        )
+        .await;
     lab.thaw("node1").await.expect("SIGCONT");
     let thawed = sampler.now();
-    sampler.wait_samples(thawed + Duration::from_secs(3), 10, Duration::from_secs(10)).await;
+    sampler
+        .wait_samples(thawed + Duration::from_secs(3), 10, Duration::from_secs(10))
+        .await;
     let samples = sampler.stop();
     let last_200 = samples
         .iter()
@@ -378,7 +448,10 @@ async fn a_postmaster_that_accepts_no_one_is_down() {
         "postmaster frozen: last 200 {down_after:?} after the SIGSTOP (bound {bound:?}); 200 \
          again {back:?} after the SIGCONT"
     );
-    assert!(down_after <= bound, "still 200 {down_after:?} after the postmaster froze");
+    assert!(
+        down_after <= bound,
+        "still 200 {down_after:?} after the postmaster froze"
+    );
     assert!(back.is_some(), "never 200 again; {st}");
     // Between the bound and the thaw, every answer was 503 with the reason.
     let after: Vec<_> = samples
@@ -386,14 +459,20 @@ async fn a_postmaster_that_accepts_no_one_is_down() {
         .filter(|s| s.at > frozen + bound && s.at + s.latency < thawed)
         .collect();
     assert!(!after.is_empty());
-    assert!(after.iter().all(|s| s.status == Some(503)), "{:?}", after.iter().find(|s| s.status != Some(503)));
+    assert!(
+        after.iter().all(|s| s.status == Some(503)),
+        "{:?}",
+        after.iter().find(|s| s.status != Some(503))
+    );
     lab.teardown().await.expect("teardown");
 }
 
 /// Through the real haproxy with the shipped read check (`/replica?lag=16MB`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_reads_follow_replay_lag_cuts_and_drain() {
-    let lab = Lab::build(LabSpec::standard(105)).await.expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(105))
+        .await
+        .expect("lab builds");
     let state_dirs: Vec<_> = lab
         .node_names()
         .iter()
@@ -413,7 +492,9 @@ async fn haproxy_reads_follow_replay_lag_cuts_and_drain() {
     .await;
     fleet.wait_normal().await;
     let hp = Haproxy::start(&lab, &shipped()).await.expect("haproxy");
-    hp.wait_up(WRITE, &["node1"], settle_bound()).await.expect("write pool");
+    hp.wait_up(WRITE, &["node1"], settle_bound())
+        .await
+        .expect("write pool");
     hp.wait_up(READ, &["node2", "node3", "node4"], settle_bound())
         .await
         .expect("read pool");
@@ -422,7 +503,9 @@ async fn haproxy_reads_follow_replay_lag_cuts_and_drain() {
 
     // 1. node2's replay paused, 48 MB written on the primary: within 5 s no new read lands on
     // node2, while node3 and node4 keep taking them.
-    lab.psql("node2", "SELECT pg_wal_replay_pause()").await.expect("pause");
+    lab.psql("node2", "SELECT pg_wal_replay_pause()")
+        .await
+        .expect("pause");
     lab.psql(
         "node1",
         "CREATE TABLE IF NOT EXISTS t (i int, s text); \
@@ -433,59 +516,116 @@ async fn haproxy_reads_follow_replay_lag_cuts_and_drain() {
     let written = Instant::now();
     let st = fleet
         .wait_json("node2", "/status", settle_bound(), |s| {
-            s["replication"]["lag_bytes"].as_u64().is_some_and(|l| l > 16 << 20)
+            s["replication"]["lag_bytes"]
+                .as_u64()
+                .is_some_and(|l| l > 16 << 20)
         })
         .await;
-    println!("node2 lag {} bytes once the 48 MB were written", st["replication"]["lag_bytes"]);
+    println!(
+        "node2 lag {} bytes once the 48 MB were written",
+        st["replication"]["lag_bytes"]
+    );
     let t0 = Instant::now();
-    let attempts = sample_every(Duration::from_millis(50), read, book.clone(), t0, Duration::from_secs(8), Duration::from_secs(8), |_| true).await;
+    let attempts = sample_every(
+        Duration::from_millis(50),
+        read,
+        book.clone(),
+        t0,
+        Duration::from_secs(8),
+        Duration::from_secs(8),
+        |_| true,
+    )
+    .await;
     let after_5s: Vec<_> = attempts
         .iter()
         .filter(|a| t0 + a.started >= written + Duration::from_secs(5))
         .collect();
-    let on2 = after_5s.iter().filter(|a| a.outcome.as_ref().is_ok_and(|l| l.node == "node2")).count();
+    let on2 = after_5s
+        .iter()
+        .filter(|a| a.outcome.as_ref().is_ok_and(|l| l.node == "node2"))
+        .count();
     let (on, failed) = tally(&attempts);
-    println!("paused replay on node2: reads {on:?}, {failed} failed; {on2} on node2 from 5 s after the write");
+    println!(
+        "paused replay on node2: reads {on:?}, {failed} failed; {on2} on node2 from 5 s after the write"
+    );
     assert_eq!(on2, 0, "reads still land on the lagging node2");
     assert!(on.get("node3").is_some_and(|n| *n > 10) && on.get("node4").is_some_and(|n| *n > 10));
-    lab.psql("node2", "SELECT pg_wal_replay_resume()").await.expect("resume");
-    hp.wait_up(READ, &["node2", "node3", "node4"], haproxy_settle() + settle_bound())
+    lab.psql("node2", "SELECT pg_wal_replay_resume()")
         .await
-        .expect("node2 back in the read pool");
+        .expect("resume");
+    hp.wait_up(
+        READ,
+        &["node2", "node3", "node4"],
+        haproxy_settle() + settle_bound(),
+    )
+    .await
+    .expect("node2 back in the read pool");
     let back = land(read, &book).await.expect("a read");
-    println!("replay resumed: node2 back in the read pool (a read landed on {})", back.node);
+    println!(
+        "replay resumed: node2 back in the read pool (a read landed on {})",
+        back.node
+    );
 
     // 2. Replication cut for every standby and more WAL written: every lag= check fails (the
     // lag counts WAL a standby has not even received).
-    lab.cut_replication_to("node1").await.expect("cut replication");
-    lab.psql("node1", "INSERT INTO t SELECT g, repeat('x', 80) FROM generate_series(1, 400000) g")
+    lab.cut_replication_to("node1")
         .await
-        .expect("write 48 MB more");
+        .expect("cut replication");
+    lab.psql(
+        "node1",
+        "INSERT INTO t SELECT g, repeat('x', 80) FROM generate_series(1, 400000) g",
+    )
+    .await
+    .expect("write 48 MB more");
     for node in ["node2", "node3", "node4"] {
         fleet
             .wait_json(node, "/status", settle_bound(), |s| {
-                s["replication"]["lag_bytes"].as_u64().is_some_and(|l| l > 16 << 20)
+                s["replication"]["lag_bytes"]
+                    .as_u64()
+                    .is_some_and(|l| l > 16 << 20)
             })
             .await;
         let (code, _) = ask(fleet.addr(node), "GET", "/replica?lag=16MB").await;
         assert_eq!(code, 503, "{node}");
     }
-    hp.wait_up(READ, &[], haproxy_settle()).await.expect("no standby takes reads");
+    hp.wait_up(READ, &[], haproxy_settle())
+        .await
+        .expect("no standby takes reads");
     let refused = land(read, &book).await;
-    assert!(refused.is_err(), "a read landed with every standby behind: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "a read landed with every standby behind: {refused:?}"
+    );
     println!("replication cut for every standby: the read pool is empty");
     lab.heal_replication_to("node1").await.expect("heal");
-    hp.wait_up(READ, &["node2", "node3", "node4"], haproxy_settle() + settle_bound())
-        .await
-        .expect("read pool back");
+    hp.wait_up(
+        READ,
+        &["node2", "node3", "node4"],
+        haproxy_settle() + settle_bound(),
+    )
+    .await
+    .expect("read pool back");
 
     // 3. A drained standby gets no new session.
-    let dir = &state_dirs.iter().find(|(n, _)| n == "node3").expect("node3").1;
+    let dir = &state_dirs
+        .iter()
+        .find(|(n, _)| n == "node3")
+        .expect("node3")
+        .1;
     primgr::control::drain(dir, "maintenance").expect("drain node3");
     hp.wait_up(READ, &["node2", "node4"], haproxy_settle() + settle_bound())
         .await
         .expect("node3 out of the read pool");
-    let attempts = sample_every(Duration::from_millis(50), read, book.clone(), Instant::now(), Duration::from_secs(2), Duration::from_secs(2), |_| true).await;
+    let attempts = sample_every(
+        Duration::from_millis(50),
+        read,
+        book.clone(),
+        Instant::now(),
+        Duration::from_secs(2),
+        Duration::from_secs(2),
+        |_| true,
+    )
+    .await;
     let (on, _) = tally(&attempts);
     println!("node3 drained: reads {on:?}");
     assert!(!on.contains_key("node3"));

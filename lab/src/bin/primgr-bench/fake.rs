@@ -1,7 +1,8 @@
 //! Fake peers for the poll-cycle measurement: tiny HTTP/1.1 responders that answer a voter's
-//! questions the way a healthy standby's primgr would (`/primary` 200 `{"Primary":"<primary>"}`,
-//! `/state` 202 `{"state":"Standby"}`, anything else 404), so that a site can grow to 64 voters
-//! without 64 databases.
+//! questions the way a healthy standby's primgr would (`/vote` 200 with a vote of their own
+//! name for the primary, a lease, and an exclusivity of ten minutes; `/state` 202
+//! `{"state":"Standby"}`; anything else 404), so that a site can grow to 64 voters without 64
+//! databases.
 //!
 //! Real peers run on other machines; these share the benchmark's CPUs with the daemon under
 //! test, so they are kept as cheap as possible: no HTTP library, a canned response per path,
@@ -25,9 +26,9 @@ pub struct FakePeers {
     _tasks: JoinSet<()>,
 }
 
-/// The canned responses.
+/// The canned responses of one fake.
 struct Answers {
-    primary: Vec<u8>,
+    vote: Vec<u8>,
     standby: Vec<u8>,
     not_found: Vec<u8>,
 }
@@ -41,22 +42,26 @@ fn response(status: &str, body: &str) -> Vec<u8> {
 }
 
 impl FakePeers {
-    /// Binds one responder per address (all must be free) naming `primary` on `/primary`.
-    pub async fn start(addrs: &[SocketAddr], primary: &str) -> Result<FakePeers> {
-        let answers = Arc::new(Answers {
-            primary: response(
-                "200 OK",
-                &serde_json::json!({ "Primary": primary }).to_string(),
-            ),
-            standby: response("202 Accepted", r#"{"state":"Standby"}"#),
-            not_found: response("404 Not Found", ""),
-        });
+    /// Binds one responder per (node name, address) (all must be free), each voting as its
+    /// node for `primary` on `/vote`.
+    pub async fn start(peers: &[(String, SocketAddr)], primary: &str) -> Result<FakePeers> {
         let mut tasks = JoinSet::new();
-        for &addr in addrs {
+        for (name, addr) in peers {
+            let addr = *addr;
+            let answers = Arc::new(Answers {
+                vote: response(
+                    "200 OK",
+                    &serde_json::json!({
+                        "node": name, "vote": primary, "lease_ms": 3000, "exclusive_ms": 600_000
+                    })
+                    .to_string(),
+                ),
+                standby: response("202 Accepted", r#"{"state":"Standby"}"#),
+                not_found: response("404 Not Found", ""),
+            });
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("fake peer: binding {addr}"))?;
-            let answers = answers.clone();
             tasks.spawn(async move {
                 let mut conns = JoinSet::new();
                 while let Ok((stream, _)) = listener.accept().await {
@@ -89,7 +94,7 @@ fn answer<'a>(head: &[u8], answers: &'a Answers) -> &'a [u8] {
     let mut parts = line.split(|b| *b == b' ');
     let _method = parts.next();
     match parts.next().unwrap_or_default() {
-        b"/primary" => &answers.primary,
+        b"/vote" => &answers.vote,
         b"/state" | b"/" => &answers.standby,
         _ => &answers.not_found,
     }
@@ -102,14 +107,11 @@ mod tests {
     #[test]
     fn answers_by_path() {
         let a = Answers {
-            primary: b"P".to_vec(),
+            vote: b"V".to_vec(),
             standby: b"S".to_vec(),
             not_found: b"N".to_vec(),
         };
-        assert_eq!(
-            answer(b"GET /primary HTTP/1.1\r\nHost: x\r\n\r\n", &a),
-            b"P"
-        );
+        assert_eq!(answer(b"GET /vote HTTP/1.1\r\nHost: x\r\n\r\n", &a), b"V");
         assert_eq!(answer(b"GET /state HTTP/1.1\r\n\r\n", &a), b"S");
         assert_eq!(answer(b"GET /nope HTTP/1.1\r\n\r\n", &a), b"N");
         let r = String::from_utf8(response("200 OK", "{}")).unwrap();

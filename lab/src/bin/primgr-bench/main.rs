@@ -8,7 +8,7 @@
 //!
 //! It builds a real lab cluster (node1..node3 in dc1, node4 in dc2, subnet 61; 62 with
 //! `--short`), runs the release `primgr` daemon of every node as a process
-//! (`--interval 2s --peer-timeout 500ms`), starts `baseline` (the smallest hyper server that
+//! (`--interval 1s --peer-timeout 500ms`), starts `baseline` (the smallest hyper server that
 //! answers `GET /state` with the same status, headers and body as node1's daemon), and measures:
 //!
 //! 1. `GET /state` with wrk at 64 and at 4 keep-alive connections and with a new connection per
@@ -78,7 +78,7 @@ use crate::report::{Findings, Machine, Outcome, render, write_report};
 use crate::wrk::{Mode, Wrk};
 
 /// Daemon settings of the whole run (the poll-cycle measurement changes node1's interval).
-const INTERVAL: &str = "2s";
+const INTERVAL: &str = "1s";
 const PEER_TIMEOUT_MS: u64 = 500;
 /// node1's interval while the poll cycle is sampled.
 const CYCLE_INTERVAL_MS: u64 = 250;

@@ -77,10 +77,13 @@ struct Cycles {
 
 async fn poll_cycles(o: &Opts, lab: &Lab) -> Result<Vec<Cycles>> {
     let max_fakes = VOTERS.iter().max().copied().unwrap_or(2) - 2;
-    let addrs: Vec<SocketAddr> = (1..=max_fakes)
-        .map(|k| SocketAddr::from((fake_addr(lab.subnet(), k), DAEMON_PORT)))
+    let peers: Vec<(String, SocketAddr)> = (1..=max_fakes)
+        .map(|k| {
+            let addr = SocketAddr::from((fake_addr(lab.subnet(), k), DAEMON_PORT));
+            (format!("fake{k}"), addr)
+        })
         .collect();
-    let _fakes = fake::FakePeers::start(&addrs, NODE).await?;
+    let _fakes = fake::FakePeers::start(&peers, NODE).await?;
     lab.stop_daemon(NODE).await?;
     let args = vec![
         "--interval".to_string(),
@@ -175,7 +178,7 @@ async fn cycles_at(lab: &Lab, voters: usize, wanted: usize) -> Result<Cycles> {
         let asked = status["voters"].as_array().map_or(0, Vec::len);
         let all_for_us = status["voters"]
             .as_array()
-            .is_some_and(|v| v.iter().all(|x| x["votes_for_us"] == Value::Bool(true)));
+            .is_some_and(|v| v.iter().all(|x| x["vote"] == NODE));
         let cycle_ms = status["cycle_ms"].as_f64();
         let slowest = status["voters"].as_array().map(|v| {
             v.iter()
