@@ -41,7 +41,7 @@ use crate::decide::State;
 use crate::metrics::{self, RequestCounters};
 use crate::peers::{VoteReply, fan_out};
 use crate::reads;
-use crate::server::Handler;
+use crate::server::{Answer, Handler};
 use crate::shared::{Loaded, Shared};
 use crate::snapshot::{Snapshot, json_bytes, state_body};
 use crate::vote::Release;
@@ -158,14 +158,23 @@ pub struct App {
 }
 
 impl Handler for App {
-    async fn handle(self: Arc<Self>, client: SocketAddr, request: Request<Incoming>) -> Reply {
+    fn handle(self: &Arc<Self>, client: SocketAddr, request: Request<Incoming>) -> Answer {
         let routed = route(request.uri().path());
-        let reply = self
-            .answer(client, request.method(), request.uri(), routed)
-            .await;
         let index = routed.map_or(ENDPOINT_NAMES.len() - 1, |r| r.0 as usize);
-        self.requests.count(index, reply.status().as_u16());
-        reply
+        match self.answer(client, request.method(), request.uri(), routed) {
+            Answer::Now(reply) => {
+                self.requests.count(index, reply.status().as_u16());
+                Answer::Now(reply)
+            }
+            Answer::Later(reply) => {
+                let app = Arc::clone(self);
+                Answer::Later(Box::pin(async move {
+                    let reply = reply.await;
+                    app.requests.count(index, reply.status().as_u16());
+                    reply
+                }))
+            }
+        }
     }
 }
 
@@ -179,23 +188,22 @@ impl App {
         })
     }
 
-    /// The reply to `method` on `uri` from `client`, routed to `routed`.
-    async fn answer(
+    /// The reply to `method` on `uri` from `client`, routed to `routed`: at once for every
+    /// endpoint but `/realPrimary`, which waits for the other nodes.
+    fn answer(
         self: &Arc<Self>,
         client: SocketAddr,
         method: &Method,
         uri: &Uri,
         routed: Option<(Endpoint, Methods)>,
-    ) -> Reply {
+    ) -> Answer {
         let Some((endpoint, methods)) = routed else {
-            return error(StatusCode::NOT_FOUND, "not found");
+            return Answer::Now(error(StatusCode::NOT_FOUND, "not found"));
         };
         if !methods.allows(method) {
-            let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-            r.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(methods.allow_header()));
-            return r;
+            return Answer::Now(not_allowed(methods));
         }
+        let bodyless = method == Method::HEAD || method == Method::OPTIONS;
         // The clock is read before the snapshot is loaded: a 200 is decided at an instant
         // that precedes the publication of any later snapshot (see `vote` on releases).
         let now = Instant::now();
@@ -212,7 +220,13 @@ impl App {
                 let me = self.shared.config().node_name.clone();
                 self.shared.store.peek().primary_reply(&me, now)
             }
-            Endpoint::RealPrimary => self.real_primary().await,
+            Endpoint::RealPrimary => {
+                let app = Arc::clone(self);
+                return Answer::Later(Box::pin(async move {
+                    let (code, body) = app.real_primary().await;
+                    json_reply(code, if bodyless { Bytes::new() } else { body })
+                }));
+            }
             Endpoint::Status => {
                 let snapshot = self.shared.store.load();
                 let status = status_json(&self.shared.loaded(), &snapshot, now);
@@ -226,15 +240,12 @@ impl App {
                     config_loaded: self.shared.loaded().at,
                 };
                 let text = metrics::render(&snapshot, &extra, now);
-                let mut r = json_reply(200, Bytes::from(text));
+                let mut r = json_reply(200, if bodyless { Bytes::new() } else { text.into() });
                 r.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
                 );
-                if method != Method::GET {
-                    *r.body_mut() = Full::new(Bytes::new());
-                }
-                return r;
+                return Answer::Now(r);
             }
             Endpoint::Vote => self.vote(now),
             Endpoint::Release => self.release(),
@@ -259,7 +270,7 @@ impl App {
                 let query = match reads::parse_query(uri.query()) {
                     Ok(q) => q,
                     Err(why) => {
-                        return json_reply(400, json_bytes(&json!({ "error": why })));
+                        return Answer::Now(json_reply(400, json_bytes(&json!({ "error": why }))));
                     }
                 };
                 let snapshot = self.shared.store.peek();
@@ -273,12 +284,7 @@ impl App {
                 self.check_reply(&snapshot, outcome, now)
             }
         };
-        let body = if method == Method::HEAD || method == Method::OPTIONS {
-            Bytes::new()
-        } else {
-            body
-        };
-        json_reply(code, body)
+        Answer::Now(json_reply(code, if bodyless { Bytes::new() } else { body }))
     }
 
     /// A health-check reply: 200 or 503, with the node, its state, and why not.
@@ -548,6 +554,13 @@ fn json_reply(code: u16, body: Bytes) -> Reply {
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn not_allowed(methods: Methods) -> Reply {
+    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(methods.allow_header()));
     r
 }
 

@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,12 +48,16 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// What answers the requests the server lets through.
 pub trait Handler: Send + Sync + 'static {
-    /// The reply to `request` from `client`.
-    fn handle(
-        self: Arc<Self>,
-        client: SocketAddr,
-        request: Request<Incoming>,
-    ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+    /// The reply to `request` from `client`: at once, or a future for the few answers that
+    /// wait (on other nodes). Answering at once keeps the health check free of any future to
+    /// build, move or box.
+    fn handle(self: &Arc<Self>, client: SocketAddr, request: Request<Incoming>) -> Answer;
+}
+
+/// A reply, now or later.
+pub enum Answer {
+    Now(Response<Full<Bytes>>),
+    Later(Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>),
 }
 
 /// Binds the listening socket with a queue of [`LISTEN_BACKLOG`] pending connections.
@@ -95,14 +100,14 @@ where
         let _ = stream.set_nodelay(true);
         let handler = Arc::clone(&handler);
         let gate = service_fn(move |request: Request<Incoming>| {
-            let call = match refusal(&request) {
-                Some(refused) => Err(refused),
-                None => Ok(Arc::clone(&handler).handle(client, request)),
+            let answer = match refusal(&request) {
+                Some(refused) => Answer::Now(refused),
+                None => handler.handle(client, request),
             };
             async move {
-                Ok::<_, Infallible>(match call {
-                    Ok(answer) => answer.await,
-                    Err(refused) => refused,
+                Ok::<_, Infallible>(match answer {
+                    Answer::Now(reply) => reply,
+                    Answer::Later(reply) => reply.await,
                 })
             }
         });
@@ -227,12 +232,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         struct Ok200;
         impl Handler for Ok200 {
-            async fn handle(
-                self: Arc<Self>,
-                _: SocketAddr,
-                _: Request<Incoming>,
-            ) -> Response<Full<Bytes>> {
-                Response::new(Full::new(Bytes::from_static(b"ok")))
+            fn handle(self: &Arc<Self>, _: SocketAddr, _: Request<Incoming>) -> Answer {
+                Answer::Now(Response::new(Full::new(Bytes::from_static(b"ok"))))
             }
         }
         let ok = Arc::new(Ok200);
