@@ -2,6 +2,7 @@
 //! waits and probes a user would run against them.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod child;
 pub mod clients;
 pub mod sampler;
