@@ -124,12 +124,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shu
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let mut request = [0u8; MAX_REQUEST];
-            let read =
-                tokio::time::timeout(READ_TIMEOUT, read_line(&mut stream, &mut request)).await;
-            let pool = match read {
-                Ok(Ok(n)) => Pool::from_request(&request[..n]),
-                _ => Pool::Read,
-            };
+            let n = read_line(&mut stream, &mut request, READ_TIMEOUT).await;
+            let pool = Pool::from_request(&request[..n]);
             let now = Instant::now();
             let line = answer(&shared.store.peek(), &shared.config(), pool, now);
             let write = async {
@@ -147,20 +143,19 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: Shu
     }
 }
 
-/// Reads until a newline, the end of the stream or a full buffer; the bytes read.
-async fn read_line(stream: &mut tokio::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Reads until a newline, the end of the stream, a full buffer, an error or `within`; how
+/// many bytes were read. What arrived before the time ran out still counts: an `agent-send
+/// "write"` without its newline is the write pool, not the read pool.
+async fn read_line(stream: &mut tokio::net::TcpStream, buf: &mut [u8], within: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + within;
     let mut n = 0;
-    while n < buf.len() {
-        let got = stream.read(&mut buf[n..]).await?;
-        if got == 0 {
-            break;
-        }
-        n += got;
-        if buf[..n].contains(&b'\n') {
-            break;
+    while n < buf.len() && !buf[..n].contains(&b'\n') {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf[n..])).await {
+            Ok(Ok(got)) if got > 0 => n += got,
+            _ => break,
         }
     }
-    Ok(n)
+    n
 }
 
 #[cfg(test)]

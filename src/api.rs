@@ -679,7 +679,7 @@ pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Value 
         "vote_lease_ms": millis(config.vote_lease),
         "handoff_delay_ms": millis(config.handoff_delay),
         "config": {
-            "loaded_at": humantime::format_rfc3339_seconds(loaded.at).to_string(),
+            "loaded_at": humantime::format_rfc3339_millis(loaded.at).to_string(),
             "fingerprint": loaded.fingerprint,
         },
         "version": env!("CARGO_PKG_VERSION"),
