@@ -502,9 +502,8 @@ impl Run {
                     if i == old {
                         continue;
                     }
-                    let sql = "SELECT coalesce(pg_last_wal_receive_lsn() - '0/0', 0)::bigint";
-                    let r = self.lab.psql(&self.name(i), sql).await;
-                    let lsn: i64 = self.check("read lsn", r).parse().unwrap_or(0);
+                    let r = self.lab.receive_lsn(&self.name(i)).await;
+                    let lsn = self.check("read lsn", r).unwrap_or(0);
                     lsns.push((i, lsn));
                 }
                 let best = lsns
