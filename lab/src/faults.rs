@@ -3,12 +3,39 @@
 //! addresses, arbitrary rules), and partial partitions (replication and repmgr cut from a node
 //! that keeps running). The iptables primitives are in `firewall.rs`.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result, anyhow};
 
 use crate::firewall;
 use crate::lab::{Lab, lock};
 use crate::procfs;
 use crate::spec::{PG_PORT, chain_name, replication_chain_name};
+use crate::wait::wait_for_every;
+
+/// Sends `sig` (SIGSTOP or SIGCONT) to `pids` and waits (up to 10 s) until each is stopped
+/// (SIGSTOP) or not (SIGCONT), or gone.
+async fn signal_and_wait(node: &str, pids: &[i32], sig: i32) -> Result<()> {
+    for &p in pids {
+        procfs::signal(p, sig);
+    }
+    let stop = sig == libc::SIGSTOP;
+    wait_for_every(
+        &format!(
+            "the processes of {node} {}",
+            if stop { "stopped" } else { "running" }
+        ),
+        Duration::from_secs(10),
+        Duration::from_millis(5),
+        || async {
+            Ok(pids
+                .iter()
+                .all(|&p| !procfs::alive(p) || procfs::stopped(p) == stop))
+        },
+    )
+    .await
+    .map(drop)
+}
 
 /// How [`Lab::cut_with`] blocks traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,31 +74,30 @@ impl Lab {
     }
 
     /// SIGSTOP the node's postmaster and all its children (a hung database: connections and
-    /// queries hang; TCP connects still succeed).
+    /// queries hang; TCP connects still succeed). Returns once they are all stopped (a signal
+    /// takes effect when the kernel next schedules the process, later on a loaded machine).
     pub async fn freeze(&self, node: &str) -> Result<()> {
         let pm = self.running_postmaster(node)?;
-        procfs::signal(pm, libc::SIGSTOP);
-        for c in procfs::children(pm) {
-            procfs::signal(c, libc::SIGSTOP);
-        }
-        Ok(())
+        let mut pids = vec![pm];
+        pids.extend(procfs::children(pm));
+        signal_and_wait(node, &pids, libc::SIGSTOP).await
     }
 
     /// SIGSTOP only the postmaster: existing sessions keep working, new connections hang.
+    /// Returns once it is stopped.
     pub async fn freeze_postmaster(&self, node: &str) -> Result<()> {
         let pm = self.running_postmaster(node)?;
-        procfs::signal(pm, libc::SIGSTOP);
-        Ok(())
+        signal_and_wait(node, &[pm], libc::SIGSTOP).await
     }
 
-    /// SIGCONT the postmaster and all its children. Does nothing if the node is not running.
+    /// SIGCONT the postmaster and all its children; returns once none is stopped any more.
+    /// Does nothing if the node is not running.
     pub async fn thaw(&self, node: &str) -> Result<()> {
         let n = self.node(node)?;
         if let Some(pm) = procfs::postmaster_pid(&n.data()) {
-            procfs::signal(pm, libc::SIGCONT);
-            for c in procfs::children(pm) {
-                procfs::signal(c, libc::SIGCONT);
-            }
+            let mut pids = vec![pm];
+            pids.extend(procfs::children(pm));
+            signal_and_wait(node, &pids, libc::SIGCONT).await?;
         }
         Ok(())
     }
