@@ -103,13 +103,9 @@ fn count(log: &str, needle: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_schema_and_node_name_keep_the_daemon_up_and_say_why_once() {
-    let lab = Lab::build(LabSpec {
-        subnet: SUBNET,
-        dir: None,
-        nodes: vec![NodeSpec::new("node1", "dc1")],
-    })
-    .await
-    .expect("lab builds");
+    let lab = Lab::build(LabSpec::new(SUBNET, vec![NodeSpec::new("node1", "dc1")]))
+        .await
+        .expect("lab builds");
     for sql in [
         "CREATE ROLE primgr_nologin NOLOGIN",
         "CREATE ROLE primgr_norights LOGIN",

@@ -26,9 +26,10 @@
 //!    no new client) answers 503 within `db_timeout` + `interval` + 500 ms, and until its
 //!    database is back (a sample without an answer is invariant 3's);
 //! 3. every running daemon answers every sample within 100 ms. A fifth primgr outside the
-//!    cluster, which no fault touches, is sampled in the same rounds as a control: a sample over
-//!    the bound while the control was over it too is a stall of the machine (two cores shared
-//!    with other work), counted and reported apart, not a fault of that node's daemon;
+//!    cluster, which no fault touches, is sampled in the same rounds as a control, first and
+//!    last in each round: a sample over the bound while the control was over it too (at the
+//!    round's start or end) is a stall of the machine (two cores shared with other work),
+//!    counted and reported apart, not a fault of that node's daemon;
 //! 4. once everything is healed, exactly one node (the model's primary) answers 200 and every
 //!    other 202 within [`heal_bound()`].
 //!
@@ -72,7 +73,8 @@ fn heal_bound() -> Duration {
         + PEER_TIMEOUT
         + Duration::from_secs(2)
 }
-/// Sampler target index of the control daemon (after the four nodes).
+/// Sampler target index of the control daemon (after the four nodes), sampled first in each
+/// round; it is sampled again last in each round as target `CONTROL + 1`.
 const CONTROL: usize = 4;
 /// Open faults (frozen databases, cuts, stopped daemons) at most at once.
 const MAX_OPEN: usize = 3;
@@ -647,9 +649,8 @@ impl Run {
             if i == old {
                 continue;
             }
-            let sql = "SELECT coalesce(pg_last_wal_receive_lsn() - '0/0', 0)::bigint";
-            let r = self.lab.psql(&self.name(i), sql).await;
-            let lsn: i64 = self.check("read lsn", r).parse().unwrap_or(0);
+            let r = self.lab.receive_lsn(&self.name(i)).await;
+            let lsn = self.check("read lsn", r).unwrap_or(0);
             lsns.push((i, lsn));
         }
         let best = lsns
@@ -862,7 +863,7 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
     control.wait_listening(Duration::from_secs(10)).await;
     let mut targets = addrs.clone();
     targets.push(control_addr);
-    let sampler = Sampler::start(t0, targets, "/state", PERIOD, Duration::from_secs(1));
+    let sampler = Sampler::start_bracketed(t0, targets, "/state", PERIOD, Duration::from_secs(1));
     let mut run = Run {
         lab,
         model: Model {
@@ -1068,16 +1069,22 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
     }
 
     // 3. Every running daemon answers every sample within ANSWER_BOUND, unless the control
-    // daemon was as slow in the same round (a stall of the whole machine, counted apart).
-    let control_samples: Vec<&Sample> = samples.iter().filter(|s| s.target == CONTROL).collect();
+    // daemon was as slow in the same round, at the round's start or its end (a stall of the
+    // whole machine, counted apart).
+    let control_samples: Vec<&Sample> = samples.iter().filter(|s| s.target >= CONTROL).collect();
+    // The slowest control sample of the round of a sample started at `at` (None: no answer,
+    // or no control sample in that round).
     let control_at = |at: Duration| -> Option<&Sample> {
-        let k = control_samples.partition_point(|c| c.at < at);
-        [k.checked_sub(1), Some(k)]
-            .into_iter()
-            .flatten()
-            .filter_map(|k| control_samples.get(k).copied())
-            .filter(|c| c.at.abs_diff(at) < PERIOD / 2)
-            .min_by_key(|c| c.at.abs_diff(at))
+        let k = control_samples.partition_point(|c| c.at + PERIOD / 2 < at);
+        let round: Vec<&Sample> = control_samples[k..]
+            .iter()
+            .take_while(|c| c.at < at + PERIOD / 2)
+            .copied()
+            .collect();
+        if round.is_empty() || round.iter().any(|c| c.status.is_none()) {
+            return None;
+        }
+        round.into_iter().max_by_key(|c| c.latency)
     };
     let mut inv3_checked = 0;
     let mut machine_stalls = 0;

@@ -294,15 +294,14 @@ async fn snapshots(addr: SocketAddr, d: Duration) -> Vec<(Instant, Value)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
-    let lab = Lab::build(LabSpec {
-        subnet: SUBNET,
-        dir: None,
-        nodes: vec![
+    let lab = Lab::build(LabSpec::new(
+        SUBNET,
+        vec![
             NodeSpec::new("node1", "dc1"),
             NodeSpec::new("node2", "dc1"),
             NodeSpec::new("node3", "dc1"),
         ],
-    })
+    ))
     .await
     .expect("lab builds");
     let api = lab.daemon_addr("node1");

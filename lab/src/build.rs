@@ -1,7 +1,9 @@
 //! Building a lab: `initdb` of the primary, its shared `postgresql.conf` and `pg_hba.conf`, each
-//! node's `node.conf` and `repmgr.conf`, `repmgr primary register`, `repmgr standby clone` +
-//! `standby register` of the standbys (in parallel), and the wait until every standby streams
-//! and every node's `repmgr.nodes` is complete.
+//! node's `node.conf` and `repmgr.conf` (with repmgrd's automatic-failover settings when the
+//! spec asks for repmgrd), `repmgr primary register`, `repmgr standby clone` + `standby
+//! register` of the standbys and the witness's own `initdb` (in parallel), `repmgr witness
+//! register`, and the wait until every standby streams and every node's `repmgr.nodes` is
+//! complete.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -15,7 +17,7 @@ use crate::cmd::{Run, ensure_root};
 use crate::lab::{Lab, MARKER, Node, PgUser, T_PSQL, T_WAIT, pg_bin, s};
 use crate::spec::{DAEMON_PORT, LabSpec, PG_BIN, PG_PORT, node_address};
 use crate::teardown::destroy;
-use crate::wait::{accepts, join_all, wait_for};
+use crate::wait::{accepts, join_all};
 
 const T_INITDB: Duration = Duration::from_secs(90);
 const T_CLONE: Duration = Duration::from_secs(180);
@@ -60,7 +62,8 @@ impl Lab {
                     format!("removing leftovers of an earlier lab in {}", dir.display())
                 })?;
         }
-        for i in 1..=spec.nodes.len() {
+        let nodes = spec.all_nodes();
+        for i in 1..=nodes.len() {
             let ip = node_address(subnet, i);
             for port in [PG_PORT, DAEMON_PORT] {
                 let addr = SocketAddr::from((ip, port));
@@ -79,9 +82,12 @@ impl Lab {
         let lab = Lab {
             subnet,
             dir,
-            nodes: spec.nodes,
+            nodes,
+            witness: spec.witness.map(|w| w.name),
+            repmgrd: spec.repmgrd,
             pg,
             daemons: Mutex::new(HashMap::new()),
+            repmgrds: Mutex::new(HashMap::new()),
             created_files: Mutex::new(Vec::new()),
             fw_lock: Arc::new(Mutex::new(())),
             timings: Mutex::new(Vec::new()),
@@ -127,11 +133,33 @@ impl Lab {
              service_start_command='{pg_ctl} -D {data} -l {log} -w -t 60 start'\n\
              service_stop_command='{pg_ctl} -D {data} -m fast -w -t 60 stop'\n\
              service_restart_command='{pg_ctl} -D {data} -l {log} -m fast -w -t 60 restart'\n\
-             service_reload_command='{pg_ctl} -D {data} reload'\n",
+             service_reload_command='{pg_ctl} -D {data} reload'\n\
+             {repmgrd}",
             id = n.index,
             name = n.name,
             addr = n.addr,
             pidfile = s(&n.dir.join("repmgrd.pid")),
+            repmgrd = if self.repmgrd {
+                self.repmgrd_conf(n)
+            } else {
+                String::new()
+            },
+        )
+    }
+
+    /// repmgrd's part of a node's `repmgr.conf`: automatic failover, reacting within seconds.
+    fn repmgrd_conf(&self, n: &Node<'_>) -> String {
+        let repmgr = pg_bin("repmgr");
+        let conf = s(&n.conf());
+        format!(
+            "failover=automatic\n\
+             promote_command='{repmgr} standby promote -f {conf} --log-to-file'\n\
+             follow_command='{repmgr} standby follow -f {conf} --log-to-file --upstream-node-id=%n'\n\
+             reconnect_attempts=2\n\
+             reconnect_interval=1\n\
+             monitor_interval_secs=1\n\
+             log_file='{log}'\n",
+            log = s(&n.repmgrd_log()),
         )
     }
 
@@ -157,43 +185,53 @@ impl Lab {
                 self.set_owner(&d, 0o755)?;
             }
             self.write_pg_file(&n.conf(), &self.repmgr_conf(&n, &ns.location))?;
+            if self.repmgrd {
+                // repmgrd (as postgres) appends to it, and so does the lab (as root).
+                self.write_pg_file(&n.repmgrd_log(), "")?;
+            }
         }
         let p = self.primary_spec()?;
-        self.step(&format!("initdb {}", p.name), self.init_primary(&p))
+        self.step(&format!("initdb {}", p.name), self.init_data_dir(&p))
             .await?;
         self.step(&format!("start {}", p.name), self.pg_start(&p))
             .await?;
         self.step(&format!("register {}", p.name), async {
-            self.psql_in(
-                &p,
-                "postgres",
-                "CREATE ROLE repmgr SUPERUSER REPLICATION LOGIN",
-                T_PSQL,
-            )
-            .await?;
-            self.psql_in(
-                &p,
-                "postgres",
-                "CREATE DATABASE repmgr OWNER repmgr",
-                T_PSQL,
-            )
-            .await?;
+            self.create_repmgr_database(&p).await?;
             self.repmgr(&p, &["primary".into(), "register".into()])
                 .run()
                 .await
         })
         .await?;
-        let standbys: Vec<&str> = self.nodes[1..].iter().map(|n| n.name.as_str()).collect();
-        let results = join_all(
-            standbys
-                .iter()
-                .map(|name| self.setup_standby(name))
-                .collect(),
-        )
-        .await;
-        for r in results {
+        // The standbys clone the primary while the witness runs its own initdb.
+        let others: Vec<&str> = self.nodes[1..].iter().map(|n| n.name.as_str()).collect();
+        for r in join_all(others.iter().map(|name| self.setup_node(name)).collect()).await {
             r?;
         }
+        // Registered last, the witness copies a complete repmgr.nodes from the primary.
+        if let Some(w) = &self.witness {
+            let w = self.node(w)?;
+            self.step(
+                &format!("register witness {}", w.name),
+                self.repmgr(
+                    &w,
+                    &[
+                        "-h".into(),
+                        p.addr.to_string(),
+                        "-p".into(),
+                        PG_PORT.to_string(),
+                        "-U".into(),
+                        "repmgr".into(),
+                        "-d".into(),
+                        "repmgr".into(),
+                        "witness".into(),
+                        "register".into(),
+                    ],
+                )
+                .run(),
+            )
+            .await?;
+        }
+        let standbys = self.data_nodes().split_off(1);
         let t = Instant::now();
         for r in join_all(standbys.iter().map(|n| self.wait_streaming(n)).collect()).await {
             r?;
@@ -214,22 +252,31 @@ impl Lab {
     }
 
     async fn wait_metadata_complete(&self, node: &str, total: usize) -> Result<()> {
-        let want = total.to_string();
-        wait_for(
-            &format!("{node}: repmgr.nodes lists all {total} nodes as active"),
+        self.wait_sql(
+            node,
+            "SELECT count(*) FROM repmgr.nodes WHERE active",
+            &total.to_string(),
             T_WAIT,
-            || async {
-                Ok(self
-                    .psql(node, "SELECT count(*) FROM repmgr.nodes WHERE active")
-                    .await?
-                    == want)
-            },
         )
         .await
         .map(drop)
     }
 
-    async fn init_primary(&self, p: &Node<'_>) -> Result<()> {
+    /// `CREATE ROLE repmgr SUPERUSER REPLICATION LOGIN` and `CREATE DATABASE repmgr` (the
+    /// primary, and the witness, which does not replicate them).
+    async fn create_repmgr_database(&self, n: &Node<'_>) -> Result<()> {
+        for sql in [
+            "CREATE ROLE repmgr SUPERUSER REPLICATION LOGIN",
+            "CREATE DATABASE repmgr OWNER repmgr",
+        ] {
+            self.psql_in(n, "postgres", sql, T_PSQL).await?;
+        }
+        Ok(())
+    }
+
+    /// A data directory of its own: `initdb`, the shared settings, `pg_hba.conf`, `node.conf`
+    /// (the primary's and the witness's; standbys get theirs by cloning).
+    async fn init_data_dir(&self, p: &Node<'_>) -> Result<()> {
         Run::new(
             format!("initdb {}", p.name),
             [
@@ -275,6 +322,10 @@ impl Lab {
               include 'node.conf'\n",
         )
         .with_context(|| format!("writing {}", conf_path.display()))?;
+        if self.repmgrd {
+            f.write_all(b"shared_preload_libraries = 'repmgr'\n")
+                .with_context(|| format!("writing {}", conf_path.display()))?;
+        }
         self.write_pg_file(
             &p.data().join("pg_hba.conf"),
             "# primgr-lab: trust everything local (tests only)\n\
@@ -287,7 +338,17 @@ impl Lab {
         self.write_node_conf(p)
     }
 
-    async fn setup_standby(&self, name: &str) -> Result<()> {
+    /// A standby (cloned and registered) or the witness (its own data directory, started, with
+    /// the repmgr role and database; registered later).
+    async fn setup_node(&self, name: &str) -> Result<()> {
+        if self.is_witness(name) {
+            let w = self.node(name)?;
+            self.step(&format!("initdb {name}"), self.init_data_dir(&w))
+                .await?;
+            self.step(&format!("start {name}"), self.pg_start(&w))
+                .await?;
+            return self.create_repmgr_database(&w).await;
+        }
         let n = self.node(name)?;
         let p = self.primary_spec()?;
         self.step(

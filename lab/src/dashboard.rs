@@ -103,7 +103,10 @@ async fn node_row(lab: &Lab, node: &str) -> Vec<String> {
     };
     let (mut role, mut recv, mut meta) = ("-".to_string(), "-".to_string(), "-".to_string());
     if process == "running" {
-        let sql = "SELECT CASE WHEN pg_is_in_recovery() THEN 'standby' ELSE 'primary (rw)' END, \
+        let sql = "SELECT CASE WHEN pg_is_in_recovery() THEN 'standby' \
+                   WHEN EXISTS (SELECT 1 FROM repmgr.nodes WHERE type = 'witness' \
+                   AND node_name = current_setting('cluster_name')) THEN 'witness' \
+                   ELSE 'primary (rw)' END, \
                    coalesce((SELECT status || ' from ' || coalesce(sender_host, '?') \
                              FROM pg_stat_wal_receiver), '-'), \
                    coalesce((SELECT string_agg(node_name, ',' ORDER BY node_id) FROM repmgr.nodes \

@@ -1,5 +1,6 @@
-//! iptables rules in a chain of the lab's own, hooked into `INPUT` and `OUTPUT`.
-//! Only the lab's chain and its two jump rules are ever touched.
+//! iptables rules in chains of the lab's own, each hooked into the built-in chains it names
+//! (`INPUT` and `OUTPUT` for cuts between addresses, `OUTPUT` only for `owner` matches). Only the
+//! lab's chains and their jump rules are ever touched.
 
 use std::time::Duration;
 
@@ -22,12 +23,17 @@ pub(crate) fn chain_exists(chain: &str) -> Result<bool> {
     succeeds(&["-S", chain])
 }
 
-/// Create the chain and the jumps from INPUT and OUTPUT if missing.
-pub(crate) fn ensure_chain(chain: &str) -> Result<()> {
+/// The lab's main chain is hooked into both directions.
+pub(crate) const BOTH: &[&str] = &["INPUT", "OUTPUT"];
+/// A chain of `owner` matches is hooked into OUTPUT only (the match is invalid elsewhere).
+pub(crate) const OUTPUT_ONLY: &[&str] = &["OUTPUT"];
+
+/// Create the chain and the jumps to it from `hooks` if missing.
+pub(crate) fn ensure_chain(chain: &str, hooks: &[&str]) -> Result<()> {
     if !chain_exists(chain)? {
         ipt("iptables create chain", &["-N", chain]).run_sync()?;
     }
-    for hook in ["INPUT", "OUTPUT"] {
+    for &hook in hooks {
         if !succeeds(&["-C", hook, "-j", chain])? {
             ipt("iptables hook chain", &["-I", hook, "1", "-j", chain]).run_sync()?;
         }
@@ -36,24 +42,26 @@ pub(crate) fn ensure_chain(chain: &str) -> Result<()> {
 }
 
 /// Append `rule` (match + target, without `-A chain`) unless already present.
-pub(crate) fn add_rule(chain: &str, rule: &[&str]) -> Result<()> {
+pub(crate) fn add_rule<S: AsRef<str>>(chain: &str, rule: &[S]) -> Result<()> {
+    let rule: Vec<&str> = rule.iter().map(AsRef::as_ref).collect();
     let mut check = vec!["-C", chain];
-    check.extend_from_slice(rule);
+    check.extend_from_slice(&rule);
     if succeeds(&check)? {
         return Ok(());
     }
     let mut add = vec!["-A", chain];
-    add.extend_from_slice(rule);
+    add.extend_from_slice(&rule);
     ipt("iptables add rule", &add).run_sync()?;
     Ok(())
 }
 
 /// Delete every copy of `rule` from the chain (no error if absent or if the chain is missing).
-pub(crate) fn delete_rule(chain: &str, rule: &[&str]) -> Result<()> {
+pub(crate) fn delete_rule<S: AsRef<str>>(chain: &str, rule: &[S]) -> Result<()> {
+    let rule: Vec<&str> = rule.iter().map(AsRef::as_ref).collect();
     let mut check = vec!["-C", chain];
-    check.extend_from_slice(rule);
+    check.extend_from_slice(&rule);
     let mut del = vec!["-D", chain];
-    del.extend_from_slice(rule);
+    del.extend_from_slice(&rule);
     for _ in 0..100 {
         if !succeeds(&check)? {
             return Ok(());
@@ -80,9 +88,10 @@ pub(crate) fn list(chain: &str) -> Result<Vec<String>> {
     Ok(out.stdout.lines().map(str::to_string).collect())
 }
 
-/// Remove the jump rules, flush and delete the chain. No error if it does not exist.
-pub(crate) fn remove_chain(chain: &str) -> Result<()> {
-    for hook in ["INPUT", "OUTPUT"] {
+/// Remove the jump rules from `hooks`, flush and delete the chain. No error if it does not
+/// exist.
+pub(crate) fn remove_chain(chain: &str, hooks: &[&str]) -> Result<()> {
+    for &hook in hooks {
         for _ in 0..100 {
             if !succeeds(&["-C", hook, "-j", chain])? {
                 break;

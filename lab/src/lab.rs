@@ -45,6 +45,10 @@ impl Node<'_> {
     pub(crate) fn archive(&self) -> PathBuf {
         self.dir.join("config-archive")
     }
+    /// Log of repmgrd and of the promote/follow commands it runs (`log_file` of repmgr.conf).
+    pub(crate) fn repmgrd_log(&self) -> PathBuf {
+        self.dir.join("repmgrd.log")
+    }
 }
 
 /// Locks a mutex, also when a panicking holder poisoned it (the data is still consistent:
@@ -76,10 +80,17 @@ pub struct Lab {
     /// The effective subnet (after the shift).
     pub(crate) subnet: u8,
     pub(crate) dir: PathBuf,
+    /// Every node in `node_id` order: the spec's nodes, then the witness.
     pub(crate) nodes: Vec<NodeSpec>,
+    /// Name of the witness, if the spec has one (the last of `nodes`).
+    pub(crate) witness: Option<String>,
+    /// Whether the nodes were built for repmgrd.
+    pub(crate) repmgrd: bool,
     pub(crate) pg: PgUser,
     /// primgr daemons by node name (`daemons.rs`).
     pub(crate) daemons: Mutex<HashMap<String, tokio::process::Child>>,
+    /// repmgrd processes by node name (`repmgrd.rs`).
+    pub(crate) repmgrds: Mutex<HashMap<String, tokio::process::Child>>,
     /// Files outside the lab directory that the lab caused (removed at teardown).
     pub(crate) created_files: Mutex<Vec<PathBuf>>,
     /// Serialises the lab's iptables changes.
@@ -160,7 +171,7 @@ impl Lab {
     }
 
     /// The subnet (third address octet) of this lab: the spec's, shifted by
-    /// `PRIMGR_LAB_SUBNET_SHIFT` ([`lab_subnet`]).
+    /// `PRIMGR_LAB_SUBNET_SHIFT` ([`lab_subnet`](crate::lab_subnet)).
     pub fn subnet(&self) -> u8 {
         self.subnet
     }
@@ -170,9 +181,36 @@ impl Lab {
         &self.dir
     }
 
-    /// Node names in spec order (the first one was the initial primary).
+    /// Node names in `node_id` order: the spec's nodes (the first one was the initial
+    /// primary), then the witness if there is one.
     pub fn node_names(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// The names of the nodes that replicate (every node but the witness).
+    pub fn data_nodes(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| Some(&n.name) != self.witness.as_ref())
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    /// The witness's name, if the lab has one.
+    pub fn witness(&self) -> Option<&str> {
+        self.witness.as_deref()
+    }
+
+    /// Whether `node` is the lab's witness.
+    pub fn is_witness(&self, node: &str) -> bool {
+        self.witness.as_deref() == Some(node)
+    }
+
+    /// The node whose address is `addr`, if any.
+    pub fn node_at(&self, addr: Ipv4Addr) -> Option<String> {
+        self.node_names()
+            .into_iter()
+            .find(|n| self.try_addr(n).is_ok_and(|a| a == addr))
     }
 
     /// repmgr `location` of a node.

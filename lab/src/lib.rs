@@ -7,12 +7,20 @@
 //! `location` of its [`NodeSpec`]. The first node is the primary, the others are cloned from it
 //! (`repmgr standby clone --fast-checkpoint`) and stream from it. A 4-node build takes 5–15 s.
 //!
+//! A spec may add a repmgr witness ([`LabSpec::with_witness`]: its own `initdb`, the next
+//! address, registered with `repmgr witness register`) and build every node for repmgrd
+//! ([`LabSpec::with_repmgrd`]).
+//!
 //! The [`Lab`] then offers the operations a failover test needs: node operations
 //! ([`Lab::stop`], [`Lab::start`], [`Lab::promote`], [`Lab::follow`], [`Lab::failover`],
-//! [`Lab::rejoin`] with pg_rewind), SQL ([`Lab::psql`] and the readers built on it), faults
+//! [`Lab::rejoin`] with pg_rewind, [`Lab::promote_outside_repmgr`], [`Lab::switchover`]), SQL
+//! ([`Lab::psql`] and the readers built on it: recovery, streaming, [`Lab::upstream_of`], the
+//! metadata's primary, WAL positions, [`Lab::pause_replay`], [`Lab::write_wal`]), faults
 //! ([`Lab::freeze`] = SIGSTOP of the postmaster and its children, [`Lab::freeze_postmaster`],
-//! [`Lab::thaw`], iptables [`Lab::cut`] / [`Lab::heal`] between node addresses) and primgr
-//! daemon processes ([`Lab::spawn_daemon`]). Beside the lab, the crate holds the one copy of
+//! [`Lab::thaw`], iptables [`Lab::cut`] / [`Lab::heal`] between node addresses, the partial
+//! partition [`Lab::cut_replication_to`]), primgr daemon processes ([`Lab::spawn_daemon`],
+//! which returns at once so tests can start daemons in phases) and repmgrd
+//! ([`Lab::start_repmgrd`]). Beside the lab, the crate holds the one copy of
 //! what the tests and the benchmark share: the raw HTTP exchange ([`http`]), bounded waits
 //! ([`wait`]), `/proc` readers ([`procfs`]), quantiles ([`stats`]) and text tables ([`table`]);
 //! [`haproxy`] runs the shipped `contrib/haproxy.cfg`, rendered for the lab's addresses, in
@@ -23,12 +31,13 @@
 //! lib.rs             this header, the module list, the re-exports
 //! spec.rs            addresses and the spec: subnet shift, addresses, names, NodeSpec, LabSpec
 //! lab.rs             the Lab value: fields, node name -> address and paths, accessors
-//! build.rs           building: initdb, the conf files, register, clone, wait until complete
-//! node.rs            node operations: pg_ctl, promote, follow, failover, rejoin
-//! sql.rs             psql (socket as postgres, TCP as root) and what is read through it
-//! faults.rs          faults: freeze/thaw a database, cuts and rules in the lab's chain
-//! firewall.rs        iptables primitives: the lab's chain, its jumps, its rules
-//! daemons.rs         primgr daemon processes: spawn, readiness, stop, freeze/thaw
+//! build.rs           building: initdb, conf files, register, clone, witness, wait until complete
+//! node.rs            node operations: pg_ctl, promote, follow, failover, rejoin, switchover
+//! sql.rs             psql (socket as postgres, TCP as root), what is read and done through it
+//! faults.rs          faults: freeze/thaw, cuts and rules, partial partitions (owner rules)
+//! firewall.rs        iptables primitives: the lab's chains, their jumps, their rules
+//! daemons.rs         primgr daemon processes: spawn (at once), readiness, stop, freeze/thaw
+//! repmgrd.rs         repmgrd processes for automatic failover: start, monitoring, stop
 //! teardown.rs        teardown, Drop, leftover cleanup
 //! cmd.rs             external commands with a timeout, as root or postgres; ensure_root
 //! procfs.rs          /proc: the lab's processes; RSS, CPU time, fds, load, overflows
@@ -50,13 +59,14 @@
 //! `runuser -u postgres`; iptables needs root). [`Lab::build`] fails with a clear error otherwise.
 //!
 //! ## Cleanup
-//! [`Lab::teardown`] stops everything and removes the lab directory, the lab's iptables chain
-//! (`PRIMGR_LAB_<subnet>`, hooked into `INPUT` and `OUTPUT`; no other rule is touched) and the
-//! `/tmp/node-rejoin.*.log` files the lab caused. If a `Lab` is dropped without `teardown` (for
+//! [`Lab::teardown`] stops everything (primgr daemons, repmgrd, postmasters) and removes the lab
+//! directory, the lab's iptables chains (`PRIMGR_LAB_<subnet>`, hooked into `INPUT` and
+//! `OUTPUT`, and `PRIMGR_LAB_<subnet>_REPL`, hooked into `OUTPUT`; no other rule is touched) and
+//! the `/tmp/node-rejoin.*.log` files the lab caused. If a `Lab` is dropped without `teardown` (for
 //! example because a test panicked), `Drop` does the same synchronously. Leftovers of a crashed
-//! process on the same subnet (postmasters and daemons found through the pid files in the lab
-//! directory, the old directory, the old chain) are removed at the start of [`Lab::build`] and by
-//! [`destroy_leftovers`] (`primgr-lab down`). Set `PRIMGR_LAB_KEEP=1` to keep a dropped lab
+//! process on the same subnet (postmasters, daemons and repmgrd found through the pid files in
+//! the lab directory, the old directory, the old chains) are removed at the start of
+//! [`Lab::build`] and by [`destroy_leftovers`] (`primgr-lab down`). Set `PRIMGR_LAB_KEEP=1` to keep a dropped lab
 //! running for debugging, `PRIMGR_LAB_VERBOSE=1` to print build steps with timings to stderr.
 //!
 //! Several labs can run at once in one process on different subnets: nothing is shared but the
@@ -76,7 +86,9 @@
 //! `data/` (its `postgresql.conf` ends with `include 'node.conf'`; `node.conf` holds
 //! `listen_addresses`, `port`, `unix_socket_directories`, `cluster_name`), `repmgr.conf`,
 //! `postgres.log` (outside the data directory, so clones and rewinds do not copy it), `sock/`,
-//! `config-archive/`. Daemons log to `<dir>/daemon-<node>.log`, pid in `<dir>/daemon-<node>.pid`.
+//! `config-archive/`, `repmgrd.log`. Daemons log to `<dir>/daemon-<node>.log`, pid in
+//! `<dir>/daemon-<node>.pid`; repmgrd's pid is in `<dir>/repmgrd-<node>.pid`; the fake `ssh` of
+//! switchovers is `<dir>/bin/ssh`.
 //!
 //! ## Example
 //! ```no_run
@@ -102,6 +114,7 @@ pub mod http;
 mod lab;
 mod node;
 pub mod procfs;
+mod repmgrd;
 mod spec;
 mod sql;
 pub mod stats;
@@ -115,7 +128,8 @@ pub use crate::http::HttpResponse;
 pub use crate::lab::Lab;
 pub use crate::spec::{
     DAEMON_PORT, LabSpec, NodeSpec, PG_BIN, PG_PORT, SUBNET_SHIFT_ENV, StopMode, chain_name,
-    default_dir, lab_subnet, node_address, parse_subnet, shift_subnet, subnet_shift,
+    default_dir, lab_subnet, node_address, parse_subnet, replication_chain_name, shift_subnet,
+    subnet_shift,
 };
 pub use crate::teardown::{destroy_leftovers, postgres_processes_in};
 pub(crate) use crate::wait::join_all;

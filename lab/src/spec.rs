@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail, ensure};
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// Port of every node's PostgreSQL (each node has its own address).
 pub const PG_PORT: u16 = 5432;
-/// Port of every node's primgr daemon started by [`Lab::spawn_daemon`].
+/// Port of every node's primgr daemon started by [`Lab::spawn_daemon`](crate::Lab::spawn_daemon).
 pub const DAEMON_PORT: u16 = 5999;
 
 /// Environment variable that shifts every lab subnet (see [`lab_subnet`]).
@@ -40,8 +40,8 @@ pub fn subnet_shift() -> Result<u32> {
 
 /// The subnet a lab asked for as `requested` really uses: `requested` shifted by
 /// `PRIMGR_LAB_SUBNET_SHIFT` ([`shift_subnet`]). Every address, directory, chain and proxy
-/// address of a lab derives from this value ([`Lab::subnet`]); tests that need an address of
-/// "their" subnet without a lab derive it from here too.
+/// address of a lab derives from this value ([`Lab::subnet`](crate::Lab::subnet)); tests that
+/// need an address of "their" subnet without a lab derive it from here too.
 pub fn lab_subnet(requested: u8) -> Result<u8> {
     ensure!(
         (1..=254).contains(&requested),
@@ -55,9 +55,16 @@ pub fn default_dir(subnet: u8) -> PathBuf {
     PathBuf::from(format!("/tmp/primgr-lab-{subnet}"))
 }
 
-/// Name of the lab's own iptables chain: `PRIMGR_LAB_<subnet>`.
+/// Name of the lab's own iptables chain, hooked into `INPUT` and `OUTPUT`:
+/// `PRIMGR_LAB_<subnet>`.
 pub fn chain_name(subnet: u8) -> String {
     format!("PRIMGR_LAB_{subnet}")
+}
+
+/// Name of the lab's chain for partial partitions, hooked into `OUTPUT` only (the `owner`
+/// match works there only): `PRIMGR_LAB_<subnet>_REPL`.
+pub fn replication_chain_name(subnet: u8) -> String {
+    format!("PRIMGR_LAB_{subnet}_REPL")
 }
 
 /// Address of the node with 1-based `index` in a lab on `subnet`: `127.0.<subnet>.<10+index>`.
@@ -94,7 +101,16 @@ impl NodeSpec {
 }
 
 /// What to build. The first node is the primary; node *N* (1-based position) gets address
-/// `127.0.<subnet>.<10+N>` and repmgr `node_id` *N*.
+/// `127.0.<subnet>.<10+N>` and repmgr `node_id` *N*; a witness comes after the nodes (the next
+/// address and `node_id`).
+///
+/// ```
+/// use primgr_lab::LabSpec;
+/// let spec = LabSpec::standard(240).with_witness("witness", "dc3").with_repmgrd();
+/// assert_eq!(spec.nodes.len(), 4);
+/// assert_eq!(spec.witness.as_ref().map(|w| w.location.as_str()), Some("dc3"));
+/// assert!(spec.repmgrd);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LabSpec {
     /// The requested subnet, 1..=254. The lab uses [`lab_subnet`]`(subnet)` (this value
@@ -105,21 +121,58 @@ pub struct LabSpec {
     pub dir: Option<PathBuf>,
     /// The nodes, primary first.
     pub nodes: Vec<NodeSpec>,
+    /// A repmgr witness: its own `initdb` (not a clone), a superuser `repmgr` and a database
+    /// `repmgr`, its own `repmgr.conf` (node_id, node_name, location), registered with
+    /// `repmgr witness register -h <primary>`. `repmgr.nodes` then has its row with
+    /// `type = 'witness'`; it is never in recovery.
+    pub witness: Option<NodeSpec>,
+    /// Build every node for repmgrd: `shared_preload_libraries = 'repmgr'` and a
+    /// `repmgr.conf` for automatic failover (see `Lab::start_repmgrd`).
+    pub repmgrd: bool,
 }
 
 impl LabSpec {
-    /// node1..node3 at location `dc1`, node4 at `dc2`; node1 is the primary.
-    pub fn standard(subnet: u8) -> Self {
+    /// A lab of `nodes` (the first is the primary) on `subnet`, in the default directory,
+    /// without witness and repmgrd.
+    pub fn new(subnet: u8, nodes: Vec<NodeSpec>) -> Self {
         LabSpec {
             subnet,
             dir: None,
-            nodes: vec![
+            nodes,
+            witness: None,
+            repmgrd: false,
+        }
+    }
+
+    /// node1..node3 at location `dc1`, node4 at `dc2`; node1 is the primary.
+    pub fn standard(subnet: u8) -> Self {
+        LabSpec::new(
+            subnet,
+            vec![
                 NodeSpec::new("node1", "dc1"),
                 NodeSpec::new("node2", "dc1"),
                 NodeSpec::new("node3", "dc1"),
                 NodeSpec::new("node4", "dc2"),
             ],
-        }
+        )
+    }
+
+    /// The same lab with a repmgr witness named `name` at `location` (its own site, or one
+    /// of the nodes' sites: the caller's choice).
+    pub fn with_witness(mut self, name: impl Into<String>, location: impl Into<String>) -> Self {
+        self.witness = Some(NodeSpec::new(name, location));
+        self
+    }
+
+    /// The same lab built for repmgrd ([`LabSpec::repmgrd`]).
+    pub fn with_repmgrd(mut self) -> Self {
+        self.repmgrd = true;
+        self
+    }
+
+    /// Every node the lab builds in `node_id` order: the nodes, then the witness.
+    pub(crate) fn all_nodes(&self) -> Vec<NodeSpec> {
+        self.nodes.iter().chain(&self.witness).cloned().collect()
     }
 
     /// The subnet the lab will use: [`lab_subnet`]`(self.subnet)`.
@@ -138,8 +191,9 @@ impl LabSpec {
     pub(crate) fn validate(&self) -> Result<()> {
         self.effective_subnet()?;
         ensure!(!self.nodes.is_empty(), "a lab needs at least one node");
-        ensure!(self.nodes.len() <= 200, "at most 200 nodes");
-        for (i, n) in self.nodes.iter().enumerate() {
+        let all = self.all_nodes();
+        ensure!(all.len() <= 200, "at most 200 nodes");
+        for (i, n) in all.iter().enumerate() {
             ensure!(
                 !n.name.is_empty()
                     && n.name
@@ -155,7 +209,7 @@ impl LabSpec {
                 n.name
             );
             ensure!(
-                !self.nodes[..i].iter().any(|o| o.name == n.name),
+                !all[..i].iter().any(|o| o.name == n.name),
                 "duplicate node name {}",
                 n.name
             );
@@ -164,7 +218,7 @@ impl LabSpec {
     }
 }
 
-/// How [`Lab::stop`] shuts a node down (`pg_ctl stop -m ...`).
+/// How [`Lab::stop`](crate::Lab::stop) shuts a node down (`pg_ctl stop -m ...`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopMode {
     /// `-m immediate`: like a crash (no checkpoint, crash recovery at next start).

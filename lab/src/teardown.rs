@@ -1,6 +1,7 @@
-//! Teardown: stopping daemons and postmasters, removing the lab's iptables chain, its directory
-//! and the `/tmp/node-rejoin.*.log` files it caused; on [`Lab::teardown`], on `Drop`, and for
-//! leftovers of a crashed process ([`destroy_leftovers`], run before every build).
+//! Teardown: stopping the primgr daemons, repmgrd and the postmasters, removing the lab's
+//! iptables chains, its directory and the `/tmp/node-rejoin.*.log` files it caused; on
+//! [`Lab::teardown`], on `Drop`, and for leftovers of a crashed process ([`destroy_leftovers`],
+//! run before every build).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,16 +12,22 @@ use crate::cmd::ensure_root;
 use crate::firewall;
 use crate::lab::{Lab, MARKER, lock};
 use crate::procfs;
-use crate::spec::{chain_name, default_dir, lab_subnet};
+use crate::spec::{chain_name, default_dir, lab_subnet, replication_chain_name};
 
 impl Lab {
-    /// Stop daemons and all nodes, remove the lab's iptables chain, the lab directory and the
-    /// rejoin log files. (`Drop` does the same if this was not called.)
+    /// Stop daemons, repmgrd and all nodes, remove the lab's iptables chains, the lab
+    /// directory and the rejoin log files. (`Drop` does the same if this was not called.)
     pub async fn teardown(mut self) -> Result<()> {
         let mut errs = Vec::new();
         let names: Vec<String> = lock(&self.daemons).keys().cloned().collect();
         for n in names {
             if let Err(e) = self.stop_daemon(&n).await {
+                errs.push(format!("{e:#}"));
+            }
+        }
+        let names: Vec<String> = lock(&self.repmgrds).keys().cloned().collect();
+        for n in names {
+            if let Err(e) = self.stop_repmgrd(&n).await {
                 errs.push(format!("{e:#}"));
             }
         }
@@ -54,8 +61,11 @@ impl Drop for Lab {
                 self.dir.display(),
                 self.subnet
             );
-            // Detach the daemons so they survive too.
+            // Detach the daemons and repmgrd so they survive too.
             for (_, c) in lock(&self.daemons).drain() {
+                std::mem::forget(c);
+            }
+            for (_, c) in lock(&self.repmgrds).drain() {
                 std::mem::forget(c);
             }
             return;
@@ -84,10 +94,11 @@ pub(crate) fn rejoin_logs() -> Vec<PathBuf> {
     .collect()
 }
 
-/// Remove what a lab built for `subnet` left behind in `dir` (default [`default_dir`]): daemons
-/// and postmasters found through the pid files in the directory (SIGTERM/immediate shutdown,
-/// then SIGKILL), the lab's iptables chain and the directory itself. `subnet` is the requested
-/// one, like [`LabSpec::subnet`]: it is shifted by `PRIMGR_LAB_SUBNET_SHIFT` ([`lab_subnet`]).
+/// Remove what a lab built for `subnet` left behind in `dir` (default [`default_dir`]): daemons,
+/// repmgrd and postmasters found through the pid files in the directory (SIGTERM/immediate
+/// shutdown, then SIGKILL), the lab's iptables chains and the directory itself. `subnet` is the
+/// requested one, like [`LabSpec::subnet`](crate::LabSpec::subnet): it is shifted by
+/// `PRIMGR_LAB_SUBNET_SHIFT` ([`lab_subnet`]).
 /// Synchronous; needs root. A directory without the lab's marker file is never deleted.
 pub fn destroy_leftovers(subnet: u8, dir: Option<&Path>) -> Result<()> {
     ensure_root()?;
@@ -106,8 +117,13 @@ pub(crate) fn destroy(subnet: u8, dir: &Path, extra_files: &[PathBuf]) -> Result
             errs.push(format!("{e:#}"));
         }
     }
-    if let Err(e) = firewall::remove_chain(&chain_name(subnet)) {
-        errs.push(format!("{e:#}"));
+    for (chain, hooks) in [
+        (chain_name(subnet), firewall::BOTH),
+        (replication_chain_name(subnet), firewall::OUTPUT_ONLY),
+    ] {
+        if let Err(e) = firewall::remove_chain(&chain, hooks) {
+            errs.push(format!("{e:#}"));
+        }
     }
     if dir.exists() {
         let empty = std::fs::read_dir(dir).is_ok_and(|mut rd| rd.next().is_none());
@@ -154,7 +170,10 @@ fn kill_daemons(dir: &Path) {
     let mut pids = Vec::new();
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !(name.starts_with("daemon-") && name.ends_with(".pid")) {
+        // primgr daemons and haproxy (`daemon-*.pid`), repmgrd (`repmgrd-*.pid`).
+        if !((name.starts_with("daemon-") || name.starts_with("repmgrd-"))
+            && name.ends_with(".pid"))
+        {
             continue;
         }
         let Ok(content) = std::fs::read_to_string(e.path()) else {

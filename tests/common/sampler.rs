@@ -7,7 +7,9 @@
 //! got and how long it took. A slow answer never delays the next sample: each runs as its own
 //! task. Each round starts its requests from the last target to the first, so that a reference
 //! target placed last (a control daemon) is started first: its latency then includes any stall
-//! of the sampler during the round. The sampler's thread asks for a higher scheduling priority
+//! of the sampler during the round. [`Sampler::start_bracketed`] also samples that control once
+//! more after all the others (recorded as target `targets.len()`), so that a stall that begins
+//! after the first control answer is seen by the second. The sampler's thread asks for a higher scheduling priority
 //! (`renice -n -10`, best effort), so that other work on a shared machine delays the instrument
 //! less than what it measures.
 
@@ -52,6 +54,34 @@ impl Sampler {
         period: Duration,
         timeout: Duration,
     ) -> Sampler {
+        let order = targets.into_iter().enumerate().rev().collect();
+        Self::start_in_order(t0, order, path, period, timeout)
+    }
+
+    /// [`Sampler::start`], the last target (a control) sampled first and, as target
+    /// `targets.len()`, once more last in every round.
+    pub fn start_bracketed(
+        t0: Instant,
+        targets: Vec<SocketAddr>,
+        path: &'static str,
+        period: Duration,
+        timeout: Duration,
+    ) -> Sampler {
+        let n = targets.len();
+        let control = targets.last().copied();
+        let mut order: Vec<(usize, SocketAddr)> = targets.into_iter().enumerate().rev().collect();
+        order.extend(control.map(|c| (n, c)));
+        Self::start_in_order(t0, order, path, period, timeout)
+    }
+
+    /// Samples the `(target index, address)` of `order` in that order every round.
+    fn start_in_order(
+        t0: Instant,
+        order: Vec<(usize, SocketAddr)>,
+        path: &'static str,
+        period: Duration,
+        timeout: Duration,
+    ) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let thread = {
@@ -64,7 +94,7 @@ impl Sampler {
                         .enable_all()
                         .build()
                         .expect("sampler runtime");
-                    rt.block_on(run(t0, targets, path, period, timeout, stop, samples));
+                    rt.block_on(run(t0, order, path, period, timeout, stop, samples));
                 })
                 .expect("sampler thread")
         };
@@ -132,7 +162,7 @@ impl Drop for Sampler {
 
 async fn run(
     t0: Instant,
-    targets: Vec<SocketAddr>,
+    order: Vec<(usize, SocketAddr)>,
     path: &'static str,
     period: Duration,
     timeout: Duration,
@@ -144,7 +174,7 @@ async fn run(
     let mut in_flight = tokio::task::JoinSet::new();
     while !stop.load(Ordering::SeqCst) {
         tick.tick().await;
-        for (target, addr) in targets.iter().copied().enumerate().rev() {
+        for (target, addr) in order.iter().copied() {
             let samples = samples.clone();
             in_flight.spawn(async move {
                 let started = Instant::now();

@@ -71,12 +71,7 @@ impl Haproxy {
         check_config(&config).await?;
         let _ = std::fs::remove_file(&socket);
         let log = dir.join("haproxy.log");
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let err = out.try_clone().context("duplicating log file handle")?;
+        let (out, err) = crate::daemons::append_to(&log)?;
         let child = std::process::Command::new(tool("haproxy"))
             .arg("-db")
             .arg("-f")
