@@ -863,7 +863,13 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
     control.wait_listening(Duration::from_secs(10)).await;
     let mut targets = addrs.clone();
     targets.push(control_addr);
-    let sampler = Sampler::start_bracketed(t0, targets, "/state", PERIOD, Duration::from_secs(1));
+    let sampler = Sampler::start_in_order(
+        t0,
+        Sampler::bracketed(targets),
+        "/state",
+        PERIOD,
+        Duration::from_secs(1),
+    );
     let mut run = Run {
         lab,
         model: Model {

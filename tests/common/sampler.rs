@@ -7,8 +7,8 @@
 //! got and how long it took. A slow answer never delays the next sample: each runs as its own
 //! task. Each round starts its requests from the last target to the first, so that a reference
 //! target placed last (a control daemon) is started first: its latency then includes any stall
-//! of the sampler during the round. [`Sampler::start_bracketed`] also samples that control once
-//! more after all the others (recorded as target `targets.len()`), so that a stall that begins
+//! of the sampler during the round. [`Sampler::bracketed`] orders a round so that the control
+//! is sampled once more after all the others (recorded as target `targets.len()`), so that a stall that begins
 //! after the first control answer is seen by the second. The sampler's thread asks for a higher scheduling priority
 //! (`renice -n -10`, best effort), so that other work on a shared machine delays the instrument
 //! less than what it measures.
@@ -58,24 +58,19 @@ impl Sampler {
         Self::start_in_order(t0, order, path, period, timeout)
     }
 
-    /// [`Sampler::start`], the last target (a control) sampled first and, as target
-    /// `targets.len()`, once more last in every round.
-    pub fn start_bracketed(
-        t0: Instant,
-        targets: Vec<SocketAddr>,
-        path: &'static str,
-        period: Duration,
-        timeout: Duration,
-    ) -> Sampler {
+    /// The round order of [`Sampler::start`] with the last target (a control) sampled first
+    /// and, as target `targets.len()`, once more last (for [`Sampler::start_in_order`]).
+    pub fn bracketed(targets: Vec<SocketAddr>) -> Vec<(usize, SocketAddr)> {
         let n = targets.len();
         let control = targets.last().copied();
         let mut order: Vec<(usize, SocketAddr)> = targets.into_iter().enumerate().rev().collect();
         order.extend(control.map(|c| (n, c)));
-        Self::start_in_order(t0, order, path, period, timeout)
+        order
     }
 
-    /// Samples the `(target index, address)` of `order` in that order every round.
-    fn start_in_order(
+    /// [`Sampler::start`] sampling the `(target index, address)` pairs of `order` in that
+    /// order every round.
+    pub fn start_in_order(
         t0: Instant,
         order: Vec<(usize, SocketAddr)>,
         path: &'static str,
