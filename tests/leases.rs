@@ -43,17 +43,15 @@ fn defaults() -> Config {
 }
 
 fn daemon_args() -> Vec<String> {
-    [
-        "--interval",
-        "1s",
-        "--db-timeout",
-        "1s",
-        "--peer-timeout",
-        "500ms",
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    vec![
+        "--interval".into(),
+        d(INTERVAL),
+        "--db-timeout".into(),
+        d(DB_TIMEOUT),
+        "--peer-timeout".into(),
+        d(PEER_TIMEOUT),
     ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
 }
 
 /// Starts every daemon as a process, node1 first, node3 0.1 s and node2 0.3 s after it
