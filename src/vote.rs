@@ -104,6 +104,8 @@ pub enum NoVote {
     NamesNobody(String),
     /// A promise to another node is live for `left` more.
     Promised { to: String, left: Duration },
+    /// Its metadata names another node, and it is asking `to` to release its promise.
+    Releasing { to: String },
 }
 
 impl NoVote {
@@ -120,6 +122,9 @@ impl NoVote {
                 "promised to {to} for {} more",
                 humantime::format_duration(round_ms(*left))
             ),
+            NoVote::Releasing { to } => {
+                format!("its metadata names another node: it is asking {to} to release its promise")
+            }
         }
     }
 
@@ -127,7 +132,7 @@ impl NoVote {
     pub fn left(&self) -> Option<Duration> {
         match self {
             NoVote::Starting { left } | NoVote::Promised { left, .. } => Some(*left),
-            NoVote::NamesNobody(_) => None,
+            NoVote::NamesNobody(_) | NoVote::Releasing { .. } => None,
         }
     }
 }
@@ -152,6 +157,9 @@ pub struct Book {
     promise: Option<Promise>,
     /// For each node promised before, when the last promise to it ended (expired or released).
     ended: BTreeMap<String, Instant>,
+    /// The node this voter's poller asks to release its promise in the current cycle
+    /// ([`Book::begin_release`]): it gets no vote meanwhile.
+    releasing: Option<String>,
 }
 
 impl Book {
@@ -162,6 +170,7 @@ impl Book {
             accepting_from: started + vote_lease,
             promise: None,
             ended: BTreeMap::new(),
+            releasing: None,
         }
     }
 
@@ -180,6 +189,9 @@ impl Book {
         }
         self.expire(now);
         let to = named.map_err(|why| NoVote::NamesNobody(why.to_string()))?;
+        if self.releasing.as_deref() == Some(to) {
+            return Err(NoVote::Releasing { to: to.to_string() });
+        }
         match &mut self.promise {
             Some(p) if p.to != to => Err(NoVote::Promised {
                 to: p.to.clone(),
@@ -237,6 +249,19 @@ impl Book {
             Some(n) if n != p.to => Some(&p.to),
             _ => None,
         }
+    }
+
+    /// [`Book::to_release`] at the start of a poll cycle, whose answer the poller then asks for
+    /// a release: from now until the next cycle's call, this voter gives that node no vote.
+    ///
+    /// Its published view may still name the holder (the poller publishes the new one at the
+    /// end of the cycle), and the holder, once released, may ask again before the answer to the
+    /// release arrives here. A vote granted then would answer a request sent after the release,
+    /// which the holder counts, and the answer to the release would end the promise under it:
+    /// this voter could then vote for another node while the holder answers 200 on its vote.
+    pub fn begin_release(&mut self, named: Option<&str>, now: Instant) -> Option<String> {
+        self.releasing = self.to_release(named, now).map(String::from);
+        self.releasing.clone()
     }
 
     /// `holder` released the promises made to it; it could have answered 200 at the latest at
@@ -546,6 +571,35 @@ mod tests {
         // A release by a node holding no promise changes nothing.
         book.release("n3", t + ms(1000), t + ms(1100));
         assert_eq!(book.promise(t + ms(1100)).map(|p| p.0), Some("n2"));
+    }
+
+    /// The release race the simulation found (tests/sim.rs, PRIMGR_SIM_SEED=1217 before this
+    /// fix): this voter's metadata now names n2, so it asks n1 to release; n1 releases, then
+    /// asks for its vote again before the answer to the release arrives, while this voter's
+    /// published view still names n1. A vote then would be one n1 counts (requested after it
+    /// released) under a promise the answer to the release ends.
+    #[test]
+    fn a_voter_asking_for_a_release_gives_the_holder_no_vote() {
+        let t0 = Instant::now();
+        let mut book = Book::new(L, t0);
+        let t = t0 + L;
+        book.answer(Ok("n1"), t).unwrap();
+        let holder = book.begin_release(Some("n2"), t + ms(1000));
+        assert_eq!(holder.as_deref(), Some("n1"));
+        let no = book.answer(Ok("n1"), t + ms(1500)).unwrap_err();
+        assert_eq!(no, NoVote::Releasing { to: "n1".into() });
+        assert_eq!(no.left(), None);
+        assert_eq!(book.promise(t + ms(1500)), Some(("n1", t + L)));
+        book.release("n1", t + ms(200), t + ms(1600));
+        assert_eq!(book.promise(t + ms(1600)), None);
+        let g = book.answer(Ok("n2"), t + ms(1700)).unwrap();
+        assert_eq!(g.exclusive, ms(1500));
+        // The next cycle: nothing to release any more.
+        assert_eq!(book.begin_release(Some("n2"), t + ms(2000)), None);
+        assert_eq!(
+            book.answer(Ok("n1"), t + ms(2100)).unwrap_err().left(),
+            Some(ms(2600))
+        );
     }
 
     #[test]

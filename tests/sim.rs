@@ -1333,7 +1333,7 @@ impl Sim {
             .map(String::from);
         let at = self.inst(now);
         let d = self.nodes[n].d.as_mut().unwrap();
-        let release_from = d.book.to_release(named.as_deref(), at).map(String::from);
+        let release_from = d.book.begin_release(named.as_deref(), at);
         let inc = self.nodes[n].inc;
         let deadline = now + self.p.peer_timeout;
         let mut pending = voters.len();
