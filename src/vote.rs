@@ -335,6 +335,12 @@ impl Ballot {
     /// The ballot a cycle publishes at `now`: the votes `granted` in this cycle, plus the
     /// votes of `previous` that were not renewed and are still live (the voter's promise
     /// stands until it expires), less every vote the `holder` has voided by a release.
+    ///
+    /// A renewal settles no later than the vote it renews: while a vote is live, its voter's
+    /// promise runs on without a break (a release would have voided the vote, a restart makes
+    /// the voter abstain until after it expired), so the renewal's voter has been exclusive
+    /// since then as well. Its own `settled_at` can come out later only by the noise of
+    /// measuring it (a slower answer), which must not take back a 200 already given.
     pub fn next(
         previous: &Ballot,
         granted: Vec<HeldVote>,
@@ -342,15 +348,24 @@ impl Ballot {
         needed: usize,
         now: Instant,
     ) -> Ballot {
-        let mut votes = granted;
-        let carried: Vec<HeldVote> = previous
+        let kept: Vec<&HeldVote> = previous
             .votes
             .iter()
-            .filter(|v| v.live(now) && !votes.iter().any(|g| g.voter == v.voter))
+            .filter(|v| v.live(now) && holder.admits(v.sent))
+            .collect();
+        let mut votes = granted;
+        votes.retain(|v| holder.admits(v.sent));
+        for v in &mut votes {
+            if let Some(old) = kept.iter().find(|o| o.voter == v.voter) {
+                v.settled_at = v.settled_at.min(old.settled_at);
+            }
+        }
+        let carried: Vec<HeldVote> = kept
+            .into_iter()
+            .filter(|o| !votes.iter().any(|g| g.voter == o.voter))
             .cloned()
             .collect();
         votes.extend(carried);
-        votes.retain(|v| holder.admits(v.sent));
         Ballot { votes, needed }
     }
 
@@ -694,11 +709,48 @@ mod tests {
         // n3 renewed, n1 carried, n2 expired.
         let voters: Vec<&str> = b.votes.iter().map(|v| v.voter.as_str()).collect();
         assert_eq!(voters, ["n3", "n1"]);
-        assert_eq!(b.votes[0], renewed);
+        // The renewal is settled since the vote it renews was.
+        assert_eq!(
+            b.votes[0],
+            HeldVote {
+                settled_at: t,
+                ..renewed.clone()
+            }
+        );
         // A release at 1 s voids every vote requested before it.
         let mut holder = Holder::new(t);
         holder.release(None, t + ms(1000));
         let b = Ballot::next(&previous, vec![renewed.clone()], &holder, 2, t + ms(1500));
+        assert_eq!(b.votes, [renewed]);
+    }
+
+    /// The liveness glitch the simulation found (tests/sim.rs, PRIMGR_SIM_SEED=533 before this fix): a
+    /// new primary's votes settle `handoff_delay` after its voters' last promise to another
+    /// node ended, measured from each answer's arrival; a renewal whose answer came slower
+    /// settled later than the vote it replaced, and the primary dropped its 200 for a moment.
+    #[test]
+    fn a_renewal_does_not_unsettle_a_vote() {
+        let t = Instant::now();
+        let previous = Ballot {
+            votes: vec![vote("n1", t, 1000, 3000), vote("n2", t, 1000, 3000)],
+            needed: 2,
+        };
+        // Renewed at 500 ms; the slower answer puts its settling at 1.2 s.
+        let renewed = HeldVote {
+            settled_at: t + ms(1200),
+            ..vote("n2", t + ms(500), 0, 3000)
+        };
+        let holder = Holder::new(t);
+        let b = Ballot::next(&previous, vec![renewed.clone()], &holder, 2, t + ms(1100));
+        assert_eq!(b.votes[0].settled_at, t + ms(1000));
+        assert_eq!(b.votes[0].valid_until, renewed.valid_until);
+        assert_eq!(b.window(t + ms(1100)).map(|w| w.from), Some(t + ms(1100)));
+        // Once the previous vote expired, or was voided by a release, the renewal stands alone.
+        let b = Ballot::next(&previous, vec![renewed.clone()], &holder, 2, t + ms(3000));
+        assert_eq!(b.votes, std::slice::from_ref(&renewed));
+        let mut holder = Holder::new(t);
+        holder.release(None, t + ms(400));
+        let b = Ballot::next(&previous, vec![renewed.clone()], &holder, 2, t + ms(1100));
         assert_eq!(b.votes, [renewed]);
     }
 
