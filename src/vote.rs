@@ -27,7 +27,8 @@
 //!   site names another node) can release the promises made to it: it voids every vote it
 //!   requested before that instant and tells the voter when it last could have answered 200.
 //!   The voter then ends the promise at once, and the new primary only waits out the handoff,
-//!   not a lease that nobody uses any more.
+//!   not a lease that nobody uses any more. While it asks ([`Book::begin_release`]), the voter
+//!   gives the holder no vote, so the promise it ends is one the holder no longer counts.
 //!
 //! Why no promise survives a restart: keeping them would need a durable write before every
 //! answer and a clock base that survives the process; abstaining for `vote_lease` after a start
