@@ -147,12 +147,13 @@ impl Poller {
                 .collect(),
             _ => Vec::new(),
         };
+        // From here until the next cycle, the book gives that holder no vote (see
+        // `Book::begin_release`): the published view may still name it.
         let release_from = self
             .shared
             .votes
             .book()
-            .to_release(named.as_deref(), Instant::now())
-            .map(String::from);
+            .begin_release(named.as_deref(), Instant::now());
 
         let client = &self.shared.client;
         let sent = Instant::now();

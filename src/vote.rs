@@ -27,7 +27,8 @@
 //!   site names another node) can release the promises made to it: it voids every vote it
 //!   requested before that instant and tells the voter when it last could have answered 200.
 //!   The voter then ends the promise at once, and the new primary only waits out the handoff,
-//!   not a lease that nobody uses any more.
+//!   not a lease that nobody uses any more. While it asks ([`Book::begin_release`]), the voter
+//!   gives the holder no vote, so the promise it ends is one the holder no longer counts.
 //!
 //! Why no promise survives a restart: keeping them would need a durable write before every
 //! answer and a clock base that survives the process; abstaining for `vote_lease` after a start
@@ -104,6 +105,8 @@ pub enum NoVote {
     NamesNobody(String),
     /// A promise to another node is live for `left` more.
     Promised { to: String, left: Duration },
+    /// Its metadata names another node, and it is asking `to` to release its promise.
+    Releasing { to: String },
 }
 
 impl NoVote {
@@ -120,6 +123,9 @@ impl NoVote {
                 "promised to {to} for {} more",
                 humantime::format_duration(round_ms(*left))
             ),
+            NoVote::Releasing { to } => {
+                format!("its metadata names another node: it is asking {to} to release its promise")
+            }
         }
     }
 
@@ -127,7 +133,7 @@ impl NoVote {
     pub fn left(&self) -> Option<Duration> {
         match self {
             NoVote::Starting { left } | NoVote::Promised { left, .. } => Some(*left),
-            NoVote::NamesNobody(_) => None,
+            NoVote::NamesNobody(_) | NoVote::Releasing { .. } => None,
         }
     }
 }
@@ -152,6 +158,9 @@ pub struct Book {
     promise: Option<Promise>,
     /// For each node promised before, when the last promise to it ended (expired or released).
     ended: BTreeMap<String, Instant>,
+    /// The node this voter's poller asks to release its promise in the current cycle
+    /// ([`Book::begin_release`]): it gets no vote meanwhile.
+    releasing: Option<String>,
 }
 
 impl Book {
@@ -162,6 +171,7 @@ impl Book {
             accepting_from: started + vote_lease,
             promise: None,
             ended: BTreeMap::new(),
+            releasing: None,
         }
     }
 
@@ -180,6 +190,9 @@ impl Book {
         }
         self.expire(now);
         let to = named.map_err(|why| NoVote::NamesNobody(why.to_string()))?;
+        if self.releasing.as_deref() == Some(to) {
+            return Err(NoVote::Releasing { to: to.to_string() });
+        }
         match &mut self.promise {
             Some(p) if p.to != to => Err(NoVote::Promised {
                 to: p.to.clone(),
@@ -237,6 +250,19 @@ impl Book {
             Some(n) if n != p.to => Some(&p.to),
             _ => None,
         }
+    }
+
+    /// [`Book::to_release`] at the start of a poll cycle, whose answer the poller then asks for
+    /// a release: from now until the next cycle's call, this voter gives that node no vote.
+    ///
+    /// Its published view may still name the holder (the poller publishes the new one at the
+    /// end of the cycle), and the holder, once released, may ask again before the answer to the
+    /// release arrives here. A vote granted then would answer a request sent after the release,
+    /// which the holder counts, and the answer to the release would end the promise under it:
+    /// this voter could then vote for another node while the holder answers 200 on its vote.
+    pub fn begin_release(&mut self, named: Option<&str>, now: Instant) -> Option<String> {
+        self.releasing = self.to_release(named, now).map(String::from);
+        self.releasing.clone()
     }
 
     /// `holder` released the promises made to it; it could have answered 200 at the latest at
@@ -310,6 +336,12 @@ impl Ballot {
     /// The ballot a cycle publishes at `now`: the votes `granted` in this cycle, plus the
     /// votes of `previous` that were not renewed and are still live (the voter's promise
     /// stands until it expires), less every vote the `holder` has voided by a release.
+    ///
+    /// A renewal settles no later than the vote it renews: while a vote is live, its voter's
+    /// promise runs on without a break (a release would have voided the vote, a restart makes
+    /// the voter abstain until after it expired), so the renewal's voter has been exclusive
+    /// since then as well. Its own `settled_at` can come out later only by the noise of
+    /// measuring it (a slower answer), which must not take back a 200 already given.
     pub fn next(
         previous: &Ballot,
         granted: Vec<HeldVote>,
@@ -317,15 +349,24 @@ impl Ballot {
         needed: usize,
         now: Instant,
     ) -> Ballot {
-        let mut votes = granted;
-        let carried: Vec<HeldVote> = previous
+        let kept: Vec<&HeldVote> = previous
             .votes
             .iter()
-            .filter(|v| v.live(now) && !votes.iter().any(|g| g.voter == v.voter))
+            .filter(|v| v.live(now) && holder.admits(v.sent))
+            .collect();
+        let mut votes = granted;
+        votes.retain(|v| holder.admits(v.sent));
+        for v in &mut votes {
+            if let Some(old) = kept.iter().find(|o| o.voter == v.voter) {
+                v.settled_at = v.settled_at.min(old.settled_at);
+            }
+        }
+        let carried: Vec<HeldVote> = kept
+            .into_iter()
+            .filter(|o| !votes.iter().any(|g| g.voter == o.voter))
             .cloned()
             .collect();
         votes.extend(carried);
-        votes.retain(|v| holder.admits(v.sent));
         Ballot { votes, needed }
     }
 
@@ -548,6 +589,35 @@ mod tests {
         assert_eq!(book.promise(t + ms(1100)).map(|p| p.0), Some("n2"));
     }
 
+    /// The release race the simulation found (tests/sim.rs, PRIMGR_SIM_SEED=1217 before this
+    /// fix): this voter's metadata now names n2, so it asks n1 to release; n1 releases, then
+    /// asks for its vote again before the answer to the release arrives, while this voter's
+    /// published view still names n1. A vote then would be one n1 counts (requested after it
+    /// released) under a promise the answer to the release ends.
+    #[test]
+    fn a_voter_asking_for_a_release_gives_the_holder_no_vote() {
+        let t0 = Instant::now();
+        let mut book = Book::new(L, t0);
+        let t = t0 + L;
+        book.answer(Ok("n1"), t).unwrap();
+        let holder = book.begin_release(Some("n2"), t + ms(1000));
+        assert_eq!(holder.as_deref(), Some("n1"));
+        let no = book.answer(Ok("n1"), t + ms(1500)).unwrap_err();
+        assert_eq!(no, NoVote::Releasing { to: "n1".into() });
+        assert_eq!(no.left(), None);
+        assert_eq!(book.promise(t + ms(1500)), Some(("n1", t + L)));
+        book.release("n1", t + ms(200), t + ms(1600));
+        assert_eq!(book.promise(t + ms(1600)), None);
+        let g = book.answer(Ok("n2"), t + ms(1700)).unwrap();
+        assert_eq!(g.exclusive, ms(1500));
+        // The next cycle: nothing to release any more.
+        assert_eq!(book.begin_release(Some("n2"), t + ms(2000)), None);
+        assert_eq!(
+            book.answer(Ok("n1"), t + ms(2100)).unwrap_err().left(),
+            Some(ms(2600))
+        );
+    }
+
     #[test]
     fn a_vote_counts_from_the_send_and_settles_after_the_handoff() {
         let r = rules(0.01);
@@ -640,11 +710,48 @@ mod tests {
         // n3 renewed, n1 carried, n2 expired.
         let voters: Vec<&str> = b.votes.iter().map(|v| v.voter.as_str()).collect();
         assert_eq!(voters, ["n3", "n1"]);
-        assert_eq!(b.votes[0], renewed);
+        // The renewal is settled since the vote it renews was.
+        assert_eq!(
+            b.votes[0],
+            HeldVote {
+                settled_at: t,
+                ..renewed.clone()
+            }
+        );
         // A release at 1 s voids every vote requested before it.
         let mut holder = Holder::new(t);
         holder.release(None, t + ms(1000));
         let b = Ballot::next(&previous, vec![renewed.clone()], &holder, 2, t + ms(1500));
+        assert_eq!(b.votes, [renewed]);
+    }
+
+    /// The liveness glitch the simulation found (tests/sim.rs, PRIMGR_SIM_SEED=533 before this fix): a
+    /// new primary's votes settle `handoff_delay` after its voters' last promise to another
+    /// node ended, measured from each answer's arrival; a renewal whose answer came slower
+    /// settled later than the vote it replaced, and the primary dropped its 200 for a moment.
+    #[test]
+    fn a_renewal_does_not_unsettle_a_vote() {
+        let t = Instant::now();
+        let previous = Ballot {
+            votes: vec![vote("n1", t, 1000, 3000), vote("n2", t, 1000, 3000)],
+            needed: 2,
+        };
+        // Renewed at 500 ms; the slower answer puts its settling at 1.2 s.
+        let renewed = HeldVote {
+            settled_at: t + ms(1200),
+            ..vote("n2", t + ms(500), 0, 3000)
+        };
+        let holder = Holder::new(t);
+        let b = Ballot::next(&previous, vec![renewed.clone()], &holder, 2, t + ms(1100));
+        assert_eq!(b.votes[0].settled_at, t + ms(1000));
+        assert_eq!(b.votes[0].valid_until, renewed.valid_until);
+        assert_eq!(b.window(t + ms(1100)).map(|w| w.from), Some(t + ms(1100)));
+        // Once the previous vote expired, or was voided by a release, the renewal stands alone.
+        let b = Ballot::next(&previous, vec![renewed.clone()], &holder, 2, t + ms(3000));
+        assert_eq!(b.votes, std::slice::from_ref(&renewed));
+        let mut holder = Holder::new(t);
+        holder.release(None, t + ms(400));
+        let b = Ballot::next(&previous, vec![renewed.clone()], &holder, 2, t + ms(1100));
         assert_eq!(b.votes, [renewed]);
     }
 

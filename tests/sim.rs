@@ -1,0 +1,2219 @@
+//! Deterministic simulation of the vote protocol, driving the real decision code.
+//!
+//! A site of 3 or 5 daemons (sometimes with a witness) plus a node of another site, each with
+//! its own monotonic clock `local(t) = offset + rate·t` (rate within 1 ± ρ, the extremes drawn
+//! often), realised as `Instant`s, so that `vote.rs`, `decide.rs` and `snapshot.rs` get real
+//! instants of *that node's* clock. Each daemon runs `poller::cycle`'s steps in order (observe,
+//! `to_release`, vote requests sent at `sent`, release, own vote, `Ballot::next`, `verdict`,
+//! `Holder::retire`, publish), each answer of `/vote` and `/release` is `api.rs`'s, through the
+//! wire's whole milliseconds. Faults: promotions (views move at random later times, some
+//! never; the old primary dies, stays read-write naming itself, or is demoted), a primary cut
+//! off from its site, daemon restarts, SIGSTOP pauses, database outages and hangs, one-way and
+//! two-way partitions, slow networks (delays up to `peer_timeout` each way), metadata naming
+//! nobody for a while.
+//!
+//! What a node answers at real time `t` is `served_state(local(t))` of its latest published
+//! snapshot (nothing while paused or stopped); the 200 intervals are computed exactly, piece by
+//! piece between the edges where the answer can change, and the real `served_state` classifies
+//! each piece. Invariants: no two 200s of one site overlap; a new node's first 200 comes at
+//! least `handoff_delay` after another's last; liveness (a healthy primary keeps its 200, a new
+//! primary gets it within a bound, a primary cut off from its site loses it within
+//! `vote_lease + interval`).
+//!
+//! Planted bugs, each of which a test asserts is caught: (a) the orchestration passes a reply's
+//! arrival as the time the vote was requested; (b) a restarted daemon's book grants at once;
+//! (c) candidates hold votes without a handoff.
+//!
+//! Not modelled: haproxy and its checks (an answer is the served state at one instant; a 200
+//! decided just before a pause and sent after it is not); the JSON of the wire (only its whole
+//! milliseconds); TCP (a message lost to a partition is never delivered late, none is
+//! duplicated); clock rates that change over time (each node keeps one rate per schedule);
+//! timer lateness (deadlines and intervals fire on time); races inside a daemon (a poller step
+//! or a request is atomic, which is what the holder's lock gives the publication); reloads;
+//! changes of membership or site (`repmgr.nodes` always lists the same nodes: two views that
+//! disagree on a site's members need not share a majority).
+//!
+//! `PRIMGR_SIM_SCHEDULES=N` runs N schedules (default 100,000); `PRIMGR_SIM_SEED=S` replays
+//! schedule S and prints its event log (with `PRIMGR_SIM_MUTANT=a|b|c`, under that mutant).
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use primgr::config::{Config, Origin, Settings};
+use primgr::db::{DbError, DbObservation, NodeRow};
+use primgr::decide::{self, State};
+use primgr::snapshot::{DbStatus, Member, Snapshot};
+use primgr::vote::{Ballot, Book, Grant, HeldVote, Holder, LeaseRules, Release};
+
+const NS: u64 = 1;
+const MS: u64 = 1_000_000 * NS;
+const SEC: u64 = 1000 * MS;
+/// Clock rates are `(DEN + k) / DEN`, |k| ≤ ρ·DEN: exact rationals, so the extremes are exact.
+const DEN: u64 = 1_000_000;
+/// Schedules in CI.
+const CI_SCHEDULES: u64 = 100_000;
+/// The protocol's bounds are exact at the extreme clock rates with zero delays; the clocks
+/// here tick in whole nanoseconds and the code rounds durations through `f64`, so a bound
+/// can be missed by a nanosecond or so. Shortfalls up to this are counted apart.
+const ROUNDING: u64 = 1000 * NS;
+
+// ---------------------------------------------------------------------------------------------
+// Randomness
+
+/// splitmix64: small, seeded, good enough.
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        let mut r = Rng(seed ^ 0x5eed_0f51_117a_7e00);
+        r.next();
+        r
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        ((self.next() as u128 * n as u128) >> 64) as u64
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            lo
+        } else {
+            lo + self.below(hi - lo + 1)
+        }
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        ((self.next() >> 11) as f64) < p * (1u64 << 53) as f64
+    }
+
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
+    }
+
+    /// A delay in `0..=max`: zero and near the maximum often.
+    fn delay(&mut self, max: u64) -> u64 {
+        match self.below(10) {
+            0 | 1 => 0,
+            2 | 3 => self.range(max - max / 20, max),
+            _ => self.range(0, max),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+
+/// A planted bug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mutant {
+    None,
+    /// (a) The orchestration passes the reply's arrival time as `sent`.
+    LeaseFromAnswer,
+    /// (b) A restarted daemon's book is created as if it started `vote_lease` earlier.
+    RestartGrantsAtOnce,
+    /// (c) Candidates hold votes with `handoff_delay` 0 (invariant 2 checks the configured one).
+    NoHandoff,
+}
+
+impl Mutant {
+    fn from_env() -> Mutant {
+        match std::env::var("PRIMGR_SIM_MUTANT").as_deref() {
+            Ok("a") => Mutant::LeaseFromAnswer,
+            Ok("b") => Mutant::RestartGrantsAtOnce,
+            Ok("c") => Mutant::NoHandoff,
+            _ => Mutant::None,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Params {
+    config: Config,
+    /// The configuration's rules (voters, invariant 2).
+    rules: LeaseRules,
+    /// The rules candidates hold votes with (differ only under mutant (c)).
+    held: LeaseRules,
+    /// ρ in millionths.
+    ppm: u64,
+    interval: u64,
+    db_timeout: u64,
+    peer_timeout: u64,
+    lease: u64,
+    handoff: u64,
+    defaults: bool,
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos() as u64
+}
+
+impl Params {
+    fn new(config: Config, mutant: Mutant, defaults: bool) -> Params {
+        let rules = config.lease_rules();
+        let held = if mutant == Mutant::NoHandoff {
+            LeaseRules {
+                handoff_delay: Duration::ZERO,
+                ..rules
+            }
+        } else {
+            rules
+        };
+        Params {
+            rules,
+            held,
+            ppm: (config.clock_drift * DEN as f64).round() as u64,
+            interval: nanos(config.interval),
+            db_timeout: nanos(config.db_timeout),
+            peer_timeout: nanos(config.peer_timeout),
+            lease: nanos(config.vote_lease),
+            handoff: nanos(config.handoff_delay),
+            defaults,
+            config,
+        }
+    }
+
+    /// The failover bound of the issue (`vote_lease + handoff_delay + 2·interval`), and the
+    /// one asserted. A voter renews its promise to the old primary (whoever asks) until its
+    /// poller observes the move (`Book::begin_release`): up to a cycle, `max(interval,
+    /// db_timeout + peer_timeout)`, plus `db_timeout` later; the promise then runs `vote_lease`
+    /// on the voter's clock; the handoff follows (`handoff_delay·(1+ρ)` on the candidate's
+    /// clock); the candidate asks within a cycle and gets the answer within `peer_timeout`.
+    /// Clock rates stretch the middle terms by 1/(1−ρ).
+    fn failover_bounds(&self) -> (u64, u64) {
+        let rho = self.config.clock_drift;
+        let spec = self.lease + self.handoff + 2 * self.interval;
+        let cycle = self.interval.max(self.db_timeout + self.peer_timeout);
+        let bound = cycle
+            + self.db_timeout
+            + ((self.lease as f64 + self.handoff as f64 * (1.0 + rho)) / (1.0 - rho)) as u64
+            + cycle
+            + self.peer_timeout;
+        (spec, bound)
+    }
+
+    /// The defaults half of the time, else a random variant that `Config` validates.
+    fn draw(rng: &mut Rng, mutant: Mutant) -> Params {
+        thread_local! {
+            static DEFAULTS: Config = Config::for_node("n1").expect("defaults");
+        }
+        if rng.chance(0.5) {
+            return Params::new(DEFAULTS.with(Config::clone), mutant, true);
+        }
+        loop {
+            let interval = rng.pick(&[500u64, 1000, 1000, 2000]);
+            let db = rng.pick(&[200u64, 500, 1000, 2000]);
+            let peer = rng.pick(&[100u64, 250, 500, 1000]);
+            let lease = rng.pick(&[2000u64, 2345, 3000, 3777, 4000, 6000, 10_000]);
+            let handoff = rng.pick(&[0u64, 500, 1000, 2500, 4000]);
+            let drift = rng.pick(&[0.0, 0.001, 0.01, 0.05, 0.1, 0.2]);
+            let text = format!(
+                "node_name = \"n1\"\ninterval = \"{interval}ms\"\ndb_timeout = \"{db}ms\"\n\
+                 peer_timeout = \"{peer}ms\"\nvote_lease = \"{lease}ms\"\n\
+                 handoff_delay = \"{handoff}ms\"\nclock_drift = {drift:?}\n"
+            );
+            thread_local! {
+                static VALIDATED: std::cell::RefCell<HashMap<String, Result<Config, String>>> =
+                    Default::default();
+            }
+            let validated = VALIDATED.with(|cache| {
+                cache
+                    .borrow_mut()
+                    .entry(text.clone())
+                    .or_insert_with(|| {
+                        let settings = Settings::parse(&text).expect("valid TOML");
+                        settings
+                            .validate(&Origin::Defaults)
+                            .map_err(|e| e.to_string())
+                    })
+                    .clone()
+            });
+            // The validation rule, restated: a vote must count longer than the renewal gap.
+            let rules = LeaseRules {
+                vote_lease: Duration::from_millis(lease),
+                handoff_delay: Duration::from_millis(handoff),
+                drift,
+            };
+            let gap = Config::renewal_gap(
+                Duration::from_millis(interval),
+                Duration::from_millis(db),
+                Duration::from_millis(peer),
+            );
+            let expected = rules.counted_for(rules.vote_lease) > gap;
+            assert_eq!(validated.is_ok(), expected, "{text}: {validated:?}");
+            if let Ok(config) = validated {
+                return Params::new(config, mutant, false);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clocks
+
+/// A node's monotonic clock: `local(t) = off + ⌊t·num/DEN⌋` (nanoseconds).
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    off: u64,
+    num: u64,
+}
+
+impl Clock {
+    fn local(&self, t: u64) -> u64 {
+        // In u64 while it fits (schedules last minutes), exact either way.
+        match t.checked_mul(self.num) {
+            Some(x) => self.off + x / DEN,
+            None => self.off + (t as u128 * self.num as u128 / DEN as u128) as u64,
+        }
+    }
+
+    /// The first real instant at which the clock reads `local` or more.
+    fn real(&self, local: u64) -> u64 {
+        let d = local.saturating_sub(self.off);
+        match d.checked_mul(DEN) {
+            Some(x) => x.div_ceil(self.num),
+            None => (d as u128 * DEN as u128).div_ceil(self.num as u128) as u64,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The world outside the daemons
+
+#[derive(Debug, Clone, Copy)]
+enum Act {
+    /// The daemon stops (counted: it runs again when every stop has had its start).
+    Stop(usize),
+    Start(usize),
+    Pause(usize),
+    Resume(usize),
+    /// The database refuses connections (`hang`: it accepts and never answers).
+    DbDown(usize, bool),
+    DbUp(usize, bool),
+    Recovery(usize, bool),
+    /// The node's metadata now names this primary.
+    View(usize, usize),
+    /// The node's metadata names no primary (two rows say primary), counted.
+    Nobody(usize, bool),
+    /// Messages from .0 to .1 are dropped, counted.
+    Cut(usize, usize, bool),
+    /// Every message takes up to `peer_timeout` each way, counted.
+    Slow(bool),
+}
+
+#[derive(Clone)]
+struct World {
+    down: Vec<u32>,
+    paused: Vec<u32>,
+    db_down: Vec<u32>,
+    hang: Vec<u32>,
+    in_recovery: Vec<bool>,
+    view: Vec<usize>,
+    nobody: Vec<u32>,
+    cut: Vec<Vec<u32>>,
+    slow: u32,
+}
+
+impl World {
+    fn view(&self, j: usize) -> Option<usize> {
+        (self.nobody[j] == 0).then_some(self.view[j])
+    }
+
+    fn link(&self, a: usize, b: usize) -> bool {
+        self.cut[a][b] == 0 && self.cut[b][a] == 0
+    }
+
+    fn up(&self, j: usize) -> bool {
+        self.down[j] == 0 && self.paused[j] == 0 && self.db_down[j] == 0 && self.hang[j] == 0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+#[derive(Debug, Clone)]
+enum Ev {
+    Cycle {
+        n: usize,
+        inc: u32,
+    },
+    DbDone {
+        n: usize,
+        inc: u32,
+        id: u64,
+    },
+    Deadline {
+        n: usize,
+        inc: u32,
+        id: u64,
+    },
+    VoteReq {
+        from: usize,
+        inc: u32,
+        id: u64,
+        to: usize,
+    },
+    /// `grant`: None when refused or failed.
+    VoteRep {
+        n: usize,
+        inc: u32,
+        id: u64,
+        voter: usize,
+        grant: Option<Grant>,
+    },
+    RelReq {
+        from: usize,
+        inc: u32,
+        id: u64,
+        to: usize,
+    },
+    /// `ago`: Some when released.
+    RelRep {
+        n: usize,
+        inc: u32,
+        id: u64,
+        holder: usize,
+        ago: Option<Duration>,
+    },
+}
+
+impl Ev {
+    /// The node that processes the event.
+    fn target(&self) -> usize {
+        match *self {
+            Ev::Cycle { n, .. }
+            | Ev::DbDone { n, .. }
+            | Ev::Deadline { n, .. }
+            | Ev::VoteRep { n, .. }
+            | Ev::RelRep { n, .. } => n,
+            Ev::VoteReq { to, .. } | Ev::RelReq { to, .. } => to,
+        }
+    }
+}
+
+/// The event queue: keys (time, sequence, slot) sorted latest first (few events are pending
+/// at a time, so this beats a heap in a debug build), the events in a slab.
+#[derive(Default)]
+struct Queue {
+    keys: Vec<(u64, u64, u32)>,
+    slab: Vec<Option<Ev>>,
+    free: Vec<u32>,
+    seq: u64,
+}
+
+impl Queue {
+    fn push(&mut self, t: u64, ev: Ev) {
+        let slot = match self.free.pop() {
+            Some(i) => {
+                self.slab[i as usize] = Some(ev);
+                i
+            }
+            None => {
+                self.slab.push(Some(ev));
+                self.slab.len() as u32 - 1
+            }
+        };
+        self.seq += 1;
+        let key = (t, self.seq, slot);
+        // Most events go near the latest end: a linear scan beats a binary search unoptimised.
+        let at = self
+            .keys
+            .iter()
+            .position(|k| *k < key)
+            .unwrap_or(self.keys.len());
+        self.keys.insert(at, key);
+    }
+
+    fn peek(&self) -> Option<u64> {
+        self.keys.last().map(|k| k.0)
+    }
+
+    fn pop(&mut self) -> Option<(u64, Ev)> {
+        let (t, _, slot) = self.keys.pop()?;
+        self.free.push(slot);
+        Some((t, self.slab[slot as usize].take().unwrap()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Daemons
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DbMode {
+    Ok,
+    Refused,
+    Hang,
+}
+
+/// A poll cycle in progress.
+struct Cycle {
+    id: u64,
+    /// `started` (local).
+    start: u64,
+    mode: DbMode,
+    observed: Option<Result<Rc<DbObservation>, DbError>>,
+    named: Option<String>,
+    site: Option<String>,
+    candidate: bool,
+    needed: usize,
+    /// `sent` and the fan-out deadline (local).
+    sent: u64,
+    deadline: u64,
+    pending: usize,
+    got: Vec<(usize, u64, Grant)>,
+    waiting: bool,
+}
+
+struct Daemon {
+    book: Book,
+    holder: Holder,
+    snap: Rc<Snapshot>,
+    cycles: u64,
+    c: Option<Cycle>,
+}
+
+struct Node {
+    name: String,
+    site: usize,
+    witness: bool,
+    clock: Clock,
+    d: Option<Daemon>,
+    inc: u32,
+    deferred: Vec<Ev>,
+    seg_start: u64,
+    /// Real intervals answering 200, merged.
+    iv: Vec<(u64, u64)>,
+    /// The metadata as this node's database returns it (cached per view and recovery).
+    obs: Option<(Option<usize>, bool, Rc<DbObservation>)>,
+}
+
+/// The liveness conditions of the world between two faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Health {
+    /// The primary of a healthy site ([`Sim::healthy`]).
+    healthy: Option<usize>,
+    /// A node that a majority of its site makes live, and that majority ([`Sim::live`]).
+    live: Option<(usize, u32)>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outcome of one schedule
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Overlap,
+    Handoff,
+    Liveness,
+}
+
+#[derive(Default, Clone)]
+struct Stats {
+    schedules: u64,
+    sites: [u64; 2],
+    witnesses: u64,
+    events: u64,
+    publications: u64,
+    sim_ns: u128,
+    overlaps: u64,
+    handoffs: u64,
+    liveness: u64,
+    /// Changes of the node answering 200 within a site, and the smallest gap at one (ns),
+    /// with the gap less `handoff_delay` (ns, signed).
+    changes: u64,
+    min_gap: Option<i64>,
+    /// The smallest gap less `handoff_delay` (ns; negative: short of it).
+    min_margin: Option<i64>,
+    /// Handoff gaps (or overlaps) short of the bound by at most [`ROUNDING`], and by how much.
+    rounding: u64,
+    rounding_ns: i64,
+    /// Failover times (live stretch start → first 200), defaults only (ns) and all configs
+    /// (as a fraction of `vote_lease + handoff_delay + 2·interval`).
+    failover_default: Vec<u64>,
+    /// The same when the stretch began with a metadata move (the last voter moved).
+    moved_default: Vec<u64>,
+    moved_worst: (u64, u64),
+    failover_ratio: Vec<f64>,
+    over_spec: u64,
+    /// A primary cut off from its site: last 200 − cut (ns), defaults only; and all configs
+    /// as a fraction of `vote_lease + interval`.
+    cutoff_default: Vec<u64>,
+    cutoff_ratio: Vec<f64>,
+    healthy_stretches: u64,
+    healthy_ns: u128,
+    healthy_200_ns: u128,
+    /// Schedules with at least one 200 (so the protocol is not trivially safe).
+    with_200: u64,
+    violations: Vec<(u64, Kind, String)>,
+}
+
+impl Stats {
+    fn merge(&mut self, o: Stats) {
+        self.schedules += o.schedules;
+        self.sites[0] += o.sites[0];
+        self.sites[1] += o.sites[1];
+        self.witnesses += o.witnesses;
+        self.events += o.events;
+        self.publications += o.publications;
+        self.sim_ns += o.sim_ns;
+        self.overlaps += o.overlaps;
+        self.handoffs += o.handoffs;
+        self.liveness += o.liveness;
+        self.changes += o.changes;
+        self.min_gap = opt_min(self.min_gap, o.min_gap);
+        self.min_margin = opt_min(self.min_margin, o.min_margin);
+        self.rounding += o.rounding;
+        self.rounding_ns = self.rounding_ns.max(o.rounding_ns);
+        self.failover_default.extend(o.failover_default);
+        self.moved_default.extend(o.moved_default);
+        self.moved_worst = self.moved_worst.max(o.moved_worst);
+        self.failover_ratio.extend(o.failover_ratio);
+        self.over_spec += o.over_spec;
+        self.cutoff_default.extend(o.cutoff_default);
+        self.cutoff_ratio.extend(o.cutoff_ratio);
+        self.healthy_stretches += o.healthy_stretches;
+        self.healthy_ns += o.healthy_ns;
+        self.healthy_200_ns += o.healthy_200_ns;
+        self.with_200 += o.with_200;
+        self.violations.extend(o.violations);
+    }
+
+    /// Schedules with an overlap, with a handoff violation.
+    fn bad_schedules(&self) -> (u64, u64) {
+        let mut seen = (Vec::new(), Vec::new());
+        for (seed, kind, _) in &self.violations {
+            match kind {
+                Kind::Overlap => seen.0.push(*seed),
+                Kind::Handoff => seen.1.push(*seed),
+                Kind::Liveness => {}
+            }
+        }
+        for v in [&mut seen.0, &mut seen.1] {
+            v.sort_unstable();
+            v.dedup();
+        }
+        (seen.0.len() as u64, seen.1.len() as u64)
+    }
+
+    fn safety_violations(&self) -> u64 {
+        self.overlaps + self.handoffs
+    }
+}
+
+fn opt_min<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The simulation of one schedule
+
+struct Sim {
+    seed: u64,
+    p: Params,
+    mutant: Mutant,
+    rng: Rng,
+    base: Instant,
+    nodes: Vec<Node>,
+    /// Size of the main site (nodes 0..n); the last node is of another site.
+    n: usize,
+    world: World,
+    acts: Vec<(u64, Act)>,
+    queue: Queue,
+    end: u64,
+    members: Arc<Vec<Member>>,
+    /// (time, healthy primary, live candidate) after each change of the world.
+    timeline: Vec<(u64, Health)>,
+    /// When a node's metadata moved to a new primary.
+    moved: Vec<u64>,
+    /// (cut, heal, primary): the primary cut off from its whole site.
+    cutoffs: Vec<(u64, u64, usize)>,
+    log: Option<Vec<String>>,
+    events: u64,
+    publications: u64,
+}
+
+fn ms_floor(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
+fn secs(ns: u64) -> String {
+    format!("{:.3}s", ns as f64 / SEC as f64)
+}
+
+impl Sim {
+    fn new(seed: u64, mutant: Mutant, base: Instant, log: bool) -> Sim {
+        let mut rng = Rng::new(seed);
+        let p = Params::draw(&mut rng, mutant);
+        let n = if rng.chance(0.6) { 3 } else { 5 };
+        let total = n + 1;
+        let witness = rng.chance(0.2).then_some(n - 1);
+        let scale = (p.lease + p.handoff + 2 * p.interval).max(7500 * MS);
+        let end = rng.range(2 * scale, 7 * scale / 2);
+        let nodes = (0..total)
+            .map(|j| {
+                let k = match rng.below(10) {
+                    0..=3 => -(p.ppm as i64),
+                    4..=7 => p.ppm as i64,
+                    _ => rng.range(0, 2 * p.ppm) as i64 - p.ppm as i64,
+                };
+                Node {
+                    name: if j < n {
+                        format!("n{}", j + 1)
+                    } else {
+                        "far".to_string()
+                    },
+                    site: usize::from(j >= n),
+                    witness: Some(j) == witness,
+                    clock: Clock {
+                        off: rng.range(100 * SEC, 1000 * SEC),
+                        num: (DEN as i64 + k) as u64,
+                    },
+                    d: None,
+                    inc: 0,
+                    deferred: Vec::new(),
+                    seg_start: 0,
+                    iv: Vec::new(),
+                    obs: None,
+                }
+            })
+            .collect();
+        let world = World {
+            down: vec![0; total],
+            paused: vec![0; total],
+            db_down: vec![0; total],
+            hang: vec![0; total],
+            in_recovery: (0..total).map(|j| j != 0 && Some(j) != witness).collect(),
+            view: vec![0; total],
+            nobody: vec![0; total],
+            cut: vec![vec![0; total]; total],
+            slow: 0,
+        };
+        let mut sim = Sim {
+            seed,
+            p,
+            mutant,
+            rng,
+            base,
+            nodes,
+            n,
+            world,
+            acts: Vec::new(),
+            queue: Queue::default(),
+            end,
+            members: Arc::new(Vec::new()),
+            timeline: Vec::new(),
+            moved: Vec::new(),
+            cutoffs: Vec::new(),
+            log: log.then(Vec::new),
+            events: 0,
+            publications: 0,
+        };
+        sim.generate();
+        sim
+    }
+
+    fn note(&mut self, t: u64, f: impl FnOnce(&Sim) -> String) {
+        if self.log.is_some() {
+            let line = format!("{:>9} {}", secs(t), f(self));
+            self.log.get_or_insert_default().push(line);
+        }
+    }
+
+    fn inst(&self, local: u64) -> Instant {
+        self.base + Duration::from_nanos(local)
+    }
+
+    fn ns(&self, i: Instant) -> u64 {
+        nanos(i.duration_since(self.base))
+    }
+
+    fn local(&self, n: usize, t: u64) -> u64 {
+        self.nodes[n].clock.local(t)
+    }
+
+    fn push(&mut self, t: u64, ev: Ev) {
+        self.queue.push(t, ev);
+    }
+
+    fn act(&mut self, t: u64, a: Act) {
+        self.acts.push((t, a));
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The schedule
+
+    fn generate(&mut self) {
+        let total = self.nodes.len();
+        let warm = self.rng.chance(0.75);
+        // The other site's daemon runs in a sixth of the schedules (its row is always there).
+        let far_runs = self.rng.chance(1.0 / 6.0);
+        for j in 0..total {
+            if j == self.n && !far_runs {
+                self.world.down[j] = 1;
+            } else if warm {
+                // Daemons that started long ago, with no promise made yet.
+                let now = self.local(j, 0);
+                let ago = self.rng.range(self.p.lease, 60 * SEC);
+                let phase = self.rng.range(0, self.p.interval);
+                self.start_daemon(j, 0, now - ago, phase);
+            } else {
+                self.world.down[j] = 1;
+                let t = self.rng.range(0, self.p.interval);
+                self.act(t, Act::Start(j));
+            }
+        }
+        let p = self.p.clone();
+        let settle = p.lease + p.handoff + 2 * p.interval;
+        let mut t = if warm {
+            self.rng.range(SEC, 4 * SEC)
+        } else {
+            settle + self.rng.range(0, 2 * SEC)
+        };
+        let mut cur = 0;
+        while t + 4 * SEC < self.end {
+            match self.rng.below(100) {
+                0..=44 => cur = self.failover(t, cur, None),
+                45..=64 => cur = self.cutoff(t, cur),
+                65..=74 => cur = self.failover(t, cur, Some(2)),
+                _ => {}
+            }
+            t += self.rng.range(settle / 2, 2 * settle);
+        }
+        for _ in 0..self.rng.below(7) {
+            self.noise();
+        }
+        self.acts.sort_by_key(|a| a.0);
+        let end = self.end;
+        self.acts.retain(|a| a.0 <= end);
+    }
+
+    /// A promotion of another node at `t`; returns the new primary.
+    fn failover(&mut self, t: u64, old: usize, fate: Option<u64>) -> usize {
+        let total = self.nodes.len();
+        let candidates: Vec<usize> = (0..self.n)
+            .filter(|&j| j != old && !self.nodes[j].witness)
+            .collect();
+        let new = if old < self.n && self.rng.chance(0.03) || candidates.is_empty() {
+            self.n
+        } else {
+            self.rng.pick(&candidates)
+        };
+        if new == old {
+            return old;
+        }
+        let s = SEC;
+        match fate.unwrap_or_else(|| self.rng.below(4)) {
+            0 => {
+                // The old primary's database dies; later it may come back as a standby, or
+                // read-write still naming itself.
+                let hang = self.rng.chance(0.3);
+                let td = t.saturating_sub(self.rng.range(0, 3 * s));
+                self.act(td, Act::DbDown(old, hang));
+                match self.rng.below(3) {
+                    0 => {}
+                    1 => {
+                        let tb = t + self.rng.range(2 * s, 15 * s);
+                        self.act(tb, Act::Recovery(old, true));
+                        self.act(tb, Act::View(old, new));
+                        self.act(tb, Act::DbUp(old, hang));
+                    }
+                    _ => {
+                        let tb = t + self.rng.range(s, 10 * s);
+                        self.act(tb, Act::DbUp(old, hang));
+                    }
+                }
+            }
+            1 => {
+                // Split brain: the old primary keeps running read-write, its metadata frozen
+                // naming itself; perhaps demoted later.
+                if self.rng.chance(0.5) {
+                    let td = t + self.rng.range(s, 20 * s);
+                    self.act(td, Act::Recovery(old, true));
+                    let tv = td + self.rng.range(0, 2 * s);
+                    self.act(tv, Act::View(old, new));
+                }
+            }
+            2 => {
+                // Switchover: the old primary is demoted first.
+                let td = t.saturating_sub(self.rng.range(0, 2 * s));
+                self.act(td, Act::Recovery(old, true));
+                let tv = td + self.rng.range(0, 3 * s);
+                self.act(tv, Act::View(old, new));
+            }
+            _ => {
+                // Split brain, and the old primary's daemon is stopped or restarted.
+                let tr = t.saturating_sub(s) + self.rng.range(0, 2 * s);
+                if self.rng.chance(0.5) {
+                    self.act(tr, Act::Pause(old));
+                    let back = tr + self.rng.range(100 * MS, 8 * s);
+                    self.act(back, Act::Resume(old));
+                } else {
+                    self.restart(tr, old);
+                }
+            }
+        }
+        self.act(t, Act::Recovery(new, false));
+        self.act(t, Act::View(new, new));
+        let spread = self.p.lease + self.p.handoff;
+        for j in 0..total {
+            if j == old || j == new || self.rng.chance(0.1) {
+                continue;
+            }
+            let dl = match self.rng.below(10) {
+                0..=2 => self.rng.range(0, 300 * MS),
+                3..=7 => self.rng.range(0, 4 * s),
+                _ => self.rng.range(0, spread),
+            };
+            let tj = t + dl;
+            if self.rng.chance(0.15) {
+                let from = tj.saturating_sub(self.rng.range(0, 2 * s));
+                self.act(from, Act::Nobody(j, true));
+                self.act(tj, Act::Nobody(j, false));
+            }
+            self.act(tj, Act::View(j, new));
+            if self.rng.chance(0.25) {
+                let tr = (tj + self.rng.range(0, 3 * s)).saturating_sub(3 * s / 2);
+                self.restart(tr, j);
+            }
+        }
+        new
+    }
+
+    /// The primary is cut off from its whole site for a while; perhaps a failover meanwhile.
+    fn cutoff(&mut self, t: u64, p: usize) -> usize {
+        if p >= self.n {
+            return p;
+        }
+        let least = self.p.lease + self.p.interval;
+        let heal = t + self.rng.range(least + 500 * MS, least + 8 * SEC);
+        for j in 0..self.n {
+            if j != p {
+                for (a, b) in [(p, j), (j, p)] {
+                    self.act(t, Act::Cut(a, b, true));
+                    self.act(heal, Act::Cut(a, b, false));
+                }
+            }
+        }
+        self.cutoffs.push((t, heal, p));
+        if self.rng.chance(0.5) {
+            let tf = t + self.rng.range(0, 3 * SEC);
+            return self.failover(tf, p, Some(1));
+        }
+        p
+    }
+
+    fn restart(&mut self, t: u64, j: usize) {
+        self.act(t, Act::Stop(j));
+        let down = if self.rng.chance(0.5) {
+            0
+        } else {
+            self.rng.range(0, 4 * SEC)
+        };
+        self.act(t + down, Act::Start(j));
+    }
+
+    fn noise(&mut self) {
+        let total = self.nodes.len();
+        let j = self.rng.below(total as u64) as usize;
+        let t = self.rng.range(0, self.end);
+        let s = SEC;
+        match self.rng.below(6) {
+            0 => self.restart(t, j),
+            1 => {
+                self.act(t, Act::Pause(j));
+                let back = t + self.rng.range(100 * MS, 7 * s);
+                self.act(back, Act::Resume(j));
+            }
+            2 => {
+                let hang = self.rng.chance(0.3);
+                self.act(t, Act::DbDown(j, hang));
+                let back = t + self.rng.range(300 * MS, 6 * s);
+                self.act(back, Act::DbUp(j, hang));
+            }
+            3 => {
+                let k = (j + 1 + self.rng.below(total as u64 - 1) as usize) % total;
+                let heal = t + self.rng.range(300 * MS, 8 * s);
+                let both = self.rng.chance(0.5);
+                for (a, b) in [(j, k), (k, j)] {
+                    if both || a == j {
+                        self.act(t, Act::Cut(a, b, true));
+                        self.act(heal, Act::Cut(a, b, false));
+                    }
+                }
+            }
+            4 => {
+                self.act(t, Act::Slow(true));
+                let back = t + self.rng.range(s, 10 * s);
+                self.act(back, Act::Slow(false));
+            }
+            _ => {
+                self.act(t, Act::Nobody(j, true));
+                let back = t + self.rng.range(500 * MS, 4 * s);
+                self.act(back, Act::Nobody(j, false));
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The run
+
+    fn run(&mut self) {
+        self.record_health(0, None);
+        // The faults (sorted) come before the daemons' events of the same instant.
+        let mut next_act = 0;
+        loop {
+            let act = self.acts.get(next_act).map(|a| a.0);
+            let t = match (act, self.queue.peek()) {
+                (Some(a), Some(q)) if a <= q => a,
+                (Some(a), None) => a,
+                (_, Some(q)) => q,
+                (None, None) => break,
+            };
+            if t > self.end {
+                break;
+            }
+            self.events += 1;
+            if act == Some(t) {
+                next_act += 1;
+                self.apply(t, next_act - 1);
+            } else {
+                let (_, ev) = self.queue.pop().unwrap();
+                self.dispatch(t, ev);
+            }
+        }
+        for j in 0..self.nodes.len() {
+            self.close_segment(j, self.end);
+        }
+    }
+
+    fn dispatch(&mut self, t: u64, ev: Ev) {
+        // Messages cut at delivery are lost; a paused daemon takes what arrives later.
+        let link = match ev {
+            Ev::VoteReq { from, to, .. } | Ev::RelReq { from, to, .. } => Some((from, to)),
+            Ev::VoteRep { n, voter, .. } => Some((voter, n)),
+            Ev::RelRep { n, holder, .. } => Some((holder, n)),
+            _ => None,
+        };
+        if link.is_some_and(|(a, b)| self.world.cut[a][b] > 0) {
+            return;
+        }
+        let n = ev.target();
+        if self.world.paused[n] > 0 && self.nodes[n].d.is_some() {
+            self.nodes[n].deferred.push(ev);
+            return;
+        }
+        match ev {
+            Ev::Cycle { n, inc } => {
+                if self.nodes[n].inc == inc && self.nodes[n].d.is_some() {
+                    self.cycle_start(t, n);
+                }
+            }
+            Ev::DbDone { n, inc, id } => {
+                if self.current(n, inc, id) {
+                    self.db_done(t, n);
+                }
+            }
+            Ev::Deadline { n, inc, id } => {
+                if self.current(n, inc, id) && self.cycle(n).waiting {
+                    self.decide(t, n);
+                }
+            }
+            Ev::VoteReq { from, inc, id, to } => self.answer_vote(t, from, inc, id, to),
+            Ev::VoteRep {
+                n,
+                inc,
+                id,
+                voter,
+                grant,
+            } => {
+                if self.receiving(t, n, inc, id) {
+                    let received = self.local(n, t);
+                    let c = self.cycle_mut(n);
+                    if let Some(g) = grant {
+                        c.got.push((voter, received, g));
+                    }
+                    self.replied(t, n);
+                }
+            }
+            Ev::RelReq { from, inc, id, to } => self.answer_release(t, from, inc, id, to),
+            Ev::RelRep {
+                n,
+                inc,
+                id,
+                holder,
+                ago,
+            } => {
+                if self.receiving(t, n, inc, id) {
+                    if let Some(ago) = ago {
+                        let now = self.inst(self.local(n, t));
+                        let at = self.p.rules.last_200_seen_at(now, ago);
+                        let name = self.nodes[holder].name.clone();
+                        self.nodes[n]
+                            .d
+                            .as_mut()
+                            .unwrap()
+                            .book
+                            .release(&name, at, now);
+                        self.note(t, |s| {
+                            format!(
+                                "{} released its promise to {name} (last 200 {} ago)",
+                                s.nodes[n].name,
+                                secs(nanos(ago))
+                            )
+                        });
+                    }
+                    self.replied(t, n);
+                }
+            }
+        }
+    }
+
+    fn current(&self, n: usize, inc: u32, id: u64) -> bool {
+        let node = &self.nodes[n];
+        node.inc == inc
+            && node
+                .d
+                .as_ref()
+                .and_then(|d| d.c.as_ref())
+                .is_some_and(|c| c.id == id)
+    }
+
+    /// A reply to the cycle in progress, before its deadline.
+    fn receiving(&self, t: u64, n: usize, inc: u32, id: u64) -> bool {
+        self.current(n, inc, id) && {
+            let c = self.cycle(n);
+            c.waiting && self.local(n, t) < c.deadline
+        }
+    }
+
+    fn cycle(&self, n: usize) -> &Cycle {
+        self.nodes[n].d.as_ref().unwrap().c.as_ref().unwrap()
+    }
+
+    fn cycle_mut(&mut self, n: usize) -> &mut Cycle {
+        self.nodes[n].d.as_mut().unwrap().c.as_mut().unwrap()
+    }
+
+    fn replied(&mut self, t: u64, n: usize) {
+        let c = self.cycle_mut(n);
+        c.pending -= 1;
+        if c.pending == 0 {
+            self.decide(t, n);
+        }
+    }
+
+    fn apply(&mut self, t: u64, i: usize) {
+        let a = self.acts[i].1;
+        self.note(t, |s| format!("fault {}", s.describe(a)));
+        let bump = |c: &mut u32, on: bool| {
+            if on { *c += 1 } else { *c -= 1 }
+        };
+        match a {
+            Act::Stop(j) => {
+                if self.world.down[j] == 0 {
+                    self.close_segment(j, t);
+                    let node = &mut self.nodes[j];
+                    node.d = None;
+                    node.inc += 1;
+                    node.deferred.clear();
+                }
+                self.world.down[j] += 1;
+            }
+            Act::Start(j) => {
+                self.world.down[j] -= 1;
+                if self.world.down[j] == 0 {
+                    let now = self.local(j, t);
+                    let boot = self.rng.range(0, 50 * MS);
+                    self.start_daemon(j, t, now, boot);
+                }
+            }
+            Act::Pause(j) => {
+                self.close_segment(j, t);
+                self.world.paused[j] += 1;
+            }
+            Act::Resume(j) => {
+                self.close_segment(j, t);
+                self.world.paused[j] -= 1;
+                if self.world.paused[j] == 0 {
+                    for ev in std::mem::take(&mut self.nodes[j].deferred) {
+                        self.push(t, ev);
+                    }
+                }
+            }
+            Act::DbDown(j, true) => self.world.hang[j] += 1,
+            Act::DbDown(j, false) => self.world.db_down[j] += 1,
+            Act::DbUp(j, true) => self.world.hang[j] -= 1,
+            Act::DbUp(j, false) => self.world.db_down[j] -= 1,
+            Act::Recovery(j, r) => self.world.in_recovery[j] = r,
+            Act::View(j, v) => self.world.view[j] = v,
+            Act::Nobody(j, on) => bump(&mut self.world.nobody[j], on),
+            Act::Cut(a, b, on) => bump(&mut self.world.cut[a][b], on),
+            Act::Slow(on) => bump(&mut self.world.slow, on),
+        }
+        self.record_health(t, Some(a));
+    }
+
+    fn describe(&self, a: Act) -> String {
+        let nm = |j: usize| self.nodes[j].name.as_str();
+        match a {
+            Act::Stop(j) => format!("{} daemon stops", nm(j)),
+            Act::Start(j) => format!("{} daemon starts", nm(j)),
+            Act::Pause(j) => format!("{} daemon paused", nm(j)),
+            Act::Resume(j) => format!("{} daemon resumed", nm(j)),
+            Act::DbDown(j, h) => format!("{} database {}", nm(j), if h { "hangs" } else { "down" }),
+            Act::DbUp(j, h) => format!(
+                "{} database up (was {})",
+                nm(j),
+                if h { "hung" } else { "down" }
+            ),
+            Act::Recovery(j, r) => format!("{} in_recovery = {r}", nm(j)),
+            Act::View(j, v) => format!("{} metadata names {}", nm(j), nm(v)),
+            Act::Nobody(j, on) => format!("{} metadata names nobody: {on}", nm(j)),
+            Act::Cut(a, b, on) => format!("link {} -> {} cut: {on}", nm(a), nm(b)),
+            Act::Slow(on) => format!("slow network: {on}"),
+        }
+    }
+
+    /// Starts node `j`'s daemon at `t` (its clock reading `started`); its first cycle `first`
+    /// later.
+    fn start_daemon(&mut self, j: usize, t: u64, started: u64, first: u64) {
+        let lease = self.p.config.vote_lease;
+        let book_start = if self.mutant == Mutant::RestartGrantsAtOnce {
+            started - self.p.lease
+        } else {
+            started
+        };
+        let book = Book::new(lease, self.inst(book_start));
+        let holder = Holder::new(self.inst(started));
+        let node = &mut self.nodes[j];
+        node.inc += 1;
+        node.seg_start = t;
+        node.d = Some(Daemon {
+            book,
+            holder,
+            snap: Rc::new(Snapshot::starting()),
+            cycles: 0,
+            c: None,
+        });
+        let inc = node.inc;
+        self.push(t + first, Ev::Cycle { n: j, inc });
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The poll cycle, as `poller::cycle` runs it
+
+    fn cycle_start(&mut self, t: u64, n: usize) {
+        let start = self.local(n, t);
+        let mode = if self.world.db_down[n] > 0 {
+            DbMode::Refused
+        } else if self.world.hang[n] > 0 {
+            DbMode::Hang
+        } else {
+            DbMode::Ok
+        };
+        let latency = match mode {
+            DbMode::Refused => self.rng.range(0, 2 * MS),
+            DbMode::Hang => self.p.db_timeout,
+            DbMode::Ok => match self.rng.below(10) {
+                0..=5 => self.rng.range(0, 20 * MS),
+                6..=7 => self.rng.range(0, self.p.db_timeout),
+                _ => self
+                    .rng
+                    .range(self.p.db_timeout * 9 / 10, self.p.db_timeout),
+            },
+        };
+        let inc = self.nodes[n].inc;
+        let d = self.nodes[n].d.as_mut().unwrap();
+        d.cycles += 1;
+        let id = d.cycles;
+        d.c = Some(Cycle {
+            id,
+            start,
+            mode,
+            observed: None,
+            named: None,
+            site: None,
+            candidate: false,
+            needed: 0,
+            sent: 0,
+            deadline: 0,
+            pending: 0,
+            got: Vec::new(),
+            waiting: false,
+        });
+        let done = self.nodes[n].clock.real(start + latency).max(t);
+        self.push(done, Ev::DbDone { n, inc, id });
+    }
+
+    /// The metadata of node `n`'s database now.
+    fn observation(&mut self, n: usize) -> Rc<DbObservation> {
+        let view = self.world.view(n);
+        let rec = self.world.in_recovery[n];
+        if let Some((v, r, obs)) = &self.nodes[n].obs {
+            if *v == view && *r == rec {
+                return obs.clone();
+            }
+        }
+        let nodes = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(j, node)| NodeRow {
+                node_id: j as i32 + 1,
+                node_name: node.name.clone(),
+                node_type: if node.witness {
+                    decide::WITNESS
+                } else if Some(j) == view {
+                    "primary"
+                } else {
+                    "standby"
+                }
+                .to_string(),
+                active: true,
+                location: if node.site == 0 { "dc1" } else { "dc2" }.to_string(),
+                conninfo: format!("host=10.0.0.{}", j + 1),
+            })
+            .collect();
+        let obs = Rc::new(DbObservation {
+            in_recovery: rec,
+            nodes,
+        });
+        self.nodes[n].obs = Some((view, rec, obs.clone()));
+        obs
+    }
+
+    fn db_done(&mut self, t: u64, n: usize) {
+        let now = self.local(n, t);
+        let mode = self.cycle(n).mode;
+        let observed = match mode {
+            DbMode::Refused => Err(DbError::Connect("connection refused".into())),
+            DbMode::Hang => Err(DbError::Timeout(self.p.config.db_timeout)),
+            DbMode::Ok if self.world.db_down[n] > 0 => {
+                Err(DbError::Query("terminating connection".into()))
+            }
+            DbMode::Ok => Ok(self.observation(n)),
+        };
+        let me = self.nodes[n].name.clone();
+        let (voters, candidate, needed, site) = match &observed {
+            Ok(obs) => {
+                let role = decide::role(obs, &me);
+                let voters: Vec<usize> = if role.candidate {
+                    role.voters
+                        .iter()
+                        .map(|r| self.index(&r.node_name))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let needed = if role.candidate {
+                    decide::majority(role.site_size())
+                } else {
+                    0
+                };
+                let site = role.own.map(|o| o.location.clone());
+                (voters, role.candidate, needed, site)
+            }
+            Err(_) => (Vec::new(), false, 0, None),
+        };
+        let named = observed
+            .as_ref()
+            .ok()
+            .and_then(|o| o.named_primary())
+            .map(String::from);
+        let at = self.inst(now);
+        let d = self.nodes[n].d.as_mut().unwrap();
+        let release_from = d.book.begin_release(named.as_deref(), at);
+        let inc = self.nodes[n].inc;
+        let deadline = now + self.p.peer_timeout;
+        let mut pending = voters.len();
+        {
+            let c = self.cycle_mut(n);
+            c.observed = Some(observed);
+            c.named = named;
+            c.site = site;
+            c.candidate = candidate;
+            c.needed = needed;
+            c.sent = now;
+            c.deadline = deadline;
+            c.waiting = true;
+        }
+        let id = self.cycle(n).id;
+        for &v in &voters {
+            self.send(
+                t,
+                n,
+                v,
+                Ev::VoteReq {
+                    from: n,
+                    inc,
+                    id,
+                    to: v,
+                },
+            );
+        }
+        if let Some(holder) = release_from {
+            if holder == me {
+                // This node's own holder, directly.
+                let d = self.nodes[n].d.as_mut().unwrap();
+                let window = d.snap.verdict.window;
+                if let Release::Released { last_200 } = d.holder.release(window, at) {
+                    d.book.release(&me, last_200, at);
+                    self.note(t, |s| {
+                        format!(
+                            "{me} released its own vote (last 200 at {})",
+                            s.real_of(n, last_200)
+                        )
+                    });
+                }
+            } else {
+                let h = self.index(&holder);
+                pending += 1;
+                self.send(
+                    t,
+                    n,
+                    h,
+                    Ev::RelReq {
+                        from: n,
+                        inc,
+                        id,
+                        to: h,
+                    },
+                );
+            }
+        }
+        self.cycle_mut(n).pending = pending;
+        if pending == 0 {
+            self.decide(t, n);
+        } else {
+            let when = self.nodes[n].clock.real(deadline);
+            self.push(when, Ev::Deadline { n, inc, id });
+        }
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.nodes.iter().position(|x| x.name == name).unwrap()
+    }
+
+    fn real_of(&self, n: usize, i: Instant) -> String {
+        secs(self.nodes[n].clock.real(self.ns(i)))
+    }
+
+    /// Sends a message: lost if the link is cut now (or at delivery), else delayed.
+    fn send(&mut self, t: u64, from: usize, to: usize, ev: Ev) {
+        if self.world.cut[from][to] > 0 {
+            return;
+        }
+        // A healthy link answers within `peer_timeout` on the fastest clock.
+        let max = if self.world.slow > 0 {
+            self.p.peer_timeout
+        } else {
+            (self.p.peer_timeout as f64 / 2.0 / (1.0 + self.p.config.clock_drift)) as u64
+        };
+        let delay = self.rng.delay(max);
+        self.push(t + delay, ev);
+    }
+
+    /// `/vote` on `to`, asked by `from`.
+    fn answer_vote(&mut self, t: u64, from: usize, inc: u32, id: u64, to: usize) {
+        let now = self.inst(self.local(to, t));
+        let answer = self.nodes[to].d.as_mut().map(|d| {
+            let snap = d.snap.clone();
+            d.book.answer(snap.named(now), now)
+        });
+        // None: connection refused. On the wire: whole milliseconds; a zero lease is no vote.
+        let grant = match &answer {
+            Some(Ok(g)) if g.to == self.nodes[from].name && !ms_floor(g.lease).is_zero() => {
+                Some(Grant {
+                    to: g.to.clone(),
+                    lease: ms_floor(g.lease),
+                    exclusive: ms_floor(g.exclusive),
+                })
+            }
+            _ => None,
+        };
+        if self.log.is_some() {
+            let (v, c) = (&self.nodes[to].name, &self.nodes[from].name);
+            let line = match (&grant, &answer) {
+                (Some(g), _) => {
+                    format!("{v} votes for {c} (exclusive {})", secs(nanos(g.exclusive)))
+                }
+                (None, Some(Ok(g))) => format!("{v} gives {c} no vote: votes for {}", g.to),
+                (None, Some(Err(no))) => format!("{v} gives {c} no vote: {}", no.reason()),
+                (None, None) => format!("{v} gives {c} no vote: not running"),
+            };
+            self.note(t, |_| line);
+        }
+        let ev = Ev::VoteRep {
+            n: from,
+            inc,
+            id,
+            voter: to,
+            grant,
+        };
+        self.send(t, to, from, ev);
+    }
+
+    /// `POST /release` on `to`, asked by `from`.
+    fn answer_release(&mut self, t: u64, from: usize, inc: u32, id: u64, to: usize) {
+        let now = self.inst(self.local(to, t));
+        let ago = self.nodes[to].d.as_mut().and_then(|d| {
+            let window = d.snap.verdict.window;
+            match d.holder.release(window, now) {
+                Release::Released { last_200 } => {
+                    Some(ms_floor(now.saturating_duration_since(last_200)))
+                }
+                Release::Refused(_) => None,
+            }
+        });
+        self.note(t, |s| {
+            format!(
+                "{} {} release to {}",
+                s.nodes[to].name,
+                if ago.is_some() { "grants" } else { "refuses" },
+                s.nodes[from].name
+            )
+        });
+        let ev = Ev::RelRep {
+            n: from,
+            inc,
+            id,
+            holder: to,
+            ago,
+        };
+        self.send(t, to, from, ev);
+    }
+
+    /// The rest of the cycle: own vote, ballot, verdict, retire, publish; the next cycle.
+    fn decide(&mut self, t: u64, n: usize) {
+        let now_l = self.local(n, t);
+        let now = self.inst(now_l);
+        let me = self.nodes[n].name.clone();
+        let c = self.nodes[n].d.as_mut().unwrap().c.take().unwrap();
+        let sent = self.inst(c.sent);
+        let mut votes: Vec<HeldVote> = c
+            .got
+            .iter()
+            .map(|(v, received, grant)| {
+                let received = self.inst(*received);
+                let voter = &self.nodes[*v].name;
+                if self.mutant == Mutant::LeaseFromAnswer {
+                    self.p.held.hold(voter, received, received, grant)
+                } else {
+                    self.p.held.hold(voter, sent, received, grant)
+                }
+            })
+            .collect();
+        let held = self.p.held;
+        let d = self.nodes[n].d.as_mut().unwrap();
+        if c.candidate && c.named.as_deref() == Some(me.as_str()) {
+            if let Ok(grant) = d.book.answer(Ok(&me), now) {
+                votes.push(held.hold(&me, now, now, &grant));
+            }
+        }
+        self.close_segment(n, t);
+        let d = self.nodes[n].d.as_mut().unwrap();
+        let previous = d.snap.clone();
+        let ballot = if c.candidate {
+            Ballot::next(&previous.ballot, votes, &d.holder, c.needed, now)
+        } else {
+            Ballot::default()
+        };
+        let observed = c.observed.as_ref().unwrap();
+        let verdict = decide::verdict(&me, observed.as_ref().map(|o| &**o), &ballot, now);
+        let db = match observed {
+            Ok(obs) => DbStatus {
+                reachable: true,
+                in_recovery: Some(obs.in_recovery),
+                error: None,
+            },
+            Err(e) => DbStatus {
+                reachable: false,
+                in_recovery: None,
+                error: Some(e.clone()),
+            },
+        };
+        d.holder.retire(previous.verdict.window, now);
+        d.snap = Rc::new(Snapshot {
+            observed_at: Some(self.base + Duration::from_nanos(c.start)),
+            observed_at_wall: UNIX_EPOCH,
+            cycle_time: Duration::from_nanos(now_l - c.start),
+            verdict,
+            ballot,
+            site: c.site,
+            primary: c.named,
+            db,
+            voters: Vec::new(),
+            members: self.members.clone(),
+            max_staleness: self.p.config.max_staleness,
+        });
+        self.publications += 1;
+        if self.log.is_some() {
+            let snap = self.nodes[n].d.as_ref().unwrap().snap.clone();
+            let window = snap.verdict.window.map_or(String::new(), |w| {
+                format!(
+                    " window [{}, {})",
+                    self.real_of(n, w.from),
+                    self.real_of(n, w.until)
+                )
+            });
+            let votes: Vec<String> = snap
+                .ballot
+                .votes
+                .iter()
+                .map(|v| {
+                    let r = |i: Instant| self.nodes[n].clock.real(self.ns(i));
+                    format!(
+                        "{} sent {} settles {} until {}",
+                        v.voter,
+                        r(v.sent),
+                        r(v.settled_at),
+                        r(v.valid_until)
+                    )
+                })
+                .collect();
+            self.note(t, |_| {
+                format!(
+                    "{me} publishes {}{window}: {} {votes:?}",
+                    snap.verdict.state, snap.verdict.reason
+                )
+            });
+        }
+        let next = (c.start + self.p.interval).max(now_l);
+        let when = self.nodes[n].clock.real(next).max(t);
+        let inc = self.nodes[n].inc;
+        self.push(when, Ev::Cycle { n, inc });
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // What each node answers
+
+    /// Records what node `n` answered from its last change up to `t`: the 200 pieces of
+    /// `served_state` of its snapshot (nothing when stopped or paused).
+    fn close_segment(&mut self, n: usize, t: u64) {
+        let from = std::mem::replace(&mut self.nodes[n].seg_start, t);
+        let answering = self.world.paused[n] == 0 && self.world.down[n] == 0;
+        let Some(d) = self.nodes[n].d.as_ref().filter(|_| answering && t > from) else {
+            return;
+        };
+        let snap = d.snap.clone();
+        let clock = self.nodes[n].clock;
+        // Where the answer may change (local): staleness, and the window's ends.
+        let mut cuts = [t; 5];
+        if let Some(at) = snap.observed_at {
+            let stale = self.ns(at) + nanos(snap.max_staleness);
+            cuts[0] = clock.real(stale);
+            cuts[1] = clock.real(stale + 1);
+        }
+        if let Some(w) = snap.verdict.window {
+            cuts[2] = clock.real(self.ns(w.from));
+            cuts[3] = clock.real(self.ns(w.until));
+        }
+        for c in &mut cuts {
+            if *c <= from || *c > t {
+                *c = t;
+            }
+        }
+        cuts.sort_unstable();
+        let mut a = from;
+        for b in cuts {
+            if b == a {
+                continue;
+            }
+            let state = snap.served_state(self.inst(clock.local(a)));
+            if state == State::Primary {
+                let iv = &mut self.nodes[n].iv;
+                match iv.last_mut() {
+                    Some(last) if last.1 == a => last.1 = b,
+                    _ => iv.push((a, b)),
+                }
+            }
+            a = b;
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Liveness conditions of the world
+
+    fn record_health(&mut self, t: u64, act: Option<Act>) {
+        if let Some(Act::View(..)) = act {
+            self.moved.push(t);
+        }
+        let h = Health {
+            healthy: self.healthy(),
+            live: self.live(),
+        };
+        if self.timeline.last().is_none_or(|l| l.1 != h) {
+            self.timeline.push((t, h));
+        }
+    }
+
+    /// The primary of a healthy site: every daemon, database and link up, one primary that
+    /// every node names, every other node a standby or the witness, no slow network.
+    fn healthy(&self) -> Option<usize> {
+        let w = &self.world;
+        if w.slow > 0 {
+            return None;
+        }
+        let p = w.view(0)?;
+        if p >= self.n || w.in_recovery[p] {
+            return None;
+        }
+        for j in 0..self.n {
+            if !w.up(j) || w.view(j) != Some(p) {
+                return None;
+            }
+            if j != p && !self.nodes[j].witness && !w.in_recovery[j] {
+                return None;
+            }
+            if (0..self.n).any(|k| !w.link(j, k)) {
+                return None;
+            }
+        }
+        Some(p)
+    }
+
+    /// A node of the main site that should answer 200: it is up, read-write, names itself, and
+    /// a majority of the site (itself included) is up, names it and reaches it.
+    /// With the set of those nodes (a bit mask).
+    fn live(&self) -> Option<(usize, u32)> {
+        let w = &self.world;
+        if w.slow > 0 {
+            return None;
+        }
+        for b in 0..self.n {
+            if self.nodes[b].witness || !w.up(b) || w.in_recovery[b] || w.view(b) != Some(b) {
+                continue;
+            }
+            let mut members = 0u32;
+            for j in 0..self.n {
+                if w.up(j) && w.view(j) == Some(b) && w.link(b, j) {
+                    members |= 1 << j;
+                }
+            }
+            if members.count_ones() as usize >= decide::majority(self.n) {
+                return Some((b, members));
+            }
+        }
+        None
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Invariants
+
+    fn check(&mut self) -> Stats {
+        let mut st = Stats {
+            schedules: 1,
+            events: self.events,
+            publications: self.publications,
+            sim_ns: self.end as u128,
+            ..Stats::default()
+        };
+        st.sites[usize::from(self.n == 5)] += 1;
+        st.witnesses += u64::from(self.nodes.iter().any(|x| x.witness));
+        if self.nodes.iter().any(|x| !x.iv.is_empty()) {
+            st.with_200 += 1;
+        }
+        let d = self.p.handoff;
+        for site in 0..2 {
+            let mut ivs: Vec<(u64, u64, usize)> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.site == site)
+                .flat_map(|(j, x)| x.iv.iter().map(move |&(a, b)| (a, b, j)))
+                .collect();
+            ivs.sort();
+            for (i, &(a, b, j)) in ivs.iter().enumerate() {
+                // The latest end of another node's earlier 200.
+                let mut latest: Option<(u64, usize)> = None;
+                for &(a2, b2, k) in &ivs[..i] {
+                    if k == j {
+                        continue;
+                    }
+                    let by = b2.min(b).saturating_sub(a);
+                    if by > ROUNDING {
+                        st.overlaps += 1;
+                        let what = format!(
+                            "overlap: {} answers 200 in [{}, {}) and {} in [{}, {})",
+                            self.nodes[k].name,
+                            secs(a2),
+                            secs(b2),
+                            self.nodes[j].name,
+                            secs(a),
+                            secs(b)
+                        );
+                        st.violations.push((self.seed, Kind::Overlap, what));
+                    } else if latest.is_none_or(|l| b2 > l.0) {
+                        latest = Some((b2, k));
+                    }
+                }
+                let Some((end, k)) = latest else {
+                    continue;
+                };
+                let gap = a as i64 - end as i64;
+                let first = ivs[..i].iter().filter(|x| x.2 == j).all(|x| x.1 <= end);
+                if first {
+                    st.changes += 1;
+                    st.min_gap = opt_min(st.min_gap, Some(gap));
+                    st.min_margin = opt_min(st.min_margin, Some(gap - d as i64));
+                }
+                if gap + (ROUNDING as i64) < d as i64 {
+                    st.handoffs += 1;
+                    let what = format!(
+                        "handoff: {} answers 200 from {}, {} ns after {}'s last 200 ended at {} \
+                         (handoff_delay {})",
+                        self.nodes[j].name,
+                        secs(a),
+                        gap,
+                        self.nodes[k].name,
+                        secs(end),
+                        secs(d)
+                    );
+                    st.violations.push((self.seed, Kind::Handoff, what));
+                } else if gap < d as i64 {
+                    st.rounding += 1;
+                    st.rounding_ns = st.rounding_ns.max(d as i64 - gap);
+                }
+            }
+        }
+        self.check_liveness(&mut st);
+        st
+    }
+
+    /// Whether node `j` answers 200 at `t`, and the first 200 at or after `t` before `until`.
+    fn first_200(&self, j: usize, t: u64, until: u64) -> Option<u64> {
+        self.nodes[j]
+            .iv
+            .iter()
+            .find(|&&(_, b)| b > t)
+            .map(|&(a, _)| a.max(t))
+            .filter(|&a| a < until)
+    }
+
+    fn check_liveness(&mut self, st: &mut Stats) {
+        let p = &self.p;
+        let rho = p.config.clock_drift;
+        let stretch = (1.0 + rho) / (1.0 - rho);
+        let (spec, bound) = p.failover_bounds();
+        let cycle = p.interval.max(p.peer_timeout) + p.db_timeout + p.peer_timeout;
+        // After this, a healthy site's primary holds only votes granted in the stretch.
+        let settle = (p.lease as f64 * stretch) as u64 + cycle + p.interval;
+        let mut segs: Vec<(u64, u64, Health)> = Vec::new();
+        for (i, &(t, h)) in self.timeline.iter().enumerate() {
+            let next = self.timeline.get(i + 1).map_or(self.end, |x| x.0);
+            segs.push((t, next, h));
+        }
+        // A new primary gets its 200 within the bound once a majority of its site has been
+        // live for it: up, naming it, reaching it (the same majority all along, from `h0`: the
+        // majority-th earliest time since which a node has been in the live set).
+        let k = decide::majority(self.n);
+        let mut since = vec![0u64; self.n];
+        let mut groups: Vec<(usize, u64, u64, u64)> = Vec::new(); // (b, h0, from, to)
+        let mut prev: Option<(usize, u32)> = None;
+        for &(a, e, h) in &segs {
+            let Some((b, mask)) = h.live else {
+                prev = None;
+                continue;
+            };
+            for (j, s) in since.iter_mut().enumerate() {
+                let was = prev.is_some_and(|(pb, pm)| pb == b && pm & 1 << j != 0);
+                if mask & 1 << j != 0 && !was {
+                    *s = a;
+                }
+            }
+            let mut starts: Vec<u64> = (0..self.n)
+                .filter(|j| mask & 1 << j != 0)
+                .map(|j| since[j])
+                .collect();
+            starts.sort_unstable();
+            let h0 = starts[k - 1];
+            match groups.last_mut() {
+                Some(g) if g.0 == b && g.1 == h0 && g.3 == a => g.3 = e,
+                _ => groups.push((b, h0, a, e)),
+            }
+            prev = Some((b, mask));
+        }
+        for &(b, h0, _, h1) in &groups {
+            let at_start = self.nodes[b].iv.iter().any(|&(a, e)| a <= h0 && h0 < e);
+            if at_start || h1 == self.end && h1 - h0 < bound {
+                continue;
+            }
+            match self.first_200(b, h0, h1) {
+                Some(first) => {
+                    let took = first - h0;
+                    if p.defaults {
+                        st.failover_default.push(took);
+                        if self.moved.contains(&h0) {
+                            st.moved_default.push(took);
+                            st.moved_worst = st.moved_worst.max((took, self.seed));
+                        }
+                    }
+                    st.failover_ratio.push(took as f64 / spec as f64);
+                    st.over_spec += u64::from(took > spec);
+                    if took > bound {
+                        st.liveness += 1;
+                        st.violations.push((
+                            self.seed,
+                            Kind::Liveness,
+                            format!(
+                                "{} live from {} answers 200 only {} later (bound {})",
+                                self.nodes[b].name,
+                                secs(h0),
+                                secs(took),
+                                secs(bound)
+                            ),
+                        ));
+                    }
+                }
+                None if h1 - h0 > bound => {
+                    st.liveness += 1;
+                    st.violations.push((
+                        self.seed,
+                        Kind::Liveness,
+                        format!(
+                            "{} live in [{}, {}) never answers 200",
+                            self.nodes[b].name,
+                            secs(h0),
+                            secs(h1)
+                        ),
+                    ));
+                }
+                None => {}
+            }
+        }
+        // A healthy site's primary, once it answers 200 after the settling time, keeps it.
+        let mut i = 0;
+        while i < segs.len() {
+            let Some(pr) = segs[i].2.healthy else {
+                i += 1;
+                continue;
+            };
+            let h0 = segs[i].0;
+            let mut k = i;
+            while k + 1 < segs.len() && segs[k + 1].2.healthy == Some(pr) {
+                k += 1;
+            }
+            let h1 = segs[k].1;
+            i = k + 1;
+            let from = h0 + settle;
+            if from >= h1 {
+                continue;
+            }
+            st.healthy_stretches += 1;
+            st.healthy_ns += (h1 - from) as u128;
+            let pieces: Vec<(u64, u64)> = self.nodes[pr]
+                .iv
+                .iter()
+                .filter(|&&(a, b)| b > from && a < h1)
+                .map(|&(a, b)| (a.max(from), b.min(h1)))
+                .collect();
+            st.healthy_200_ns += pieces.iter().map(|x| (x.1 - x.0) as u128).sum::<u128>();
+            let broken = pieces.len() > 1 || pieces.first().is_some_and(|x| x.1 < h1);
+            let never = pieces.is_empty() && h1 - h0 > bound;
+            if broken || never {
+                st.liveness += 1;
+                st.violations.push((
+                    self.seed,
+                    Kind::Liveness,
+                    format!(
+                        "healthy site, primary {} in [{}, {}): 200 pieces {:?}",
+                        self.nodes[pr].name,
+                        secs(h0),
+                        secs(h1),
+                        pieces
+                            .iter()
+                            .map(|x| (secs(x.0), secs(x.1)))
+                            .collect::<Vec<_>>()
+                    ),
+                ));
+            }
+        }
+        // A primary cut off from its whole site stops answering 200 within lease + interval.
+        let limit = p.lease + p.interval;
+        for &(tc, heal, pr) in &self.cutoffs {
+            let at_cut = self.nodes[pr].iv.iter().any(|&(a, b)| a <= tc && tc < b);
+            if !at_cut {
+                continue;
+            }
+            let last = self.nodes[pr]
+                .iv
+                .iter()
+                .filter(|&&(a, _)| a < heal)
+                .map(|&(_, b)| b)
+                .max()
+                .unwrap_or(tc);
+            let took = last.min(heal) - tc;
+            if p.defaults {
+                st.cutoff_default.push(took);
+            }
+            st.cutoff_ratio.push(took as f64 / limit as f64);
+            if took > limit || last >= heal {
+                st.liveness += 1;
+                st.violations.push((
+                    self.seed,
+                    Kind::Liveness,
+                    format!(
+                        "{} cut off at {} answers 200 until {}",
+                        self.nodes[pr].name,
+                        secs(tc),
+                        secs(last)
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running many schedules
+
+fn run_one(seed: u64, mutant: Mutant, base: Instant, log: bool) -> (Stats, Option<Vec<String>>) {
+    let mut sim = Sim::new(seed, mutant, base, log);
+    sim.run();
+    let st = sim.check();
+    if let Some(log) = sim.log.as_mut() {
+        for x in &sim.nodes {
+            log.push(format!(
+                "{} ({}, rate {:+} ppm): 200 in {:?}",
+                x.name,
+                if x.site == 0 { "dc1" } else { "dc2" },
+                x.clock.num as i64 - DEN as i64,
+                x.iv.iter()
+                    .map(|&(a, b)| format!("[{}, {})", secs(a), secs(b)))
+                    .collect::<Vec<_>>()
+            ));
+        }
+    }
+    (st, sim.log)
+}
+
+/// Runs schedules `0..count` on every core; with `stop_at_first`, until a safety violation.
+fn run_many(count: u64, mutant: Mutant, stop_at_first: bool) -> (Stats, Option<u64>) {
+    let base = Instant::now();
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8) as u64;
+    let found = std::sync::atomic::AtomicU64::new(u64::MAX);
+    let stats: Vec<Stats> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|k| {
+                let found = &found;
+                s.spawn(move || {
+                    let mut total = Stats::default();
+                    let mut seed = k;
+                    while seed < count {
+                        if stop_at_first && seed > found.load(std::sync::atomic::Ordering::Relaxed)
+                        {
+                            break;
+                        }
+                        let (st, _) = run_one(seed, mutant, base, false);
+                        if st.safety_violations() > 0 {
+                            found.fetch_min(seed, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        total.merge(st);
+                        seed += threads;
+                    }
+                    total
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut total = Stats::default();
+    for st in stats {
+        total.merge(st);
+    }
+    let first = found.into_inner();
+    (total, (first != u64::MAX).then_some(first))
+}
+
+fn dist_ns(xs: &mut [u64]) -> String {
+    if xs.is_empty() {
+        return "none".into();
+    }
+    xs.sort_unstable();
+    format!(
+        "n={} min {} median {} p99 {} max {}",
+        xs.len(),
+        secs(xs[0]),
+        secs(xs[xs.len() / 2]),
+        secs(xs[xs.len() * 99 / 100]),
+        secs(xs[xs.len() - 1])
+    )
+}
+
+fn dist_f(xs: &mut [f64]) -> String {
+    if xs.is_empty() {
+        return "none".into();
+    }
+    xs.sort_by(f64::total_cmp);
+    format!(
+        "n={} min {:.3} median {:.3} p99 {:.3} max {:.3}",
+        xs.len(),
+        xs[0],
+        xs[xs.len() / 2],
+        xs[xs.len() * 99 / 100],
+        xs[xs.len() - 1]
+    )
+}
+
+fn report(st: &mut Stats, elapsed: Duration) {
+    println!(
+        "schedules {} ({} sites of 3, {} of 5, {} with a witness), {:.0} simulated hours, \
+         {} events, {} publications, in {:.1}s",
+        st.schedules,
+        st.sites[0],
+        st.sites[1],
+        st.witnesses,
+        st.sim_ns as f64 / 3.6e12,
+        st.events,
+        st.publications,
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "1. overlaps: {}\n2. handoff violations: {}; changes of the 200 node: {}, smallest gap {}, \
+         smallest gap − handoff_delay {}; gaps short of handoff_delay by at most {ROUNDING} ns \
+         (rounding): {}, by {} ns at most",
+        st.overlaps,
+        st.handoffs,
+        st.changes,
+        st.min_gap
+            .map_or("-".into(), |g| format!("{:.6}s", g as f64 / SEC as f64)),
+        st.min_margin.map_or("-".into(), |g| format!("{g} ns")),
+        st.rounding,
+        st.rounding_ns
+    );
+    println!(
+        "3. liveness violations: {}; schedules with a 200: {}",
+        st.liveness, st.with_200
+    );
+    println!(
+        "   failover (live stretch → first 200), defaults: {}",
+        dist_ns(&mut st.failover_default)
+    );
+    let defaults = Params::new(Config::for_node("n1").unwrap(), Mutant::None, true);
+    let (spec, bound) = defaults.failover_bounds();
+    let over = st.moved_default.iter().filter(|&&x| x > spec).count();
+    println!(
+        "   last voter moves → first 200, defaults: {} (worst: seed {}); issue's bound {} \
+         (above it: {over}), asserted {}",
+        dist_ns(&mut st.moved_default),
+        st.moved_worst.1,
+        secs(spec),
+        secs(bound)
+    );
+    println!(
+        "   failover / (vote_lease + handoff_delay + 2·interval), all configs: {}; above 1: {}",
+        dist_f(&mut st.failover_ratio),
+        st.over_spec
+    );
+    println!(
+        "   cut off → last 200, defaults: {}",
+        dist_ns(&mut st.cutoff_default)
+    );
+    println!(
+        "   cut off → last 200 / (vote_lease + interval), all configs: {}",
+        dist_f(&mut st.cutoff_ratio)
+    );
+    println!(
+        "   healthy stretches checked: {}, 200 for {:.4} of their time",
+        st.healthy_stretches,
+        st.healthy_200_ns as f64 / st.healthy_ns.max(1) as f64
+    );
+    st.violations.sort_by_key(|v| v.0);
+    for (seed, kind, what) in st.violations.iter().take(10) {
+        println!("   seed {seed}: {kind:?}: {what}");
+    }
+}
+
+fn schedules() -> u64 {
+    std::env::var("PRIMGR_SIM_SCHEDULES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(CI_SCHEDULES)
+}
+
+/// The real code: no overlap, no handoff violation, no liveness violation.
+#[test]
+fn simulation_finds_no_violation() {
+    if let Some(seed) = std::env::var("PRIMGR_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        let mutant = Mutant::from_env();
+        let (mut st, log) = run_one(seed, mutant, Instant::now(), true);
+        for line in log.unwrap() {
+            println!("{line}");
+        }
+        report(&mut st, Duration::ZERO);
+        assert_eq!(st.violations.len(), 0, "seed {seed} under {mutant:?}");
+        return;
+    }
+    let started = Instant::now();
+    let (mut st, _) = run_many(schedules(), Mutant::None, false);
+    report(&mut st, started.elapsed());
+    assert!(
+        st.with_200 * 2 > st.schedules,
+        "too few schedules with a 200"
+    );
+    assert_eq!(st.overlaps, 0, "overlapping 200s");
+    assert_eq!(st.handoffs, 0, "handoff violations");
+    assert_eq!(st.liveness, 0, "liveness violations");
+}
+
+/// Schedules on which each mutant's detection rate is measured.
+const RATE_SCHEDULES: u64 = 1000;
+
+fn caught(mutant: Mutant) {
+    let started = Instant::now();
+    let (rate, mut first) = run_many(RATE_SCHEDULES.min(schedules()), mutant, false);
+    if first.is_none() {
+        first = run_many(schedules(), mutant, true).1;
+    }
+    let Some(seed) = first else {
+        panic!("{mutant:?} not caught in {} schedules", schedules());
+    };
+    let (one, _) = run_one(seed, mutant, Instant::now(), false);
+    let (overlap, handoff) = rate.bad_schedules();
+    println!(
+        "{mutant:?}: first caught by schedule {seed} ({:.1}s); of the first {} schedules, {} \
+         with an overlap, {} with a handoff violation; at {seed}: {}",
+        started.elapsed().as_secs_f64(),
+        rate.schedules,
+        overlap,
+        handoff,
+        one.violations
+            .iter()
+            .find(|v| v.1 != Kind::Liveness)
+            .map_or("", |v| v.2.as_str())
+    );
+}
+
+#[test]
+fn mutant_lease_counted_from_the_answer_is_caught() {
+    caught(Mutant::LeaseFromAnswer);
+}
+
+#[test]
+fn mutant_restart_granting_at_once_is_caught() {
+    caught(Mutant::RestartGrantsAtOnce);
+}
+
+#[test]
+fn mutant_missing_handoff_is_caught() {
+    caught(Mutant::NoHandoff);
+}
