@@ -247,7 +247,10 @@ impl App {
                 );
                 return Answer::Now(r);
             }
-            Endpoint::Vote => self.vote(now),
+            Endpoint::Vote => match vote_candidate(uri.query()) {
+                Ok(candidate) => self.vote(candidate.as_deref(), now),
+                Err(why) => (400, json_bytes(&json!({ "error": why }))),
+            },
             Endpoint::Release => self.release(),
             Endpoint::Wal => self.wal(now),
             Endpoint::ReadWrite => {
@@ -347,11 +350,17 @@ impl App {
         )
     }
 
-    /// `/vote`: name whom the local metadata names, and promise it (see [`crate::vote`]).
-    fn vote(&self, now: Instant) -> (u16, Bytes) {
+    /// `/vote?candidate=NAME`: a vote for the candidate when the local metadata names it, and
+    /// the promise that goes with it (see [`crate::vote`]); without a candidate, whom the
+    /// metadata names.
+    fn vote(&self, candidate: Option<&str>, now: Instant) -> (u16, Bytes) {
         let me = self.shared.config().node_name.clone();
         let snapshot = self.shared.store.peek();
-        let answer = self.shared.votes.book().answer(snapshot.named(now), now);
+        let answer = self
+            .shared
+            .votes
+            .book()
+            .answer_to(candidate, snapshot.named(now), now);
         match answer {
             Ok(grant) => (
                 200,
@@ -555,6 +564,19 @@ fn json_reply(code: u16, body: Bytes) -> Reply {
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// The `candidate` of a `/vote` request, if given; any other parameter is an error.
+fn vote_candidate(query: Option<&str>) -> Result<Option<String>, String> {
+    let mut candidate = None;
+    for (key, value) in reads::query_pairs(query)? {
+        match key.as_str() {
+            "candidate" if candidate.is_none() && !value.is_empty() => candidate = Some(value),
+            "candidate" => return Err("candidate: one non-empty node name".into()),
+            other => return Err(format!("unknown parameter {other:?} (known: candidate)")),
+        }
+    }
+    Ok(candidate)
 }
 
 fn not_allowed(methods: Methods) -> Reply {

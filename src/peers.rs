@@ -125,7 +125,8 @@ impl PeerClient {
             .unwrap_or(Err(PeerError::Timeout(budget)))
     }
 
-    /// Asks a voter for its vote (`GET /vote`); `voter` is the node asked, `me` this node.
+    /// Asks a voter for its vote (`GET /vote?candidate=<me>`); `voter` is the node asked, `me`
+    /// this node.
     pub async fn ask_vote(
         &self,
         base: &Uri,
@@ -133,7 +134,8 @@ impl PeerClient {
         me: &str,
         deadline: Instant,
     ) -> VoteReply {
-        match self.get(base, "/vote", deadline).await {
+        let path = format!("/vote?candidate={}", encode(me));
+        match self.get(base, &path, deadline).await {
             Err(e) => VoteReply::Failed(e.to_string()),
             Ok((status, body)) => parse_vote(status, &body, voter, me),
         }
@@ -311,6 +313,18 @@ pub fn parse_state(status: u16, body: &[u8]) -> Result<State, PeerError> {
             .ok_or_else(|| PeerError::Unexpected(status, format!("state {name:?}"))),
         _ => Err(PeerError::Unexpected(status, describe_body(body))),
     }
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn describe_body(body: &[u8]) -> String {

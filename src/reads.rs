@@ -29,9 +29,7 @@ pub struct ReadQuery {
 /// readable; the error says which one is wrong and why.
 pub fn parse_query(query: Option<&str>) -> Result<ReadQuery, String> {
     let mut q = ReadQuery::default();
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let (key, value) = (decode(key)?, decode(value)?);
+    for (key, value) in query_pairs(query)? {
         let twice = || format!("parameter {key:?} is given more than once");
         match key.as_str() {
             "lag" => {
@@ -70,6 +68,19 @@ pub fn parse_query(query: Option<&str>) -> Result<ReadQuery, String> {
         }
     }
     Ok(q)
+}
+
+/// The decoded `key=value` pairs of a query string, in order.
+pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(key)?, decode(value)?))
+        })
+        .collect()
 }
 
 /// Percent-decoding of a query component (`+` is a space).

@@ -53,7 +53,9 @@ pub struct LeaseRules {
 impl LeaseRules {
     /// How long after sending the request a candidate may count a vote whose lease is `lease`.
     pub fn counted_for(&self, lease: Duration) -> Duration {
-        lease.mul_f64((1.0 - self.drift) / (1.0 + self.drift))
+        lease
+            .mul_f64((1.0 - self.drift) / (1.0 + self.drift))
+            .saturating_sub(ROUNDING)
     }
 
     /// The vote of `voter` for this node, from a grant requested at `sent` and received at
@@ -64,9 +66,7 @@ impl LeaseRules {
     /// reaches `handoff_delay`: at `received + handoff_delay·(1+ρ) − exclusive`.
     pub fn hold(&self, voter: &str, sent: Instant, received: Instant, grant: &Grant) -> HeldVote {
         let lease = grant.lease.min(self.vote_lease);
-        let wait = self
-            .handoff_delay
-            .mul_f64(1.0 + self.drift)
+        let wait = (self.handoff_delay.mul_f64(1.0 + self.drift) + ROUNDING)
             .saturating_sub(grant.exclusive);
         HeldVote {
             voter: voter.to_string(),
@@ -80,10 +80,17 @@ impl LeaseRules {
     /// holder said at reply time that it was `ago` ago (its clock) and the reply arrived at
     /// `received` (the voter's clock).
     pub fn last_200_seen_at(&self, received: Instant, ago: Duration) -> Instant {
-        let shrunk = ago.mul_f64((1.0 - self.drift) / (1.0 + self.drift));
+        let shrunk = ago
+            .mul_f64((1.0 - self.drift) / (1.0 + self.drift))
+            .saturating_sub(ROUNDING);
         received.checked_sub(shrunk).unwrap_or(received)
     }
 }
+
+/// The margin every computed duration gives away on the safe side (shorter validity, longer
+/// settling, a later last 200), so that the floating-point arithmetic of the drift factors
+/// never rounds a bound the unsafe way (the simulation saw 1-2 ns short without it).
+pub const ROUNDING: Duration = Duration::from_micros(1);
 
 /// A vote as the voter grants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +110,8 @@ pub enum NoVote {
     Starting { left: Duration },
     /// Its metadata names no primary, its database is down, or its view is stale.
     NamesNobody(String),
+    /// Its metadata names this other node, not the candidate that asked.
+    NamesOther(String),
     /// A promise to another node is live for `left` more.
     Promised { to: String, left: Duration },
     /// Its metadata names another node, and it is asking `to` to release its promise.
@@ -119,6 +128,7 @@ impl NoVote {
                 humantime::format_duration(round_ms(*left))
             ),
             NoVote::NamesNobody(why) => why.clone(),
+            NoVote::NamesOther(named) => format!("its metadata names {named}"),
             NoVote::Promised { to, left } => format!(
                 "promised to {to} for {} more",
                 humantime::format_duration(round_ms(*left))
@@ -133,7 +143,7 @@ impl NoVote {
     pub fn left(&self) -> Option<Duration> {
         match self {
             NoVote::Starting { left } | NoVote::Promised { left, .. } => Some(*left),
-            NoVote::NamesNobody(_) | NoVote::Releasing { .. } => None,
+            NoVote::NamesNobody(_) | NoVote::NamesOther(_) | NoVote::Releasing { .. } => None,
         }
     }
 }
@@ -178,6 +188,22 @@ impl Book {
     /// Sets the length of later promises (a reload); promises already made keep theirs.
     pub fn set_lease(&mut self, vote_lease: Duration) {
         self.vote_lease = vote_lease;
+    }
+
+    /// Answers `candidate`'s request for this node's vote: a vote only when its metadata names
+    /// the candidate; any other answer leaves the book as it is, so a request from one node
+    /// never stretches a promise to another. Without a candidate (an operator's `GET /vote`),
+    /// as [`Book::answer`].
+    pub fn answer_to(
+        &mut self,
+        candidate: Option<&str>,
+        named: Result<&str, &str>,
+        now: Instant,
+    ) -> Result<Grant, NoVote> {
+        match (candidate, named) {
+            (Some(c), Ok(n)) if c != n => Err(NoVote::NamesOther(n.to_string())),
+            _ => self.answer(named, now),
+        }
     }
 
     /// Answers a request for this node's vote at `now`, when its metadata names `named` (or
@@ -543,6 +569,31 @@ mod tests {
         );
     }
 
+    /// A request of one candidate never touches a promise to another: the voter's metadata
+    /// names n1, n2 asks: no vote, and n1's promise is not stretched.
+    #[test]
+    fn a_vote_is_promised_only_to_the_candidate_that_asked() {
+        let t0 = Instant::now();
+        let mut book = Book::new(L, t0);
+        let t = t0 + L;
+        book.answer_to(Some("n1"), Ok("n1"), t).unwrap();
+        assert_eq!(
+            book.answer_to(Some("n2"), Ok("n1"), t + ms(2000)),
+            Err(NoVote::NamesOther("n1".into()))
+        );
+        assert_eq!(
+            book.promise(t + ms(2000)),
+            Some(("n1", t + L)),
+            "not stretched"
+        );
+        // An operator's plain GET /vote answers (and promises) as the metadata says.
+        assert_eq!(
+            book.answer_to(None, Ok("n1"), t + ms(2000)).unwrap().to,
+            "n1"
+        );
+        assert_eq!(book.promise(t + ms(2000)), Some(("n1", t + ms(2000) + L)));
+    }
+
     #[test]
     fn a_live_promise_to_one_node_refuses_every_other() {
         let t0 = Instant::now();
@@ -629,10 +680,10 @@ mod tests {
             exclusive: ms(0),
         };
         let v = r.hold("n3", s, received, &fresh);
-        // 3 s × 0.99/1.01 = 2.9406 s after the send.
-        assert_eq!(v.valid_until - s, L.mul_f64(0.99 / 1.01));
-        // 2.5 s × 1.01 after the answer arrived.
-        assert_eq!(v.settled_at - received, ms(2525));
+        // 3 s × 0.99/1.01 = 2.9406 s after the send (less the rounding margin).
+        assert_eq!(v.valid_until - s, L.mul_f64(0.99 / 1.01) - ROUNDING);
+        // 2.5 s × 1.01 after the answer arrived (plus the rounding margin).
+        assert_eq!(v.settled_at - received, ms(2525) + ROUNDING);
         assert!(!v.counts(s + ms(2000)) && v.live(s + ms(2000)));
         let old = Grant {
             exclusive: ms(60_000),

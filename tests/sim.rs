@@ -1291,6 +1291,7 @@ impl Sim {
         let obs = Rc::new(DbObservation {
             in_recovery: rec,
             nodes,
+            wal: Default::default(),
         });
         self.nodes[n].obs = Some((view, rec, obs.clone()));
         obs
@@ -1430,9 +1431,10 @@ impl Sim {
     /// `/vote` on `to`, asked by `from`.
     fn answer_vote(&mut self, t: u64, from: usize, inc: u32, id: u64, to: usize) {
         let now = self.inst(self.local(to, t));
+        let candidate = self.nodes[from].name.clone();
         let answer = self.nodes[to].d.as_mut().map(|d| {
             let snap = d.snap.clone();
-            d.book.answer(snap.named(now), now)
+            d.book.answer_to(Some(&candidate), snap.named(now), now)
         });
         // None: connection refused. On the wire: whole milliseconds; a zero lease is no vote.
         let grant = match &answer {
@@ -1559,6 +1561,7 @@ impl Sim {
             voters: Vec::new(),
             members: self.members.clone(),
             max_staleness: self.p.config.max_staleness,
+            ..Snapshot::starting()
         });
         self.publications += 1;
         if self.log.is_some() {
