@@ -93,7 +93,9 @@ fn answer<'a>(head: &[u8], answers: &'a Answers) -> &'a [u8] {
     let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
     let mut parts = line.split(|b| *b == b' ');
     let _method = parts.next();
-    match parts.next().unwrap_or_default() {
+    let target = parts.next().unwrap_or_default();
+    let path = target.split(|b| *b == b'?').next().unwrap_or_default();
+    match path {
         b"/vote" => &answers.vote,
         b"/state" | b"/" => &answers.standby,
         _ => &answers.not_found,
@@ -112,6 +114,10 @@ mod tests {
             not_found: b"N".to_vec(),
         };
         assert_eq!(answer(b"GET /vote HTTP/1.1\r\nHost: x\r\n\r\n", &a), b"V");
+        assert_eq!(
+            answer(b"GET /vote?candidate=node1 HTTP/1.1\r\n\r\n", &a),
+            b"V"
+        );
         assert_eq!(answer(b"GET /state HTTP/1.1\r\n\r\n", &a), b"S");
         assert_eq!(answer(b"GET /nope HTTP/1.1\r\n\r\n", &a), b"N");
         let r = String::from_utf8(response("200 OK", "{}")).unwrap();
