@@ -741,24 +741,24 @@ mod tests {
     /// Callers that arrive while a flight runs share it: one computation.
     #[tokio::test]
     async fn simultaneous_callers_share_one_flight() {
+        use std::sync::atomic::{AtomicU32, Ordering};
         let flights: Arc<Flights<u32>> = Arc::default();
         let (go, wait) = tokio::sync::oneshot::channel::<()>();
-        let started = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let start = |started: Arc<std::sync::atomic::AtomicU32>| {
-            started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async { 7 })
-        };
+        let started = AtomicU32::new(0);
         let first = flights.join(|| {
-            started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            started.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let _ = wait.await;
                 7
             })
         });
-        let second = flights.join(|| start(started.clone()));
-        go.send(()).expect("flight waits");
+        let second = flights.join(|| {
+            started.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async { 8 })
+        });
+        go.send(()).expect("the flight waits");
         assert_eq!((*first.await.unwrap(), *second.await.unwrap()), (7, 7));
-        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(started.load(Ordering::SeqCst), 1, "one computation");
     }
 
     #[test]

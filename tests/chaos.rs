@@ -327,9 +327,10 @@ impl Schedule {
     fn completes(action: Action, missing: &[&str]) -> bool {
         let kind = action.kind();
         missing.contains(&kind)
+            // Repairs, the rejoin included: a stale old primary blocks the next failover.
             || matches!(
                 action,
-                Action::Thaw(_) | Action::Heal(..) | Action::StartDaemon(_)
+                Action::Thaw(_) | Action::Heal(..) | Action::StartDaemon(_) | Action::Rejoin(_)
             )
             || (action == Action::Failover && missing.contains(&"stale primary started"))
     }
