@@ -230,18 +230,7 @@ impl Poller {
         };
         let verdict = decide::verdict(me, observed.as_ref(), &ballot, now);
         self.log_verdict(&verdict);
-        let db = match &observed {
-            Ok(obs) => DbStatus {
-                reachable: true,
-                in_recovery: Some(obs.in_recovery),
-                error: None,
-            },
-            Err(e) => DbStatus {
-                reachable: false,
-                in_recovery: None,
-                error: Some(e.clone()),
-            },
-        };
+        let db = DbStatus::of(observed.as_ref());
         holder.retire(previous.verdict.window, now);
         shared.store.store(Snapshot {
             observed_at: Some(started),

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use hyper::Uri;
 use serde_json::json;
 
-use crate::db::{DbError, Receiver};
+use crate::db::{DbError, DbObservation, Receiver};
 use crate::decide::{State, Verdict};
 use crate::peers::VoteReply;
 use crate::vote::Ballot;
@@ -55,6 +55,22 @@ pub struct DbStatus {
 }
 
 impl DbStatus {
+    /// What an observation (or its failure) says of the database.
+    pub fn of<O: std::borrow::Borrow<DbObservation>>(observed: Result<&O, &DbError>) -> DbStatus {
+        match observed {
+            Ok(obs) => DbStatus {
+                reachable: true,
+                in_recovery: Some(obs.borrow().in_recovery),
+                error: None,
+            },
+            Err(e) => DbStatus {
+                reachable: false,
+                in_recovery: None,
+                error: Some(e.clone()),
+            },
+        }
+    }
+
     /// Not observed (yet).
     pub const UNKNOWN: DbStatus = DbStatus {
         reachable: false,

@@ -61,17 +61,10 @@ const DOWN_BOUND: Duration =
     Duration::from_millis((DB_TIMEOUT.as_millis() + INTERVAL.as_millis()) as u64 + 500);
 /// Invariant 3: every answer within this bound.
 const ANSWER_BOUND: Duration = Duration::from_millis(100);
-/// Invariant 4: after the last repair, a lease and a handoff (a restarted daemon abstains for
-/// `vote_lease`; a new primary waits out `handoff_delay` × (1+ρ)), two cycles, both timeouts,
-/// and 2 s of slack for a loaded machine.
+/// Invariant 4: after the last repair, a lease and a handoff, two cycles and both timeouts,
+/// plus slack (the lab tests' settle bound).
 fn heal_bound() -> Duration {
-    let c = primgr::Config::for_node("any").expect("defaults");
-    c.vote_lease
-        + c.handoff_delay.mul_f64(1.0 + c.clock_drift)
-        + INTERVAL * 2
-        + DB_TIMEOUT
-        + PEER_TIMEOUT
-        + Duration::from_secs(2)
+    common::settle_bound()
 }
 /// Sampler target index of the control daemon (after the four nodes), sampled first in each
 /// round; it is sampled again last in each round as target `CONTROL + 1`.

@@ -149,7 +149,7 @@ async fn serve(
         return Ok(());
     }
     let mut buf = [0u8; 2048];
-    let primary = head.starts_with(b"GET /vote ");
+    let primary = head.starts_with(b"GET /vote?") || head.starts_with(b"GET /vote ");
     if primary {
         asked.fetch_add(1, Ordering::SeqCst);
     }

@@ -85,6 +85,16 @@ async fn start_with_phases(lab: &Lab) {
     }
 }
 
+/// haproxy with the shipped configuration, once its write pool is node1; and the write port.
+async fn haproxy_writing_to_node1(lab: &Lab) -> (Haproxy, SocketAddr) {
+    let hp = Haproxy::start(lab, &shipped()).await.expect("haproxy");
+    hp.wait_up(WRITE, &["node1"], settle_bound())
+        .await
+        .expect("write pool: node1");
+    let write = hp.listener(WRITE).expect("write listener");
+    (hp, write)
+}
+
 /// The primgr binary of the switchover and repmgrd scenarios: `PRIMGR_COMPARE_BIN` when set
 /// (to measure another build, e.g. the one before the leases, in the same lab), else this one.
 fn scenario_bin() -> String {
@@ -282,11 +292,7 @@ fn outage(ok: &[(String, Duration, Duration)]) -> Duration {
 async fn through_haproxy_no_write_lands_on_the_old_primary_after_the_new() {
     let lab = Lab::build(LabSpec::standard(82)).await.expect("lab builds");
     start_with_phases(&lab).await;
-    let hp = Haproxy::start(&lab, &shipped()).await.expect("haproxy");
-    hp.wait_up(WRITE, &["node1"], settle_bound())
-        .await
-        .expect("write pool: node1");
-    let write = hp.listener(WRITE).expect("write listener");
+    let (hp, write) = haproxy_writing_to_node1(&lab).await;
     let t0 = Instant::now();
     let sampling = writes(
         &lab,
@@ -356,11 +362,7 @@ async fn through_haproxy_no_write_lands_on_the_old_primary_after_the_new() {
 async fn restarting_the_primarys_daemon_loses_no_write() {
     let lab = Lab::build(LabSpec::standard(83)).await.expect("lab builds");
     start_with_phases(&lab).await;
-    let hp = Haproxy::start(&lab, &shipped()).await.expect("haproxy");
-    hp.wait_up(WRITE, &["node1"], settle_bound())
-        .await
-        .expect("write pool: node1");
-    let write = hp.listener(WRITE).expect("write listener");
+    let (hp, write) = haproxy_writing_to_node1(&lab).await;
     let t0 = Instant::now();
     let window = Duration::from_secs(6);
     let (attempts, back) = tokio::join!(writes(&lab, write, t0, window, window, |_| true), async {
@@ -408,11 +410,7 @@ async fn restarting_the_primarys_daemon_loses_no_write() {
 async fn a_switchover_through_haproxy() {
     let lab = Lab::build(LabSpec::standard(84)).await.expect("lab builds");
     start_processes(&lab).await;
-    let hp = Haproxy::start(&lab, &shipped()).await.expect("haproxy");
-    hp.wait_up(WRITE, &["node1"], settle_bound())
-        .await
-        .expect("write pool: node1");
-    let write = hp.listener(WRITE).expect("write listener");
+    let (hp, write) = haproxy_writing_to_node1(&lab).await;
     let t0 = Instant::now();
     let (attempts, took) = tokio::join!(
         writes(
@@ -471,11 +469,7 @@ async fn repmgrd_failover_through_haproxy() {
         lab.start_repmgrd(&node).await.expect("repmgrd");
     }
     start_processes(&lab).await;
-    let hp = Haproxy::start(&lab, &shipped()).await.expect("haproxy");
-    hp.wait_up(WRITE, &["node1"], settle_bound())
-        .await
-        .expect("write pool: node1");
-    let write = hp.listener(WRITE).expect("write listener");
+    let (hp, write) = haproxy_writing_to_node1(&lab).await;
     let t0 = Instant::now();
     let stop_at = Duration::from_secs(1);
     let (attempts, new_primary) = tokio::join!(

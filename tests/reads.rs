@@ -43,6 +43,27 @@ async fn ask_from(
     (r.status, r.body)
 }
 
+/// A daemon per node, each with a state directory of its own in the lab directory (the drain
+/// flag); the directories by node.
+async fn fleet_with_state_dirs(lab: &Lab) -> (Fleet, Vec<(String, std::path::PathBuf)>) {
+    let dirs: Vec<_> = lab
+        .node_names()
+        .iter()
+        .map(|n| {
+            let d = lab.dir().join(format!("state-{n}"));
+            std::fs::create_dir_all(&d).expect("state dir");
+            (n.clone(), d)
+        })
+        .collect();
+    let fleet = Fleet::start_with(lab, |node, c| {
+        if let Some((_, d)) = dirs.iter().find(|(n, _)| n == node) {
+            c.state_dir = d.clone();
+        }
+    })
+    .await;
+    (fleet, dirs)
+}
+
 async fn ask(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     ask_from(None, addr, method, path).await
 }
@@ -56,23 +77,7 @@ async fn every_read_endpoint_and_parameter() {
     let lab = Lab::build(LabSpec::standard(101))
         .await
         .expect("lab builds");
-    let state_dirs: Vec<_> = lab
-        .node_names()
-        .iter()
-        .map(|n| {
-            let d = lab.dir().join(format!("state-{n}"));
-            std::fs::create_dir_all(&d).expect("state dir");
-            (n.clone(), d)
-        })
-        .collect();
-    let fleet = Fleet::start_with(&lab, |node, c| {
-        c.state_dir = state_dirs
-            .iter()
-            .find(|(n, _)| n == node)
-            .map(|(_, d)| d.clone())
-            .expect("state dir");
-    })
-    .await;
+    let (fleet, state_dirs) = fleet_with_state_dirs(&lab).await;
     fleet.wait_normal().await;
     // Wait until the standby knows the primary's position (asked from node1's daemon).
     fleet
@@ -473,23 +478,7 @@ async fn haproxy_reads_follow_replay_lag_cuts_and_drain() {
     let lab = Lab::build(LabSpec::standard(105))
         .await
         .expect("lab builds");
-    let state_dirs: Vec<_> = lab
-        .node_names()
-        .iter()
-        .map(|n| {
-            let d = lab.dir().join(format!("state-{n}"));
-            std::fs::create_dir_all(&d).expect("state dir");
-            (n.clone(), d)
-        })
-        .collect();
-    let fleet = Fleet::start_with(&lab, |node, c| {
-        c.state_dir = state_dirs
-            .iter()
-            .find(|(n, _)| n == node)
-            .map(|(_, d)| d.clone())
-            .expect("state dir");
-    })
-    .await;
+    let (fleet, state_dirs) = fleet_with_state_dirs(&lab).await;
     fleet.wait_normal().await;
     let hp = Haproxy::start(&lab, &shipped()).await.expect("haproxy");
     hp.wait_up(WRITE, &["node1"], settle_bound())

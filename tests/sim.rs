@@ -1536,18 +1536,7 @@ impl Sim {
         };
         let observed = c.observed.as_ref().unwrap();
         let verdict = decide::verdict(&me, observed.as_ref().map(|o| &**o), &ballot, now);
-        let db = match observed {
-            Ok(obs) => DbStatus {
-                reachable: true,
-                in_recovery: Some(obs.in_recovery),
-                error: None,
-            },
-            Err(e) => DbStatus {
-                reachable: false,
-                in_recovery: None,
-                error: Some(e.clone()),
-            },
-        };
+        let db = DbStatus::of(observed.as_ref());
         d.holder.retire(previous.verdict.window, now);
         d.snap = Rc::new(Snapshot {
             observed_at: Some(self.base + Duration::from_nanos(c.start)),

@@ -13,7 +13,6 @@ use primgr_lab::Lab;
 use primgr_lab::haproxy::Haproxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 
 use super::{Daemon, Fleet, config_for};
 
@@ -22,34 +21,7 @@ pub const AGENT_PORT: u16 = 5998;
 
 /// Starts a daemon with `config`, serving its agent port on `config.agent_listen` when set.
 pub async fn start_daemon(config: Config) -> Daemon {
-    let listener = primgr::server::bind(config.listen)
-        .unwrap_or_else(|e| panic!("bind {}: {e}", config.listen));
-    let agent = config
-        .agent_listen
-        .map(|a| primgr::server::bind(a).unwrap_or_else(|e| panic!("bind agent {a}: {e}")));
-    let addr = listener.local_addr().expect("local addr");
-    let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        let options = primgr::Options {
-            agent,
-            ..primgr::Options::default()
-        };
-        primgr::run_with(
-            config,
-            listener,
-            async {
-                let _ = rx.await;
-            },
-            options,
-        )
-        .await
-        .expect("daemon runs");
-    });
-    Daemon {
-        addr,
-        stop: Some(tx),
-        task: Some(task),
-    }
+    Daemon::start(config).await
 }
 
 /// The agent address of a lab node: `<node address>:5998`.
@@ -179,32 +151,11 @@ impl AgentRow {
     }
 }
 
-/// Splits one CSV line (haproxy quotes fields holding commas with `"`).
-fn csv_fields(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
-}
-
 /// The server rows of `proxy` in haproxy's `show stat`.
 pub async fn agent_rows(hp: &Haproxy, proxy: &str) -> Vec<AgentRow> {
     let csv = hp.command("show stat").await.expect("show stat");
     let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
-    let header = csv_fields(
+    let header = primgr_lab::haproxy::csv_fields(
         lines
             .next()
             .and_then(|h| h.strip_prefix("# "))
@@ -230,7 +181,7 @@ pub async fn agent_rows(hp: &Haproxy, proxy: &str) -> Vec<AgentRow> {
     ]
     .map(col);
     lines
-        .map(csv_fields)
+        .map(primgr_lab::haproxy::csv_fields)
         .filter(|f| f.get(cols[0]).is_some_and(|p| p == proxy))
         .filter(|f| {
             f.get(cols[1])

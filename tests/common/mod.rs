@@ -45,18 +45,27 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts a daemon with `config` on its `listen` address.
+    /// Starts a daemon with `config` on its `listen` address, and its agent-check port on
+    /// `agent_listen` when that is set.
     pub async fn start(config: Config) -> Daemon {
         let listener = primgr::server::bind(config.listen)
             .unwrap_or_else(|e| panic!("bind {}: {e}", config.listen));
+        let agent = config
+            .agent_listen
+            .map(|a| primgr::server::bind(a).unwrap_or_else(|e| panic!("bind agent {a}: {e}")));
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
-            primgr::run(config, listener, async {
+            let options = primgr::Options {
+                agent,
+                ..primgr::Options::default()
+            };
+            let stop = async {
                 let _ = rx.await;
-            })
-            .await
-            .expect("daemon runs");
+            };
+            primgr::run_with(config, listener, stop, options)
+                .await
+                .expect("daemon runs");
         });
         Daemon {
             addr,

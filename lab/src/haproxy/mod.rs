@@ -26,7 +26,7 @@ use crate::{Lab, procfs};
 pub use config::{
     PROXY_HOST, READ, Rendered, SHIPPED_CONFIG, STATS, WRITE, check_config, proxy_address, render,
 };
-pub use stat::{ServerStat, parse_stat_csv};
+pub use stat::{ServerStat, csv_fields, parse_stat_csv};
 
 /// How long a started haproxy may take until its stats socket answers.
 const T_READY: Duration = Duration::from_secs(15);

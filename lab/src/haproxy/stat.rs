@@ -33,7 +33,7 @@ impl ServerStat {
 }
 
 /// Splits one CSV line (haproxy quotes fields containing commas with `"`).
-fn csv_fields(line: &str) -> Vec<String> {
+pub fn csv_fields(line: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
