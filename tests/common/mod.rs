@@ -41,7 +41,9 @@ pub fn config_for(lab: &Lab, node: &str) -> Config {
 pub struct Daemon {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    /// The daemon's result. A daemon dropped without [`Daemon::stop`] is left to the end of the
+    /// test's runtime, which cancels its poller; that result is nobody's concern.
+    task: Option<JoinHandle<Result<(), primgr::RunError>>>,
 }
 
 impl Daemon {
@@ -63,9 +65,7 @@ impl Daemon {
             let stop = async {
                 let _ = rx.await;
             };
-            primgr::run_with(config, listener, stop, options)
-                .await
-                .expect("daemon runs");
+            primgr::run_with(config, listener, stop, options).await
         });
         Daemon {
             addr,
@@ -81,7 +81,8 @@ impl Daemon {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await.expect("daemon task ends cleanly");
+            let result = task.await.expect("daemon task ends cleanly");
+            result.expect("daemon runs until it is stopped");
         }
         t0.elapsed()
     }
