@@ -378,6 +378,7 @@ impl App {
                     "vote": null,
                     "reason": no.reason(),
                     "ms_left": no.left().map(|d| d.as_millis() as u64),
+                    "withdrawn": no.withdraws(),
                 })),
             ),
         }
@@ -618,7 +619,9 @@ pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Value 
         .map(|v| {
             let (vote, error) = match &v.reply {
                 VoteReply::Granted(g) => (Some(g.to.as_str()), None),
-                VoteReply::Refused(why) | VoteReply::Failed(why) => (None, Some(why.as_str())),
+                VoteReply::Refused(why) | VoteReply::Withdrawn(why) | VoteReply::Failed(why) => {
+                    (None, Some(why.as_str()))
+                }
             };
             json!({
                 "name": v.name,

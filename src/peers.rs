@@ -194,8 +194,12 @@ where
 pub enum VoteReply {
     /// It voted for this node.
     Granted(Grant),
-    /// It gave no vote to this node: it names another, or nobody, or has promised another.
+    /// It gave no vote to this node: it names nobody, or has promised another, or started
+    /// recently; a live vote it gave before still counts.
     Refused(String),
+    /// It gave no vote to this node because its metadata names another node: a vote it gave
+    /// before no longer counts ([`crate::vote::Ballot::next`]).
+    Withdrawn(String),
     /// It could not be asked, or its answer was not a vote of the node asked.
     Failed(String),
 }
@@ -230,11 +234,17 @@ pub fn parse_vote(status: u16, body: &[u8], voter: &str, me: &str) -> VoteReply 
                 )),
             }
         }
-        (200, Some(Value::String(to))) => VoteReply::Refused(format!("votes for {to}")),
-        (503, Some(Value::Null)) => VoteReply::Refused(match field("reason") {
-            Some(Value::String(why)) => format!("no vote: {why}"),
-            _ => "no vote".into(),
-        }),
+        (200, Some(Value::String(to))) => VoteReply::Withdrawn(format!("votes for {to}")),
+        (503, Some(Value::Null)) => {
+            let why = match field("reason") {
+                Some(Value::String(why)) => format!("no vote: {why}"),
+                _ => "no vote".into(),
+            };
+            match field("withdrawn") {
+                Some(Value::Bool(true)) => VoteReply::Withdrawn(why),
+                _ => VoteReply::Refused(why),
+            }
+        }
         _ => VoteReply::Failed(format!("HTTP {status}: {}", describe_body(body))),
     }
 }
@@ -446,11 +456,31 @@ mod tests {
         }
         assert!(matches!(
             parse_vote(200, br#"{"node":"n3","vote":"n2","lease_ms":3000,"exclusive_ms":0}"#, "n3", "n1"),
-            VoteReply::Refused(w) if w.contains("n2")
+            VoteReply::Withdrawn(w) if w.contains("n2")
         ));
         assert!(matches!(
             parse_vote(503, br#"{"node":"n3","vote":null,"reason":"promised to n2"}"#, "n3", "n1"),
             VoteReply::Refused(w) if w.contains("promised to n2")
+        ));
+        // Its metadata names another node: the vote it gave before is withdrawn.
+        assert!(matches!(
+            parse_vote(
+                503,
+                br#"{"node":"n3","vote":null,"reason":"its metadata names n2","withdrawn":true}"#,
+                "n3",
+                "n1"
+            ),
+            VoteReply::Withdrawn(w) if w.contains("names n2")
+        ));
+        // Anything but `true` is not a withdrawal.
+        assert!(matches!(
+            parse_vote(
+                503,
+                br#"{"node":"n3","vote":null,"withdrawn":"yes"}"#,
+                "n3",
+                "n1"
+            ),
+            VoteReply::Refused(_)
         ));
         for (status, body) in [
             (200, &b"n1"[..]),

@@ -223,15 +223,20 @@ impl Poller {
             .as_ref()
             .filter(|r| r.candidate)
             .map_or(0, |r| decide::majority(r.site_size()));
+        let withdrawn: Vec<&str> = voters
+            .iter()
+            .filter(|v| matches!(v.reply, VoteReply::Withdrawn(_)))
+            .map(|v| v.name.as_str())
+            .collect();
         let ballot = if candidate {
-            Ballot::next(&previous.ballot, votes, &holder, needed, now)
+            Ballot::next(&previous.ballot, votes, &withdrawn, &holder, needed, now)
         } else {
             Ballot::default()
         };
         let verdict = decide::verdict(me, observed.as_ref(), &ballot, now);
         self.log_verdict(&verdict);
         let db = DbStatus::of(observed.as_ref());
-        holder.retire(previous.verdict.window, now);
+        let replaced = previous.verdict.window;
         shared.store.store(Snapshot {
             observed_at: Some(started),
             observed_at_wall: started_wall,
@@ -252,6 +257,10 @@ impl Poller {
             drained,
             voter_failures: Arc::clone(&self.voter_failures),
         });
+        // The replaced window could still answer 200 until the new snapshot was stored: a
+        // `/state` reads its clock before it loads the snapshot, so one that loaded the old
+        // snapshot decided at an instant before this one.
+        holder.retire(replaced, Instant::now());
         self.previous_start = Some(started);
     }
 

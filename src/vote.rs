@@ -139,6 +139,12 @@ impl NoVote {
         }
     }
 
+    /// Whether the answer withdraws the asking candidate's earlier votes: this voter's metadata
+    /// names another node (its promise, if any, still stands until it ends or is released).
+    pub fn withdraws(&self) -> bool {
+        matches!(self, NoVote::NamesOther(_) | NoVote::Releasing { .. })
+    }
+
     /// Time left before this answer may change by itself, if bounded.
     pub fn left(&self) -> Option<Duration> {
         match self {
@@ -361,7 +367,14 @@ impl Window {
 impl Ballot {
     /// The ballot a cycle publishes at `now`: the votes `granted` in this cycle, plus the
     /// votes of `previous` that were not renewed and are still live (the voter's promise
-    /// stands until it expires), less every vote the `holder` has voided by a release.
+    /// stands until it expires), less every vote the `holder` has voided by a release, and
+    /// less the votes of the voters `withdrawn`: those that answered in this cycle that their
+    /// metadata names another node ([`NoVote::withdraws`]).
+    ///
+    /// Dropping a withdrawn vote early only withholds 200s (it is always safe). It is what lets a
+    /// stale primary stop answering 200 as soon as its site has moved, instead of when the
+    /// last promise it holds runs out; once it answers 200 no more, it grants the release the
+    /// voter asks for, and the new primary waits for the handoff only.
     ///
     /// A renewal settles no later than the vote it renews: while a vote is live, its voter's
     /// promise runs on without a break (a release would have voided the vote, a restart makes
@@ -371,6 +384,7 @@ impl Ballot {
     pub fn next(
         previous: &Ballot,
         granted: Vec<HeldVote>,
+        withdrawn: &[&str],
         holder: &Holder,
         needed: usize,
         now: Instant,
@@ -379,6 +393,7 @@ impl Ballot {
             .votes
             .iter()
             .filter(|v| v.live(now) && holder.admits(v.sent))
+            .filter(|v| !withdrawn.contains(&v.voter.as_str()))
             .collect();
         let mut votes = granted;
         votes.retain(|v| holder.admits(v.sent));
@@ -757,7 +772,14 @@ mod tests {
         };
         let renewed = vote("n3", t + ms(1500), 0, 3000);
         let holder = Holder::new(t);
-        let b = Ballot::next(&previous, vec![renewed.clone()], &holder, 2, t + ms(1500));
+        let b = Ballot::next(
+            &previous,
+            vec![renewed.clone()],
+            &[],
+            &holder,
+            2,
+            t + ms(1500),
+        );
         // n3 renewed, n1 carried, n2 expired.
         let voters: Vec<&str> = b.votes.iter().map(|v| v.voter.as_str()).collect();
         assert_eq!(voters, ["n3", "n1"]);
@@ -772,8 +794,65 @@ mod tests {
         // A release at 1 s voids every vote requested before it.
         let mut holder = Holder::new(t);
         holder.release(None, t + ms(1000));
-        let b = Ballot::next(&previous, vec![renewed.clone()], &holder, 2, t + ms(1500));
+        let b = Ballot::next(
+            &previous,
+            vec![renewed.clone()],
+            &[],
+            &holder,
+            2,
+            t + ms(1500),
+        );
         assert_eq!(b.votes, [renewed]);
+    }
+
+    /// A voter whose metadata names another node withdraws its earlier vote at once: the stale
+    /// primary loses its majority now, not when the promise runs out; a voter that is merely
+    /// silent (a failed request, a restart, a database down) keeps its live vote carried.
+    #[test]
+    fn a_voter_naming_another_node_withdraws_its_vote() {
+        let t = Instant::now();
+        let previous = Ballot {
+            votes: vec![vote("n1", t, 0, 3000), vote("n2", t, 0, 3000)],
+            needed: 2,
+        };
+        let own = vote("n1", t + ms(1000), 0, 3000);
+        let holder = Holder::new(t);
+        let now = t + ms(1000);
+        let silent = Ballot::next(&previous, vec![own.clone()], &[], &holder, 2, now);
+        assert_eq!(
+            silent.counting(now),
+            2,
+            "a silent voter's live vote is carried"
+        );
+        let moved = Ballot::next(&previous, vec![own.clone()], &["n2"], &holder, 2, now);
+        let voters: Vec<&str> = moved.votes.iter().map(|v| v.voter.as_str()).collect();
+        assert_eq!(voters, ["n1"]);
+        assert_eq!(
+            moved.window(now),
+            None,
+            "no majority left: no 200 from now on"
+        );
+        // A release is then granted at once: nothing in the window answers 200 any more.
+        let mut holder = Holder::new(t);
+        holder.retire(silent.window(t), now);
+        assert!(matches!(
+            holder.release(moved.window(now), now),
+            Release::Released { last_200 } if last_200 == now
+        ));
+        // The refusals that withdraw, and those that do not.
+        let names_other = NoVote::NamesOther("n3".into());
+        let releasing = NoVote::Releasing { to: "n1".into() };
+        assert!(names_other.withdraws() && releasing.withdraws());
+        for silent in [
+            NoVote::Starting { left: ms(10) },
+            NoVote::NamesNobody("database down".into()),
+            NoVote::Promised {
+                to: "n3".into(),
+                left: ms(10),
+            },
+        ] {
+            assert!(!silent.withdraws(), "{silent:?}");
+        }
     }
 
     /// The liveness glitch the simulation found (tests/sim.rs, PRIMGR_SIM_SEED=533 before this fix): a
@@ -793,16 +872,37 @@ mod tests {
             ..vote("n2", t + ms(500), 0, 3000)
         };
         let holder = Holder::new(t);
-        let b = Ballot::next(&previous, vec![renewed.clone()], &holder, 2, t + ms(1100));
+        let b = Ballot::next(
+            &previous,
+            vec![renewed.clone()],
+            &[],
+            &holder,
+            2,
+            t + ms(1100),
+        );
         assert_eq!(b.votes[0].settled_at, t + ms(1000));
         assert_eq!(b.votes[0].valid_until, renewed.valid_until);
         assert_eq!(b.window(t + ms(1100)).map(|w| w.from), Some(t + ms(1100)));
         // Once the previous vote expired, or was voided by a release, the renewal stands alone.
-        let b = Ballot::next(&previous, vec![renewed.clone()], &holder, 2, t + ms(3000));
+        let b = Ballot::next(
+            &previous,
+            vec![renewed.clone()],
+            &[],
+            &holder,
+            2,
+            t + ms(3000),
+        );
         assert_eq!(b.votes, std::slice::from_ref(&renewed));
         let mut holder = Holder::new(t);
         holder.release(None, t + ms(400));
-        let b = Ballot::next(&previous, vec![renewed.clone()], &holder, 2, t + ms(1100));
+        let b = Ballot::next(
+            &previous,
+            vec![renewed.clone()],
+            &[],
+            &holder,
+            2,
+            t + ms(1100),
+        );
         assert_eq!(b.votes, [renewed]);
     }
 

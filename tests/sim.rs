@@ -364,13 +364,15 @@ enum Ev {
         id: u64,
         to: usize,
     },
-    /// `grant`: None when refused or failed.
+    /// `grant`: None when refused or failed; `withdrawn`: refused because the voter's
+    /// metadata names another node (`"withdrawn": true` on the wire).
     VoteRep {
         n: usize,
         inc: u32,
         id: u64,
         voter: usize,
         grant: Option<Grant>,
+        withdrawn: bool,
     },
     RelReq {
         from: usize,
@@ -472,6 +474,8 @@ struct Cycle {
     deadline: u64,
     pending: usize,
     got: Vec<(usize, u64, Grant)>,
+    /// Voters whose answer withdrew their earlier votes.
+    withdrawn: Vec<usize>,
     waiting: bool,
 }
 
@@ -1039,12 +1043,16 @@ impl Sim {
                 id,
                 voter,
                 grant,
+                withdrawn,
             } => {
                 if self.receiving(t, n, inc, id) {
                     let received = self.local(n, t);
                     let c = self.cycle_mut(n);
                     if let Some(g) = grant {
                         c.got.push((voter, received, g));
+                    }
+                    if withdrawn {
+                        c.withdrawn.push(voter);
                     }
                     self.replied(t, n);
                 }
@@ -1253,6 +1261,7 @@ impl Sim {
             deadline: 0,
             pending: 0,
             got: Vec::new(),
+            withdrawn: Vec::new(),
             waiting: false,
         });
         let done = self.nodes[n].clock.real(start + latency).max(t);
@@ -1459,12 +1468,14 @@ impl Sim {
             };
             self.note(t, |_| line);
         }
+        let withdrawn = matches!(&answer, Some(Err(no)) if no.withdraws());
         let ev = Ev::VoteRep {
             n: from,
             inc,
             id,
             voter: to,
             grant,
+            withdrawn,
         };
         self.send(t, to, from, ev);
     }
@@ -1529,8 +1540,22 @@ impl Sim {
         self.close_segment(n, t);
         let d = self.nodes[n].d.as_mut().unwrap();
         let previous = d.snap.clone();
+        let names: Vec<String> = c
+            .withdrawn
+            .iter()
+            .map(|&v| self.nodes[v].name.clone())
+            .collect();
+        let withdrawn: Vec<&str> = names.iter().map(String::as_str).collect();
+        let d = self.nodes[n].d.as_mut().unwrap();
         let ballot = if c.candidate {
-            Ballot::next(&previous.ballot, votes, &d.holder, c.needed, now)
+            Ballot::next(
+                &previous.ballot,
+                votes,
+                &withdrawn,
+                &d.holder,
+                c.needed,
+                now,
+            )
         } else {
             Ballot::default()
         };
