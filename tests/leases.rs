@@ -268,9 +268,12 @@ async fn writes(
     sample_every(WRITE_EVERY, addr, address_book(lab), t0, min, max, done).await
 }
 
-/// Where writes landed: (node, started, answered at) of each session on a read-write node,
-/// and the failures. A session on a standby fails the test.
-fn landings(attempts: &[Attempt]) -> (Vec<(String, Duration, Duration)>, usize) {
+/// A write session that landed: node, started, answered at (since the test's start).
+type Landed = (String, Duration, Duration);
+
+/// Where writes landed: each session on a read-write node, and the failures. A session on a
+/// standby fails the test.
+fn landings(attempts: &[Attempt]) -> (Vec<Landed>, usize) {
     let (ok, on_standby, failed) = landings_and_standbys(attempts);
     if let Some(a) = on_standby.first() {
         panic!("a write connection reached a standby: {a:?}");
@@ -278,21 +281,15 @@ fn landings(attempts: &[Attempt]) -> (Vec<(String, Duration, Duration)>, usize) 
     (ok, failed)
 }
 
-/// As [`landings`], with the sessions that reached a standby returned apart (node, started).
-fn landings_and_standbys(
-    attempts: &[Attempt],
-) -> (
-    Vec<(String, Duration, Duration)>,
-    Vec<(String, Duration)>,
-    usize,
-) {
+/// As [`landings`], with the sessions that reached a standby returned apart.
+fn landings_and_standbys(attempts: &[Attempt]) -> (Vec<Landed>, Vec<Landed>, usize) {
     let mut ok = Vec::new();
     let mut on_standby = Vec::new();
     let mut failed = 0;
     for a in attempts {
         match &a.outcome {
             Ok(l) if !l.in_recovery => ok.push((l.node.clone(), a.started, a.at)),
-            Ok(l) => on_standby.push((l.node.clone(), a.started)),
+            Ok(l) => on_standby.push((l.node.clone(), a.started, a.at)),
             Err(_) => failed += 1,
         }
     }
@@ -300,7 +297,7 @@ fn landings_and_standbys(
 }
 
 /// The longest time without a successful write between the first and the last attempt.
-fn outage(ok: &[(String, Duration, Duration)]) -> Duration {
+fn outage(ok: &[Landed]) -> Duration {
     ok.windows(2)
         .map(|w| w[1].2.saturating_sub(w[0].2))
         .max()
