@@ -717,6 +717,11 @@ mod tests {
         assert_eq!(r.hold("n3", s, received, &long).valid_until, v.valid_until);
     }
 
+    /// The ballot after `previous` when only `renewed` was granted (a majority of 2 needed).
+    fn renewing(previous: &Ballot, renewed: &HeldVote, holder: &Holder, at: Instant) -> Ballot {
+        Ballot::next(previous, vec![renewed.clone()], &[], holder, 2, at)
+    }
+
     fn vote(voter: &str, t: Instant, settled: u64, until: u64) -> HeldVote {
         HeldVote {
             voter: voter.into(),
@@ -772,14 +777,7 @@ mod tests {
         };
         let renewed = vote("n3", t + ms(1500), 0, 3000);
         let holder = Holder::new(t);
-        let b = Ballot::next(
-            &previous,
-            vec![renewed.clone()],
-            &[],
-            &holder,
-            2,
-            t + ms(1500),
-        );
+        let b = renewing(&previous, &renewed, &holder, t + ms(1500));
         // n3 renewed, n1 carried, n2 expired.
         let voters: Vec<&str> = b.votes.iter().map(|v| v.voter.as_str()).collect();
         assert_eq!(voters, ["n3", "n1"]);
@@ -794,14 +792,7 @@ mod tests {
         // A release at 1 s voids every vote requested before it.
         let mut holder = Holder::new(t);
         holder.release(None, t + ms(1000));
-        let b = Ballot::next(
-            &previous,
-            vec![renewed.clone()],
-            &[],
-            &holder,
-            2,
-            t + ms(1500),
-        );
+        let b = renewing(&previous, &renewed, &holder, t + ms(1500));
         assert_eq!(b.votes, [renewed]);
     }
 
@@ -872,37 +863,16 @@ mod tests {
             ..vote("n2", t + ms(500), 0, 3000)
         };
         let holder = Holder::new(t);
-        let b = Ballot::next(
-            &previous,
-            vec![renewed.clone()],
-            &[],
-            &holder,
-            2,
-            t + ms(1100),
-        );
+        let b = renewing(&previous, &renewed, &holder, t + ms(1100));
         assert_eq!(b.votes[0].settled_at, t + ms(1000));
         assert_eq!(b.votes[0].valid_until, renewed.valid_until);
         assert_eq!(b.window(t + ms(1100)).map(|w| w.from), Some(t + ms(1100)));
         // Once the previous vote expired, or was voided by a release, the renewal stands alone.
-        let b = Ballot::next(
-            &previous,
-            vec![renewed.clone()],
-            &[],
-            &holder,
-            2,
-            t + ms(3000),
-        );
+        let b = renewing(&previous, &renewed, &holder, t + ms(3000));
         assert_eq!(b.votes, std::slice::from_ref(&renewed));
         let mut holder = Holder::new(t);
         holder.release(None, t + ms(400));
-        let b = Ballot::next(
-            &previous,
-            vec![renewed.clone()],
-            &[],
-            &holder,
-            2,
-            t + ms(1100),
-        );
+        let b = renewing(&previous, &renewed, &holder, t + ms(1100));
         assert_eq!(b.votes, [renewed]);
     }
 
