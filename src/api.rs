@@ -678,6 +678,7 @@ pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Value 
             "error": snapshot.db.error.as_ref().map(|e| e.to_string()),
             "conninfo": conninfo::redact(&config.conninfo),
             "current_lsn": snapshot.current_lsn.map(lsn_text),
+            "sessions_closed_by_server": snapshot.session.closed(),
         },
         "replication": snapshot.replication.as_ref().map(|r| json!({
             "received_lsn": r.received.map(lsn_text),

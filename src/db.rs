@@ -9,9 +9,14 @@
 //! query runs as an unnamed, typed statement (`query_typed`): one round trip, no prepare, no
 //! text pasted into SQL. A connection whose query was abandoned (at `db_timeout`, or at shutdown) is
 //! closed, never handed out again: the pool's manager ([`Manager`]) marks each connection busy
-//! while it runs a query and counts a busy connection as broken when it comes back. Nothing
+//! while it runs a query and counts a busy connection as broken when it comes back. The
+//! manager also watches each connection's end: when the *server* closes one (a shutdown or
+//! restart of PostgreSQL, which every demotion of a primary goes through), it counts a lost
+//! session at once ([`Losses`]), so that a snapshot observed before that instant is no longer
+//! served (see [`crate::snapshot::Withheld::SessionLost`]) and the poller observes again. Nothing
 //! here decides anything; it only says what the database said, or why it could not be asked.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -144,9 +149,42 @@ const OBSERVE_SQL: &str = "SELECT r.in_recovery, n.node_id, n.node_name, n.type,
            LEFT JOIN pg_stat_wal_receiver w ON true) r \
      LEFT JOIN repmgr.nodes n ON true ORDER BY n.node_id";
 
-/// bb8-postgres's manager, with connections that know whether a query is running on them.
+/// Sessions the server closed (not primgr): a count that only grows, and a wake-up for the
+/// poller. Each pool has its own.
+#[derive(Debug, Default)]
+pub struct Losses {
+    count: AtomicU64,
+    wake: Notify,
+}
+
+impl Losses {
+    /// How many sessions the server has closed so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Counts a session the server closed and wakes the poller (a permit is kept if it is not
+    /// waiting yet).
+    pub fn lost(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    /// Completes after the next [`Losses::lost`] (or at once if one happened since the last
+    /// wake-up was taken).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+}
+
+/// bb8-postgres's manager (it checks a connection's health), connecting itself so that it can
+/// watch each connection's end; its connections know whether a query is running on them.
 #[derive(Debug)]
-pub struct Manager(PostgresConnectionManager<NoTls>);
+pub struct Manager {
+    inner: PostgresConnectionManager<NoTls>,
+    config: PgConfig,
+    losses: Arc<Losses>,
+}
 
 /// A pooled connection: the client, and whether a query was started on it and not seen to end.
 pub struct Tracked {
@@ -158,8 +196,18 @@ impl ManageConnection for Manager {
     type Connection = Tracked;
     type Error = tokio_postgres::Error;
 
+    /// Connects, and runs the connection in a task of its own. That task ends with an error
+    /// only when the session ends by the server's doing (its `FATAL` at a shutdown, or the
+    /// socket closing); when primgr drops the client, it ends cleanly after `Terminate`. An
+    /// error counts as a lost session.
     async fn connect(&self) -> Result<Tracked, tokio_postgres::Error> {
-        let client = self.0.connect().await?;
+        let (client, connection) = self.config.connect(NoTls).await?;
+        let losses = Arc::clone(&self.losses);
+        tokio::spawn(async move {
+            if connection.await.is_err() {
+                losses.lost();
+            }
+        });
         Ok(Tracked {
             client,
             busy: false,
@@ -167,7 +215,7 @@ impl ManageConnection for Manager {
     }
 
     async fn is_valid(&self, conn: &mut Tracked) -> Result<(), tokio_postgres::Error> {
-        self.0.is_valid(&mut conn.client).await
+        self.inner.is_valid(&mut conn.client).await
     }
 
     /// A connection comes back broken when its server closed it, or when the future running
@@ -184,6 +232,7 @@ pub struct Db {
     pool: Pool<Manager>,
     timeout: Duration,
     connect_errors: LastConnectError,
+    losses: Arc<Losses>,
 }
 
 /// bb8 hands failed connection attempts to an error sink and lets `get()` time out; this sink
@@ -277,7 +326,12 @@ impl Db {
             _ => statement_timeout,
         };
         config.options(options);
-        let manager = Manager(PostgresConnectionManager::new(config, NoTls));
+        let losses = Arc::new(Losses::default());
+        let manager = Manager {
+            inner: PostgresConnectionManager::new(config.clone(), NoTls),
+            config,
+            losses: Arc::clone(&losses),
+        };
         let connect_errors = LastConnectError::default();
         let pool = Pool::builder()
             .max_size(pool_size)
@@ -294,7 +348,13 @@ impl Db {
             pool,
             timeout,
             connect_errors,
+            losses,
         })
+    }
+
+    /// The sessions of this pool that the server closed.
+    pub fn losses(&self) -> Arc<Losses> {
+        Arc::clone(&self.losses)
     }
 
     /// Observes the database once, within the timeout: the query on a pooled connection and,

@@ -23,7 +23,7 @@ use crate::peers::{ReleaseReply, VoteReply, fan_out, peer_url};
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{
-    DbStatus, Drain, Member, PrimaryPosition, Replication, Snapshot, VoterReport,
+    DbStatus, Drain, Member, PrimaryPosition, Replication, SessionWatch, Snapshot, VoterReport,
 };
 use crate::vote::{Ballot, HeldVote, Release};
 use crate::{conninfo, control};
@@ -56,6 +56,9 @@ pub struct Poller {
     /// The settings the pool was built with: a reload that changes them rebuilds it.
     db_settings: (String, u32, Duration),
 }
+
+/// The shortest time between the starts of two cycles when a lost session wakes the poller.
+pub const WAKE_GAP: Duration = Duration::from_millis(100);
 
 /// What was last logged, so each change is logged once.
 #[derive(Default)]
@@ -94,15 +97,28 @@ impl Poller {
 
     /// Polls every `interval` (read again each cycle, so a reload applies at the next one)
     /// until `shutdown` fires. A cycle that takes longer than the interval is followed by the
-    /// next at once. A cycle in progress is abandoned at shutdown.
+    /// next at once. A cycle in progress is abandoned at shutdown. When the server closes a
+    /// session, the next cycle starts early, though never sooner than [`WAKE_GAP`] after the
+    /// previous one started (a server that keeps closing sessions is not asked in a loop).
     pub async fn run(mut self, mut shutdown: Shutdown, mut on_ready: Option<OnReady>) {
         let mut next = tokio::time::Instant::now();
+        let mut previous: Option<tokio::time::Instant> = None;
         loop {
+            let losses = self.db.losses();
             tokio::select! {
                 _ = shutdown.wait() => return,
                 _ = tokio::time::sleep_until(next) => {}
+                _ = losses.woken() => {
+                    if let Some(p) = previous {
+                        tokio::select! {
+                            _ = shutdown.wait() => return,
+                            _ = tokio::time::sleep_until(p + WAKE_GAP) => {}
+                        }
+                    }
+                }
             }
             let start = tokio::time::Instant::now();
+            previous = Some(start);
             tokio::select! {
                 _ = shutdown.wait() => return,
                 _ = self.cycle() => {}
@@ -122,6 +138,9 @@ impl Poller {
         }
         let config = self.shared.config();
         self.follow_reload(&config);
+        // Read before observing: a session the server closes from here on withholds what this
+        // cycle publishes.
+        let session = SessionWatch::before_observing(self.db.losses());
         let started = Instant::now();
         let started_wall = SystemTime::now();
         let observed = self.db.observe().await;
@@ -256,6 +275,7 @@ impl Poller {
             replication,
             drained,
             voter_failures: Arc::clone(&self.voter_failures),
+            session,
         });
         // The replaced window could still answer 200 until the new snapshot was stored: a
         // `/state` reads its clock before it loads the snapshot, so one that loaded the old

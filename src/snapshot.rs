@@ -1,7 +1,8 @@
 //! The snapshot: everything one poll cycle learned, published at once and read by every request.
 //!
-//! Owns the shape of what is served and the two rules that keep a wrong 200 from being served:
-//! a snapshot older than `max_staleness` (or none yet) is served as Down, and a Primary verdict
+//! Owns the shape of what is served and the rules that keep a wrong 200 from being served: a
+//! snapshot older than `max_staleness` (or none yet), or observed before the server closed one
+//! of primgr's sessions ([`SessionWatch`]), is served as Down, and a Primary verdict
 //! is served as 200 only inside the window of its votes ([`crate::vote::Window`]), checked
 //! against the clock at the moment of the request. The poller builds a new [`Snapshot`] each
 //! cycle and swaps it into the [`SnapshotStore`] (an `ArcSwap`); request handlers load it
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use hyper::Uri;
 use serde_json::json;
 
-use crate::db::{DbError, DbObservation, Receiver};
+use crate::db::{DbError, DbObservation, Losses, Receiver};
 use crate::decide::{State, Verdict};
 use crate::peers::VoteReply;
 use crate::vote::Ballot;
@@ -197,6 +198,8 @@ pub struct Snapshot {
     pub drained: Option<Drain>,
     /// Vote requests that got no usable answer, by voter, since the daemon started.
     pub voter_failures: Arc<BTreeMap<String, u64>>,
+    /// Whether the server has closed a session since this observation began.
+    pub session: SessionWatch,
 }
 
 /// The body of `/state` for each state.
@@ -215,6 +218,10 @@ pub fn state_body(state: State) -> Bytes {
 pub enum Withheld {
     /// No cycle has completed yet.
     Starting,
+    /// The server closed one of primgr's database sessions after this observation began: the
+    /// database restarted or is stopping (every demotion of a primary restarts it), so what
+    /// was observed may no longer hold. The poller has been woken to observe again.
+    SessionLost,
     /// The newest snapshot is older than `max_staleness`.
     Stale,
 }
@@ -223,8 +230,38 @@ impl Withheld {
     pub fn reason(self) -> &'static str {
         match self {
             Withheld::Starting => "starting: no poll cycle has completed yet",
+            Withheld::SessionLost => {
+                "session lost: the database closed primgr's session after the last observation \
+                 (a restart or shutdown); observing again"
+            }
             Withheld::Stale => "stale: the newest poll result is older than max_staleness",
         }
+    }
+}
+
+/// The sessions the server had closed when an observation began: the snapshot is withheld as
+/// soon as the count moves on. Checking it costs one atomic load.
+#[derive(Debug, Clone, Default)]
+pub struct SessionWatch {
+    losses: Arc<Losses>,
+    seen: u64,
+}
+
+impl SessionWatch {
+    /// Read before an observation begins.
+    pub fn before_observing(losses: Arc<Losses>) -> SessionWatch {
+        let seen = losses.count();
+        SessionWatch { losses, seen }
+    }
+
+    /// Whether the server has closed a session since.
+    pub fn lost(&self) -> bool {
+        self.losses.count() != self.seen
+    }
+
+    /// How many sessions the server has closed, since the pool was built.
+    pub fn closed(&self) -> u64 {
+        self.losses.count()
     }
 }
 
@@ -251,6 +288,7 @@ impl Snapshot {
             replication: None,
             drained: None,
             voter_failures: Arc::default(),
+            session: SessionWatch::default(),
         }
     }
 
@@ -263,6 +301,7 @@ impl Snapshot {
     pub fn withheld(&self, now: Instant) -> Option<Withheld> {
         match self.age(now) {
             None => Some(Withheld::Starting),
+            Some(_) if self.session.lost() => Some(Withheld::SessionLost),
             Some(age) if age > self.max_staleness => Some(Withheld::Stale),
             Some(_) => None,
         }
@@ -391,6 +430,30 @@ mod tests {
             max_staleness: Duration::from_secs(10),
             ..Snapshot::starting()
         }
+    }
+
+    /// A session the server closes after the observation began withholds the snapshot at once,
+    /// whatever its verdict: a primary restarted as a standby within one poll is Down, not 200.
+    #[test]
+    fn a_session_lost_after_the_observation_withholds_it() {
+        let now = Instant::now();
+        let losses = Arc::new(Losses::default());
+        losses.lost();
+        let primary = Snapshot {
+            session: SessionWatch::before_observing(Arc::clone(&losses)),
+            ..snapshot(State::Primary, Some("node1"), true, now)
+        };
+        assert_eq!(
+            primary.served_state(now),
+            State::Primary,
+            "earlier losses do not count"
+        );
+        losses.lost();
+        assert_eq!(primary.withheld(now), Some(Withheld::SessionLost));
+        assert_eq!(primary.served_state(now), State::Down);
+        assert!(primary.served_reason(now).starts_with("session lost"));
+        let (code, _) = primary.primary_reply("node1", now);
+        assert_eq!(code, 503);
     }
 
     #[test]
