@@ -428,6 +428,14 @@ async fn a_switchover_through_haproxy() {
     start_processes(&lab).await;
     let (hp, write) = haproxy_writing_to_node1(&lab).await;
     let t0 = Instant::now();
+    // What node1's primgr says meanwhile, to compare with where the sessions land.
+    let node1_state = Sampler::start(
+        t0,
+        vec![lab.daemon_addr("node1")],
+        "/state",
+        WRITE_EVERY,
+        Duration::from_secs(1),
+    );
     let (attempts, took) = tokio::join!(
         writes(
             &lab,
@@ -458,8 +466,26 @@ async fn a_switchover_through_haproxy() {
     // on a second read-write node. Counted and shown, not hidden.
     let (ok, on_standby, failed) = landings_and_standbys(&attempts);
     let gap = outage(&ok);
+    // primgr itself never says Primary for node1 once a session has found node1 a standby
+    // (before, its snapshot did until its next poll: the database restarted within one).
+    let node1_state = node1_state.stop();
+    let lies = on_standby.first().map_or(0, |first| {
+        node1_state
+            .iter()
+            .filter(|s| s.at >= first.2 && s.status == Some(200))
+            .count()
+    });
+    println!(
+        "switchover: node1's /state sampled {} times; 200 after the first session found node1 \
+         a standby: {lies}",
+        node1_state.len()
+    );
+    assert_eq!(
+        lies, 0,
+        "primgr said Primary for node1 after it had become a standby"
+    );
     let standby_window = match (on_standby.first(), on_standby.last()) {
-        (Some(a), Some(b)) => format!(" from {:?} to {:?}", a.1, b.1),
+        (Some(a), Some(b)) => format!(" answered from {:?} to {:?}", a.2, b.2),
         _ => String::new(),
     };
     println!(
