@@ -12,6 +12,7 @@
 //! | `primgr_cycle_duration_seconds` | gauge | how long the last poll cycle took |
 //! | `primgr_snapshot_age_seconds` | gauge | age of the poll result served |
 //! | `primgr_database_up` | gauge | 1 when the last cycle observed the local database |
+//! | `primgr_database_sessions_closed_total` | counter | primgr's sessions the server ended (each withholds the snapshot until the next cycle; restarts with the pool) |
 //! | `primgr_replication_lag_bytes` | gauge | a standby's replay lag (absent when unknown) |
 //! | `primgr_replication_lag_known` | gauge | 1 when a standby's lag is known |
 //! | `primgr_drained` | gauge | 1 while an operator has drained the node |
@@ -125,6 +126,17 @@ pub fn render(s: &Snapshot, extra: &Extra<'_>, now: Instant) -> String {
         "primgr_database_up",
         "1 when the last cycle observed the local database.",
         f64::from(u8::from(s.db.reachable)),
+    );
+    family(
+        &mut out,
+        "primgr_database_sessions_closed_total",
+        "counter",
+        "primgr's database sessions that the server ended (a stop or restart of PostgreSQL).",
+    );
+    let _ = writeln!(
+        out,
+        "primgr_database_sessions_closed_total {}",
+        s.session.closed()
     );
     if let Some(r) = &s.replication {
         let lag = r.lag();

@@ -89,6 +89,16 @@ async fn a_database_that_stops_between_two_polls_is_down_at_once() {
     let closed = status["database"]["sessions_closed_by_server"]
         .as_u64()
         .unwrap_or(0);
+    let metrics = fleet.get("node1", "/metrics").await.expect("/metrics").body;
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("primgr_database_sessions_closed_total "))
+        .map(str::to_string);
+    assert_eq!(
+        counted,
+        Some(closed.to_string()),
+        "/metrics and /status disagree"
+    );
     println!(
         "database stopped between two polls (interval {INTERVAL:?}): pg_ctl stop took {:?}; \
          {} samples while it was down, {lies} of them 200; first non-200 {:?} after the stop \
