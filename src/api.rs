@@ -208,7 +208,8 @@ impl App {
         // that precedes the publication of any later snapshot (see `vote` on releases).
         let now = Instant::now();
         let (code, body) = match endpoint {
-            // The health check: a lock-free load and two comparisons; the body is a constant.
+            // The health check: a lock-free load, an atomic counter read (a session lost since the
+            // observation) and two comparisons; the body is a constant.
             Endpoint::State => {
                 let state = self.shared.store.peek().served_state(now);
                 (state.code(), state_body(state))
