@@ -4,7 +4,8 @@
 //! its own monotonic clock `local(t) = offset + rate·t` (rate within 1 ± ρ, the extremes drawn
 //! often), realised as `Instant`s, so that `vote.rs`, `decide.rs` and `snapshot.rs` get real
 //! instants of *that node's* clock. Each daemon runs `poller::cycle`'s steps in order (observe,
-//! `to_release`, vote requests sent at `sent`, release, own vote, `Ballot::next`, `verdict`,
+//! `to_release`, vote requests sent at `sent`, release, own vote, `Ballot::next` (less the
+//! votes of voters whose answer withdrew them), `verdict`,
 //! `Holder::retire`, publish), each answer of `/vote` and `/release` is `api.rs`'s, through the
 //! wire's whole milliseconds. Faults: promotions (views move at random later times, some
 //! never; the old primary dies, stays read-write naming itself, or is demoted), a primary cut
