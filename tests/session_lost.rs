@@ -28,15 +28,8 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_stops_between_two_polls_is_down_at_once() {
     let lab = Lab::build(LabSpec::standard(87)).await.expect("lab builds");
-    let fleet = Fleet::start_with(&lab, |_, c| {
-        c.interval = INTERVAL;
-        c.vote_lease = VOTE_LEASE;
-        c.max_staleness =
-            primgr::Config::default_max_staleness(INTERVAL, c.db_timeout, c.peer_timeout);
-    })
-    .await;
-    // Startup: the voters abstain for vote_lease, then the handoff, then a poll or two.
-    let settle = VOTE_LEASE + Duration::from_secs(3) + INTERVAL * 3;
+    let fleet = slow_fleet(&lab).await;
+    let settle = settle();
     fleet
         .wait_codes(
             &[
@@ -49,22 +42,7 @@ async fn a_database_that_stops_between_two_polls_is_down_at_once() {
         )
         .await;
 
-    // Right after a cycle has published, so that the next poll is about 2 s away.
-    let (_, before) = fleet.json("node1", "/status").await;
-    let observed = before["observed_at"].clone();
-    fleet
-        .wait_json("node1", "/status", INTERVAL * 2, |s| {
-            s["observed_at"] != observed
-        })
-        .await;
-    let t0 = Instant::now();
-    let sampler = Sampler::start(
-        t0,
-        vec![fleet.addr("node1")],
-        "/state",
-        SAMPLE_EVERY,
-        Duration::from_secs(1),
-    );
+    let (t0, sampler) = right_after_a_cycle(&fleet).await;
     let stop_began = t0.elapsed();
     lab.stop("node1", StopMode::Fast).await.expect("stop node1");
     let stopped = t0.elapsed();
@@ -132,14 +110,8 @@ async fn a_database_that_stops_between_two_polls_is_down_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ended_session_withholds_the_snapshot_and_wakes_the_poller() {
     let lab = Lab::build(LabSpec::standard(88)).await.expect("lab builds");
-    let fleet = Fleet::start_with(&lab, |_, c| {
-        c.interval = INTERVAL;
-        c.vote_lease = VOTE_LEASE;
-        c.max_staleness =
-            primgr::Config::default_max_staleness(INTERVAL, c.db_timeout, c.peer_timeout);
-    })
-    .await;
-    let settle = VOTE_LEASE + Duration::from_secs(3) + INTERVAL * 3;
+    let fleet = slow_fleet(&lab).await;
+    let settle = settle();
     fleet.wait_codes(&[("node1", 200)], settle).await;
     // An administrator's session, opened while the postmaster still accepts one.
     let (admin, conn) = tokio_postgres::connect(&lab.conninfo("node1"), tokio_postgres::NoTls)
@@ -149,22 +121,8 @@ async fn an_ended_session_withholds_the_snapshot_and_wakes_the_poller() {
     let end_primgr_sessions = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
                                WHERE application_name = 'primgr'";
 
-    // (a) Right after a cycle, so that the next regular poll is about 2 s away.
-    let (_, before) = fleet.json("node1", "/status").await;
-    let observed = before["observed_at"].clone();
-    fleet
-        .wait_json("node1", "/status", INTERVAL * 2, |s| {
-            s["observed_at"] != observed
-        })
-        .await;
-    let t0 = Instant::now();
-    let sampler = Sampler::start(
-        t0,
-        vec![fleet.addr("node1")],
-        "/state",
-        SAMPLE_EVERY,
-        Duration::from_secs(1),
-    );
+    // (a) The next regular poll is about 2 s away.
+    let (t0, sampler) = right_after_a_cycle(&fleet).await;
     let ended_at = t0.elapsed();
     admin
         .execute(end_primgr_sessions, &[])
@@ -211,14 +169,7 @@ async fn an_ended_session_withholds_the_snapshot_and_wakes_the_poller() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let t0 = Instant::now();
-    let sampler = Sampler::start(
-        t0,
-        vec![fleet.addr("node1")],
-        "/state",
-        SAMPLE_EVERY,
-        Duration::from_secs(1),
-    );
+    let (t0, sampler) = sample_node1(&fleet);
     lab.freeze_postmaster("node1").await.expect("SIGSTOP");
     let ended = admin
         .query_one(end_primgr_sessions, &[])
@@ -250,4 +201,47 @@ async fn an_ended_session_withholds_the_snapshot_and_wakes_the_poller() {
         "the snapshot observed before the session ended was served"
     );
     lab.teardown().await.expect("teardown");
+}
+
+/// A daemon per node of `lab`, polling every [`INTERVAL`].
+async fn slow_fleet(lab: &Lab) -> Fleet {
+    Fleet::start_with(lab, |_, c| {
+        c.interval = INTERVAL;
+        c.vote_lease = VOTE_LEASE;
+        c.max_staleness =
+            primgr::Config::default_max_staleness(INTERVAL, c.db_timeout, c.peer_timeout);
+    })
+    .await
+}
+
+/// How long the slow fleet may take to settle: the voters abstain for `vote_lease` after
+/// they start, then the handoff, then a poll or two.
+fn settle() -> Duration {
+    VOTE_LEASE + Duration::from_secs(3) + INTERVAL * 3
+}
+
+/// Waits until node1's daemon has just published a cycle (so that its next poll is about
+/// [`INTERVAL`] away), then samples its `/state` ([`sample_node1`]).
+async fn right_after_a_cycle(fleet: &Fleet) -> (Instant, Sampler) {
+    let (_, before) = fleet.json("node1", "/status").await;
+    let observed = before["observed_at"].clone();
+    fleet
+        .wait_json("node1", "/status", INTERVAL * 2, |s| {
+            s["observed_at"] != observed
+        })
+        .await;
+    sample_node1(fleet)
+}
+
+/// Samples node1's `/state` every [`SAMPLE_EVERY`] from now (`t0`).
+fn sample_node1(fleet: &Fleet) -> (Instant, Sampler) {
+    let t0 = Instant::now();
+    let sampler = Sampler::start(
+        t0,
+        vec![fleet.addr("node1")],
+        "/state",
+        SAMPLE_EVERY,
+        Duration::from_secs(1),
+    );
+    (t0, sampler)
 }
