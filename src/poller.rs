@@ -105,17 +105,16 @@ impl Poller {
         let mut previous: Option<tokio::time::Instant> = None;
         loop {
             let losses = self.db.losses();
+            let woken = async {
+                losses.woken().await;
+                if let Some(p) = previous {
+                    tokio::time::sleep_until(p + WAKE_GAP).await;
+                }
+            };
             tokio::select! {
                 _ = shutdown.wait() => return,
                 _ = tokio::time::sleep_until(next) => {}
-                _ = losses.woken() => {
-                    if let Some(p) = previous {
-                        tokio::select! {
-                            _ = shutdown.wait() => return,
-                            _ = tokio::time::sleep_until(p + WAKE_GAP) => {}
-                        }
-                    }
-                }
+                _ = woken => {}
             }
             let start = tokio::time::Instant::now();
             previous = Some(start);

@@ -53,8 +53,13 @@ pub struct LeaseRules {
 impl LeaseRules {
     /// How long after sending the request a candidate may count a vote whose lease is `lease`.
     pub fn counted_for(&self, lease: Duration) -> Duration {
-        lease
-            .mul_f64((1.0 - self.drift) / (1.0 + self.drift))
+        self.shrunk(lease)
+    }
+
+    /// A duration on one clock as the least it can be on another: ×(1−ρ)/(1+ρ), less
+    /// [`ROUNDING`].
+    fn shrunk(&self, d: Duration) -> Duration {
+        d.mul_f64((1.0 - self.drift) / (1.0 + self.drift))
             .saturating_sub(ROUNDING)
     }
 
@@ -80,10 +85,7 @@ impl LeaseRules {
     /// holder said at reply time that it was `ago` ago (its clock) and the reply arrived at
     /// `received` (the voter's clock).
     pub fn last_200_seen_at(&self, received: Instant, ago: Duration) -> Instant {
-        let shrunk = ago
-            .mul_f64((1.0 - self.drift) / (1.0 + self.drift))
-            .saturating_sub(ROUNDING);
-        received.checked_sub(shrunk).unwrap_or(received)
+        received.checked_sub(self.shrunk(ago)).unwrap_or(received)
     }
 }
 

@@ -309,23 +309,15 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
         FakePeer::start(lab.addr("node2").octets(), "node2", api).await,
         FakePeer::start(lab.addr("node3").octets(), "node3", api).await,
     ];
-    let args: Vec<String> = [
-        "--interval",
-        "500ms",
-        "--db-timeout",
-        "1s",
-        "--peer-timeout",
-        "500ms",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([
-        "--peer".to_string(),
-        format!("node2=http://{}", fakes[0].addr),
-        "--peer".to_string(),
-        format!("node3=http://{}", fakes[1].addr),
-    ])
-    .collect();
+    let args: Vec<String> = common::timing_flags()
+        .into_iter()
+        .chain([
+            "--peer".to_string(),
+            format!("node2=http://{}", fakes[0].addr),
+            "--peer".to_string(),
+            format!("node3=http://{}", fakes[1].addr),
+        ])
+        .collect();
     lab.spawn_daemon("node1", env!("CARGO_BIN_EXE_primgr").as_ref(), &args)
         .await
         .expect("spawn daemon");

@@ -108,17 +108,7 @@ fn scenario_bin() -> String {
 /// waits until node1 is the only 200.
 async fn start_processes(lab: &Lab) {
     let bin = scenario_bin();
-    let args: Vec<String> = [
-        "--interval",
-        "500ms",
-        "--db-timeout",
-        "1s",
-        "--peer-timeout",
-        "500ms",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = common::timing_flags();
     for node in lab.node_names() {
         lab.spawn_daemon(&node, bin.as_ref(), &args)
             .await

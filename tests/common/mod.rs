@@ -23,6 +23,18 @@ pub const INTERVAL: Duration = Duration::from_millis(500);
 pub const DB_TIMEOUT: Duration = Duration::from_secs(1);
 pub const PEER_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// The lab timings as command-line flags, for daemons run as processes.
+pub fn timing_flags() -> Vec<String> {
+    [
+        ("--interval", INTERVAL),
+        ("--db-timeout", DB_TIMEOUT),
+        ("--peer-timeout", PEER_TIMEOUT),
+    ]
+    .into_iter()
+    .flat_map(|(flag, d)| [flag.to_string(), humantime::format_duration(d).to_string()])
+    .collect()
+}
+
 /// The configuration of the daemon of `node`: listens on the node's address, binds its peer
 /// requests to it, reads the node's own database over TCP.
 pub fn config_for(lab: &Lab, node: &str) -> Config {
