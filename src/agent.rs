@@ -1,8 +1,9 @@
 //! The haproxy agent-check port: one line per connection, from the snapshot.
 //!
-//! Owns the agent protocol and its limits. haproxy connects, sends its `agent-send` string
-//! (this agent reads `write` or `read`; anything else, or nothing within [`READ_TIMEOUT`],
-//! means `read`), reads one line and applies it at once, without `fall`/`rise`:
+//! Owns the agent protocol and its limits; the line itself is a [`crate::wire::AgentLine`].
+//! haproxy connects, sends its `agent-send` string (this agent reads `write` or `read`;
+//! anything else, or nothing within [`READ_TIMEOUT`], means `read`), reads one line and
+//! applies it at once, without `fall`/`rise`:
 //! - write pool: `up ready 100%` while `/state` answers 200, else `down #<state>: <reason>`;
 //! - read pool: `drain #...` for a drained node (haproxy stops sending it new connections);
 //!   `down #<reason>` unless the `/replica` rule holds with a known lag; otherwise
@@ -28,6 +29,7 @@ use crate::server::Admission;
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
+use crate::wire::AgentLine;
 
 /// Most agent connections served at once.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -63,33 +65,33 @@ impl Pool {
 pub fn answer(s: &Snapshot, config: &Config, pool: Pool, now: Instant) -> String {
     let line = match pool {
         Pool::Write => match s.served_state(now) {
-            State::Primary => "up ready 100%".to_string(),
-            state => format!("down #{state}: {}", s.served_reason(now)),
+            State::Primary => AgentLine::Up { weight: 100 },
+            state => AgentLine::Down(format!("{state}: {}", s.served_reason(now))),
         },
         Pool::Read => read_answer(s, config, now),
     };
-    format!("{}\n", one_line(&line))
+    format!("{line}\n")
 }
 
-fn read_answer(s: &Snapshot, config: &Config, now: Instant) -> String {
+fn read_answer(s: &Snapshot, config: &Config, now: Instant) -> AgentLine {
     if let Some(d) = &s.drained {
-        return format!("drain #drained: {}", d.reason);
+        return AgentLine::Drain(format!("drained: {}", d.reason));
     }
     if let Err(why) = reads::replica(s, &ReadQuery::default(), now) {
-        return format!("down #{why}");
+        return AgentLine::Down(why);
     }
     let lag = match s.replication.as_ref().map(|r| r.lag()) {
         Some(Ok(lag)) => lag,
-        Some(Err(why)) => return format!("down #lag unknown: {why}"),
-        None => return "down #no replication facts".into(),
+        Some(Err(why)) => return AgentLine::Down(format!("lag unknown: {why}")),
+        None => return AgentLine::Down("no replication facts".into()),
     };
     match weight(lag, config.agent_lag_soft, config.agent_lag_hard) {
-        Some(w) => format!("up ready {w}%"),
-        None => format!(
-            "down #replay lag {} is above agent_lag_hard {}",
+        Some(weight) => AgentLine::Up { weight },
+        None => AgentLine::Down(format!(
+            "replay lag {} is above agent_lag_hard {}",
             format_size(lag),
             format_size(config.agent_lag_hard)
-        ),
+        )),
     }
 }
 
@@ -104,13 +106,6 @@ pub fn weight(lag: u64, soft: u64, hard: u64) -> Option<u32> {
     }
     let fraction = (lag - soft) as f64 / (hard - soft) as f64;
     Some((100.0 - 90.0 * fraction).round().clamp(10.0, 100.0) as u32)
-}
-
-/// haproxy reads one line: control characters would end it early.
-fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 /// Serves the agent port until `shutdown` fires.
@@ -176,6 +171,24 @@ mod tests {
             let w = weight(lag, soft, hard).unwrap();
             assert!(w <= last, "{lag}");
             last = w;
+        }
+    }
+
+    /// Before the first cycle both pools are told `down`, in lines the wire type reads back.
+    #[test]
+    fn answers_are_agent_lines() {
+        let config = Config::for_node("n1").unwrap();
+        let now = Instant::now();
+        let s = Snapshot::starting();
+        for pool in [Pool::Write, Pool::Read] {
+            let text = answer(&s, &config, pool, now);
+            assert!(
+                text.ends_with('\n') && text.matches('\n').count() == 1,
+                "{text:?}"
+            );
+            let line: AgentLine = text.parse().unwrap();
+            assert!(matches!(&line, AgentLine::Down(_)), "{pool:?}: {line:?}");
+            assert_eq!(format!("{line}\n"), text);
         }
     }
 

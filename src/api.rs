@@ -33,7 +33,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use serde_json::{Value, json};
 use tracing::warn;
 
 use crate::conninfo;
@@ -45,6 +44,11 @@ use crate::server::{Answer, Handler};
 use crate::shared::{Loaded, Shared};
 use crate::snapshot::{Snapshot, json_bytes, state_body};
 use crate::vote::Release;
+use crate::wire::{
+    CheckBody, ErrorBody, RealPrimaryBody, ReleaseAnswer, ReleaseRefusal, Released, Status,
+    StatusConfig, StatusDatabase, StatusDrain, StatusHeldVote, StatusMember, StatusReplication,
+    StatusVoter, VoteAnswer, VoteGrant, VoteRefusal, WalAnswer, WalPosition, WalUnknown,
+};
 
 /// A reply of the API.
 pub type Reply = Response<Full<Bytes>>;
@@ -250,7 +254,7 @@ impl App {
             }
             Endpoint::Vote => match vote_candidate(uri.query()) {
                 Ok(candidate) => self.vote(candidate.as_deref(), now),
-                Err(why) => (400, json_bytes(&json!({ "error": why }))),
+                Err(why) => (400, json_bytes(&ErrorBody { error: why })),
             },
             Endpoint::Release => self.release(),
             Endpoint::Wal => self.wal(now),
@@ -274,7 +278,7 @@ impl App {
                 let query = match reads::parse_query(uri.query()) {
                     Ok(q) => q,
                     Err(why) => {
-                        return Answer::Now(json_reply(400, json_bytes(&json!({ "error": why }))));
+                        return Answer::Now(json_reply(400, json_bytes(&ErrorBody { error: why })));
                     }
                 };
                 let snapshot = self.shared.store.peek();
@@ -293,22 +297,18 @@ impl App {
 
     /// A health-check reply: 200 or 503, with the node, its state, and why not.
     fn check_reply(&self, s: &Snapshot, outcome: reads::Outcome, now: Instant) -> (u16, Bytes) {
-        let state = s.served_state(now);
-        let mut body = json!({
-            "node": self.shared.config().node_name,
-            "state": state.name(),
-        });
-        if let Some(r) = &s.replication {
-            body["replication_state"] = json!(r.receiver_text());
-            body["lag_bytes"] = json!(r.lag().ok());
-        }
-        if let Some(d) = &s.drained {
-            body["drained"] = json!(d.reason);
-        }
+        let mut body = CheckBody {
+            drained: s.drained.as_ref().map(|d| d.reason.clone()),
+            lag_bytes: s.replication.as_ref().map(|r| r.lag().ok()),
+            node: self.shared.config().node_name.clone(),
+            reason: None,
+            replication_state: s.replication.as_ref().map(|r| r.receiver_text()),
+            state: s.served_state(now).name().to_string(),
+        };
         match outcome {
             Ok(()) => (200, json_bytes(&body)),
             Err(why) => {
-                body["reason"] = json!(why);
+                body.reason = Some(why);
                 (503, json_bytes(&body))
             }
         }
@@ -331,83 +331,77 @@ impl App {
 
     /// `/wal`: where this node's database writes, when it is not in recovery.
     fn wal(&self, now: Instant) -> (u16, Bytes) {
-        let me = self.shared.config().node_name.clone();
+        let node = self.shared.config().node_name.clone();
         let s = self.shared.store.peek();
         let why = match (s.withheld(now), s.db.in_recovery, s.current_lsn) {
             (Some(w), _, _) => w.reason(),
             (None, Some(false), Some(lsn)) => {
-                let age = s.age(now).unwrap_or_default().as_millis() as u64;
-                return (
-                    200,
-                    json_bytes(&json!({ "node": me, "lsn": lsn, "age_ms": age })),
-                );
+                let age_ms = s.age(now).unwrap_or_default().as_millis() as u64;
+                let position = WalAnswer::Position(WalPosition { age_ms, lsn, node });
+                return (position.status(), json_bytes(&position));
             }
             (None, Some(true), _) => "in recovery: not a primary",
             _ => "the local database is unusable",
         };
-        (
-            503,
-            json_bytes(&json!({ "node": me, "lsn": null, "reason": why })),
-        )
+        let unknown = WalAnswer::Unknown(WalUnknown {
+            lsn: (),
+            node,
+            reason: why.to_string(),
+        });
+        (unknown.status(), json_bytes(&unknown))
     }
 
     /// `/vote?candidate=NAME`: a vote for the candidate when the local metadata names it, and
     /// the promise that goes with it (see [`crate::vote`]); without a candidate, whom the
     /// metadata names.
     fn vote(&self, candidate: Option<&str>, now: Instant) -> (u16, Bytes) {
-        let me = self.shared.config().node_name.clone();
+        let node = self.shared.config().node_name.clone();
         let snapshot = self.shared.store.peek();
-        let answer = self
+        let given = self
             .shared
             .votes
             .book()
             .answer_to(candidate, snapshot.named(now), now);
-        match answer {
-            Ok(grant) => (
-                200,
-                json_bytes(&json!({
-                    "node": me,
-                    "vote": grant.to,
-                    "lease_ms": grant.lease.as_millis() as u64,
-                    "exclusive_ms": grant.exclusive.as_millis() as u64,
-                })),
-            ),
-            Err(no) => (
-                503,
-                json_bytes(&json!({
-                    "node": me,
-                    "vote": null,
-                    "reason": no.reason(),
-                    "ms_left": no.left().map(|d| d.as_millis() as u64),
-                    "withdrawn": no.withdraws(),
-                })),
-            ),
-        }
+        let answer = match given {
+            Ok(grant) => VoteAnswer::Grant(VoteGrant {
+                exclusive_ms: grant.exclusive.as_millis() as u64,
+                lease_ms: grant.lease.as_millis() as u64,
+                node,
+                vote: grant.to,
+            }),
+            Err(no) => VoteAnswer::Refusal(VoteRefusal {
+                ms_left: no.left().map(|d| d.as_millis() as u64),
+                node,
+                reason: no.reason(),
+                vote: (),
+                withdrawn: no.withdraws(),
+            }),
+        };
+        (answer.status(), json_bytes(&answer))
     }
 
     /// `POST /release`: void every vote requested before now, unless this node answers 200 or
     /// is about to; say when it last could have.
     fn release(&self) -> (u16, Bytes) {
-        let me = self.shared.config().node_name.clone();
+        let node = self.shared.config().node_name.clone();
         // The holder's lock first: the poller publishes under it, so the snapshot seen here is
         // the newest and no vote requested before now can be published after.
         let mut holder = self.shared.votes.holder();
         let now = Instant::now();
         let window = self.shared.store.peek().verdict.window;
-        match holder.release(window, now) {
-            Release::Released { last_200 } => (
-                200,
-                json_bytes(&json!({
-                    "node": me,
-                    "released": true,
-                    "last_200_ms": now.saturating_duration_since(last_200).as_millis() as u64,
-                })),
-            ),
-            Release::Refused(why) => (
-                409,
-                json_bytes(&json!({ "node": me, "released": false, "reason": why })),
-            ),
-        }
+        let answer = match holder.release(window, now) {
+            Release::Released { last_200 } => ReleaseAnswer::Released(Released {
+                last_200_ms: now.saturating_duration_since(last_200).as_millis() as u64,
+                node,
+                released: true,
+            }),
+            Release::Refused(why) => ReleaseAnswer::Refused(ReleaseRefusal {
+                node,
+                reason: why,
+                released: false,
+            }),
+        };
+        (answer.status(), json_bytes(&answer))
     }
 
     /// `/realPrimary`: every known node's `/state` at once (this node's from its snapshot),
@@ -420,7 +414,13 @@ impl App {
             .await;
         match outcome {
             Ok(found) => found.reply(),
-            Err(e) => (503, json_bytes(&json!({ "realPrimary": null, "error": e }))),
+            Err(e) => (
+                503,
+                json_bytes(&RealPrimaryBody {
+                    error: Some(e),
+                    ..RealPrimaryBody::default()
+                }),
+            ),
         }
     }
 
@@ -487,16 +487,22 @@ impl RealPrimary {
     /// Status and body: 200 with the one primary, else 503 (listing them when several).
     /// Witnesses are listed as such, never as primaries.
     pub fn reply(&self) -> (u16, Bytes) {
-        let witnesses = self.witnesses();
-        let mut body = match self.primaries().as_slice() {
-            [one] => json!({ "realPrimary": one }),
-            [] => json!({ "realPrimary": null }),
-            many => json!({ "realPrimary": null, "primaries": many }),
+        let owned = |names: Vec<&str>| names.into_iter().map(String::from).collect();
+        let primaries = self.primaries();
+        let body = RealPrimaryBody {
+            error: None,
+            real_primary: match primaries.as_slice() {
+                [one] => Some(one.to_string()),
+                _ => None,
+            },
+            primaries: if primaries.len() > 1 {
+                owned(primaries)
+            } else {
+                Vec::new()
+            },
+            witnesses: owned(self.witnesses()),
         };
-        if !witnesses.is_empty() {
-            body["witnesses"] = json!(witnesses);
-        }
-        let code = if body["realPrimary"].is_string() {
+        let code = if body.real_primary.is_some() {
             200
         } else {
             503
@@ -589,7 +595,10 @@ fn not_allowed(methods: Methods) -> Reply {
 }
 
 fn error(status: StatusCode, message: &'static str) -> Reply {
-    json_reply(status.as_u16(), json_bytes(&json!({ "error": message })))
+    let body = ErrorBody {
+        error: message.to_string(),
+    };
+    json_reply(status.as_u16(), json_bytes(&body))
 }
 
 /// A WAL position as PostgreSQL writes it (`16/B374D848`).
@@ -611,111 +620,114 @@ fn ms_until(now: Instant, t: Instant) -> i64 {
 }
 
 /// Everything the snapshot knows, as served by `/status`.
-pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Value {
+pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Status {
     let config = &loaded.config;
     let state = snapshot.served_state(now);
-    let voters: Vec<Value> = snapshot
+    let address = |url: &Result<Uri, String>| url.as_ref().ok().map(|u| u.to_string());
+    let voters = snapshot
         .voters
         .iter()
         .map(|v| {
             let (vote, error) = match &v.reply {
-                VoteReply::Granted(g) => (Some(g.to.as_str()), None),
+                VoteReply::Granted(g) => (Some(g.to.clone()), None),
                 VoteReply::Refused(why) | VoteReply::Withdrawn(why) | VoteReply::Failed(why) => {
-                    (None, Some(why.as_str()))
+                    (None, Some(why.clone()))
                 }
             };
-            json!({
-                "name": v.name,
-                "address": v.url.as_ref().ok().map(|u| u.to_string()),
-                "vote": vote,
-                "error": error,
-                "latency_ms": v.latency.map(millis),
-            })
+            StatusVoter {
+                address: address(&v.url),
+                error,
+                latency_ms: v.latency.map(millis),
+                name: v.name.clone(),
+                vote,
+            }
         })
         .collect();
-    let held: Vec<Value> = snapshot
+    let held_votes = snapshot
         .ballot
         .votes
         .iter()
-        .map(|v| {
-            json!({
-                "voter": v.voter,
-                "counts": v.counts(now),
-                "expires_in_ms": ms_until(now, v.valid_until),
-                "settles_in_ms": ms_until(now, v.settled_at).max(0),
-            })
+        .map(|v| StatusHeldVote {
+            counts: v.counts(now),
+            expires_in_ms: ms_until(now, v.valid_until),
+            settles_in_ms: ms_until(now, v.settled_at).max(0),
+            voter: v.voter.clone(),
         })
         .collect();
-    let members: Vec<Value> = snapshot
+    let members = snapshot
         .members
         .iter()
-        .map(|m| {
-            json!({
-                "node_id": m.node_id,
-                "name": m.name,
-                "site": m.location,
-                "type": m.node_type,
-                "active": m.active,
-                "address": m.url.as_ref().ok().map(|u| u.to_string()),
-                "address_error": m.url.as_ref().err(),
-                "conninfo": m.conninfo,
-            })
+        .map(|m| StatusMember {
+            active: m.active,
+            address: address(&m.url),
+            address_error: m.url.as_ref().err().cloned(),
+            conninfo: m.conninfo.clone(),
+            name: m.name.clone(),
+            node_id: m.node_id,
+            site: m.location.clone(),
+            node_type: m.node_type.clone(),
         })
         .collect();
-    json!({
-        "node": config.node_name,
-        "site": snapshot.site,
-        "state": state.name(),
-        "code": state.code(),
-        "reason": snapshot.served_reason(now),
-        "primary": snapshot.primary,
-        "votes": snapshot.ballot.counting(now),
-        "votes_needed": snapshot.ballot.needed,
-        "held_votes": held,
-        "voters": voters,
-        "database": {
-            "reachable": snapshot.db.reachable,
-            "in_recovery": snapshot.db.in_recovery,
-            "error": snapshot.db.error.as_ref().map(|e| e.to_string()),
-            "conninfo": conninfo::redact(&config.conninfo),
-            "current_lsn": snapshot.current_lsn.map(lsn_text),
-            "sessions_closed_by_server": snapshot.session.closed(),
+    let replication = snapshot.replication.as_ref().map(|r| StatusReplication {
+        lag_bytes: r.lag().ok(),
+        lag_unknown: r.lag().err(),
+        last_replay_age_ms: r
+            .last_replay_age
+            .map(|a| millis(a + snapshot.age(now).unwrap_or_default())),
+        primary_lsn: r.primary.as_ref().ok().map(|p| lsn_text(p.lsn)),
+        primary_lsn_from: r.primary.as_ref().ok().map(|p| p.source.to_string()),
+        received_lsn: r.received.map(lsn_text),
+        receiver_state: r.receiver_text(),
+        replay_paused: r.replay_paused,
+        replayed_lsn: r.replayed.map(lsn_text),
+        upstream: r.receiver.as_ref().and_then(|w| w.sender.clone()),
+    });
+    Status {
+        code: state.code(),
+        config: StatusConfig {
+            fingerprint: loaded.fingerprint.clone(),
+            loaded_at: humantime::format_rfc3339_millis(loaded.at).to_string(),
         },
-        "replication": snapshot.replication.as_ref().map(|r| json!({
-            "received_lsn": r.received.map(lsn_text),
-            "replayed_lsn": r.replayed.map(lsn_text),
-            "primary_lsn": r.primary.as_ref().ok().map(|p| lsn_text(p.lsn)),
-            "primary_lsn_from": r.primary.as_ref().ok().map(|p| p.source),
-            "lag_bytes": r.lag().ok(),
-            "lag_unknown": r.lag().err(),
-            "last_replay_age_ms": r.last_replay_age.map(|a| millis(a + snapshot.age(now).unwrap_or_default())),
-            "replay_paused": r.replay_paused,
-            "receiver_state": r.receiver_text(),
-            "upstream": r.receiver.as_ref().and_then(|w| w.sender.clone()),
-        })),
-        "drained": snapshot.drained.as_ref().map(|d| json!({
-            "reason": d.reason,
-            "since": humantime::format_rfc3339_seconds(d.since).to_string(),
-        })),
-        "members": members,
-        "snapshot_age_ms": snapshot.age(now).map(millis),
-        "observed_at": snapshot.observed_at.map(|_| humantime::format_rfc3339_millis(snapshot.observed_at_wall).to_string()),
-        "cycle_ms": millis(snapshot.cycle_time),
-        "interval_ms": millis(config.interval),
-        "max_staleness_ms": millis(config.max_staleness),
-        "vote_lease_ms": millis(config.vote_lease),
-        "handoff_delay_ms": millis(config.handoff_delay),
-        "config": {
-            "loaded_at": humantime::format_rfc3339_millis(loaded.at).to_string(),
-            "fingerprint": loaded.fingerprint,
+        cycle_ms: millis(snapshot.cycle_time),
+        database: StatusDatabase {
+            conninfo: conninfo::redact(&config.conninfo),
+            current_lsn: snapshot.current_lsn.map(lsn_text),
+            error: snapshot.db.error.as_ref().map(|e| e.to_string()),
+            in_recovery: snapshot.db.in_recovery,
+            reachable: snapshot.db.reachable,
+            sessions_closed_by_server: snapshot.session.closed(),
         },
-        "version": env!("CARGO_PKG_VERSION"),
-    })
+        drained: snapshot.drained.as_ref().map(|d| StatusDrain {
+            reason: d.reason.clone(),
+            since: humantime::format_rfc3339_seconds(d.since).to_string(),
+        }),
+        handoff_delay_ms: millis(config.handoff_delay),
+        held_votes,
+        interval_ms: millis(config.interval),
+        max_staleness_ms: millis(config.max_staleness),
+        members,
+        node: config.node_name.clone(),
+        observed_at: snapshot
+            .observed_at
+            .map(|_| humantime::format_rfc3339_millis(snapshot.observed_at_wall).to_string()),
+        primary: snapshot.primary.clone(),
+        reason: snapshot.served_reason(now),
+        replication,
+        site: snapshot.site.clone(),
+        snapshot_age_ms: snapshot.age(now).map(millis),
+        state: state.name().to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        vote_lease_ms: millis(config.vote_lease),
+        voters,
+        votes: snapshot.ballot.counting(now) as u64,
+        votes_needed: snapshot.ballot.needed as u64,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
     /// A fan-out task that fails is an error for its callers, and the next caller starts a new
     /// one instead of getting the same failure again (issue: a failed fan-out was served as

@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::peers::{PeerClient, fan_out};
+use crate::wire::Status;
 
 /// Default `--url`: the daemon on this machine.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:5999";
@@ -92,11 +93,7 @@ impl NodeReport {
         code: u16,
         body: &[u8],
     ) -> Self {
-        let status: Option<Value> = serde_json::from_slice(body).ok();
-        let well_formed = status
-            .as_ref()
-            .filter(|s| s["node"].is_string() && s["code"].as_u64() == Some(u64::from(code)));
-        let Some(state) = well_formed.and_then(|s| s["state"].as_str()) else {
+        let Ok(status) = Status::read(code, body) else {
             let mut r = NodeReport::failed(
                 name,
                 site,
@@ -106,26 +103,24 @@ impl NodeReport {
             r.code = Some(code);
             return r;
         };
-        let s = status.as_ref().unwrap_or(&Value::Null);
-        let text = |key: &str| s[key].as_str().map(String::from);
-        let error = match s["node"].as_str() {
-            Some(node) if node != name => Some(format!(
-                "this address answers as node {node:?}, not {name:?}"
-            )),
-            _ => None,
-        };
+        let error = (status.node != name).then(|| {
+            format!(
+                "this address answers as node {:?}, not {name:?}",
+                status.node
+            )
+        });
         NodeReport {
             name: name.to_string(),
-            site: site.or_else(|| text("site")),
+            site: site.or(status.site),
             address,
             code: Some(code),
-            state: Some(state.to_string()),
-            primary: text("primary"),
-            votes: s["votes"].as_u64(),
-            votes_needed: s["votes_needed"].as_u64(),
-            snapshot_age_ms: s["snapshot_age_ms"].as_f64(),
-            reason: text("reason"),
-            drained: s["drained"]["reason"].as_str().map(String::from),
+            state: Some(status.state),
+            primary: status.primary,
+            votes: Some(status.votes),
+            votes_needed: Some(status.votes_needed),
+            snapshot_age_ms: status.snapshot_age_ms,
+            reason: Some(status.reason).filter(|r| !r.is_empty()),
+            drained: status.drained.map(|d| d.reason),
             error,
         }
     }
@@ -358,27 +353,26 @@ struct Listed {
     address: Result<Uri, String>,
 }
 
-fn members_of(status: &Value) -> Vec<Listed> {
-    let Some(list) = status["members"].as_array() else {
-        return Vec::new();
-    };
-    list.iter()
-        .filter_map(|m| {
-            let name = m["name"].as_str()?.to_string();
-            let address = match m["address"].as_str() {
+fn members_of(status: &Status) -> Vec<Listed> {
+    status
+        .members
+        .iter()
+        .filter(|m| !m.name.is_empty())
+        .map(|m| {
+            let address = match &m.address {
                 Some(a) => a
                     .parse::<Uri>()
                     .map_err(|e| format!("its address {a:?} is not a URL: {e}")),
                 None => Err(format!(
                     "no address: {}",
-                    m["address_error"].as_str().unwrap_or("unknown")
+                    m.address_error.as_deref().unwrap_or("unknown")
                 )),
             };
-            Some(Listed {
-                name,
-                site: m["site"].as_str().map(String::from),
+            Listed {
+                name: m.name.clone(),
+                site: Some(m.site.clone()).filter(|s| !s.is_empty()),
                 address,
-            })
+            }
         })
         .collect()
 }
@@ -395,9 +389,9 @@ pub async fn gather(url: &Uri, timeout: Duration) -> ClusterReport {
     };
     let deadline = tokio::time::Instant::now() + timeout;
     let first = match client.get(url, "/status", deadline).await {
-        Ok((_, body)) => match serde_json::from_slice::<Value>(&body) {
-            Ok(v) if v["node"].is_string() => v,
-            _ => {
+        Ok((code, body)) => match Status::read(code, &body) {
+            Ok(status) => status,
+            Err(_) => {
                 report.error = Some("its answer is not a primgr /status document".into());
                 return report;
             }
@@ -409,13 +403,13 @@ pub async fn gather(url: &Uri, timeout: Duration) -> ClusterReport {
     };
     let mut members = members_of(&first);
     if members.is_empty() {
-        let name = first["node"].as_str().unwrap_or_default().to_string();
+        let name = first.node.clone();
         report.notes.push(format!(
             "{name} lists no members (its database has not been read yet); showing only {name}"
         ));
         members.push(Listed {
             name,
-            site: first["site"].as_str().map(String::from),
+            site: first.site.clone(),
             address: Ok(url.clone()),
         });
     }
@@ -724,12 +718,14 @@ mod tests {
 
     #[test]
     fn members_come_from_status() {
-        let status = json!({"node":"node1","members":[
+        let body = json!({"node":"node1","code":202,"state":"Standby","members":[
             {"name":"node1","site":"dc1","address":"http://127.0.0.11:5999/"},
             {"name":"node2","site":"dc1","address":null,"address_error":"its conninfo names no network host"},
+            {"site":"dc1","address":"http://127.0.0.13:5999/"},
         ]});
+        let status = Status::read(202, body.to_string().as_bytes()).unwrap();
         let m = members_of(&status);
-        assert_eq!(m.len(), 2);
+        assert_eq!(m.len(), 2, "a member without a name is left out");
         assert_eq!(
             m[0].address.as_ref().unwrap().to_string(),
             "http://127.0.0.11:5999/"

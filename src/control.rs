@@ -12,6 +12,7 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use crate::snapshot::Drain;
+use crate::wire::Status;
 
 /// The name of the drain file in `state_dir`.
 pub const DRAIN_FILE: &str = "drain";
@@ -60,12 +61,10 @@ pub async fn confirm(
     loop {
         let ask = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
         let last = match client.get(url, "/status", ask.min(deadline)).await {
-            Ok((_, body)) => match serde_json::from_slice::<serde_json::Value>(&body) {
-                Ok(s) if s["node"].is_string() && s["drained"].is_null() != drained => {
-                    return Ok(s["node"].as_str().unwrap_or_default().to_string());
-                }
-                Ok(s) if s["node"].is_string() => "it does not show the change yet".to_string(),
-                _ => "its answer is not a primgr /status".to_string(),
+            Ok((code, body)) => match Status::read(code, &body) {
+                Ok(s) if s.drained.is_some() == drained => return Ok(s.node),
+                Ok(_) => "it does not show the change yet".to_string(),
+                Err(_) => "its answer is not a primgr /status".to_string(),
             },
             Err(e) => e.to_string(),
         };

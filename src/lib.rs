@@ -24,6 +24,7 @@
 //! - [`db`]: the pool and the single query that observes the local database;
 //! - [`config`]: settings, defaults, validation with the key and line of every error;
 //! - [`vote`]: vote leases: the voter's promise book, the candidate's ballot, releases; pure;
+//! - [`wire`]: the serde types of every body between processes, for writers and readers alike;
 //! - [`conninfo`]: the host of a conninfo, and the conninfo with its password masked;
 //! - [`shutdown`]: signals and the stop token; [`notify`]: systemd readiness (sd_notify).
 //!
@@ -50,6 +51,7 @@ pub mod shared;
 pub mod shutdown;
 pub mod snapshot;
 pub mod vote;
+pub mod wire;
 
 pub use config::Config;
 pub use daemon::{Options, RunError, run, run_with};

@@ -4,8 +4,8 @@
 //! Owns the address of each peer's API (an explicit `[peers]` entry, else the host of its
 //! repmgr conninfo and `peer_port`), one keep-alive HTTP client per daemon (bound to
 //! `source_address` when set, so a network cut between node addresses behaves like a real
-//! one), reading what peers answer (`/vote`, `/release`, `/state`), and the bounded fan-out
-//! ([`PeerClient::fan_out`]): asking many peers at once under one deadline, which the poll
+//! one), reading what peers answer (`/vote`, `/release`, `/wal`, `/state`, into the types of
+//! [`crate::wire`]), and the bounded fan-out ([`fan_out`]): asking many peers at once under one deadline, which the poll
 //! cycle, `/realPrimary` and `primgr cluster` all use. Every failure of a peer becomes a value
 //! (an answer that does not vote, a state that is not Primary); nothing here panics or waits
 //! past the deadline, and no response body is read past [`MAX_BODY`].
@@ -23,13 +23,13 @@ use hyper::{Method, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::conninfo;
 use crate::db::NodeRow;
 use crate::decide::State;
 use crate::vote::Grant;
+use crate::wire::{self, ReleaseAnswer, StateBody, VoteAnswer, WalAnswer};
 
 /// Largest response body read from a peer; anything longer is an error, not a vote.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -208,44 +208,35 @@ pub enum VoteReply {
 /// voter asked (not this node, not another) is a vote: two rows whose addresses reach the same
 /// daemon, or an address that leads back to this node, never count twice.
 pub fn parse_vote(status: u16, body: &[u8], voter: &str, me: &str) -> VoteReply {
-    let json: Option<Value> = serde_json::from_slice(body).ok();
-    let field = |k: &str| json.as_ref().and_then(|j| j.get(k));
-    let node = match field("node") {
-        Some(Value::String(n)) => n.as_str(),
-        _ => return VoteReply::Failed(format!("HTTP {status}: {}", describe_body(body))),
+    let answer = match VoteAnswer::read(status, body) {
+        Ok(answer) => answer,
+        Err(e) => return VoteReply::Failed(e.to_string()),
     };
+    let node = answer.node();
     if node != voter || voter == me {
         return VoteReply::Failed(format!(
             "this address answers as node {node:?}, not as voter {voter:?}: not counted"
         ));
     }
-    match (status, field("vote")) {
-        (200, Some(Value::String(to))) if to == me => {
-            let ms = |k: &str| field(k).and_then(Value::as_u64).map(Duration::from_millis);
-            match (ms("lease_ms"), ms("exclusive_ms")) {
-                (Some(lease), Some(exclusive)) if !lease.is_zero() => VoteReply::Granted(Grant {
-                    to: to.clone(),
-                    lease,
-                    exclusive,
-                }),
-                _ => VoteReply::Failed(format!(
-                    "a vote without a valid lease_ms/exclusive_ms: {}",
-                    describe_body(body)
-                )),
-            }
-        }
-        (200, Some(Value::String(to))) => VoteReply::Withdrawn(format!("votes for {to}")),
-        (503, Some(Value::Null)) => {
-            let why = match field("reason") {
-                Some(Value::String(why)) => format!("no vote: {why}"),
-                _ => "no vote".into(),
+    match answer {
+        VoteAnswer::Grant(g) if g.vote == me => VoteReply::Granted(Grant {
+            to: g.vote,
+            lease: Duration::from_millis(g.lease_ms),
+            exclusive: Duration::from_millis(g.exclusive_ms),
+        }),
+        VoteAnswer::Grant(g) => VoteReply::Withdrawn(format!("votes for {}", g.vote)),
+        VoteAnswer::Refusal(r) => {
+            let why = if r.reason.is_empty() {
+                "no vote".to_string()
+            } else {
+                format!("no vote: {}", r.reason)
             };
-            match field("withdrawn") {
-                Some(Value::Bool(true)) => VoteReply::Withdrawn(why),
-                _ => VoteReply::Refused(why),
+            if r.withdrawn {
+                VoteReply::Withdrawn(why)
+            } else {
+                VoteReply::Refused(why)
             }
         }
-        _ => VoteReply::Failed(format!("HTTP {status}: {}", describe_body(body))),
     }
 }
 
@@ -263,65 +254,58 @@ pub enum ReleaseReply {
 
 /// Reads a `/release` answer of `holder`.
 pub fn parse_release(status: u16, body: &[u8], holder: &str) -> ReleaseReply {
-    let json: Option<Value> = serde_json::from_slice(body).ok();
-    let field = |k: &str| json.as_ref().and_then(|j| j.get(k));
-    if field("node").and_then(Value::as_str) != Some(holder) {
-        return ReleaseReply::Failed(format!(
-            "HTTP {status}: not a release answer of {holder}: {}",
-            describe_body(body)
-        ));
-    }
-    match (
-        status,
-        field("released"),
-        field("last_200_ms").and_then(Value::as_u64),
-    ) {
-        (200, Some(Value::Bool(true)), Some(ms)) => ReleaseReply::Released {
-            last_200_ago: Duration::from_millis(ms),
+    let answer = match ReleaseAnswer::read(status, body) {
+        Ok(answer) if answer.node() == holder => answer,
+        Ok(answer) => {
+            return ReleaseReply::Failed(format!(
+                "HTTP {status}: not a release answer of {holder}: it answers as {:?}",
+                answer.node()
+            ));
+        }
+        Err(e) => {
+            return ReleaseReply::Failed(format!("not a release answer of {holder}: {e}"));
+        }
+    };
+    match answer {
+        ReleaseAnswer::Released(r) => ReleaseReply::Released {
+            last_200_ago: Duration::from_millis(r.last_200_ms),
         },
-        (409, Some(Value::Bool(false)), _) => ReleaseReply::Refused(
-            field("reason")
-                .and_then(Value::as_str)
-                .unwrap_or("refused")
-                .to_string(),
-        ),
-        _ => ReleaseReply::Failed(format!("HTTP {status}: {}", describe_body(body))),
+        ReleaseAnswer::Refused(r) if r.reason.is_empty() => ReleaseReply::Refused("refused".into()),
+        ReleaseAnswer::Refused(r) => ReleaseReply::Refused(r.reason),
     }
 }
 
 /// Reads a `/wal` answer of `node`: 200 `{"node":..., "lsn": N, "age_ms": A}`.
 pub fn parse_wal(status: u16, body: &[u8], node: &str) -> Result<(u64, Duration), String> {
-    let json: Option<Value> = serde_json::from_slice(body).ok();
-    let field = |k: &str| json.as_ref().and_then(|j| j.get(k));
-    if field("node").and_then(Value::as_str) != Some(node) {
-        return Err(format!(
-            "HTTP {status}: not a /wal answer of {node}: {}",
-            describe_body(body)
-        ));
-    }
-    match (
-        status,
-        field("lsn").and_then(Value::as_u64),
-        field("age_ms").and_then(Value::as_u64),
-    ) {
-        (200, Some(lsn), Some(age)) => Ok((lsn, Duration::from_millis(age))),
-        (503, None, _) => Err(format!(
+    let answer = match WalAnswer::read(status, body) {
+        Ok(answer) if answer.node() == node => answer,
+        Ok(answer) => {
+            return Err(format!(
+                "HTTP {status}: not a /wal answer of {node}: it answers as {:?}",
+                answer.node()
+            ));
+        }
+        Err(e) => return Err(format!("not a /wal answer of {node}: {e}")),
+    };
+    match answer {
+        WalAnswer::Position(p) => Ok((p.lsn, Duration::from_millis(p.age_ms))),
+        WalAnswer::Unknown(u) => Err(format!(
             "{node} reports no position: {}",
-            field("reason")
-                .and_then(Value::as_str)
-                .unwrap_or("no reason")
+            if u.reason.is_empty() {
+                "no reason"
+            } else {
+                &u.reason
+            }
         )),
-        _ => Err(format!("HTTP {status}: {}", describe_body(body))),
     }
 }
 
 /// Reads a `/state` answer: status and body must agree on one of the states.
 pub fn parse_state(status: u16, body: &[u8]) -> Result<State, PeerError> {
-    let json: Option<Value> = serde_json::from_slice(body).ok();
-    match json.as_ref().and_then(|j| j.get("state")) {
-        Some(Value::String(name)) => State::from_answer(status, name)
-            .ok_or_else(|| PeerError::Unexpected(status, format!("state {name:?}"))),
-        _ => Err(PeerError::Unexpected(status, describe_body(body))),
+    match wire::decode::<StateBody>(status, body) {
+        Ok(StateBody { state }) => State::from_answer(status, &state)
+            .ok_or_else(|| PeerError::Unexpected(status, format!("state {state:?}"))),
+        Err(e) => Err(PeerError::Unexpected(status, e.why)),
     }
 }
 
@@ -335,17 +319,6 @@ fn encode(text: &str) -> String {
             b => format!("%{b:02X}"),
         })
         .collect()
-}
-
-fn describe_body(body: &[u8]) -> String {
-    const SHOWN: usize = 80;
-    let text = String::from_utf8_lossy(&body[..body.len().min(SHOWN)]);
-    let text: String = text.chars().filter(|c| !c.is_control()).collect();
-    if body.len() > SHOWN {
-        format!("unexpected body {text:?}...")
-    } else {
-        format!("unexpected body {text:?}")
-    }
 }
 
 fn join(base: &Uri, path: &str) -> Result<Uri, PeerError> {
@@ -472,7 +445,12 @@ mod tests {
             ),
             VoteReply::Withdrawn(w) if w.contains("names n2")
         ));
-        // Anything but `true` is not a withdrawal.
+        // A refusal without a reason (or `withdrawn`, from a voter older than withdrawals).
+        assert_eq!(
+            parse_vote(503, br#"{"node":"n3","vote":null}"#, "n3", "n1"),
+            VoteReply::Refused("no vote".into())
+        );
+        // Anything but `true` is not a withdrawal: a malformed flag makes no answer at all.
         assert!(matches!(
             parse_vote(
                 503,
@@ -480,7 +458,7 @@ mod tests {
                 "n3",
                 "n1"
             ),
-            VoteReply::Refused(_)
+            VoteReply::Failed(_)
         ));
         for (status, body) in [
             (200, &b"n1"[..]),
