@@ -24,6 +24,8 @@
 //! - [`db`]: the pool and the single query that observes the local database;
 //! - [`config`]: settings, defaults, validation with the key and line of every error;
 //! - [`vote`]: vote leases: the voter's promise book, the candidate's ballot, releases; pure;
+//! - [`auth`]: peer keys, the MACs over requests and answers, replay tickets, the grant
+//!   epochs a release undoes, the cluster identity; pure;
 //! - [`wire`]: the serde types of every body between processes, for writers and readers alike;
 //! - [`conninfo`]: the host of a conninfo, and the conninfo with its password masked;
 //! - [`shutdown`]: signals and the stop token; [`notify`]: systemd readiness (sd_notify).
@@ -33,6 +35,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;
