@@ -116,6 +116,12 @@ impl PartialEq<str> for Conninfo {
     }
 }
 
+impl PartialEq<Conninfo> for String {
+    fn eq(&self, other: &Conninfo) -> bool {
+        *self == other.0
+    }
+}
+
 impl PartialEq<&str> for Conninfo {
     fn eq(&self, other: &&str) -> bool {
         self.0 == *other
@@ -204,8 +210,7 @@ pub fn take_passfile(conninfo: &str) -> (String, Option<PathBuf>) {
     let passfile = parsed
         .settings
         .iter()
-        .filter(|s| s.droppable && s.key == "passfile")
-        .next_back()
+        .rfind(|s| s.droppable && s.key == "passfile")
         .map(|s| PathBuf::from(&s.value));
     match passfile {
         Some(path) => (
