@@ -2,11 +2,17 @@
 //! `repmgr.nodes`), in key=value or URI form.
 //!
 //! Owns what primgr takes from them and what it shows of them: the network host of a node (the
-//! default address of its daemon), the text with any password masked (all that `/status`,
-//! `primgr cluster`, the logs and `--check-config` ever show), and libpq's `passfile`, which
-//! the driver does not read: primgr takes it out of the conninfo and looks the password up in
-//! it the way libpq does ([`pgpass_lookup`]). A passfile is shown as the path it is; its
-//! contents never leave [`crate::db`].
+//! default address of its daemon), and the text with every secret masked ([`redact`]: all that
+//! `/status`, `primgr cluster`, the logs and `--check-config` ever show; [`Conninfo`], whose
+//! `Debug` and `Display` are that). Masking reads the text exactly as tokio-postgres 0.7 does
+//! (its key=value and URI parsers: quotes, escapes, percent-encoded keys, credentials up to the
+//! first `@`) and shows only the values of libpq's non-secret keywords, so no spelling the
+//! driver decodes to a password gets through; a text it cannot parse is masked after its first
+//! key. [`secrets`] and [`scrub`] take those values out of error texts. Also libpq's `passfile`,
+//! which the driver does not read: primgr takes it out of the conninfo, reads it as a file of
+//! secrets ([`read_secret_file`]: a regular file, never through a symlink, private, bounded) and
+//! looks the password up in it the way libpq does ([`pgpass_lookup`]). A passfile is shown as
+//! the path it is; its contents never leave [`crate::db`].
 
 use std::borrow::Cow;
 use std::io::Read as _;
