@@ -54,7 +54,7 @@ pub struct Poller {
     /// Vote requests that got no usable answer, by voter, since the start (`/metrics`).
     voter_failures: Arc<BTreeMap<String, u64>>,
     /// The settings the pool was built with: a reload that changes them rebuilds it.
-    db_settings: (String, u32, Duration),
+    db_settings: (conninfo::Conninfo, u32, Duration),
 }
 
 /// The shortest time between the starts of two cycles when a lost session wakes the poller.
