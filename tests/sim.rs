@@ -28,7 +28,7 @@
 //! votes were requested when the replies are in (the lease counted from the answer); (b) a
 //! restarted daemon's book grants at once; (c) candidates hold votes without a handoff. Bugs in
 //! `vote.rs` or `cycle.rs` themselves (the rounding margin, the order of publication and
-//! retirement) are caught by [`simulation_finds_no_violation`] when planted there.
+//! retirement) are caught by `simulation_finds_no_violation` when planted there.
 //!
 //! Not modelled: haproxy and its checks (an answer is the served state at one instant; a 200
 //! decided just before a pause and sent after it is not); the JSON of the wire (only its whole
