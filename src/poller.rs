@@ -149,23 +149,13 @@ impl Poller {
         );
         self.count_failures(&voters);
         self.log.voters(&voters);
-        let replication = match &observed {
-            Ok(obs) if obs.in_recovery => {
-                let r = self
-                    .lag
-                    .replication(obs, position, config.max_staleness, started);
-                self.log.lag(&r);
-                Some(r)
-            }
-            _ => None,
-        };
         let gathered = Gathered {
             started,
             started_wall,
             voters,
             members: Arc::clone(&self.members),
             max_staleness: config.max_staleness,
-            replication,
+            replication: self.replication(&config, &observed, position, started),
             drained: self.read_drain(&config),
             voter_failures: Arc::clone(&self.voter_failures),
             session,
@@ -235,6 +225,22 @@ impl Poller {
                 // Observed `age` before it answered, and it answered after the plan's instant.
                 .map(|(lsn, age)| (lsn, plan.sent.checked_sub(age).unwrap_or(plan.sent))),
         })
+    }
+
+    /// A standby's replication ([`Lag`]); None for every other role.
+    fn replication(
+        &mut self,
+        config: &Config,
+        observed: &Result<DbObservation, DbError>,
+        position: Option<Result<(u64, Instant), String>>,
+        started: Instant,
+    ) -> Option<Replication> {
+        let obs = observed.as_ref().ok().filter(|obs| obs.in_recovery)?;
+        let replication = self
+            .lag
+            .replication(obs, position, config.max_staleness, started);
+        self.log.lag(&replication);
+        Some(replication)
     }
 
     /// The drain flag; an unreadable `state_dir` is logged once and counts as not drained.
