@@ -611,6 +611,51 @@ mod tests {
         assert_eq!(c.snapshot.verdict.window, None);
     }
 
+    /// A standby's knowledge of the primary's position: the daemon's answer while fresh, the
+    /// WAL receiver's while its messages keep arriving, else why neither counts.
+    #[test]
+    fn lag_takes_the_freshest_position_and_says_why_there_is_none() {
+        let t0 = Instant::now();
+        let stale = ms(5000);
+        let mut lag = Lag::default();
+        let mut obs = metadata("n1", true);
+        lag.cycle_started(t0);
+        let r = lag.replication(&obs, Some(Ok((100, t0))), stale, t0);
+        assert_eq!(
+            r.primary.map(|p| (p.lsn, p.source)),
+            Ok((100, "the primary's daemon"))
+        );
+        // The daemon no longer answers; its last answer counts until it is stale.
+        let t = t0 + ms(4000);
+        lag.cycle_started(t);
+        let r = lag.replication(&obs, Some(Err("timed out".into())), stale, t);
+        assert_eq!(r.primary.map(|p| p.lsn), Ok(100));
+        let t = t0 + ms(6000);
+        lag.cycle_started(t);
+        let r = lag.replication(&obs, Some(Err("timed out".into())), stale, t);
+        let why = r.primary.unwrap_err();
+        assert!(why.contains("timed out"), "{why}");
+        // A streaming receiver whose last message keeps changing counts, and a frozen one
+        // stops counting once the previous cycle's start is stale.
+        obs.wal.receiver = Some(crate::db::Receiver {
+            status: Some("streaming".into()),
+            latest_end: Some(300),
+            last_msg_receipt: Some("a".into()),
+            sender: None,
+        });
+        let t = t0 + ms(7000);
+        lag.cycle_started(t);
+        let r = lag.replication(&obs, None, stale, t);
+        assert_eq!(
+            r.primary.map(|p| (p.lsn, p.source)),
+            Ok((300, "the WAL receiver"))
+        );
+        let t = t0 + ms(12_500);
+        lag.cycle_started(t);
+        let r = lag.replication(&obs, None, stale, t);
+        assert!(r.primary.is_err(), "frozen since the cycle at 6 s");
+    }
+
     /// The order the daemon and the simulation both get: store, then read the clock, then
     /// retire the replaced window at that instant.
     #[test]
