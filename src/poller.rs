@@ -26,7 +26,7 @@ use crate::snapshot::{
     DbStatus, Drain, Member, PrimaryPosition, Replication, SessionWatch, Snapshot, VoterReport,
 };
 use crate::vote::{Ballot, HeldVote, Release};
-use crate::{conninfo, control};
+use crate::{conninfo, control, reload};
 
 /// Called once, after the first snapshot has been published.
 pub type OnReady = Box<dyn FnOnce() + Send>;
@@ -53,8 +53,6 @@ pub struct Poller {
     previous_start: Option<Instant>,
     /// Vote requests that got no usable answer, by voter, since the start (`/metrics`).
     voter_failures: Arc<BTreeMap<String, u64>>,
-    /// The settings the pool was built with: a reload that changes them rebuilds it.
-    db_settings: (String, u32, Duration),
 }
 
 /// The shortest time between the starts of two cycles when a lost session wakes the poller.
@@ -74,15 +72,8 @@ struct Transitions {
 
 impl Poller {
     pub fn new(shared: Arc<Shared>, db: Db, hook: Option<CycleHook>) -> Poller {
-        let config = shared.config();
-        let db_settings = (
-            config.conninfo.clone(),
-            config.max_connections_in_pool,
-            config.db_timeout,
-        );
         Poller {
             voter_failures: Arc::default(),
-            db_settings,
             shared,
             db,
             members: Arc::new(Vec::new()),
@@ -125,7 +116,7 @@ impl Poller {
             if let Some(ready) = on_ready.take() {
                 ready();
             }
-            next = (start + self.shared.config().interval).max(tokio::time::Instant::now());
+            next = (start + self.shared.config().timing.interval).max(tokio::time::Instant::now());
         }
     }
 
@@ -147,7 +138,7 @@ impl Poller {
         if let Ok(obs) = &observed {
             self.update_members(&config, obs);
         }
-        let me = config.node_name.as_str();
+        let me = config.node.node_name.as_str();
         let role = observed.as_ref().ok().map(|obs| decide::role(obs, me));
         let named = observed
             .as_ref()
@@ -176,7 +167,7 @@ impl Poller {
         let client = &self.shared.client;
         let sent = Instant::now();
         let ask = fan_out(
-            config.peer_timeout,
+            config.timing.peer_timeout,
             voters,
             |(name, url), deadline| async move {
                 let (reply, latency) = match &url {
@@ -199,7 +190,7 @@ impl Poller {
             (Ok(obs), Some(p)) if obs.in_recovery && p != me => Some(p.clone()),
             _ => None,
         };
-        let deadline = tokio::time::Instant::now() + config.peer_timeout;
+        let deadline = tokio::time::Instant::now() + config.timing.peer_timeout;
         let (voters, (), position) = tokio::join!(
             ask,
             self.release(&config, release_from, deadline),
@@ -213,7 +204,7 @@ impl Poller {
         let drained = self.read_drain(&config);
 
         // This node's own vote: only when its own metadata names it.
-        let rules = config.lease_rules();
+        let rules = config.leases;
         let mut votes: Vec<HeldVote> = voters
             .iter()
             .filter_map(|v| match (&v.reply, v.latency) {
@@ -269,7 +260,7 @@ impl Poller {
             db,
             voters,
             members: self.members.clone(),
-            max_staleness: config.max_staleness,
+            max_staleness: config.timing.max_staleness,
             current_lsn: observed.as_ref().ok().and_then(|o| o.wal.current),
             replication,
             drained,
@@ -314,7 +305,7 @@ impl Poller {
         asked: Option<Result<(u64, Instant), String>>,
         now: Instant,
     ) -> Replication {
-        let fresh = |at: Instant| now.saturating_duration_since(at) <= config.max_staleness;
+        let fresh = |at: Instant| now.saturating_duration_since(at) <= config.timing.max_staleness;
         let mut why = match asked {
             Some(Ok(position)) => {
                 self.primary_position = Some(position);
@@ -367,7 +358,7 @@ impl Poller {
                 }
                 Err(format!(
                     "the primary's position is not known within max_staleness ({}): {why}",
-                    humantime::format_duration(config.max_staleness)
+                    humantime::format_duration(config.timing.max_staleness)
                 ))
             }
         };
@@ -393,7 +384,7 @@ impl Poller {
 
     /// The drain flag; an unreadable `state_dir` is logged once and counts as not drained.
     fn read_drain(&mut self, config: &Config) -> Option<Drain> {
-        let drained = match control::read(&config.state_dir) {
+        let drained = match control::read(&config.node.state_dir) {
             Ok(d) => {
                 self.log.drain_unreadable = false;
                 d
@@ -402,7 +393,7 @@ impl Poller {
                 if !self.log.drain_unreadable {
                     warn!(
                         "cannot read the drain flag in {} (`state_dir`): {e}; serving as not drained",
-                        config.state_dir.display()
+                        config.node.state_dir.display()
                     );
                     self.log.drain_unreadable = true;
                 }
@@ -420,25 +411,9 @@ impl Poller {
         drained
     }
 
-    /// Rebuilds the pool when a reload changed the conninfo, its size or `db_timeout`.
+    /// Rebuilds the pool when a reload changed the database group.
     fn follow_reload(&mut self, config: &Config) {
-        let wanted = (
-            config.conninfo.clone(),
-            config.max_connections_in_pool,
-            config.db_timeout,
-        );
-        if wanted == self.db_settings {
-            return;
-        }
-        match Db::new(&wanted.0, wanted.1, wanted.2) {
-            Ok(db) => {
-                info!("reload: the database settings changed; new connections from now on");
-                self.db = db;
-                self.db_settings = wanted;
-            }
-            // Validated when loaded, so this does not happen; keep the old pool if it does.
-            Err(e) => warn!("reload: cannot use the new conninfo ({e}); keeping the old one"),
-        }
+        reload::follow_pool(&mut self.db, &config.db);
     }
 
     /// The API address of a node, from the membership.
@@ -461,7 +436,7 @@ impl Poller {
             return;
         };
         let votes = &self.shared.votes;
-        let last_200 = if holder == config.node_name {
+        let last_200 = if holder == config.node.node_name {
             let mut own = votes.holder();
             let now = Instant::now();
             match own.release(self.shared.store.peek().verdict.window, now) {
@@ -477,9 +452,9 @@ impl Poller {
                     .ask_release(&uri, &holder, deadline)
                     .await
                 {
-                    ReleaseReply::Released { last_200_ago } => Ok(config
-                        .lease_rules()
-                        .last_200_seen_at(Instant::now(), last_200_ago)),
+                    ReleaseReply::Released { last_200_ago } => {
+                        Ok(config.leases.last_200_seen_at(Instant::now(), last_200_ago))
+                    }
                     ReleaseReply::Refused(why) | ReleaseReply::Failed(why) => Err(why),
                 },
             }
@@ -506,9 +481,9 @@ impl Poller {
             .nodes
             .iter()
             .map(|n| {
-                let url = peer_url(n, &config.peers, config.peer_port);
+                let url = peer_url(n, &config.peers, config.peer.peer_port);
                 if let Err(why) = &url {
-                    if n.node_name != config.node_name
+                    if n.node_name != config.node.node_name
                         && self.log.without_address.insert(n.node_name.clone())
                     {
                         warn!(node = %n.node_name, "node has no usable API address and counts as unreachable: {why}");

@@ -1,8 +1,6 @@
-//! What the tasks of one daemon share: the configuration in force (swapped by a reload), the
-//! published snapshot, the vote book and holder, and the peer client.
-//!
-//! Owns the rule of a reload: everything but what needs a restart takes effect at the next
-//! cycle ([`Shared::reload`]). Nothing here is global: each daemon has its own.
+//! What the tasks of one daemon share: the configuration in force (swapped by a reload, see
+//! [`crate::reload`]), the published snapshot, the vote book and holder, and the peer client.
+//! Nothing here is global: each daemon has its own.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -50,8 +48,8 @@ impl Shared {
     pub fn new(config: Config) -> Shared {
         let started = Instant::now();
         Shared {
-            client: PeerClient::new(config.source_address),
-            votes: Votes::new(config.vote_lease, started),
+            client: PeerClient::new(config.peer.source_address),
+            votes: Votes::new(config.leases.vote_lease, started),
             loaded: ArcSwap::from_pointee(Loaded::new(config)),
             store: SnapshotStore::default(),
             started,
@@ -68,15 +66,8 @@ impl Shared {
         self.loaded.load_full()
     }
 
-    /// Applies a reloaded configuration: everything but what needs a restart (returned, as
-    /// `key: old → new`, for the log) takes effect at the next cycle; later promises use the
-    /// new `vote_lease`.
-    pub fn reload(&self, new: Config) -> Vec<String> {
-        let running = self.config();
-        let ignored = running.restart_only_changes(&new);
-        let applied = new.reloadable_over(&running);
-        self.votes.book().set_lease(applied.vote_lease);
-        self.loaded.store(Arc::new(Loaded::new(applied)));
-        ignored
+    /// Puts `config` in force, loaded now (a reload: [`crate::reload::apply`]).
+    pub fn put(&self, config: Config) {
+        self.loaded.store(Arc::new(Loaded::new(config)));
     }
 }
