@@ -117,9 +117,11 @@ impl Cli {
         })
     }
 
-    /// The configuration: the file (if any), the flags laid over it, validated. The error
-    /// names the key and where it came from.
-    pub fn load(&self) -> Result<Config, String> {
-        self.source()?.load().map_err(|e| e.to_string())
+    /// The configuration: the file (if any), the flags laid over it, validated; and its
+    /// source, to load it again at a reload. The error names the key and where it came from.
+    pub fn load(&self) -> Result<(Source, Config), String> {
+        let source = self.source()?;
+        let config = source.load().map_err(|e| e.to_string())?;
+        Ok((source, config))
     }
 }

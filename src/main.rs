@@ -39,10 +39,7 @@ fn main() -> ExitCode {
         Some(Command::Undrain { local }) => return drain(local, None),
         None => {}
     }
-    let (source, config) = match cli.source().and_then(|s| {
-        let config = s.load().map_err(|e| e.to_string())?;
-        Ok((s, config))
-    }) {
+    let (source, config) = match cli.load() {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("primgr: bad configuration: {e}");

@@ -66,7 +66,16 @@ impl std::fmt::Display for Change {
     }
 }
 
-/// A group of settings: a struct whose every field is a key, declared with [`group!`].
+/// A value as `--check-config` shows it, for `Debug`.
+pub struct Shown(pub Option<String>);
+
+impl std::fmt::Debug for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.as_deref().unwrap_or("not set"))
+    }
+}
+
+/// A group of settings: a struct whose every field is a key, declared with `group!`.
 pub trait Group: Sized {
     /// Its keys, in declaration order.
     const KEYS: &'static [Key];
@@ -402,9 +411,25 @@ macro_rules! group {
         }
     ) => {
         $(#[doc = $gdoc])*
-        #[derive(Debug, Clone, PartialEq)]
+        #[derive(Clone, PartialEq)]
         pub struct $group {
             $( $(#[doc = $doc])* pub $key: $ty, )*
+        }
+
+        /// Each key as `--check-config` shows it: a secret is masked here too.
+        impl std::fmt::Debug for $group {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut d = f.debug_struct(stringify!($group));
+                $(
+                    d.field(
+                        stringify!($key),
+                        &$crate::config::declare::Shown(
+                            <$kind as $crate::config::declare::Kind>::show(&self.$key),
+                        ),
+                    );
+                )*
+                d.finish()
+            }
         }
         $crate::config::declare::group! {
             @impl $group, $flags {

@@ -670,6 +670,19 @@ node1 = "http://127.0.0.11:6000"
         }
     }
 
+    /// `Debug` (what a `{:?}` in a log or a panic would print) masks the password too.
+    #[test]
+    fn debug_masks_the_password() {
+        let mut c = Config::for_node("n").unwrap();
+        c.db.conninfo = "host=db user=primgr password=s3cret".into();
+        let shown = format!("{c:?} {c:#?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("password=***"),
+            "{shown}"
+        );
+        assert!(shown.contains("interval: \"1s\""), "{shown}");
+    }
+
     #[test]
     fn fingerprints_follow_the_settings_not_the_password() {
         let a = Config::for_node("n").unwrap();
