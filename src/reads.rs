@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::{format_size, parse_size};
 use crate::decide::State;
 use crate::snapshot::{ReplicationState, Snapshot};
+use crate::units::{format_size, parse_size};
 
 /// The parameters of the read checks, all optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,7 +33,7 @@ pub fn parse_query(query: Option<&str>) -> Result<ReadQuery, String> {
         let twice = || format!("parameter {key:?} is given more than once");
         match key.as_str() {
             "lag" => {
-                let lag = parse_size(&value).map_err(|e| format!("lag: {e}"))?;
+                let lag = parse_size(&value).map_err(|e| format!("lag: {value:?}: {e}"))?;
                 if q.lag.replace(lag).is_some() {
                     return Err(twice());
                 }
