@@ -447,7 +447,12 @@ fn judge_primary(s: &Status) -> Report {
 fn judge_replica(t: Thresholds, code: u16, body: &CheckBody, status: Option<&Status>) -> Report {
     let node = &body.node;
     let lag = body.lag_bytes.flatten();
-    let perf = [Perf::bytes("lag", lag, t)];
+    // No lag at all on a node that is no standby; `U` on a standby whose lag is unknown.
+    let perf: Vec<Perf> = body
+        .lag_bytes
+        .map(|_| Perf::bytes("lag", lag, t))
+        .into_iter()
+        .collect();
     let report = |level, text: String| Report::new("REPLICA", level, text).with(perf.clone());
     if code != 200 {
         let why = body.reason.as_deref().unwrap_or("no reason given");
@@ -587,8 +592,9 @@ fn judge_cluster(nodes: &[NodeReport]) -> Report {
                 let mut why = Vec::new();
                 if !unusable.is_empty() {
                     why.push(format!(
-                        "no usable answer from {} (it could be another primary)",
-                        unusable.join(", ")
+                        "{} {} no usable answer and could be another primary",
+                        unusable.join(", "),
+                        if unusable.len() == 1 { "gives" } else { "give" }
                     ));
                 }
                 if !unconfirmed.is_empty() {
@@ -976,19 +982,18 @@ mod tests {
                 &["CRITICAL - node2: replay lag unknown (the daemon does not know"],
             ),
             (
-                "replica: /replica fails (the primary)",
+                "replica: /replica fails on the primary, which has no lag at all",
                 replica(
                     both,
-                    check_body(
+                    ok(
                         503,
-                        "Primary",
-                        json!(null),
-                        Some("not in recovery: not a replica"),
+                        json!({"node": "node1", "state": "Primary",
+                            "reason": "not in recovery: not a replica"}),
                     ),
                 ),
                 2,
                 &[
-                    "PRIMGR REPLICA CRITICAL - node2 (Primary) serves no reads as a standby: not in recovery: not a replica",
+                    "PRIMGR REPLICA CRITICAL - node1 (Primary) serves no reads as a standby: not in recovery: not a replica | 'time'=0.003s;;;0",
                 ],
             ),
             (
@@ -1119,7 +1124,7 @@ mod tests {
                 view(vec![p("node1"), s("node2"), gone("node3")]),
                 1,
                 &[
-                    "WARNING - node1 is the one primary, but no usable answer from node3 (it could be another primary)",
+                    "WARNING - node1 is the one primary, but node3 gives no usable answer and could be another primary (node1 Primary",
                     "'unreachable'=1;0;;0",
                 ],
             ),
@@ -1138,7 +1143,7 @@ mod tests {
                     ),
                 ]),
                 1,
-                &["WARNING - node1 is the one primary, but no usable answer from node2"],
+                &["WARNING - node1 is the one primary, but node2 gives no usable answer"],
             ),
             (
                 "one primary, a stale writable old primary (509)",
