@@ -92,11 +92,12 @@ impl Which {
     /// The name in the status line.
     fn title(&self) -> &'static str {
         match self {
-            Which::Primary => "PRIMARY",
-            Which::Replica { .. } => "REPLICA",
-            Which::ReadOnly => "READ-ONLY",
-            Which::Cluster => "CLUSTER",
+            Which::Primary => Check::Primary,
+            Which::Replica { .. } => Check::Replica(Thresholds::default()),
+            Which::ReadOnly => Check::ReadOnly,
+            Which::Cluster => Check::Cluster,
         }
+        .title()
     }
 }
 
@@ -412,8 +413,8 @@ fn judge_primary(s: &Status) -> Report {
     .into_iter()
     .chain(
         s.snapshot_age_ms
-            .filter(|ms| ms.is_finite() && *ms >= 0.0)
-            .map(|ms| Perf::seconds("snapshot_age", Duration::from_secs_f64(ms / 1000.0))),
+            .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok())
+            .map(|age| Perf::seconds("snapshot_age", age)),
     );
     let reason = if s.reason.is_empty() {
         String::new()
@@ -1202,6 +1203,24 @@ mod tests {
             n += 1;
         }
         println!("{n} cluster views judged");
+    }
+
+    /// A daemon's numbers are input: absurd ones are left out of the performance data, never
+    /// a panic.
+    #[test]
+    fn absurd_numbers_from_the_daemon_are_left_out() {
+        for age in ["-5.0", "1e300", "null"] {
+            let body = format!(
+                r#"{{"node":"node1","code":200,"state":"Primary","snapshot_age_ms":{age}}}"#
+            );
+            let r = judge(
+                URL,
+                &Answers::Primary(Ok((200, Bytes::from(body)))),
+                Duration::ZERO,
+            );
+            assert_eq!(r.level, Level::Ok, "{r}");
+            assert!(!r.to_string().contains("snapshot_age"), "{age}: {r}");
+        }
     }
 
     #[test]

@@ -191,7 +191,7 @@ async fn every_exit_code_against_a_live_cluster() {
         "replica on the primary",
         &["replica", "--url", &p],
         2,
-        &["CRITICAL - node1 (Primary) serves no reads as a standby: not in recovery | 'time'="],
+        &["CRITICAL - node1 (Primary) serves no reads as a standby: not in recovery: not a replica | 'time'="],
     )
     .await;
     for (node, u) in [("node1", &p), ("node3", &s2)] {
