@@ -64,6 +64,35 @@ async fn check(args: &[&str]) -> Run {
     }
 }
 
+/// Wall-clock slack for starting and ending a `primgr` process on a loaded 2-core machine; the
+/// check's own `'time'` performance value is the precise measure.
+const PROCESS_SLACK: Duration = Duration::from_secs(4);
+
+impl Run {
+    /// The `'time'` the check reports in its performance data: how long it waited for answers.
+    fn reported(&self) -> Duration {
+        let value = self
+            .line
+            .split("'time'=")
+            .nth(1)
+            .and_then(|v| v.split('s').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no 'time' in {:?}", self.line));
+        Duration::from_secs_f64(value)
+    }
+
+    /// Asserts that the check waited between `min` and `max` (its own measure) and ended
+    /// within `max` plus [`PROCESS_SLACK`] on the wall clock.
+    fn waited(&self, min: Duration, max: Duration) {
+        let reported = self.reported();
+        assert!(
+            reported >= min && reported <= max,
+            "waited {reported:?}, not within {min:?}..{max:?}: {self:?}"
+        );
+        assert!(self.took < max + PROCESS_SLACK, "{self:?}");
+    }
+}
+
 /// Exit statuses seen, for the summary.
 #[derive(Default)]
 struct Tally(BTreeMap<i32, usize>);
@@ -166,7 +195,7 @@ async fn every_exit_code_against_a_live_cluster() {
             &["PRIMGR PRIMARY OK - node1 is the primary", "| 'votes'="],
         )
         .await;
-    assert!(r.took < Duration::from_secs(2), "{r:?}");
+    r.waited(Duration::ZERO, Duration::from_secs(1));
     t.expect(
         "primary on a standby",
         &["primary", "--url", &s1],
@@ -348,11 +377,8 @@ async fn every_exit_code_against_a_live_cluster() {
                 ],
             )
             .await;
-        assert!(
-            r.took >= Duration::from_secs(1) && r.took < Duration::from_millis(2500),
-            "{which}: took {:?}",
-            r.took
-        );
+        // The requests end at the deadline; a backstop 200 ms later.
+        r.waited(Duration::from_secs(1), Duration::from_millis(1200));
     }
     let r = t
         .expect(
@@ -365,7 +391,8 @@ async fn every_exit_code_against_a_live_cluster() {
             ],
         )
         .await;
-    assert!(r.took < Duration::from_millis(3500), "{r:?}");
+    // Each of the cluster view's two rounds takes at most half the timeout.
+    r.waited(Duration::from_secs(1), Duration::from_millis(2200));
     t.expect(
         "cluster through the stopped daemon",
         &["cluster", "--url", &s2, "--timeout", "1s"],
@@ -457,11 +484,8 @@ async fn no_answer_and_bad_arguments_are_unknown() {
             held.push(conn);
         }
     });
-    // A port that was just free: bound, then closed.
-    let refused_url = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        format!("http://{}", l.local_addr().expect("addr"))
-    };
+    // Port 1 on the loopback: nothing listens there.
+    let refused_url = "http://127.0.0.1:1".to_string();
     let mut t = Tally::default();
     for which in ["primary", "replica", "read-only", "cluster"] {
         let r = t
@@ -480,11 +504,12 @@ async fn no_answer_and_bad_arguments_are_unknown() {
                 ],
             )
             .await;
-        assert!(
-            r.took >= Duration::from_millis(500) && r.took < Duration::from_millis(2500),
-            "{which}: {:?}",
-            r.took
-        );
+        let timeout = if which == "cluster" {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(1)
+        };
+        r.waited(timeout, Duration::from_millis(1200));
         let r = t
             .expect(
                 &format!("{which}, nothing listens"),
@@ -493,7 +518,7 @@ async fn no_answer_and_bad_arguments_are_unknown() {
                 &[" UNKNOWN - ", "Connection refused"],
             )
             .await;
-        assert!(r.took < Duration::from_secs(2), "{which}: {:?}", r.took);
+        r.waited(Duration::ZERO, Duration::from_millis(500));
     }
     for (args, wanted) in [
         (
