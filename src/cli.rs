@@ -72,6 +72,13 @@ pub enum Command {
         #[command(flatten)]
         local: Local,
     },
+    /// Check this node as a monitoring plugin (Nagios, Icinga, keepalived): `primary`,
+    /// `replica`, `read-only` or `cluster`.
+    ///
+    /// Asks the local daemon (--url, else the `listen` of --config), never the database, and
+    /// prints one status line with performance data. Exit status: 0 OK, 1 WARNING,
+    /// 2 CRITICAL, 3 UNKNOWN (no answer within --timeout, connection refused, bad arguments).
+    Check(crate::check::Args),
 }
 
 /// Where the local daemon keeps its state and listens, for `drain` and `undrain`.

@@ -15,6 +15,8 @@
 //! - [`agent`]: the haproxy agent-check port, one line per connection, from the snapshot;
 //! - [`metrics`]: `/metrics` in the Prometheus text format, and the request counters;
 //! - [`server`]: connections, limits, protocol-level refusals and draining;
+//! - [`check`]: `primgr check`, a monitoring plugin: one status line and exit status from the
+//!   local daemon's answers;
 //! - [`cluster`]: the `primgr cluster` operator view over every node's `/status`;
 //! - [`control`]: the drain flag (`primgr drain` / `undrain`), local to the node;
 //! - [`shared`]: what one daemon's tasks share (configuration in force, snapshot, votes behind locks);
@@ -40,6 +42,7 @@
 pub mod agent;
 pub mod api;
 pub mod auth;
+pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod config;

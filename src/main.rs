@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Some(Command::Cluster { url, timeout, json }) => return cluster(url, *timeout, *json),
         Some(Command::Drain { reason, local }) => return drain(local, Some(reason)),
         Some(Command::Undrain { local }) => return drain(local, None),
+        Some(Command::Check(args)) => return ExitCode::from(primgr::check::command(args)),
         None => {}
     }
     let (source, config) = match cli.load() {
