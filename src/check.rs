@@ -34,7 +34,8 @@ use hyper::Uri;
 use tokio::time::Instant;
 
 use crate::cluster::{ClusterReport, NodeReport, parse_timeout, parse_url};
-use crate::config::{Origin, Settings, format_size, from_flag, parse_size};
+use crate::config::Source;
+use crate::units::{format_size, parse_size};
 use crate::decide::State;
 use crate::peers::PeerClient;
 use crate::wire::{self, CheckBody, Status};
@@ -669,19 +670,7 @@ pub fn prepare(args: &Args) -> Result<(Check, Uri, Duration), Report> {
 /// The local daemon's API address from its configuration file: its `listen`, with an
 /// unspecified address (`0.0.0.0`) asked on the loopback.
 fn listen_url(path: &Path) -> Result<Uri, String> {
-    let (settings, origin): (Settings, Origin) = Settings::load(path).map_err(|e| e.to_string())?;
-    // Only `listen` matters here; a node_name is not needed.
-    let settings = Settings {
-        node_name: settings
-            .node_name
-            .or_else(|| Some(from_flag("local".into()))),
-        ..settings
-    };
-    let config = settings.validate(&origin).map_err(|e| e.to_string())?;
-    let mut listen = config.listen;
-    if listen.ip().is_unspecified() {
-        listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
+    let (listen, _) = Source::local_daemon(Some(path.to_path_buf())).map_err(|e| e.to_string())?;
     parse_url(&listen.to_string())
 }
 

@@ -95,22 +95,10 @@ pub struct Local {
 impl Local {
     /// The state directory, and the local daemon's API address.
     pub fn resolve(&self) -> Result<(PathBuf, Uri), String> {
-        let source = Source {
-            file: self.config.clone(),
-            ..Source::default()
-        };
-        let (settings, origin) = source.settings().map_err(|e| e.to_string())?;
-        // Only `state_dir` and `listen` matter here; a node_name is not needed.
-        let config = settings
-            .or_flag("node_name", "local")
-            .validate(&origin)
-            .map_err(|e| e.to_string())?;
-        let mut listen = config.node.listen;
-        if listen.ip().is_unspecified() {
-            listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
+        let (listen, state_dir) =
+            Source::local_daemon(self.config.clone()).map_err(|e| e.to_string())?;
         let url = crate::cluster::parse_url(&listen.to_string())?;
-        Ok((self.state_dir.clone().unwrap_or(config.node.state_dir), url))
+        Ok((self.state_dir.clone().unwrap_or(state_dir), url))
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -347,6 +348,23 @@ pub struct Source {
 }
 
 impl Source {
+    /// The local daemon's API address and state directory, from the file (if any) alone, for
+    /// the commands that talk to the daemon on this host (`drain`, `check`): its `listen`, an
+    /// unspecified address (`0.0.0.0`) asked on the loopback. A node_name is not needed.
+    pub fn local_daemon(file: Option<PathBuf>) -> Result<(SocketAddr, PathBuf), ConfigError> {
+        let source = Source {
+            file,
+            ..Source::default()
+        };
+        let (settings, origin) = source.settings()?;
+        let config = settings.or_flag("node_name", "local").validate(&origin)?;
+        let mut listen = config.node.listen;
+        if listen.ip().is_unspecified() {
+            listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Ok((listen, config.node.state_dir))
+    }
+
     /// The configuration: the file (if any), the flags over it, validated.
     pub fn load(&self) -> Result<Config, ConfigError> {
         let (file, origin) = self.settings()?;
