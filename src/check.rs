@@ -1274,7 +1274,7 @@ mod tests {
         for (a, want) in [
             (
                 replica_args(Some("1XB"), None),
-                "PRIMGR REPLICA UNKNOWN - bad --warning: \"1XB\": unknown unit",
+                "PRIMGR REPLICA UNKNOWN - bad --warning: unknown unit",
             ),
             (replica_args(None, Some("-1")), "bad --critical"),
             (
