@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod child;
 pub mod clients;
+pub mod phases;
 pub mod sampler;
 
 use std::collections::BTreeMap;
