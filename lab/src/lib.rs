@@ -50,9 +50,9 @@
 //! haproxy/config.rs  the shipped haproxy.cfg rendered for a lab; haproxy -c
 //! haproxy/stat.rs    haproxy's `show stat` CSV parsed into ServerStat rows
 //! main.rs            the demo binary `primgr-lab up|down`
-//! bin/baseline.rs    the benchmark's bare hyper server
-//! bin/primgr-bench/  the benchmark, one module per measurement (listed in its main.rs)
 //! ```
+//! The benchmark (`primgr-bench` and its `baseline` server) is a crate of its own, `bench/`,
+//! built on this one.
 //!
 //! ## Requirements
 //! Must run as **root** (PostgreSQL, psql and repmgr run as the `postgres` OS user through
