@@ -44,14 +44,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::Daemon;
 use common::child::{Primgr, scratch_dir};
 use common::sampler::{Sample, Sampler};
 use primgr_lab::stats::duration_quantile;
-use primgr_lab::{Lab, LabSpec, StopMode};
+use primgr_lab::{Lab, LabSpec, StopMode, subnet_of};
 use primgr_lab::{http, procfs};
 
-/// Lab subnet 50 is this file's.
-const SUBNET: u8 = 50;
 const INTERVAL: Duration = Duration::from_millis(500);
 const DB_TIMEOUT: Duration = Duration::from_secs(1);
 const PEER_TIMEOUT: Duration = Duration::from_millis(500);
@@ -496,6 +495,8 @@ struct Run {
     /// A stale old primary running read-write beside the real one (split brain): from its
     /// start until its rejoin.
     split_brain: Vec<Span>,
+    /// Each node's daemon (None while it is stopped), in node order.
+    daemons: Vec<Option<Daemon>>,
     daemon_args: Vec<String>,
     seed: u64,
 }
@@ -619,23 +620,21 @@ impl Run {
                     start,
                     end: None,
                 });
-                let r = self.lab.stop_daemon(&self.name(i)).await;
-                self.check("stop daemon", r);
+                if let Some(mut d) = self.daemons[i].take() {
+                    d.stop().await;
+                }
                 format!("daemon of {} stopped", self.name(i))
             }
             Action::StartDaemon(i) => {
                 let node = self.name(i);
-                let bin = env!("CARGO_BIN_EXE_primgr");
                 let r = self
                     .lab
-                    .spawn_daemon(&node, bin.as_ref(), &self.daemon_args)
-                    .await;
-                self.check("spawn daemon", r);
-                let r = self
-                    .lab
-                    .wait_daemon_ready(&node, Duration::from_secs(10))
-                    .await;
+                    .daemon(&node, common::PRIMGR)
+                    .and_then(|d| d.args(self.daemon_args.iter().cloned()).spawn());
+                let mut daemon = self.check("spawn daemon", r);
+                let r = daemon.ready(Duration::from_secs(10)).await;
                 self.check("daemon ready", r);
+                self.daemons[i] = Some(daemon);
                 close_spans(&mut self.daemon_down, i, self.sampler.now());
                 format!("daemon of {node} restarted")
             }
@@ -802,9 +801,11 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
         .unwrap_or(15);
     println!("chaos seed {seed} (rerun with PRIMGR_CHAOS_SEED={seed}), {faults} faults");
 
-    let lab = Lab::build(LabSpec::standard(SUBNET))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "chaos::random_faults_never_make_primgr_lie_hang_or_crash",
+    )))
+    .await
+    .expect("lab builds");
     let daemon_args: Vec<String> = vec![
         "--interval".into(),
         format!("{}ms", INTERVAL.as_millis()),
@@ -814,16 +815,16 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
         format!("{}ms", PEER_TIMEOUT.as_millis()),
     ];
     let names = lab.node_names();
-    let bin = env!("CARGO_BIN_EXE_primgr");
+    let mut daemons = Vec::new();
     for n in &names {
-        lab.spawn_daemon(n, bin.as_ref(), &daemon_args)
-            .await
+        let d = lab
+            .daemon(n, common::PRIMGR)
+            .and_then(|d| d.args(daemon_args.iter().cloned()).spawn())
             .expect("spawn daemon");
+        daemons.push(d);
     }
-    for n in &names {
-        lab.wait_daemon_ready(n, Duration::from_secs(10))
-            .await
-            .expect("daemon ready");
+    for d in &mut daemons {
+        d.wait_listening(Duration::from_secs(10)).await;
     }
     let addrs: Vec<SocketAddr> = names.iter().map(|n| lab.daemon_addr(n)).collect();
     let t = Instant::now();
@@ -887,6 +888,7 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
         db_spans: Vec::new(),
         daemon_down: Vec::new(),
         split_brain: Vec::new(),
+        daemons: daemons.into_iter().map(Some).collect(),
         daemon_args,
         seed,
     };
@@ -1311,6 +1313,9 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
         violations.len()
     );
     assert!(control.running(), "the control daemon exited");
+    for d in run.daemons.iter_mut().flatten() {
+        d.stop().await;
+    }
     let Run { lab, .. } = run;
     lab.teardown().await.expect("teardown");
 }

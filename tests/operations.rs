@@ -1,18 +1,19 @@
 //! Issue 12's operations features against real components: the haproxy agent-check port
 //! (through haproxy 2.6 and real PostgreSQL clients on the lab, and against hostile clients),
 //! reload on SIGHUP of the real binary under load, and `/metrics` read by a parser of the
-//! Prometheus text format. Lab subnets 111-116 (shifted by `PRIMGR_LAB_SUBNET_SHIFT`).
+//! Prometheus text format. Each test's lab subnet is its entry in `primgr_lab::SUBNETS`.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::agent::{
-    ADMIN_DRAIN, AgentRow, ConfiguredPrimgr, agent_addr, agent_fleet, agent_line, agent_rows,
-    ask_agent, servers_state, start_daemon, state_dir, wait_rows,
+    ADMIN_DRAIN, AgentRow, agent_addr, agent_fleet, agent_line, agent_rows, ask_agent,
+    configured_primgr, servers_state, state_dir, wait_rows,
 };
 use common::clients::{address_book, connect, haproxy_settle, land, shipped};
 use common::phases::Phases;
@@ -21,7 +22,7 @@ use common::{Daemon, config_for, json_at, wait_json_at};
 use primgr::Config;
 use primgr::agent::{MAX_CONNECTIONS, READ_TIMEOUT};
 use primgr_lab::haproxy::{self, Haproxy};
-use primgr_lab::{Lab, LabSpec, http, lab_subnet};
+use primgr_lab::{Lab, LabSpec, http, lab_subnet, subnet_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -103,7 +104,7 @@ async fn lone_daemon(subnet: u8) -> (Daemon, SocketAddr, SocketAddr) {
         Config::default_max_staleness(common::INTERVAL, common::DB_TIMEOUT, common::PEER_TIMEOUT);
     config.state_dir = state_dir(subnet, "node1");
     let agent = config.agent_listen.expect("set");
-    let d = start_daemon(config).await;
+    let d = Daemon::start(config).await;
     let addr = d.addr;
     wait_json_at(addr, "/status", Duration::from_secs(10), |v| {
         !v["observed_at"].is_null()
@@ -119,7 +120,7 @@ async fn lone_daemon(subnet: u8) -> (Daemon, SocketAddr, SocketAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_hostile_input() {
     let t_start = Instant::now();
-    let subnet = lab_subnet(112).expect("subnet");
+    let subnet = lab_subnet(subnet_of("operations::agent_hostile_input")).expect("subnet");
     let (mut daemon, http_addr, agent) = lone_daemon(subnet).await;
     let read = agent_line(agent, b"read\n").await;
     let write = agent_line(agent, b"write\n").await;
@@ -362,7 +363,10 @@ async fn fake_check(addr: SocketAddr) {
 /// `weight 100` section shows what the variant needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_agent_variant_keeps_a_lagging_standby_in_the_pool() {
-    let subnet = lab_subnet(115).expect("subnet");
+    let subnet = lab_subnet(subnet_of(
+        "operations::shipped_agent_variant_keeps_a_lagging_standby_in_the_pool",
+    ))
+    .expect("subnet");
     let nodes: Vec<(String, Ipv4Addr)> = (1..=4)
         .map(|i| (format!("node{i}"), primgr_lab::node_address(subnet, i)))
         .collect();
@@ -558,9 +562,11 @@ fn weight_of(line: &str) -> Option<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_through_haproxy() {
     let t_start = Instant::now();
-    let lab = Lab::build(LabSpec::standard(111))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "operations::agent_through_haproxy",
+    )))
+    .await
+    .expect("lab builds");
     let subnet = lab.subnet();
     let mut fleet = agent_fleet(&lab, |_, c| {
         c.agent_lag_soft = LAG_SOFT;
@@ -905,7 +911,8 @@ async fn reload_sessions(lab: &Lab) -> String {
 /// passed the running configuration's `loaded_at` (so that the reload shows a new one; its
 /// resolution is a millisecond, so this wait is nearly always over at once). Returns the
 /// log's length before the reload.
-async fn reload(primgr: &ConfiguredPrimgr, addr: SocketAddr, text: String) -> usize {
+async fn reload(primgr: &Daemon, file: &Path, text: String) -> usize {
+    let addr = primgr.addr;
     let shown = json_at(addr, "/status").await.1["config"]["loaded_at"].clone();
     let shown = shown.as_str().expect("loaded_at");
     let loaded_at =
@@ -918,9 +925,9 @@ async fn reload(primgr: &ConfiguredPrimgr, addr: SocketAddr, text: String) -> us
     )
     .await
     .expect("the clock moves");
-    std::fs::write(&primgr.config, text).expect("write config");
+    std::fs::write(file, text).expect("write config");
     let from = primgr.log_text().len();
-    primgr.hangup();
+    primgr.hangup().expect("SIGHUP");
     from
 }
 
@@ -934,9 +941,11 @@ async fn reload(primgr: &ConfiguredPrimgr, addr: SocketAddr, text: String) -> us
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load() {
     let t_start = Instant::now();
-    let lab = Lab::build(LabSpec::standard(113))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "operations::reload_under_load",
+    )))
+    .await
+    .expect("lab builds");
     let subnet = lab.subnet();
     let mut others = Vec::new();
     for n in ["node2", "node3", "node4"] {
@@ -955,12 +964,10 @@ async fn reload_under_load() {
         app: "primgr-reload-a",
     };
     std::fs::write(&file, conf.text()).expect("write config");
-    let mut primgr = ConfiguredPrimgr::spawn(&file, &log);
     let addr = SocketAddr::from((ip, 5999));
     let agent = SocketAddr::from((ip, 5998));
-    primgr_lab::wait::listening(addr, Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", primgr.log_text()));
+    let mut primgr = configured_primgr(&file, addr, &log);
+    primgr.wait_listening(Duration::from_secs(10)).await;
     wait_json_at(addr, "/status", common::settle_bound() * 2, |v| {
         v["code"] == 200
     })
@@ -969,7 +976,7 @@ async fn reload_under_load() {
     let s0 = status(addr).await;
     println!(
         "node1's primgr (pid {}) answers 200; config {} loaded at {}",
-        primgr.pid(),
+        primgr.pid().expect("running"),
         s0["config"]["fingerprint"],
         s0["config"]["loaded_at"]
     );
@@ -1008,7 +1015,7 @@ async fn reload_under_load() {
             assert_eq!(primgr.log_text().matches(" DEBUG ").count(), 0);
             conf.interval = "700ms";
             conf.log_level = "debug";
-            let from = reload(&primgr, addr, conf.text()).await;
+            let from = reload(&primgr, &file, conf.text()).await;
             let t0 = Instant::now();
             let sa = wait_json_at(addr, "/status", Duration::from_secs(5), |v| {
                 v["interval_ms"].as_f64() == Some(700.0)
@@ -1053,7 +1060,7 @@ async fn reload_under_load() {
             conf.log_level = "info";
             conf.listen_port = 6001;
             conf.agent_port = 6998;
-            let from = reload(&primgr, addr, conf.text()).await;
+            let from = reload(&primgr, &file, conf.text()).await;
             let new = primgr
                 .wait_log(from, "agent_listen", Duration::from_secs(5))
                 .await;
@@ -1129,7 +1136,7 @@ async fn reload_under_load() {
                     ("unknown key", unknown, "intervall", lines + 1),
                     ("bad value", bad_value, "`interval`", interval_line),
                 ] {
-                    let from = reload(&primgr, addr, text).await;
+                    let from = reload(&primgr, &file, text).await;
                     // The refusal is the reload's last word: nothing of that file is applied after.
                     let new = primgr
                         .wait_log(from, "reload refused", Duration::from_secs(5))
@@ -1163,7 +1170,7 @@ async fn reload_under_load() {
             conf.listen_port = 5999;
             conf.agent_port = 5998;
             conf.app = "primgr-reload-b";
-            let from = reload(&primgr, addr, conf.text()).await;
+            let from = reload(&primgr, &file, conf.text()).await;
             let t0 = Instant::now();
             let sessions = loop {
                 let s = reload_sessions(&lab).await;
@@ -1226,7 +1233,7 @@ async fn reload_under_load() {
         })
         .await;
 
-    primgr.kill();
+    primgr.kill().await;
     for mut d in others {
         d.stop().await;
     }
@@ -1434,9 +1441,11 @@ async fn wait_lag(addr: SocketAddr, within: Duration, check: impl Fn(f64) -> boo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_agree() {
     let t_start = Instant::now();
-    let lab = Lab::build(LabSpec::standard(114))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "operations::metrics_parse_and_agree",
+    )))
+    .await
+    .expect("lab builds");
     let mut fleet = common::Fleet::start(&lab).await;
     fleet.wait_normal().await;
     let (n1, n2) = (fleet.addr("node1"), fleet.addr("node2"));
