@@ -1,6 +1,6 @@
 //! The HTTP API: what each endpoint answers, routed in one table.
 //!
-//! Owns the routes ([`route`]) and their replies, all from the snapshot: `/state` and `/` (the
+//! Owns the routes (`route`) and their replies, all from the snapshot: `/state` and `/` (the
 //! health check), `/primary` (whom the local metadata names), `/realPrimary` (a fan-out to
 //! every node's `/state`, shared by simultaneous callers), `/status` (everything the snapshot
 //! knows); between daemons `/vote` (this node's vote, a leased promise), `POST /release`

@@ -35,9 +35,9 @@ use tokio::time::Instant;
 
 use crate::cluster::{ClusterReport, NodeReport, parse_timeout, parse_url};
 use crate::config::Source;
-use crate::units::{format_size, parse_size};
 use crate::decide::State;
 use crate::peers::PeerClient;
+use crate::units::{format_size, parse_size};
 use crate::wire::{self, CheckBody, Status};
 
 /// Default `--timeout`: bound on the whole check.

@@ -17,8 +17,8 @@
 //! PrimgrSplitBrain and PrimgrShortOfVotes (node1) and PrimgrDaemonDown (node4) from `for`
 //! after their conditions began. `promtool test rules` (Debian's `prometheus` package) runs
 //! it; the file stays in a temporary directory when it fails. The same file against rules
-//! whose PrimgrSplitBrain does not count Unknown must fail, so the checks can fail. Lab
-//! subnet 131 is this file's.
+//! whose PrimgrSplitBrain does not count Unknown must fail, so the checks can fail. Its lab
+//! subnet is in `primgr_lab::SUBNETS`.
 
 mod common;
 
@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Fleet, settle_bound};
-use primgr_lab::{Lab, LabSpec, StopMode, http, wait};
+use primgr_lab::{Lab, LabSpec, StopMode, http, subnet_of, wait};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -469,9 +469,11 @@ async fn alert_rules_on_a_real_failover_and_split_brain() {
         "promtool is missing: contrib/install-deps installs it (Debian's prometheus package)"
     );
 
-    let lab = Lab::build(LabSpec::standard(131))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "alerts::alert_rules_on_a_real_failover_and_split_brain",
+    )))
+    .await
+    .expect("lab builds");
     let mut fleet = Fleet::start(&lab).await;
     fleet.wait_normal().await;
     fleet

@@ -12,11 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::child::{Primgr, scratch_dir};
 use common::{json_at, wait_cycles, wait_json_at};
-use primgr_lab::{Lab, LabSpec, NodeSpec};
+use primgr_lab::{Lab, LabSpec, NodeSpec, subnet_of};
 use serde_json::Value;
 
-/// Lab subnet 53 is this file's.
-const SUBNET: u8 = 53;
 /// Poll cycles each daemon is seen to complete (distinct `observed_at`) before its log is
 /// counted: many.
 const CYCLES: usize = 10;
@@ -103,7 +101,10 @@ fn count(log: &str, needle: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_schema_and_node_name_keep_the_daemon_up_and_say_why_once() {
-    let lab = Lab::build(LabSpec::new(SUBNET, vec![NodeSpec::new("node1", "dc1")]))
+    let subnet = subnet_of(
+        "bad_database::bad_credentials_schema_and_node_name_keep_the_daemon_up_and_say_why_once",
+    );
+    let lab = Lab::build(LabSpec::new(subnet, vec![NodeSpec::new("node1", "dc1")]))
         .await
         .expect("lab builds");
     for sql in [

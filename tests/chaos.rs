@@ -27,9 +27,10 @@
 //!    database is back (a sample without an answer is invariant 3's);
 //! 3. every running daemon answers every sample within 100 ms. A fifth primgr outside the
 //!    cluster, which no fault touches, is sampled in the same rounds as a control, first and
-//!    last in each round: a sample over the bound while the control was over it too (at the
-//!    round's start or end) is a stall of the machine (two cores shared with other work),
-//!    counted and reported apart, not a fault of that node's daemon;
+//!    last in each round: a sample over the bound while a control sample of the same round was
+//!    over it too (or unanswered) is excused as a stall of the machine (two cores shared with
+//!    other work), counted and printed; a round without a control sample excuses nothing, and
+//!    more excused samples than [`MAX_EXCUSED_SHARE`] of those checked is a violation;
 //! 4. once everything is healed, exactly one node (the model's primary) answers 200 and every
 //!    other 202 within [`heal_bound()`].
 //!
@@ -43,14 +44,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::Daemon;
 use common::child::{Primgr, scratch_dir};
 use common::sampler::{Sample, Sampler};
 use primgr_lab::stats::duration_quantile;
-use primgr_lab::{Lab, LabSpec, StopMode};
+use primgr_lab::{Lab, LabSpec, StopMode, subnet_of};
 use primgr_lab::{http, procfs};
 
-/// Lab subnet 50 is this file's.
-const SUBNET: u8 = 50;
 const INTERVAL: Duration = Duration::from_millis(500);
 const DB_TIMEOUT: Duration = Duration::from_secs(1);
 const PEER_TIMEOUT: Duration = Duration::from_millis(500);
@@ -69,6 +69,14 @@ fn heal_bound() -> Duration {
 /// Sampler target index of the control daemon (after the four nodes), sampled first in each
 /// round; it is sampled again last in each round as target `CONTROL + 1`.
 const CONTROL: usize = 4;
+/// Invariant 3: at most this share of the checked samples may be excused as machine stalls
+/// (a node over the bound while the control daemon was too). The control runs the same binary
+/// on the same cores, so a stall it shares is the machine's; but an excuse without a limit
+/// would let a run pass however much of it went unchecked. 2% of a default run (about 11,000
+/// node samples) is about 230 samples, three seconds of rounds in which all four nodes and the
+/// control were slow; a machine that stalls more than that is too loaded for invariant 3 to
+/// say anything, and the run fails saying so.
+const MAX_EXCUSED_SHARE: f64 = 0.02;
 /// Open faults (frozen databases, cuts, stopped daemons) at most at once.
 const MAX_OPEN: usize = 3;
 
@@ -487,6 +495,8 @@ struct Run {
     /// A stale old primary running read-write beside the real one (split brain): from its
     /// start until its rejoin.
     split_brain: Vec<Span>,
+    /// Each node's daemon (None while it is stopped), in node order.
+    daemons: Vec<Option<Daemon>>,
     daemon_args: Vec<String>,
     seed: u64,
 }
@@ -610,23 +620,21 @@ impl Run {
                     start,
                     end: None,
                 });
-                let r = self.lab.stop_daemon(&self.name(i)).await;
-                self.check("stop daemon", r);
+                if let Some(mut d) = self.daemons[i].take() {
+                    d.stop().await;
+                }
                 format!("daemon of {} stopped", self.name(i))
             }
             Action::StartDaemon(i) => {
                 let node = self.name(i);
-                let bin = env!("CARGO_BIN_EXE_primgr");
                 let r = self
                     .lab
-                    .spawn_daemon(&node, bin.as_ref(), &self.daemon_args)
-                    .await;
-                self.check("spawn daemon", r);
-                let r = self
-                    .lab
-                    .wait_daemon_ready(&node, Duration::from_secs(10))
-                    .await;
+                    .daemon(&node, common::PRIMGR)
+                    .and_then(|d| d.args(self.daemon_args.iter().cloned()).spawn());
+                let mut daemon = self.check("spawn daemon", r);
+                let r = daemon.ready(Duration::from_secs(10)).await;
                 self.check("daemon ready", r);
+                self.daemons[i] = Some(daemon);
                 close_spans(&mut self.daemon_down, i, self.sampler.now());
                 format!("daemon of {node} restarted")
             }
@@ -793,9 +801,11 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
         .unwrap_or(15);
     println!("chaos seed {seed} (rerun with PRIMGR_CHAOS_SEED={seed}), {faults} faults");
 
-    let lab = Lab::build(LabSpec::standard(SUBNET))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "chaos::random_faults_never_make_primgr_lie_hang_or_crash",
+    )))
+    .await
+    .expect("lab builds");
     let daemon_args: Vec<String> = vec![
         "--interval".into(),
         format!("{}ms", INTERVAL.as_millis()),
@@ -805,16 +815,16 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
         format!("{}ms", PEER_TIMEOUT.as_millis()),
     ];
     let names = lab.node_names();
-    let bin = env!("CARGO_BIN_EXE_primgr");
+    let mut daemons = Vec::new();
     for n in &names {
-        lab.spawn_daemon(n, bin.as_ref(), &daemon_args)
-            .await
+        let d = lab
+            .daemon(n, common::PRIMGR)
+            .and_then(|d| d.args(daemon_args.iter().cloned()).spawn())
             .expect("spawn daemon");
+        daemons.push(d);
     }
-    for n in &names {
-        lab.wait_daemon_ready(n, Duration::from_secs(10))
-            .await
-            .expect("daemon ready");
+    for d in &mut daemons {
+        d.wait_listening(Duration::from_secs(10)).await;
     }
     let addrs: Vec<SocketAddr> = names.iter().map(|n| lab.daemon_addr(n)).collect();
     let t = Instant::now();
@@ -878,6 +888,7 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
         db_spans: Vec::new(),
         daemon_down: Vec::new(),
         split_brain: Vec::new(),
+        daemons: daemons.into_iter().map(Some).collect(),
         daemon_args,
         seed,
     };
@@ -1068,26 +1079,34 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
         }
     }
 
-    // 3. Every running daemon answers every sample within ANSWER_BOUND, unless the control
-    // daemon was as slow in the same round, at the round's start or its end (a stall of the
-    // whole machine, counted apart).
+    // 3. Every running daemon answers every sample within ANSWER_BOUND. A sample over the
+    // bound is excused as a stall of the whole machine only when the control daemon shows the
+    // stall in the same round (a control sample of that round unanswered or over the bound, at
+    // the round's start or its end); a round without any control sample is no evidence, so its
+    // samples are judged like any other. The excused samples are counted and capped: more than
+    // MAX_EXCUSED_SHARE of the checked samples is a violation of its own.
     let control_samples: Vec<&Sample> = samples.iter().filter(|s| s.target >= CONTROL).collect();
-    // The slowest control sample of the round of a sample started at `at` (None: no answer,
-    // or no control sample in that round).
-    let control_at = |at: Duration| -> Option<&Sample> {
+    // The control samples of the round of a sample started at `at` (empty: the round has none).
+    let control_round = |at: Duration| -> Vec<&Sample> {
         let k = control_samples.partition_point(|c| c.at + PERIOD / 2 < at);
-        let round: Vec<&Sample> = control_samples[k..]
+        control_samples[k..]
             .iter()
             .take_while(|c| c.at < at + PERIOD / 2)
             .copied()
-            .collect();
-        if round.is_empty() || round.iter().any(|c| c.status.is_none()) {
-            return None;
-        }
-        round.into_iter().max_by_key(|c| c.latency)
+            .collect()
+    };
+    // The slowest control sample of that round (an unanswered one first), if the round has one.
+    let control_at = |at: Duration| -> Option<&Sample> {
+        control_round(at)
+            .into_iter()
+            .max_by_key(|c| (c.status.is_none(), c.latency))
+    };
+    let control_stalled = |at: Duration| {
+        control_at(at).is_some_and(|c| c.status.is_none() || c.latency > ANSWER_BOUND)
     };
     let mut inv3_checked = 0;
     let mut machine_stalls = 0;
+    let mut without_control = 0;
     let mut latencies = Vec::new();
     let mut worst_own = Duration::ZERO;
     for s in samples.iter().filter(|s| s.target < CONTROL) {
@@ -1096,8 +1115,10 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
         }
         inv3_checked += 1;
         latencies.push(s.latency);
-        let stalled =
-            control_at(s.at).is_none_or(|c| c.status.is_none() || c.latency > ANSWER_BOUND);
+        if control_at(s.at).is_none() {
+            without_control += 1;
+        }
+        let stalled = control_stalled(s.at);
         if !stalled {
             worst_own = worst_own.max(s.latency);
         }
@@ -1115,6 +1136,15 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
             s.status,
             s.latency,
             s.error.as_deref().unwrap_or("")
+        ));
+    }
+    let max_excused = (inv3_checked as f64 * MAX_EXCUSED_SHARE).floor() as usize;
+    if machine_stalls > max_excused {
+        violations.push(format!(
+            "inv 3: {machine_stalls} samples over the bound excused as machine stalls, more than \
+             the cap of {max_excused} ({:.0}% of {inv3_checked}): the machine is too loaded for \
+             invariant 3 to say anything",
+            MAX_EXCUSED_SHARE * 100.0
         ));
     }
     let worst_answer = duration_quantile(&latencies, 1.0);
@@ -1211,10 +1241,14 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
         worst_own.as_secs_f64() * 1e3
     );
     println!(
-        "    control daemon: worst {:.1} ms, p99 {:.1} ms; {machine_stalls} node samples over the bound \
-         while the control was too (machine stalls, not counted)",
+        "    control daemon: worst {:.1} ms, p99 {:.1} ms",
         duration_quantile(&control_latencies, 1.0).as_secs_f64() * 1e3,
         duration_quantile(&control_latencies, 0.99).as_secs_f64() * 1e3,
+    );
+    println!(
+        "    excused as machine stalls (the control over the bound in the same round): \
+         {machine_stalls} of {inv3_checked} samples (cap {max_excused}); {without_control} \
+         samples in rounds without a control sample, judged without excuse"
     );
     for s in slowest.iter().take(3) {
         println!(
@@ -1279,6 +1313,9 @@ async fn random_faults_never_make_primgr_lie_hang_or_crash() {
         violations.len()
     );
     assert!(control.running(), "the control daemon exited");
+    for d in run.daemons.iter_mut().flatten() {
+        d.stop().await;
+    }
     let Run { lab, .. } = run;
     lab.teardown().await.expect("teardown");
 }

@@ -6,7 +6,7 @@
 //! daemon, within the timeout); the default address from --config; the shipped keepalived
 //! script line against the lab. Without a lab: a daemon that accepts and never answers, a port
 //! where nothing listens, bad arguments, and contrib/keepalived.conf checked by
-//! `keepalived -t`. Lab subnet 121 is this file's.
+//! `keepalived -t`. Its lab subnet is in `primgr_lab::SUBNETS`.
 
 mod common;
 
@@ -16,10 +16,9 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::{settle_bound, timing_flags, wait_json_at};
-use primgr_lab::{Lab, LabSpec, NodeSpec, StopMode};
+use primgr_lab::{Daemon, Lab, LabSpec, NodeSpec, StopMode, subnet_of};
 
 const PRIMGR: &str = env!("CARGO_BIN_EXE_primgr");
-const SUBNET: u8 = 121;
 const KEEPALIVED_CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/keepalived.conf");
 
 /// Bound on one run of `primgr check` whatever happens (its own --timeout is smaller).
@@ -158,19 +157,25 @@ async fn every_exit_code_against_a_live_cluster() {
         nodes: ["node1", "node2", "node3"]
             .map(|n| NodeSpec::new(n, "dc1"))
             .to_vec(),
-        ..LabSpec::standard(SUBNET)
+        ..LabSpec::standard(subnet_of("check::every_exit_code_against_a_live_cluster"))
     })
     .await
     .expect("lab builds");
-    for node in lab.node_names() {
-        lab.spawn_daemon(&node, PRIMGR.as_ref(), &timing_flags())
+    let mut daemons: std::collections::BTreeMap<String, Daemon> = lab
+        .node_names()
+        .into_iter()
+        .map(|node| {
+            let d = lab
+                .daemon(&node, PRIMGR)
+                .and_then(|d| d.args(timing_flags()).spawn())
+                .unwrap_or_else(|e| panic!("spawn the daemon of {node}: {e:#}"));
+            (node, d)
+        })
+        .collect();
+    for (node, d) in daemons.iter_mut() {
+        d.ready(Duration::from_secs(10))
             .await
-            .expect("daemon starts");
-    }
-    for node in lab.node_names() {
-        lab.wait_daemon_ready(&node, Duration::from_secs(10))
-            .await
-            .expect("daemon listens");
+            .unwrap_or_else(|e| panic!("the daemon of {node} listens: {e:#}"));
     }
     let (p, s1, s2) = (url(&lab, "node1"), url(&lab, "node2"), url(&lab, "node3"));
     let status = |node: &str| lab.daemon_addr(node);
@@ -362,9 +367,7 @@ async fn every_exit_code_against_a_live_cluster() {
     .await;
 
     // 4. node3's daemon stopped (SIGSTOP): it accepts connections and never answers.
-    lab.freeze_daemon("node3")
-        .await
-        .expect("SIGSTOP node3's daemon");
+    daemons["node3"].freeze().expect("SIGSTOP node3's daemon");
     for which in ["primary", "replica", "read-only"] {
         let r = t
             .expect(
@@ -400,7 +403,7 @@ async fn every_exit_code_against_a_live_cluster() {
         &["UNKNOWN - cannot ask the daemon at"],
     )
     .await;
-    lab.thaw_daemon("node3").await.expect("SIGCONT");
+    daemons["node3"].thaw().expect("SIGCONT");
 
     // 5. The primary's database stops: no primary, and the standbys' lag becomes unknown.
     lab.stop("node1", StopMode::Fast).await.expect("stop node1");

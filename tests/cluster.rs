@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{DB_TIMEOUT, Fleet, INTERVAL, settle_bound};
-use primgr_lab::{Lab, LabSpec, StopMode};
+use primgr_lab::{Lab, LabSpec, StopMode, subnet_of};
 use serde_json::json;
 
 async fn assert_everyone_names(fleet: &Fleet, nodes: &[&str], primary: &str) {
@@ -30,7 +30,11 @@ async fn assert_everyone_names(fleet: &Fleet, nodes: &[&str], primary: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn normal_failover_split_brain_and_rejoin() {
-    let lab = Lab::build(LabSpec::standard(31)).await.expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "cluster::normal_failover_split_brain_and_rejoin",
+    )))
+    .await
+    .expect("lab builds");
     let fleet = Fleet::start(&lab).await;
     let all = ["node1", "node2", "node3", "node4"];
 
@@ -160,7 +164,11 @@ async fn normal_failover_split_brain_and_rejoin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_standby_and_frozen_primary() {
-    let lab = Lab::build(LabSpec::standard(32)).await.expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "cluster::stopped_standby_and_frozen_primary",
+    )))
+    .await
+    .expect("lab builds");
     let fleet = Fleet::start(&lab).await;
     fleet.wait_normal().await;
 

@@ -7,8 +7,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use primgr::{Config, Options, RunError};
-use tokio::net::TcpListener;
+use primgr::{Config, RunError};
+use primgr_lab::{Daemon, Ended};
 
 const PRIMGR: &str = env!("CARGO_BIN_EXE_primgr");
 
@@ -21,37 +21,33 @@ async fn a_dead_poller_ends_the_daemon() {
     // Nothing listens on port 1: the database is down, the cycles run anyway.
     config.db.conninfo = "host=127.0.0.1 port=1 dbname=repmgr user=repmgr".into();
     config.timing.interval = Duration::from_millis(50);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    config.node.listen = "127.0.0.1:0".parse().expect("addr");
     let hook: primgr::poller::CycleHook = Arc::new(|cycle| {
         if cycle == 3 {
             panic!("planted failure in cycle {cycle}");
         }
     });
-    let options = Options {
-        cycle_hook: Some(hook),
-        ..Options::default()
-    };
     let t0 = Instant::now();
-    let never = std::future::pending::<()>();
-    let ended = tokio::time::timeout(
-        Duration::from_secs(10),
-        primgr::run_with(config, listener, never, options),
-    )
-    .await
-    .expect("the daemon ends by itself, without a shutdown signal");
+    let mut daemon = Daemon::in_process(config)
+        .cycle_hook(hook)
+        .spawn()
+        .expect("spawn");
+    let ended = daemon
+        .wait_end(Duration::from_secs(10))
+        .await
+        .expect("the daemon ends by itself, without a shutdown signal");
     println!(
         "the daemon ended {:?} after its start: {ended:?}",
         t0.elapsed()
     );
     match ended {
-        Err(RunError::PollerDied(why)) => {
+        Ended::Task(Err(RunError::PollerDied(why))) => {
             assert!(why.contains("planted failure in cycle 3"), "{why}")
         }
         other => panic!("expected PollerDied, got {other:?}"),
     }
     assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
+        tokio::net::TcpStream::connect(daemon.addr).await.is_err(),
         "the HTTP port is closed once the daemon ended"
     );
 }

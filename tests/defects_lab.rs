@@ -2,8 +2,8 @@
 //! see it: a repmgr witness is a Witness (never Primary, never 509, never a second primary in
 //! `/realPrimary` or `primgr cluster`), a standby promoted outside repmgr is not confirmed by
 //! its own stale metadata, a vote counts once per voter however the addresses are set, and a
-//! connection whose query was abandoned is closed, never reused. Lab subnets 34-36 are this
-//! file's.
+//! connection whose query was abandoned is closed, never reused. Each test takes its lab
+//! subnet from `primgr_lab::SUBNETS`.
 
 mod common;
 
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{Fleet, settle_bound};
 use primgr::Config;
 use primgr::db::{Db, DbError};
-use primgr_lab::{Lab, LabSpec, NodeSpec};
+use primgr_lab::{Lab, LabSpec, NodeSpec, subnet_of};
 use serde_json::{Value, json};
 
 const PRIMGR: &str = env!("CARGO_BIN_EXE_primgr");
@@ -40,9 +40,14 @@ fn cluster_json(fleet: &Fleet, node: &str) -> (Value, i32) {
 /// exited 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_witness_and_a_promotion_outside_repmgr_are_never_primary() {
-    let lab = Lab::build(LabSpec::standard(34).with_witness("witness", "dc3"))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(
+        LabSpec::standard(subnet_of(
+            "defects_lab::a_witness_and_a_promotion_outside_repmgr_are_never_primary",
+        ))
+        .with_witness("witness", "dc3"),
+    )
+    .await
+    .expect("lab builds");
     let witness_type = lab
         .psql(
             "witness",
@@ -139,9 +144,14 @@ async fn a_witness_and_a_promotion_outside_repmgr_are_never_primary() {
 /// and answers Witness, never 509, and is never shown as a node to fence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_witness_in_the_primarys_site_votes_and_is_a_witness() {
-    let lab = Lab::build(LabSpec::standard(35).with_witness("witness", "dc1"))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(
+        LabSpec::standard(subnet_of(
+            "defects_lab::a_witness_in_the_primarys_site_votes_and_is_a_witness",
+        ))
+        .with_witness("witness", "dc1"),
+    )
+    .await
+    .expect("lab builds");
     let fleet = Fleet::start(&lab).await;
     fleet.wait_normal().await;
     fleet.wait_codes(&[("witness", 503)], settle_bound()).await;
@@ -167,7 +177,9 @@ async fn a_witness_in_the_primarys_site_votes_and_is_a_witness() {
 /// five votes; it holds two (its own and node2's) and is not Primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vote_counts_once_however_the_addresses_are_set() {
-    let mut spec = LabSpec::standard(36);
+    let mut spec = LabSpec::standard(subnet_of(
+        "defects_lab::a_vote_counts_once_however_the_addresses_are_set",
+    ));
     spec.nodes = (1..=5)
         .map(|i| NodeSpec::new(format!("node{i}"), "dc1"))
         .collect();
@@ -234,7 +246,9 @@ async fn a_vote_counts_once_however_the_addresses_are_set() {
 async fn a_connection_abandoned_at_the_timeout_is_closed() {
     let lab = Lab::build(LabSpec {
         nodes: vec![NodeSpec::new("node1", "dc1")],
-        ..LabSpec::standard(37)
+        ..LabSpec::standard(subnet_of(
+            "defects_lab::a_connection_abandoned_at_the_timeout_is_closed",
+        ))
     })
     .await
     .expect("lab builds");

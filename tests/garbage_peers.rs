@@ -24,14 +24,12 @@ use std::time::{Duration, Instant};
 use common::sampler::Sampler;
 use common::{json_at, settle_bound, wait_json_at};
 use primgr_lab::stats::duration_quantile;
-use primgr_lab::{Lab, LabSpec, NodeSpec};
+use primgr_lab::{Lab, LabSpec, NodeSpec, subnet_of};
 use primgr_lab::{http, procfs};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Lab subnet 52 is this file's.
-const SUBNET: u8 = 52;
 const PEER_TIMEOUT: Duration = Duration::from_millis(500);
 /// Slack over `peer_timeout` for a cycle (which also queries the local database) and for
 /// `/realPrimary` on a loaded machine.
@@ -295,7 +293,7 @@ async fn snapshots(addr: SocketAddr, d: Duration) -> Vec<(Instant, Value)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
     let lab = Lab::build(LabSpec::new(
-        SUBNET,
+        subnet_of("garbage_peers::garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory"),
         vec![
             NodeSpec::new("node1", "dc1"),
             NodeSpec::new("node2", "dc1"),
@@ -318,13 +316,12 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
             format!("node3=http://{}", fakes[1].addr),
         ])
         .collect();
-    lab.spawn_daemon("node1", env!("CARGO_BIN_EXE_primgr").as_ref(), &args)
-        .await
+    let mut daemon = lab
+        .daemon("node1", common::PRIMGR)
+        .and_then(|d| d.args(args).spawn())
         .expect("spawn daemon");
-    lab.wait_daemon_ready("node1", Duration::from_secs(10))
-        .await
-        .expect("daemon ready");
-    let pid = lab.daemon_pid("node1").expect("daemon pid");
+    daemon.wait_listening(Duration::from_secs(10)).await;
+    let pid = daemon.pid().expect("daemon pid");
 
     // Good answers first: both fakes vote, node1 is the Primary with 3 of 3.
     wait_json_at(api, "/status", settle_bound(), primary_with_3_votes).await;
@@ -475,8 +472,8 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
         hwm < base_rss + 32 * 1024,
         "peak memory {hwm} kB (baseline {base_rss} kB)"
     );
-    assert!(lab.daemon_running("node1"), "the daemon exited");
-    let log = std::fs::read_to_string(lab.daemon_log("node1").expect("log")).unwrap_or_default();
+    assert!(daemon.running(), "the daemon exited");
+    let log = daemon.log_text();
     assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
 
     lab.teardown().await.expect("teardown");

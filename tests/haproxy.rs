@@ -17,7 +17,7 @@ use common::clients::{
 };
 use common::{Daemon, Fleet, config_for, settle_bound};
 use primgr_lab::haproxy::{self, Haproxy, READ, WRITE};
-use primgr_lab::{Lab, LabSpec, StopMode};
+use primgr_lab::{Lab, LabSpec, StopMode, subnet_of};
 
 /// The shipped file is a valid haproxy configuration as it stands (placeholder addresses).
 #[tokio::test]
@@ -35,7 +35,11 @@ async fn shipped_config_is_valid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_reach_only_the_real_primary() {
-    let lab = Lab::build(LabSpec::standard(41)).await.expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "haproxy::writes_reach_only_the_real_primary",
+    )))
+    .await
+    .expect("lab builds");
     let mut fleet = Fleet::start(&lab).await;
     let book = address_book(&lab);
     fleet.wait_normal().await;

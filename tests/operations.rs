@@ -1,26 +1,28 @@
 //! Issue 12's operations features against real components: the haproxy agent-check port
 //! (through haproxy 2.6 and real PostgreSQL clients on the lab, and against hostile clients),
 //! reload on SIGHUP of the real binary under load, and `/metrics` read by a parser of the
-//! Prometheus text format. Lab subnets 111-116 (shifted by `PRIMGR_LAB_SUBNET_SHIFT`).
+//! Prometheus text format. Each test's lab subnet is its entry in `primgr_lab::SUBNETS`.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::agent::{
-    ADMIN_DRAIN, AgentRow, ConfiguredPrimgr, agent_addr, agent_fleet, agent_line, agent_rows,
-    ask_agent, servers_state, start_daemon, state_dir, wait_rows,
+    ADMIN_DRAIN, AgentRow, agent_addr, agent_fleet, agent_line, agent_rows, ask_agent,
+    configured_primgr, servers_state, state_dir, wait_rows,
 };
 use common::clients::{address_book, connect, haproxy_settle, land, shipped};
+use common::phases::Phases;
 use common::sampler::Sampler;
 use common::{Daemon, config_for, json_at, wait_json_at};
 use primgr::Config;
 use primgr::agent::{MAX_CONNECTIONS, READ_TIMEOUT};
 use primgr_lab::haproxy::{self, Haproxy};
-use primgr_lab::{Lab, LabSpec, http, lab_subnet};
+use primgr_lab::{Lab, LabSpec, http, lab_subnet, subnet_of};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -94,7 +96,8 @@ async fn lone_daemon(subnet: u8) -> (Daemon, SocketAddr, SocketAddr) {
     let mut config = Config::for_node("node1").expect("defaults");
     config.node.listen = SocketAddr::from((ip, 5999));
     config.agent.agent_listen = Some(SocketAddr::from((ip, 5998)));
-    config.db.conninfo = format!("host={ip} port=5432 dbname=repmgr user=repmgr connect_timeout=1").into();
+    config.db.conninfo =
+        format!("host={ip} port=5432 dbname=repmgr user=repmgr connect_timeout=1").into();
     config.timing.interval = common::INTERVAL;
     config.db.db_timeout = common::DB_TIMEOUT;
     config.timing.peer_timeout = common::PEER_TIMEOUT;
@@ -102,7 +105,7 @@ async fn lone_daemon(subnet: u8) -> (Daemon, SocketAddr, SocketAddr) {
         Config::default_max_staleness(common::INTERVAL, common::DB_TIMEOUT, common::PEER_TIMEOUT);
     config.node.state_dir = state_dir(subnet, "node1");
     let agent = config.agent.agent_listen.expect("set");
-    let d = start_daemon(config).await;
+    let d = Daemon::start(config).await;
     let addr = d.addr;
     wait_json_at(addr, "/status", Duration::from_secs(10), |v| {
         !v["observed_at"].is_null()
@@ -118,7 +121,7 @@ async fn lone_daemon(subnet: u8) -> (Daemon, SocketAddr, SocketAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_hostile_input() {
     let t_start = Instant::now();
-    let subnet = lab_subnet(112).expect("subnet");
+    let subnet = lab_subnet(subnet_of("operations::agent_hostile_input")).expect("subnet");
     let (mut daemon, http_addr, agent) = lone_daemon(subnet).await;
     let read = agent_line(agent, b"read\n").await;
     let write = agent_line(agent, b"write\n").await;
@@ -361,7 +364,10 @@ async fn fake_check(addr: SocketAddr) {
 /// `weight 100` section shows what the variant needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_agent_variant_keeps_a_lagging_standby_in_the_pool() {
-    let subnet = lab_subnet(115).expect("subnet");
+    let subnet = lab_subnet(subnet_of(
+        "operations::shipped_agent_variant_keeps_a_lagging_standby_in_the_pool",
+    ))
+    .expect("subnet");
     let nodes: Vec<(String, Ipv4Addr)> = (1..=4)
         .map(|i| (format!("node{i}"), primgr_lab::node_address(subnet, i)))
         .collect();
@@ -547,18 +553,21 @@ fn weight_of(line: &str) -> Option<u32> {
 }
 
 /// haproxy 2.6 with the shipped agent variant in front of the lab, daemons with
-/// `agent_listen = <node>:5998`: (a) every standby takes reads at full weight, the write agent
-/// says `up ready 100%` on the primary only; (b) `primgr drain` → haproxy drains the node (no
-/// new session), `primgr undrain` → back; (c) a standby whose replay is paused while ~40 MB of
-/// WAL is written gets an intermediate weight and a proportional share of new sessions (with
-/// `weight 100`; the shipped variant gives it none, see the test above), and full weight again
-/// once it replays. Real PostgreSQL sessions through haproxy; `show stat` rows printed.
+/// `agent_listen = <node>:5998`, in phases that report separately: (a) every standby takes
+/// reads at full weight, the write agent says `up ready 100%` on the primary only; (b) `primgr
+/// drain` → haproxy drains the node (no new session), `primgr undrain` → back; (c) a standby
+/// whose replay is paused while ~40 MB of WAL is written gets an intermediate weight and a
+/// proportional share of new sessions (with `weight 100`; the shipped variant gives it none,
+/// see the test above); (d) full weight again once it replays. Real PostgreSQL sessions through
+/// haproxy; `show stat` rows printed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_through_haproxy() {
     let t_start = Instant::now();
-    let lab = Lab::build(LabSpec::standard(111))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "operations::agent_through_haproxy",
+    )))
+    .await
+    .expect("lab builds");
     let subnet = lab.subnet();
     let mut fleet = agent_fleet(&lab, |_, c| {
         c.agent.agent_lag_soft = LAG_SOFT;
@@ -577,61 +586,66 @@ async fn agent_through_haproxy() {
         "haproxy listeners: {READ_AGENT} {read}, {READ_AGENT_W100} {read100}, {WRITE_AGENT} {write}"
     );
     let standbys = ["node2", "node3", "node4"];
-    let all_up = |rows: &[AgentRow]| {
-        rows.iter().all(|r| {
-            (r.server == "node1") == (r.status != "UP") && r.agent_status.starts_with("L7")
-        }) && standbys
-            .iter()
-            .all(|s| common::agent::row(rows, s).weight == rows[1].weight)
-    };
-    let (rows, t) = wait_rows(&hp, READ_AGENT, haproxy_settle(), all_up).await;
-    let (rows100, _) = wait_rows(&hp, READ_AGENT_W100, haproxy_settle(), all_up).await;
-    let (wrows, _) = wait_rows(&hp, WRITE_AGENT, haproxy_settle(), |rows| {
-        rows.iter().all(|r| {
-            (r.server == "node1") == (r.status == "UP") && r.agent_status.starts_with("L7")
+    let mut phases = Phases::new("agent_through_haproxy");
+
+    phases
+        .run("(a) every standby takes reads at full weight", async {
+            let all_up = |rows: &[AgentRow]| {
+                rows.iter().all(|r| {
+                    (r.server == "node1") == (r.status != "UP") && r.agent_status.starts_with("L7")
+                }) && standbys
+                    .iter()
+                    .all(|s| common::agent::row(rows, s).weight == rows[1].weight)
+            };
+            let (rows, t) = wait_rows(&hp, READ_AGENT, haproxy_settle(), all_up).await;
+            let (rows100, _) = wait_rows(&hp, READ_AGENT_W100, haproxy_settle(), all_up).await;
+            let (wrows, _) = wait_rows(&hp, WRITE_AGENT, haproxy_settle(), |rows| {
+                rows.iter().all(|r| {
+                    (r.server == "node1") == (r.status == "UP") && r.agent_status.starts_with("L7")
+                })
+            })
+            .await;
+            println!("haproxy settled after {t:?}");
+
+            // The agent port, asked directly (TCP), for both pools.
+            let lines = agent_lines(&lab).await;
+            for (n, (r, w)) in &lines {
+                println!("agent {n}: read {r:?}, write {w:?}");
+            }
+            assert_eq!(lines["node1"].1, "up ready 100%");
+            assert!(lines["node1"].0.starts_with("down #"), "{lines:?}");
+            for s in standbys {
+                assert_eq!(lines[s].0, "up ready 100%");
+                assert!(lines[s].1.starts_with("down #Standby"), "{lines:?}");
+            }
+
+            print_rows("(a) normal", &rows);
+            print_rows("(a) normal", &rows100);
+            print_rows("(a) normal", &wrows);
+            for s in standbys {
+                assert_eq!(common::agent::row(&rows100, s).weight, 100);
+                assert!(common::agent::row(&rows, s).weight > 0);
+            }
+            let (on, held) = hold(read, &book, 30).await;
+            println!("(a) 30 sessions held through {READ_AGENT}: {on:?}");
+            for s in standbys {
+                assert!(
+                    (8..=12).contains(&on.get(s).copied().unwrap_or(0)),
+                    "{on:?}"
+                );
+            }
+            drop(held);
+            for i in 0..10 {
+                let l = land(write, &book)
+                    .await
+                    .unwrap_or_else(|e| panic!("write #{i}: {e}"));
+                assert_eq!(l.node, "node1", "write #{i}");
+                assert!(!l.in_recovery);
+            }
+            println!("write pool ({WRITE_AGENT}): 10/10 sessions on node1");
+            wait_no_sessions(&hp, &[READ_AGENT]).await;
         })
-    })
-    .await;
-    println!("haproxy settled after {t:?}");
-
-    // The agent port, asked directly (TCP), for both pools.
-    let lines = agent_lines(&lab).await;
-    for (n, (r, w)) in &lines {
-        println!("agent {n}: read {r:?}, write {w:?}");
-    }
-    assert_eq!(lines["node1"].1, "up ready 100%");
-    assert!(lines["node1"].0.starts_with("down #"), "{lines:?}");
-    for s in standbys {
-        assert_eq!(lines[s].0, "up ready 100%");
-        assert!(lines[s].1.starts_with("down #Standby"), "{lines:?}");
-    }
-
-    // (a) Every standby takes reads at full weight.
-    print_rows("(a) normal", &rows);
-    print_rows("(a) normal", &rows100);
-    print_rows("(a) normal", &wrows);
-    for s in standbys {
-        assert_eq!(common::agent::row(&rows100, s).weight, 100);
-        assert!(common::agent::row(&rows, s).weight > 0);
-    }
-    let (on, held) = hold(read, &book, 30).await;
-    println!("(a) 30 sessions held through {READ_AGENT}: {on:?}");
-    for s in standbys {
-        assert!(
-            (8..=12).contains(&on.get(s).copied().unwrap_or(0)),
-            "{on:?}"
-        );
-    }
-    drop(held);
-    for i in 0..10 {
-        let l = land(write, &book)
-            .await
-            .unwrap_or_else(|e| panic!("write #{i}: {e}"));
-        assert_eq!(l.node, "node1", "write #{i}");
-        assert!(!l.in_recovery);
-    }
-    println!("write pool ({WRITE_AGENT}): 10/10 sessions on node1");
-    wait_no_sessions(&hp, &[READ_AGENT]).await;
+        .await;
 
     // (b) Drain node3 with the real binary: `drain` at once, no new session there.
     let node3_toml = lab.dir().join("ops-node3.toml");
@@ -645,204 +659,198 @@ async fn agent_through_haproxy() {
     )
     .expect("write node3 toml");
     let cfg = node3_toml.to_string_lossy().to_string();
-    let drained_at = Instant::now();
-    let out = drain_command(&["drain", "--config", &cfg, "--reason", "ops test"]).await;
-    println!("(b) the command took {:?}", drained_at.elapsed());
-    println!("(b) primgr drain: {out}");
-    let line = agent_line(agent_addr(&lab, "node3"), b"read\n").await;
-    println!("(b) agent node3 read: {line:?}");
-    assert!(line.starts_with("drain"), "{line}");
-    // haproxy: the agent's `drain` sets the server's admin state to drain (no new session),
-    // and the HTTP check (/replica answers 503 to a drained node) takes it down after `fall 2`.
-    let mut seen: Vec<(String, Duration)> = Vec::new();
-    let t = loop {
-        let rows = agent_rows(&hp, READ_AGENT).await;
-        let r = common::agent::row(&rows, "node3");
-        let state = servers_state(&hp, READ_AGENT).await["node3"];
-        let now = format!("{} admin {:#x} agent {}", r.status, state.0, r.agent_status);
-        if seen.last().is_none_or(|l| l.0 != now) {
-            seen.push((now, drained_at.elapsed()));
-        }
-        if state.0 & ADMIN_DRAIN != 0 && r.status != "UP" {
-            break drained_at.elapsed();
-        }
-        assert!(
-            drained_at.elapsed() < Duration::from_secs(5),
-            "node3 not drained in haproxy: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let rows = agent_rows(&hp, READ_AGENT).await;
-    print_rows(&format!("(b) node3 drained ({t:?})"), &rows);
-    println!("(b) node3 in haproxy since the drain: {seen:?}");
-    let (on, held) = hold(read, &book, 30).await;
-    println!("(b) 30 sessions held while node3 is drained: {on:?}");
-    assert_eq!(on.get("node3"), None, "no new session on a drained standby");
-    drop(held);
-    let out = drain_command(&["undrain", "--config", &cfg]).await;
-    println!("(b) primgr undrain: {out}");
-    let (rows, t) = wait_rows(&hp, READ_AGENT, haproxy_settle(), |rows| {
-        let r = common::agent::row(rows, "node3");
-        r.status == "UP" && r.weight == common::agent::row(rows, "node2").weight
-    })
-    .await;
-    assert_eq!(
-        servers_state(&hp, READ_AGENT).await["node3"].0 & ADMIN_DRAIN,
-        0
-    );
-    print_rows(&format!("(b) node3 undrained, back after {t:?}"), &rows);
-    wait_no_sessions(&hp, &[READ_AGENT]).await;
-    let (on, held) = hold(read, &book, 30).await;
-    println!("(b) 30 sessions held after undrain: {on:?}");
-    assert!(on.get("node3").copied().unwrap_or(0) >= 8, "{on:?}");
-    drop(held);
-    wait_no_sessions(&hp, &[READ_AGENT]).await;
-
-    // (c) node2's replay paused while ~40 MB of WAL is written on node1.
-    lab.psql("node2", "SELECT pg_wal_replay_pause()")
-        .await
-        .expect("pause replay");
-    lab.psql(
-        "node1",
-        "CREATE TABLE IF NOT EXISTS ops_ballast (id int, pad text)",
-    )
-    .await
-    .expect("create table");
-    let start = lab
-        .psql("node1", "SELECT pg_current_wal_lsn()")
-        .await
-        .expect("lsn");
-    let mut written = 0u64;
-    while written < WAL_TO_WRITE {
-        lab.psql(
-            "node1",
-            "INSERT INTO ops_ballast SELECT g, repeat('x', 1000) FROM generate_series(1, 4000) g",
-        )
-        .await
-        .expect("insert");
-        written = lab
-            .psql(
-                "node1",
-                &format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start}')::bigint"),
-            )
-            .await
-            .expect("lsn diff")
-            .parse()
-            .expect("a number");
+    let drained = phases
+        .run("(b) primgr drain and undrain through haproxy", async {
+            let drained_at = Instant::now();
+            let out = drain_command(&["drain", "--config", &cfg, "--reason", "ops test"]).await;
+            println!("(b) the command took {:?}", drained_at.elapsed());
+            println!("(b) primgr drain: {out}");
+            let line = agent_line(agent_addr(&lab, "node3"), b"read\n").await;
+            println!("(b) agent node3 read: {line:?}");
+            assert!(line.starts_with("drain"), "{line}");
+            // haproxy: the agent's `drain` sets the server's admin state to drain (no new
+            // session), and the HTTP check (/replica answers 503 to a drained node) takes it
+            // down after `fall 2`.
+            let mut seen: Vec<(String, Duration)> = Vec::new();
+            let t = loop {
+                let rows = agent_rows(&hp, READ_AGENT).await;
+                let r = common::agent::row(&rows, "node3");
+                let state = servers_state(&hp, READ_AGENT).await["node3"];
+                let now = format!("{} admin {:#x} agent {}", r.status, state.0, r.agent_status);
+                if seen.last().is_none_or(|l| l.0 != now) {
+                    seen.push((now, drained_at.elapsed()));
+                }
+                if state.0 & ADMIN_DRAIN != 0 && r.status != "UP" {
+                    break drained_at.elapsed();
+                }
+                assert!(
+                    drained_at.elapsed() < Duration::from_secs(5),
+                    "node3 not drained in haproxy: {seen:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let rows = agent_rows(&hp, READ_AGENT).await;
+            print_rows(&format!("(b) node3 drained ({t:?})"), &rows);
+            println!("(b) node3 in haproxy since the drain: {seen:?}");
+            let (on, held) = hold(read, &book, 30).await;
+            println!("(b) 30 sessions held while node3 is drained: {on:?}");
+            assert_eq!(on.get("node3"), None, "no new session on a drained standby");
+            drop(held);
+            let out = drain_command(&["undrain", "--config", &cfg]).await;
+            println!("(b) primgr undrain: {out}");
+            let (rows, t) = wait_rows(&hp, READ_AGENT, haproxy_settle(), |rows| {
+                let r = common::agent::row(rows, "node3");
+                r.status == "UP" && r.weight == common::agent::row(rows, "node2").weight
+            })
+            .await;
+            assert_eq!(
+                servers_state(&hp, READ_AGENT).await["node3"].0 & ADMIN_DRAIN,
+                0
+            );
+            print_rows(&format!("(b) node3 undrained, back after {t:?}"), &rows);
+            wait_no_sessions(&hp, &[READ_AGENT]).await;
+            let (on, held) = hold(read, &book, 30).await;
+            println!("(b) 30 sessions held after undrain: {on:?}");
+            assert!(on.get("node3").copied().unwrap_or(0) >= 8, "{on:?}");
+            drop(held);
+            wait_no_sessions(&hp, &[READ_AGENT]).await;
+        })
+        .await;
+    if drained.is_none() {
+        // The next phase starts from an undrained node3 whatever (b) left.
+        let _ = tokio::process::Command::new(env!("CARGO_BIN_EXE_primgr"))
+            .args(["undrain", "--config", &cfg])
+            .output()
+            .await;
     }
-    println!(
-        "(c) wrote {} kB of WAL on node1 with node2's replay paused",
-        written >> 10
-    );
-    let n2 = agent_addr(&lab, "node2");
-    let t0 = Instant::now();
-    // The weight once it is steady: the same answer for 1.2 s (over two poll cycles, so that
-    // node2 knows the primary's final position).
-    let mut steady: Vec<u32> = Vec::new();
-    let percent = loop {
-        let line = agent_line(n2, b"read\n").await;
-        match weight_of(&line) {
-            Some(w) if w < 100 => {
-                if steady.last().is_some_and(|l| *l != w) {
-                    steady.clear();
-                }
-                steady.push(w);
-                if steady.len() > 4 {
-                    break w;
-                }
-            }
-            _ => steady.clear(),
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "node2's agent says {line:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    let (_, status) = fleet.json("node2", "/status").await;
-    let lag = status["replication"]["lag_bytes"]
-        .as_u64()
-        .expect("lag known");
-    println!(
-        "(c) node2: lag {} kB (/status), agent `up ready {percent}%` (expected {:?})",
-        lag >> 10,
-        primgr::agent::weight(lag, LAG_SOFT, LAG_HARD)
-    );
-    assert!(
-        (10..100).contains(&percent),
-        "an intermediate weight: {percent}"
-    );
-    let (rows100, t) = wait_rows(&hp, READ_AGENT_W100, Duration::from_secs(5), |rows| {
-        common::agent::row(rows, "node2").weight == percent
-    })
-    .await;
-    let (rows, _) = wait_rows(&hp, READ_AGENT, Duration::from_secs(5), |rows| {
-        common::agent::row(rows, "node2").weight < common::agent::row(rows, "node3").weight
-    })
-    .await;
-    print_rows(
-        &format!("(c) node2 lagging, weight {percent} after {t:?}"),
-        &rows100,
-    );
-    print_rows("(c) node2 lagging", &rows);
-    let (on, held) = hold(read100, &book, 40).await;
-    let share = f64::from(percent) / f64::from(percent + 200);
-    println!(
-        "(c) 40 sessions held through {READ_AGENT_W100}: {on:?} (node2's expected share \
-         {percent}/{} = {:.1} sessions)",
-        percent + 200,
-        40.0 * share
-    );
-    let got = on.get("node2").copied().unwrap_or(0);
-    assert!(
-        (got as f64 - 40.0 * share).abs() <= 2.5,
-        "node2's share follows its weight: {on:?}"
-    );
-    assert!(got < on["node3"] && got < on["node4"], "{on:?}");
-    drop(held);
-    let (on, held) = hold(read, &book, 30).await;
-    println!("(c) 30 sessions held through {READ_AGENT} (as shipped): {on:?}");
-    assert!(
-        on.get("node2").copied().unwrap_or(0) < on["node3"].min(on["node4"]),
-        "{on:?}"
-    );
-    drop(held);
-    wait_no_sessions(&hp, &[READ_AGENT, READ_AGENT_W100]).await;
 
-    lab.psql("node2", "SELECT pg_wal_replay_resume()")
-        .await
-        .expect("resume replay");
-    let resumed = Instant::now();
-    let (rows100, t) = wait_rows(&hp, READ_AGENT_W100, Duration::from_secs(15), |rows| {
-        standbys
-            .iter()
-            .all(|s| common::agent::row(rows, s).weight == 100)
-    })
-    .await;
-    let (rows, _) = wait_rows(&hp, READ_AGENT, Duration::from_secs(5), |rows| {
-        common::agent::row(rows, "node2").weight == common::agent::row(rows, "node3").weight
-    })
-    .await;
-    print_rows(
-        &format!("(c) replay resumed, weight 100 after {t:?}"),
-        &rows100,
-    );
-    print_rows("(c) replay resumed", &rows);
-    println!(
-        "(c) back to full weight {:?} after resume",
-        resumed.elapsed()
-    );
-    let (on, held) = hold(read100, &book, 30).await;
-    println!("(c) 30 sessions held after resume: {on:?}");
-    assert!(on.get("node2").copied().unwrap_or(0) >= 8, "{on:?}");
-    drop(held);
-    let (wrows, _) = wait_rows(&hp, WRITE_AGENT, Duration::from_secs(1), |_| true).await;
-    print_rows("write pool at the end", &wrows);
+    phases
+        .run("(c) a lagging standby gets a proportional weight", async {
+            // node2's replay paused while ~40 MB of WAL is written on node1.
+            lab.pause_replay("node2").await.expect("pause replay");
+            let written = lab
+                .write_wal("node1", WAL_TO_WRITE >> 20)
+                .await
+                .expect("write WAL");
+            println!(
+                "(c) wrote {} kB of WAL on node1 with node2's replay paused",
+                written >> 10
+            );
+            let n2 = agent_addr(&lab, "node2");
+            let t0 = Instant::now();
+            // The weight once it is steady: the same answer for 1.2 s (over two poll cycles, so
+            // that node2 knows the primary's final position).
+            let mut steady: Vec<u32> = Vec::new();
+            let percent = loop {
+                let line = agent_line(n2, b"read\n").await;
+                match weight_of(&line) {
+                    Some(w) if w < 100 => {
+                        if steady.last().is_some_and(|l| *l != w) {
+                            steady.clear();
+                        }
+                        steady.push(w);
+                        if steady.len() > 4 {
+                            break w;
+                        }
+                    }
+                    _ => steady.clear(),
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "node2's agent says {line:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            };
+            let (_, status) = fleet.json("node2", "/status").await;
+            let lag = status["replication"]["lag_bytes"]
+                .as_u64()
+                .expect("lag known");
+            println!(
+                "(c) node2: lag {} kB (/status), agent `up ready {percent}%` (expected {:?})",
+                lag >> 10,
+                primgr::agent::weight(lag, LAG_SOFT, LAG_HARD)
+            );
+            assert!(
+                (10..100).contains(&percent),
+                "an intermediate weight: {percent}"
+            );
+            let (rows100, t) = wait_rows(&hp, READ_AGENT_W100, Duration::from_secs(5), |rows| {
+                common::agent::row(rows, "node2").weight == percent
+            })
+            .await;
+            let (rows, _) = wait_rows(&hp, READ_AGENT, Duration::from_secs(5), |rows| {
+                common::agent::row(rows, "node2").weight < common::agent::row(rows, "node3").weight
+            })
+            .await;
+            print_rows(
+                &format!("(c) node2 lagging, weight {percent} after {t:?}"),
+                &rows100,
+            );
+            print_rows("(c) node2 lagging", &rows);
+            let (on, held) = hold(read100, &book, 40).await;
+            let share = f64::from(percent) / f64::from(percent + 200);
+            println!(
+                "(c) 40 sessions held through {READ_AGENT_W100}: {on:?} (node2's expected share \
+                 {percent}/{} = {:.1} sessions)",
+                percent + 200,
+                40.0 * share
+            );
+            let got = on.get("node2").copied().unwrap_or(0);
+            assert!(
+                (got as f64 - 40.0 * share).abs() <= 2.5,
+                "node2's share follows its weight: {on:?}"
+            );
+            assert!(got < on["node3"] && got < on["node4"], "{on:?}");
+            drop(held);
+            let (on, held) = hold(read, &book, 30).await;
+            println!("(c) 30 sessions held through {READ_AGENT} (as shipped): {on:?}");
+            assert!(
+                on.get("node2").copied().unwrap_or(0) < on["node3"].min(on["node4"]),
+                "{on:?}"
+            );
+            drop(held);
+            wait_no_sessions(&hp, &[READ_AGENT, READ_AGENT_W100]).await;
+        })
+        .await;
+    phases
+        .run("(d) replay resumed: full weight again", async {
+            // From whatever (c) left: its sessions closed, replay resumed.
+            wait_no_sessions(&hp, &[READ_AGENT, READ_AGENT_W100]).await;
+            lab.resume_replay("node2").await.expect("resume replay");
+            let resumed = Instant::now();
+            let (rows100, t) = wait_rows(&hp, READ_AGENT_W100, Duration::from_secs(15), |rows| {
+                standbys
+                    .iter()
+                    .all(|s| common::agent::row(rows, s).weight == 100)
+            })
+            .await;
+            let (rows, _) = wait_rows(&hp, READ_AGENT, Duration::from_secs(5), |rows| {
+                common::agent::row(rows, "node2").weight == common::agent::row(rows, "node3").weight
+            })
+            .await;
+            print_rows(
+                &format!("(d) replay resumed, weight 100 after {t:?}"),
+                &rows100,
+            );
+            print_rows("(d) replay resumed", &rows);
+            println!(
+                "(d) back to full weight {:?} after resume",
+                resumed.elapsed()
+            );
+            let (on, held) = hold(read100, &book, 30).await;
+            println!("(d) 30 sessions held after resume: {on:?}");
+            assert!(on.get("node2").copied().unwrap_or(0) >= 8, "{on:?}");
+            drop(held);
+            let (wrows, _) = wait_rows(&hp, WRITE_AGENT, Duration::from_secs(1), |_| true).await;
+            print_rows("write pool at the end", &wrows);
+        })
+        .await;
 
     hp.stop().await.expect("haproxy stops");
     fleet.stop_all().await;
     lab.teardown().await.expect("teardown");
     println!("agent_through_haproxy: {:?}", t_start.elapsed());
+    phases.finish();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -897,18 +905,45 @@ async fn reload_sessions(lab: &Lab) -> String {
     .expect("pg_stat_activity")
 }
 
+/// Writes `text` to the daemon's configuration file and sends SIGHUP, once the wall clock has
+/// passed the running configuration's `loaded_at` (so that the reload shows a new one; its
+/// resolution is a millisecond, so this wait is nearly always over at once). Returns the
+/// log's length before the reload.
+async fn reload(primgr: &Daemon, file: &Path, text: String) -> usize {
+    let addr = primgr.addr;
+    let shown = json_at(addr, "/status").await.1["config"]["loaded_at"].clone();
+    let shown = shown.as_str().expect("loaded_at");
+    let loaded_at =
+        humantime::parse_rfc3339(shown).unwrap_or_else(|e| panic!("loaded_at {shown:?}: {e}"));
+    primgr_lab::wait::wait_for_every(
+        "the wall clock past loaded_at",
+        Duration::from_secs(2),
+        Duration::from_millis(1),
+        || async { Ok(std::time::SystemTime::now() > loaded_at + Duration::from_millis(1)) },
+    )
+    .await
+    .expect("the clock moves");
+    std::fs::write(file, text).expect("write config");
+    let from = primgr.log_text().len();
+    primgr.hangup().expect("SIGHUP");
+    from
+}
+
 /// SIGHUP of the real binary (`primgr --config FILE`, nothing else) while `/state` is sampled
-/// every 10 ms and the agent asked every 20 ms: (a) interval and log_level apply, /status shows
-/// the new fingerprint and loaded_at; (b) listen and agent_listen are logged as ignored, and
-/// served where they were; (c) an unknown key and a bad value are refused with key and line, the
-/// running configuration stays; (d) a new conninfo rebuilds the pool (pg_stat_activity). Not
-/// one sample unanswered or other than 200.
+/// every 10 ms and the agent asked every 20 ms, in phases that report separately: (a) interval
+/// and log_level apply, /status shows the new fingerprint and loaded_at; (b) listen and
+/// agent_listen are logged as ignored, and served where they were; (c) an unknown key and a bad
+/// value are refused with key and line, the running configuration stays; (d) a new conninfo
+/// rebuilds the pool (pg_stat_activity); (e) under that load, not one sample unanswered or
+/// other than 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load() {
     let t_start = Instant::now();
-    let lab = Lab::build(LabSpec::standard(113))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "operations::reload_under_load",
+    )))
+    .await
+    .expect("lab builds");
     let subnet = lab.subnet();
     let mut others = Vec::new();
     for n in ["node2", "node3", "node4"] {
@@ -927,12 +962,10 @@ async fn reload_under_load() {
         app: "primgr-reload-a",
     };
     std::fs::write(&file, conf.text()).expect("write config");
-    let mut primgr = ConfiguredPrimgr::spawn(&file, &log);
     let addr = SocketAddr::from((ip, 5999));
     let agent = SocketAddr::from((ip, 5998));
-    primgr_lab::wait::listening(addr, Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", primgr.log_text()));
+    let mut primgr = configured_primgr(&file, addr, &log);
+    primgr.wait_listening(Duration::from_secs(10)).await;
     wait_json_at(addr, "/status", common::settle_bound() * 2, |v| {
         v["code"] == 200
     })
@@ -941,14 +974,15 @@ async fn reload_under_load() {
     let s0 = status(addr).await;
     println!(
         "node1's primgr (pid {}) answers 200; config {} loaded at {}",
-        primgr.pid(),
+        primgr.pid().expect("running"),
         s0["config"]["fingerprint"],
         s0["config"]["loaded_at"]
     );
 
     // The load: /state every 10 ms (its own thread), the agent's write answer every 20 ms.
+    let load_from = Instant::now();
     let sampler = Sampler::start(
-        Instant::now(),
+        load_from,
         vec![addr],
         "/state",
         Duration::from_millis(10),
@@ -971,204 +1005,239 @@ async fn reload_under_load() {
             (ok, bad)
         })
     };
-    let reload = |primgr: &ConfiguredPrimgr, text: String| {
-        std::fs::write(&primgr.config, text).expect("write config");
-        let from = primgr.log_text().len();
-        primgr.hangup();
-        from
-    };
-    // loaded_at has a resolution of one second.
-    let next_second = || tokio::time::sleep(Duration::from_millis(1100));
+    let mut phases = Phases::new("reload_under_load");
 
-    // (a) interval and log_level.
-    next_second().await;
-    assert_eq!(primgr.log_text().matches(" DEBUG ").count(), 0);
-    conf.interval = "700ms";
-    conf.log_level = "debug";
-    let from = reload(&primgr, conf.text());
-    let t0 = Instant::now();
-    let sa = wait_json_at(addr, "/status", Duration::from_secs(5), |v| {
-        v["interval_ms"].as_f64() == Some(700.0)
-    })
-    .await;
-    let took = t0.elapsed();
-    let new = primgr
-        .wait_log(from, "log_level is now \"debug\"", Duration::from_secs(5))
-        .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let debug_lines = primgr.log_text()[from..].matches(" DEBUG ").count();
-    println!(
-        "(a) interval 500ms → 700ms, log_level info → debug: /status interval_ms {} after \
-         {took:?}; fingerprint {} → {}; loaded_at {} → {}; {debug_lines} DEBUG lines in 1.5 s; \
-         log: {:?}",
-        sa["interval_ms"],
-        s0["config"]["fingerprint"],
-        sa["config"]["fingerprint"],
-        s0["config"]["loaded_at"],
-        sa["config"]["loaded_at"],
-        new.lines()
-            .filter(|l| l.contains("reload") || l.contains("log_level"))
-            .collect::<Vec<_>>()
-    );
-    assert_ne!(sa["config"]["fingerprint"], s0["config"]["fingerprint"]);
-    assert_ne!(sa["config"]["loaded_at"], s0["config"]["loaded_at"]);
-    assert!(debug_lines > 0, "the log filter follows log_level");
-
-    // (b) listen and agent_listen: logged as ignored, still served where they were.
-    next_second().await;
-    conf.log_level = "info";
-    conf.listen_port = 6001;
-    conf.agent_port = 6998;
-    let from = reload(&primgr, conf.text());
-    let new = primgr
-        .wait_log(from, "agent_listen", Duration::from_secs(5))
-        .await;
-    let sb = wait_json_at(addr, "/status", Duration::from_secs(5), |v| {
-        v["config"]["loaded_at"] != sa["config"]["loaded_at"]
-    })
-    .await;
-    let ignored: Vec<&str> = new
-        .lines()
-        .filter(|l| l.contains("needs a restart"))
-        .collect();
-    println!("(b) listen → :6001, agent_listen → :6998: {ignored:#?}");
-    assert!(
-        new.contains(&format!("`listen: {ip}:5999 → {ip}:6001` needs a restart"))
-            && new.contains(&format!(
-                "`agent_listen: {ip}:5998 → {ip}:6998` needs a restart"
-            )),
-        "{new}"
-    );
-    assert_eq!(
-        http::get(addr, "/state", Duration::from_secs(1))
-            .await
-            .map(|r| r.status)
-            .ok(),
-        Some(200)
-    );
-    assert!(
-        TcpStream::connect((ip, 6001)).await.is_err(),
-        "not listening on :6001"
-    );
-    assert!(
-        TcpStream::connect((ip, 6998)).await.is_err(),
-        "no agent on :6998"
-    );
-    assert_eq!(agent_line(agent, b"write\n").await, "up ready 100%");
-    assert!(new.contains("log_level is now \"info\""), "{new}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mark = primgr.log_text().len();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let late = primgr.log_text()[mark..].to_string();
-    let late_debug = late.matches(" DEBUG ").count();
-    println!(
-        "(b) fingerprint {}, loaded_at {}; DEBUG lines after log_level is info again: {late_debug}",
-        sb["config"]["fingerprint"], sb["config"]["loaded_at"]
-    );
-    assert_eq!(late_debug, 0, "{late}");
-
-    // (c) Bad files: refused with key and line, the running configuration stays.
-    let good = conf.text();
-    let lines = good.lines().count();
-    let unknown = format!("{good}intervall = \"2s\"\n");
-    let interval_line = good
-        .lines()
-        .position(|l| l.starts_with("interval ="))
-        .expect("interval line")
-        + 1;
-    let bad_value = good.replace("interval = \"700ms\"", "interval = \"2 parsecs\"");
-    for (label, text, key, line) in [
-        ("unknown key", unknown, "intervall", lines + 1),
-        ("bad value", bad_value, "`interval`", interval_line),
-    ] {
-        next_second().await;
-        let from = reload(&primgr, text);
-        let new = primgr
-            .wait_log(from, "reload refused", Duration::from_secs(5))
+    phases
+        .run("(a) interval and log_level apply", async {
+            let before = status(addr).await;
+            assert_eq!(primgr.log_text().matches(" DEBUG ").count(), 0);
+            conf.interval = "700ms";
+            conf.log_level = "debug";
+            let from = reload(&primgr, &file, conf.text()).await;
+            let t0 = Instant::now();
+            let sa = wait_json_at(addr, "/status", Duration::from_secs(5), |v| {
+                v["interval_ms"].as_f64() == Some(700.0)
+            })
             .await;
-        let refused: String = new
-            .lines()
-            .skip_while(|l| !l.contains("reload refused"))
-            .take(8)
-            .collect::<Vec<_>>()
-            .join("\n");
-        println!("(c) {label}: {refused}");
-        assert!(
-            refused.contains(key) && refused.contains(&format!("line {line}")),
-            "{label}: the log names {key} and line {line}: {refused}"
-        );
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        let sc = status(addr).await;
-        assert_eq!(
-            sc["config"], sb["config"],
-            "{label}: the old configuration stays"
-        );
-        assert_eq!(sc["interval_ms"].as_f64(), Some(700.0));
-        assert!(primgr.running());
-    }
+            let took = t0.elapsed();
+            let new = primgr
+                .wait_log(from, "log_level is now \"debug\"", Duration::from_secs(5))
+                .await;
+            // The daemon's debug lines (each poll cycle logs some) follow within two cycles.
+            let t1 = Instant::now();
+            let debug = primgr
+                .wait_log(from, " DEBUG ", Duration::from_secs(5))
+                .await;
+            println!(
+                "(a) interval 500ms → 700ms, log_level info → debug: /status interval_ms {} \
+                 after {took:?}; fingerprint {} → {}; loaded_at {} → {}; first DEBUG line \
+                 {:?} after the change; log: {:?}",
+                sa["interval_ms"],
+                before["config"]["fingerprint"],
+                sa["config"]["fingerprint"],
+                before["config"]["loaded_at"],
+                sa["config"]["loaded_at"],
+                t1.elapsed(),
+                new.lines()
+                    .filter(|l| l.contains("reload") || l.contains("log_level"))
+                    .collect::<Vec<_>>()
+            );
+            assert_ne!(sa["config"]["fingerprint"], before["config"]["fingerprint"]);
+            assert_ne!(sa["config"]["loaded_at"], before["config"]["loaded_at"]);
+            assert!(
+                debug.contains(" DEBUG "),
+                "the log filter follows log_level"
+            );
+        })
+        .await;
 
-    // (d) A new conninfo: the new pool is used.
-    next_second().await;
-    let before = reload_sessions(&lab).await;
-    conf.listen_port = 5999;
-    conf.agent_port = 5998;
-    conf.app = "primgr-reload-b";
-    let from = reload(&primgr, conf.text());
-    let t0 = Instant::now();
-    let sessions = loop {
-        let s = reload_sessions(&lab).await;
-        if s.contains("primgr-reload-b=") && !s.contains("primgr-reload-a=") {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "sessions on node1: {s}\n{}",
-            &primgr.log_text()[from..]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let sd = status(addr).await;
-    println!(
-        "(d) application_name a → b: node1's sessions {before:?} → {sessions:?} after {:?}; \
-         /status conninfo {}",
-        t0.elapsed(),
-        sd["database"]["conninfo"]
-    );
-    assert!(
-        sd["database"]["conninfo"]
-            .as_str()
-            .is_some_and(|c| c.contains("primgr-reload-b"))
-    );
+    phases
+        .run("(b) listen and agent_listen need a restart", async {
+            let before = status(addr).await;
+            let was_debug = conf.log_level == "debug";
+            conf.log_level = "info";
+            conf.listen_port = 6001;
+            conf.agent_port = 6998;
+            let from = reload(&primgr, &file, conf.text()).await;
+            let new = primgr
+                .wait_log(from, "agent_listen", Duration::from_secs(5))
+                .await;
+            let sb = wait_json_at(addr, "/status", Duration::from_secs(5), |v| {
+                v["config"]["loaded_at"] != before["config"]["loaded_at"]
+            })
+            .await;
+            let ignored: Vec<&str> = new
+                .lines()
+                .filter(|l| l.contains("needs a restart"))
+                .collect();
+            println!("(b) listen → :6001, agent_listen → :6998: {ignored:#?}");
+            assert!(
+                new.contains(&format!("`listen: {ip}:5999 → {ip}:6001` needs a restart"))
+                    && new.contains(&format!(
+                        "`agent_listen: {ip}:5998 → {ip}:6998` needs a restart"
+                    )),
+                "{new}"
+            );
+            assert_eq!(
+                http::get(addr, "/state", Duration::from_secs(1))
+                    .await
+                    .map(|r| r.status)
+                    .ok(),
+                Some(200)
+            );
+            assert!(
+                TcpStream::connect((ip, 6001)).await.is_err(),
+                "not listening on :6001"
+            );
+            assert!(
+                TcpStream::connect((ip, 6998)).await.is_err(),
+                "no agent on :6998"
+            );
+            assert_eq!(agent_line(agent, b"write\n").await, "up ready 100%");
+            if was_debug {
+                // Back to info: from the line that says so, two poll cycles log no DEBUG line.
+                let text = primgr
+                    .wait_log(from, "log_level is now \"info\"", Duration::from_secs(5))
+                    .await;
+                let mark = from + text.find("log_level is now \"info\"").expect("found");
+                common::wait_cycles(addr, 2, Duration::from_secs(5)).await;
+                let late = primgr.log_text()[mark..].to_string();
+                let late_debug = late.matches(" DEBUG ").count();
+                println!(
+                    "(b) fingerprint {}, loaded_at {}; DEBUG lines over two cycles after \
+                     log_level is info again: {late_debug}",
+                    sb["config"]["fingerprint"], sb["config"]["loaded_at"]
+                );
+                assert_eq!(late_debug, 0, "{late}");
+            }
+        })
+        .await;
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    phases
+        .run(
+            "(c) bad files are refused, the configuration stays",
+            async {
+                let before = status(addr).await;
+                let good = conf.text();
+                let lines = good.lines().count();
+                let unknown = format!("{good}intervall = \"2s\"\n");
+                let interval_line = good
+                    .lines()
+                    .position(|l| l.starts_with("interval ="))
+                    .expect("interval line")
+                    + 1;
+                let bad_value = good.replace(
+                    &format!("interval = \"{}\"", conf.interval),
+                    "interval = \"2 parsecs\"",
+                );
+                for (label, text, key, line) in [
+                    ("unknown key", unknown, "intervall", lines + 1),
+                    ("bad value", bad_value, "`interval`", interval_line),
+                ] {
+                    let from = reload(&primgr, &file, text).await;
+                    // The refusal is the reload's last word: nothing of that file is applied after.
+                    let new = primgr
+                        .wait_log(from, "reload refused", Duration::from_secs(5))
+                        .await;
+                    let refused: String = new
+                        .lines()
+                        .skip_while(|l| !l.contains("reload refused"))
+                        .take(8)
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    println!("(c) {label}: {refused}");
+                    assert!(
+                        refused.contains(key) && refused.contains(&format!("line {line}")),
+                        "{label}: the log names {key} and line {line}: {refused}"
+                    );
+                    let sc = status(addr).await;
+                    assert_eq!(
+                        sc["config"], before["config"],
+                        "{label}: the old configuration stays"
+                    );
+                    assert_eq!(sc["interval_ms"], before["interval_ms"]);
+                }
+                assert!(primgr.running());
+            },
+        )
+        .await;
+
+    phases
+        .run("(d) a new conninfo rebuilds the pool", async {
+            let before = reload_sessions(&lab).await;
+            conf.listen_port = 5999;
+            conf.agent_port = 5998;
+            conf.app = "primgr-reload-b";
+            let from = reload(&primgr, &file, conf.text()).await;
+            let t0 = Instant::now();
+            let sessions = loop {
+                let s = reload_sessions(&lab).await;
+                if s.contains("primgr-reload-b=") && !s.contains("primgr-reload-a=") {
+                    break s;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(15),
+                    "sessions on node1: {s}\n{}",
+                    &primgr.log_text()[from..]
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let sd = status(addr).await;
+            println!(
+                "(d) application_name a → b: node1's sessions {before:?} → {sessions:?} after \
+                 {:?}; /status conninfo {}",
+                t0.elapsed(),
+                sd["database"]["conninfo"]
+            );
+            assert!(
+                sd["database"]["conninfo"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("primgr-reload-b"))
+            );
+        })
+        .await;
+
+    // Two more poll cycles under load after the last reload, then the load's verdict.
+    common::wait_cycles(addr, 2, Duration::from_secs(5)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (agent_ok, agent_bad) = agent_poll.await.expect("agent poller");
+    let load_for = load_from.elapsed();
     let samples = sampler.stop();
-    let wrong: Vec<_> = samples.iter().filter(|s| s.status != Some(200)).collect();
-    let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
-    latencies.sort();
-    println!(
-        "load across 5 reloads: {} /state samples, {} not 200, median {:?}, slowest {:?}; \
-         agent write answers: {agent_ok} `up ready 100%`, {} other",
-        samples.len(),
-        wrong.len(),
-        latencies
-            .get(latencies.len() / 2)
-            .copied()
-            .unwrap_or_default(),
-        latencies.last().copied().unwrap_or_default(),
-        agent_bad.len()
-    );
-    assert!(samples.len() > 500, "the sampler ran");
-    assert!(wrong.is_empty(), "{wrong:?}");
-    assert!(agent_bad.is_empty(), "{agent_bad:?}");
+    phases
+        .run("(e) every check answered 200 across the reloads", async {
+            let wrong: Vec<_> = samples.iter().filter(|s| s.status != Some(200)).collect();
+            let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+            latencies.sort();
+            // One sample every 10 ms: at least half of them, or the sampler did not run.
+            let expected = (load_for.as_millis() / 10) as usize;
+            println!(
+                "load across 5 reloads ({load_for:.1?}): {} /state samples (one per 10 ms would \
+                 be {expected}), {} not 200, median {:?}, slowest {:?}; agent write answers: \
+                 {agent_ok} `up ready 100%`, {} other",
+                samples.len(),
+                wrong.len(),
+                latencies
+                    .get(latencies.len() / 2)
+                    .copied()
+                    .unwrap_or_default(),
+                latencies.last().copied().unwrap_or_default(),
+                agent_bad.len()
+            );
+            assert!(samples.len() >= expected / 2, "the sampler ran");
+            // The agent is asked every 20 ms plus the exchange: a quarter of that, at least.
+            assert!(agent_ok >= expected / 8, "the agent poller ran");
+            assert!(wrong.is_empty(), "{wrong:?}");
+            assert!(agent_bad.is_empty(), "{agent_bad:?}");
+        })
+        .await;
 
-    primgr.kill();
+    primgr.kill().await;
     for mut d in others {
         d.stop().await;
     }
     lab.teardown().await.expect("teardown");
     println!("reload_under_load: {:?}", t_start.elapsed());
+    phases.finish();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1322,16 +1391,59 @@ async fn transactions(lab: &Lab) -> i64 {
     .expect("a number")
 }
 
+/// A standby that streams and replays everything is less than this far behind (a poll cycle
+/// of a quiet lab writes a few kB at most).
+const LAG_QUIET: f64 = (1 << 20) as f64;
+
+/// `primgr_replication_lag_bytes` of `addr`, with `primgr_replication_lag_known` 1, and
+/// `/status`'s `lag_bytes` read right after it, from the same poll cycle (retried until
+/// `observed_at` did not change in between).
+async fn lag_agreeing(addr: SocketAddr) -> (f64, f64) {
+    for _ in 0..20 {
+        let before = json_at(addr, "/status").await.1["observed_at"].clone();
+        let (m, _) = scrape(addr).await;
+        let (_, s) = json_at(addr, "/status").await;
+        if s["observed_at"] != before {
+            continue;
+        }
+        assert_eq!(metric(&m, "primgr_replication_lag_known", &[]), Some(1.0));
+        let gauge = metric(&m, "primgr_replication_lag_bytes", &[]).expect("the lag gauge");
+        let shown = s["replication"]["lag_bytes"].as_f64().expect("lag_bytes");
+        return (gauge, shown);
+    }
+    panic!("{addr}: no scrape within one poll cycle in 20 tries");
+}
+
+/// Waits until `primgr_replication_lag_bytes` of `addr` satisfies `check`; returns it.
+async fn wait_lag(addr: SocketAddr, within: Duration, check: impl Fn(f64) -> bool) -> f64 {
+    let t0 = Instant::now();
+    loop {
+        let (m, _) = scrape(addr).await;
+        let lag = metric(&m, "primgr_replication_lag_bytes", &[]);
+        if let Some(l) = lag.filter(|l| check(*l)) {
+            return l;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "{addr}: lag gauge {lag:?} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `/metrics` of a primary and a standby read by prometheus-parse (every line understood, every
 /// family typed and documented, label values escaped by the format's rules): the state gauges,
-/// votes equal to /status's, the standby's lag, request counters that follow requests, a voter
-/// name with `"` and `\` escaped, and no database transaction caused by 1000 scrapes.
+/// votes equal to /status's, the standby's lag (equal to /status's, and following a paused and
+/// resumed replay), request counters that follow requests, a voter name with `"` and `\`
+/// escaped, and no database transaction caused by 1000 scrapes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_agree() {
     let t_start = Instant::now();
-    let lab = Lab::build(LabSpec::standard(114))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "operations::metrics_parse_and_agree",
+    )))
+    .await
+    .expect("lab builds");
     let mut fleet = common::Fleet::start(&lab).await;
     fleet.wait_normal().await;
     let (n1, n2) = (fleet.addr("node1"), fleet.addr("node2"));
@@ -1353,14 +1465,30 @@ async fn metrics_parse_and_agree() {
             promtool(&text);
         }
     }
-    let (m2, _) = scrape(n2).await;
-    let lag = metric(&m2, "primgr_replication_lag_bytes", &[]);
+    // The standby's lag: what /status says (the same cycle), small while it replays, at least
+    // the WAL written while its replay is paused, small again once it replays.
+    let (lag, status_lag) = lag_agreeing(n2).await;
+    println!("node2 quiet: primgr_replication_lag_bytes {lag}, /status lag_bytes {status_lag}");
+    assert_eq!(lag, status_lag);
+    assert!(lag < LAG_QUIET, "a quiet standby is {lag} bytes behind");
+    lab.pause_replay("node2").await.expect("pause replay");
+    let written = lab.write_wal("node1", 8).await.expect("write WAL");
+    let t0 = Instant::now();
+    let paused = wait_lag(n2, Duration::from_secs(10), |l| l >= written as f64).await;
     println!(
-        "node2 primgr_replication_lag_bytes {lag:?}, lag_known {:?}",
-        metric(&m2, "primgr_replication_lag_known", &[])
+        "node2 replay paused, {written} bytes of WAL written on node1: the gauge shows \
+         {paused} bytes after {:?}",
+        t0.elapsed()
     );
-    assert!(lag.is_some_and(|l| l >= 0.0));
-    assert_eq!(metric(&m2, "primgr_replication_lag_known", &[]), Some(1.0));
+    let (lag, status_lag) = lag_agreeing(n2).await;
+    assert_eq!(lag, status_lag, "the gauge is /status's lag");
+    lab.resume_replay("node2").await.expect("resume replay");
+    let t0 = Instant::now();
+    let resumed = wait_lag(n2, Duration::from_secs(10), |l| l < LAG_QUIET).await;
+    println!(
+        "node2 replay resumed: the gauge shows {resumed} bytes after {:?}",
+        t0.elapsed()
+    );
 
     // Votes agree with /status (two requests a moment apart: retry until a cycle did not
     // change them in between).

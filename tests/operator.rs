@@ -10,7 +10,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::{Daemon, Fleet, config_for, settle_bound};
-use primgr_lab::{Lab, LabSpec};
+use primgr_lab::{Lab, LabSpec, subnet_of};
 use serde_json::Value;
 
 /// Bound on one run of `primgr cluster` (two rounds of at most 2 s each, plus start-up).
@@ -99,7 +99,11 @@ fn assert_states(table: &str, want: &[(&str, &str, &str)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_command_through_failover_split_brain_and_stopped_daemons() {
-    let lab = Lab::build(LabSpec::standard(71)).await.expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "operator::cluster_command_through_failover_split_brain_and_stopped_daemons",
+    )))
+    .await
+    .expect("lab builds");
     let mut fleet = Fleet::start(&lab).await;
     let all = ["node1", "node2", "node3", "node4"];
 
@@ -267,9 +271,11 @@ async fn cluster_command_through_failover_split_brain_and_stopped_daemons() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_command_with_nothing_listening_exits_2() {
-    // An address of this test's subnet (71, shifted like every lab subnet) where no daemon
-    // runs.
-    let subnet = primgr_lab::lab_subnet(71).expect("subnet");
+    // An address of this test's subnet (shifted like every lab subnet) where no daemon runs.
+    let subnet = primgr_lab::lab_subnet(subnet_of(
+        "operator::cluster_command_with_nothing_listening_exits_2",
+    ))
+    .expect("subnet");
     let nobody = std::net::SocketAddr::from(([127, 0, subnet, 250], primgr_lab::DAEMON_PORT));
     let url = format!("http://{nobody}");
     let (code, out, err) = primgr(&["cluster", "--url", &url]).await;
@@ -300,7 +306,11 @@ async fn wait_reason(fleet: &Fleet, node: &str, text: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_privilege_role_is_enough() {
-    let lab = Lab::build(LabSpec::standard(72)).await.expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "operator::least_privilege_role_is_enough",
+    )))
+    .await
+    .expect("lab builds");
     // The shipped script, as an operator runs it on the primary; twice, as it is idempotent.
     let script = include_str!("../contrib/least-privilege.sql");
     for _ in 0..2 {

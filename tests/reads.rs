@@ -5,7 +5,7 @@
 //! then through the real haproxy with the shipped `/replica?lag=16MB` read check: a standby
 //! whose replay is paused while 48 MB are written loses its reads and gets them back, a
 //! replication cut for every standby makes every `lag=` check fail, and a drained standby gets
-//! no new session. Lab subnets 101-105 are this file's.
+//! no new session. Each test takes its lab subnet from `primgr_lab::SUBNETS`.
 
 mod common;
 
@@ -17,7 +17,7 @@ use common::clients::{address_book, haproxy_settle, land, sample_every, shipped,
 use common::sampler::Sampler;
 use common::{Fleet, config_for, settle_bound};
 use primgr_lab::haproxy::{Haproxy, READ, WRITE};
-use primgr_lab::{Lab, LabSpec, http};
+use primgr_lab::{Lab, LabSpec, http, subnet_of};
 use serde_json::Value;
 
 const PRIMGR: &str = env!("CARGO_BIN_EXE_primgr");
@@ -74,9 +74,11 @@ fn json(body: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_read_endpoint_and_parameter() {
-    let lab = Lab::build(LabSpec::standard(101))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "reads::every_read_endpoint_and_parameter",
+    )))
+    .await
+    .expect("lab builds");
     let (fleet, state_dirs) = fleet_with_state_dirs(&lab).await;
     fleet.wait_normal().await;
     // Wait until the standby knows the primary's position (asked from node1's daemon).
@@ -252,9 +254,11 @@ async fn every_read_endpoint_and_parameter() {
 /// sample through a failover, on every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_write_answers_like_state() {
-    let lab = Lab::build(LabSpec::standard(102))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "reads::read_write_answers_like_state",
+    )))
+    .await
+    .expect("lab builds");
     let fleet = Fleet::start(&lab).await;
     fleet.wait_normal().await;
     let nodes = ["node1", "node2", "node3", "node4"];
@@ -318,16 +322,17 @@ async fn read_write_answers_like_state() {
 async fn a_patroni_style_primary_check_is_warned_once_per_client() {
     let lab = Lab::build(LabSpec {
         nodes: vec![primgr_lab::NodeSpec::new("node1", "dc1")],
-        ..LabSpec::standard(103)
+        ..LabSpec::standard(subnet_of(
+            "reads::a_patroni_style_primary_check_is_warned_once_per_client",
+        ))
     })
     .await
     .expect("lab builds");
-    lab.spawn_daemon("node1", PRIMGR.as_ref(), &[])
-        .await
+    let mut daemon = lab
+        .daemon("node1", PRIMGR)
+        .and_then(|d| d.spawn())
         .expect("daemon");
-    lab.wait_daemon_ready("node1", Duration::from_secs(10))
-        .await
-        .expect("ready");
+    daemon.wait_listening(Duration::from_secs(10)).await;
     let addr = lab.daemon_addr("node1");
     for _ in 0..5 {
         ask(addr, "OPTIONS", "/primary").await;
@@ -368,9 +373,11 @@ async fn a_patroni_style_primary_check_is_warned_once_per_client() {
 /// brings it back. Also measures what the new-connection proof costs the database per cycle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postmaster_that_accepts_no_one_is_down() {
-    let lab = Lab::build(LabSpec::standard(104))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "reads::a_postmaster_that_accepts_no_one_is_down",
+    )))
+    .await
+    .expect("lab builds");
     let fleet = Fleet::start(&lab).await;
     fleet.wait_normal().await;
     let config = config_for(&lab, "node1");
@@ -475,9 +482,11 @@ async fn a_postmaster_that_accepts_no_one_is_down() {
 /// Through the real haproxy with the shipped read check (`/replica?lag=16MB`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_reads_follow_replay_lag_cuts_and_drain() {
-    let lab = Lab::build(LabSpec::standard(105))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "reads::haproxy_reads_follow_replay_lag_cuts_and_drain",
+    )))
+    .await
+    .expect("lab builds");
     let (fleet, state_dirs) = fleet_with_state_dirs(&lab).await;
     fleet.wait_normal().await;
     let hp = Haproxy::start(&lab, &shipped()).await.expect("haproxy");

@@ -20,10 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::child::{Primgr, scratch_dir};
 use common::{json_at, settle_bound, timing_flags, wait_json_at};
-use primgr_lab::{Lab, LabSpec, NodeSpec, http};
-
-/// Lab subnet 131 is this file's.
-const SUBNET: u8 = 131;
+use primgr_lab::{Lab, LabSpec, NodeSpec, http, subnet_of};
 
 /// Bound on one run of the `primgr` command.
 const COMMAND_BOUND: Duration = Duration::from_secs(15);
@@ -232,7 +229,7 @@ fn config_file(path: &Path, conninfo: &str) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_planted_secret_reaches_any_output() {
     let lab = Lab::build(LabSpec::new(
-        SUBNET,
+        subnet_of("secrets::no_planted_secret_reaches_any_output"),
         vec![
             NodeSpec::new("node1", "dc1"),
             NodeSpec::new("node2", "dc1"),
@@ -387,13 +384,16 @@ async fn no_planted_secret_reaches_any_output() {
     );
 
     // SIGHUP of node1: a refused configuration, then an accepted one with a new password.
-    let node1_log = daemons[0].log.clone();
+    let node1_log = daemons[0]
+        .log_path()
+        .expect("a child daemon logs to a file")
+        .to_path_buf();
     let from = log_len(&node1_log);
     config_file(
         &node1_file,
         &format!("{} password=zHb7aZ sslmode=bogus", base("node1")),
     );
-    hangup(daemons[0].pid());
+    hangup(daemons[0].pid().expect("a running daemon"));
     let refused = wait_log(&node1_log, from, "reload refused", Duration::from_secs(10)).await;
     assert!(
         refused.contains("conninfo"),
@@ -407,7 +407,7 @@ async fn no_planted_secret_reaches_any_output() {
             base("node1")
         ),
     );
-    hangup(daemons[0].pid());
+    hangup(daemons[0].pid().expect("a running daemon"));
     wait_log(
         &node1_log,
         from,
@@ -513,7 +513,7 @@ async fn no_planted_secret_reaches_any_output() {
 
     let leaks = out.leaks(ALL);
     for d in &mut daemons {
-        d.kill();
+        d.kill().await;
     }
     lab.teardown().await.expect("teardown");
     assert!(leaks.is_empty(), "secrets found:\n{}", leaks.join("\n"));
@@ -523,7 +523,10 @@ async fn no_planted_secret_reaches_any_output() {
 /// running daemon each refuse it, naming the key or the line, and print no part of the value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_toml_error_on_the_conninfo_line_prints_no_secret() {
-    let subnet = primgr_lab::lab_subnet(SUBNET).expect("subnet");
+    let subnet = primgr_lab::lab_subnet(subnet_of(
+        "secrets::a_toml_error_on_the_conninfo_line_prints_no_secret",
+    ))
+    .expect("subnet");
     let dir = scratch_dir(&format!("secrets-toml-{subnet}"));
     let addr = SocketAddr::from(([127, 0, subnet, 201], 5999));
     let conninfo = "host=127.0.0.1 port=1 dbname=repmgr user=primgr";
@@ -564,12 +567,12 @@ async fn a_toml_error_on_the_conninfo_line_prints_no_secret() {
     for text in &broken {
         let from = log_len(&log);
         write_private(&file, text);
-        hangup(daemon.pid());
+        hangup(daemon.pid().expect("a running daemon"));
         wait_log(&log, from, "reload refused", Duration::from_secs(10)).await;
     }
     assert!(daemon.running(), "a refused reload changes nothing");
     out.add("the daemon's log", daemon.log_text());
-    daemon.kill();
+    daemon.kill().await;
     let leaks = out.leaks(&[&TOML_ERROR]);
     assert!(leaks.is_empty(), "secrets found:\n{}", leaks.join("\n"));
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::Fleet;
 use common::sampler::Sampler;
-use primgr_lab::{Lab, LabSpec, StopMode};
+use primgr_lab::{Lab, LabSpec, StopMode, subnet_of};
 
 /// Long enough that a stop and a second of downtime fit between two polls.
 const INTERVAL: Duration = Duration::from_secs(2);
@@ -27,7 +27,11 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_stops_between_two_polls_is_down_at_once() {
-    let lab = Lab::build(LabSpec::standard(87)).await.expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "session_lost::a_database_that_stops_between_two_polls_is_down_at_once",
+    )))
+    .await
+    .expect("lab builds");
     let fleet = slow_fleet(&lab).await;
     let settle = settle();
     fleet
@@ -109,7 +113,11 @@ async fn a_database_that_stops_between_two_polls_is_down_at_once() {
 /// withheld from the instant the session ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ended_session_withholds_the_snapshot_and_wakes_the_poller() {
-    let lab = Lab::build(LabSpec::standard(88)).await.expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "session_lost::an_ended_session_withholds_the_snapshot_and_wakes_the_poller",
+    )))
+    .await
+    .expect("lab builds");
     let fleet = slow_fleet(&lab).await;
     let settle = settle();
     fleet.wait_codes(&[("node1", 200)], settle).await;

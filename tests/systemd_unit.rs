@@ -364,31 +364,39 @@ fn binary_holds_max_connections_under_the_units_limit() {
     let _alone = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     raise_own_open_files(connections);
 
-    // A free port on an address of its own (127.0.92.0/24 is used by no other test).
-    let ip = Ipv4Addr::new(127, 0, 92, 1);
+    // A free port on an address of this test's own subnet.
+    let subnet = primgr_lab::lab_subnet(primgr_lab::subnet_of(
+        "systemd_unit::binary_holds_max_connections_under_the_units_limit",
+    ))
+    .expect("subnet");
+    let ip = Ipv4Addr::new(127, 0, subnet, 1);
     let port = TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
     let addr = SocketAddr::from((ip, port));
-    let mut daemon = Daemon(
-        Command::new("prlimit")
-            .arg(format!("--nofile={limit}:{limit}"))
-            .arg("--")
-            .arg(env!("CARGO_BIN_EXE_primgr"))
-            .args(["--node-name", "node1", "--listen", &addr.to_string()])
-            // No database: every answer is 503 Down, which is all this test needs.
-            .args([
-                "--conninfo",
-                "host=127.0.0.1 port=1 dbname=repmgr user=primgr",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn prlimit primgr"),
-    );
-    let pid = daemon.0.id().to_string();
+    // The daemon is a child process of prlimit, which execs primgr (the same pid). The
+    // runtime is the child handle's (it is killed when the test ends, passed or failed).
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let _in_runtime = runtime.enter();
+    let mut daemon = primgr_lab::Daemon::process("/usr/bin/prlimit")
+        .args([
+            format!("--nofile={limit}:{limit}"),
+            "--".to_string(),
+            env!("CARGO_BIN_EXE_primgr").to_string(),
+        ])
+        // No database: every answer is 503 Down, which is all this test needs.
+        .args([
+            "--node-name",
+            "node1",
+            "--conninfo",
+            "host=127.0.0.1 port=1 dbname=repmgr user=primgr",
+        ])
+        .listen(addr)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("spawn prlimit primgr");
+    let pid = daemon.pid().expect("running").to_string();
 
     // Up: the first connection gets an answer.
     let t0 = Instant::now();
@@ -402,10 +410,7 @@ fn binary_holds_max_connections_under_the_units_limit() {
         if answered {
             break;
         }
-        assert!(
-            daemon.0.try_wait().expect("try_wait").is_none(),
-            "primgr exited at start"
-        );
+        assert!(daemon.running(), "primgr exited at start");
         assert!(
             t0.elapsed() < Duration::from_secs(10),
             "primgr not answering on {addr}"

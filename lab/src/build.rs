@@ -86,7 +86,6 @@ impl Lab {
             witness: spec.witness.map(|w| w.name),
             repmgrd: spec.repmgrd,
             pg,
-            daemons: Mutex::new(HashMap::new()),
             repmgrds: Mutex::new(HashMap::new()),
             created_files: Mutex::new(Vec::new()),
             fw_lock: Arc::new(Mutex::new(())),

@@ -4,6 +4,7 @@
 //! `async fn` returning a [`Section`] and add it to the list the binary collects before calling
 //! [`render`].
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -137,20 +138,27 @@ async fn node_row(lab: &Lab, node: &str) -> Vec<String> {
     ]
 }
 
-/// Each daemon's `/state` (status code + body), `/primary` and `/realPrimary`, 1 s timeout each.
-pub async fn daemons_section(lab: &Lab) -> Section {
+/// Each daemon's `/state` (status code + body), `/primary` and `/realPrimary`, 1 s timeout each;
+/// `running` says which daemons still run (by node name).
+pub async fn daemons_section(lab: &Lab, running: &BTreeMap<String, bool>) -> Section {
     let mut sec = Section::new(
         "primgr daemons",
         &["node", "daemon", "/state", "/primary", "/realPrimary"],
     );
     let names = lab.node_names();
-    sec.rows = join_all(names.iter().map(|n| daemon_row(lab, n)).collect()).await;
+    sec.rows = join_all(
+        names
+            .iter()
+            .map(|n| daemon_row(lab, n, running.get(n).copied().unwrap_or(false)))
+            .collect(),
+    )
+    .await;
     sec.notes
         .push("/state: 200 Primary, 202 Standby, 503 Down, 509 Unknown".to_string());
     sec
 }
 
-async fn daemon_row(lab: &Lab, node: &str) -> Vec<String> {
+async fn daemon_row(lab: &Lab, node: &str, running: bool) -> Vec<String> {
     let addr = lab.daemon_addr(node);
     let t = Duration::from_secs(1);
     let show = |r: anyhow::Result<http::HttpResponse>| match r {
@@ -162,11 +170,7 @@ async fn daemon_row(lab: &Lab, node: &str) -> Vec<String> {
         http::get(addr, "/primary", t),
         http::get(addr, "/realPrimary", t),
     );
-    let running = if lab.daemon_running(node) {
-        "up"
-    } else {
-        "not running"
-    };
+    let running = if running { "up" } else { "not running" };
     vec![
         node.to_string(),
         running.to_string(),

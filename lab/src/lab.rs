@@ -1,4 +1,4 @@
-//! The [`Lab`] value: what a built lab holds (its subnet, directory, nodes, daemons, timings),
+//! The [`Lab`] value: what a built lab holds (its subnet, directory, nodes, repmgrd, timings),
 //! how a node name resolves to its address and paths ([`Node`]), the public accessors, and the
 //! small helpers every room uses (ownership of files for `postgres`, timed steps).
 
@@ -87,8 +87,6 @@ pub struct Lab {
     /// Whether the nodes were built for repmgrd.
     pub(crate) repmgrd: bool,
     pub(crate) pg: PgUser,
-    /// primgr daemons by node name (`daemons.rs`).
-    pub(crate) daemons: Mutex<HashMap<String, tokio::process::Child>>,
     /// repmgrd processes by node name (`repmgrd.rs`).
     pub(crate) repmgrds: Mutex<HashMap<String, tokio::process::Child>>,
     /// Files outside the lab directory that the lab caused (removed at teardown).

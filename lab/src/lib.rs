@@ -18,9 +18,11 @@
 //! metadata's primary, WAL positions, [`Lab::pause_replay`], [`Lab::write_wal`]), faults
 //! ([`Lab::freeze`] = SIGSTOP of the postmaster and its children, [`Lab::freeze_postmaster`],
 //! [`Lab::thaw`], iptables [`Lab::cut`] / [`Lab::heal`] between node addresses, the partial
-//! partition [`Lab::cut_replication_to`]), primgr daemon processes ([`Lab::spawn_daemon`],
-//! which returns at once so tests can start daemons in phases) and repmgrd
-//! ([`Lab::start_repmgrd`]). Beside the lab, the crate holds the one copy of
+//! partition [`Lab::cut_replication_to`]), a node's primgr daemon ([`Lab::daemon`]) and repmgrd
+//! ([`Lab::start_repmgrd`]). Every primgr daemon of the tests, the demo and the benchmark is
+//! launched one way, through a [`DaemonBuilder`], in this process or as a child process, and
+//! held through one handle, [`Daemon`]; every test takes its subnet from one table,
+//! [`SUBNETS`] ([`subnet_of`]). Beside the lab, the crate holds the one copy of
 //! what the tests and the benchmark share: the raw HTTP exchange ([`http`]), bounded waits
 //! ([`wait`]), `/proc` readers ([`procfs`]), quantiles ([`stats`]) and text tables ([`table`]);
 //! [`haproxy`] runs the shipped `contrib/haproxy.cfg`, rendered for the lab's addresses, in
@@ -36,7 +38,8 @@
 //! sql.rs             psql (socket as postgres, TCP as root), what is read and done through it
 //! faults.rs          faults: freeze/thaw, cuts and rules, partial partitions (owner rules)
 //! firewall.rs        iptables primitives: the lab's chains, their jumps, their rules
-//! daemons.rs         primgr daemon processes: spawn (at once), readiness, stop, freeze/thaw
+//! subnets.rs         the one table of test subnets, by test name
+//! daemons.rs         primgr daemons, in process or child processes: builder, handle, signals
 //! repmgrd.rs         repmgrd processes for automatic failover: start, monitoring, stop
 //! teardown.rs        teardown, Drop, leftover cleanup
 //! cmd.rs             external commands with a timeout, as root or postgres; ensure_root
@@ -50,9 +53,9 @@
 //! haproxy/config.rs  the shipped haproxy.cfg rendered for a lab; haproxy -c
 //! haproxy/stat.rs    haproxy's `show stat` CSV parsed into ServerStat rows
 //! main.rs            the demo binary `primgr-lab up|down`
-//! bin/baseline.rs    the benchmark's bare hyper server
-//! bin/primgr-bench/  the benchmark, one module per measurement (listed in its main.rs)
 //! ```
+//! The benchmark (`primgr-bench` and its `baseline` server) is a crate of its own, `bench/`,
+//! built on this one.
 //!
 //! ## Requirements
 //! Must run as **root** (PostgreSQL, psql and repmgr run as the `postgres` OS user through
@@ -71,6 +74,12 @@
 //!
 //! Several labs can run at once in one process on different subnets: nothing is shared but the
 //! machine.
+//!
+//! ## Subnets
+//! Every test that uses lab addresses takes its subnet from [`SUBNETS`] by its name
+//! (`LabSpec::standard(subnet_of("cluster::stopped_standby_and_frozen_primary"))`), so no two
+//! tests share one: the lab's unit tests check the table, and `tests/subnets.rs` checks that
+//! the test sources take their subnets from it and from nowhere else.
 //!
 //! ## Subnet shift
 //! `PRIMGR_LAB_SUBNET_SHIFT=N` (default 0) moves every lab to another subnet, so that two
@@ -118,11 +127,13 @@ mod repmgrd;
 mod spec;
 mod sql;
 pub mod stats;
+mod subnets;
 pub mod table;
 mod teardown;
 pub mod wait;
 
 pub use crate::cmd::ensure_root;
+pub use crate::daemons::{Daemon, DaemonBuilder, Ended};
 pub use crate::faults::CutMode;
 pub use crate::http::HttpResponse;
 pub use crate::lab::Lab;
@@ -131,5 +142,6 @@ pub use crate::spec::{
     default_dir, lab_subnet, node_address, parse_subnet, replication_chain_name, shift_subnet,
     subnet_shift,
 };
+pub use crate::subnets::{SUBNETS, subnet_of};
 pub use crate::teardown::{destroy_leftovers, postgres_processes_in};
 pub(crate) use crate::wait::join_all;

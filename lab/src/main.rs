@@ -14,6 +14,7 @@
 //! connections through haproxy's write and read ports reach. Ctrl-C or SIGTERM tears everything
 //! down. `down` removes a lab left behind by a killed `up` or test.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use primgr_lab::dashboard::{self, Section};
 use primgr_lab::haproxy::{self, Haproxy};
-use primgr_lab::{Lab, LabSpec};
+use primgr_lab::{Daemon, Lab, LabSpec};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 const USAGE: &str = "\
@@ -55,7 +56,7 @@ struct Opts {
 
 fn parse(args: &[String]) -> Result<Opts> {
     let mut o = Opts {
-        subnet: 77,
+        subnet: primgr_lab::subnet_of("primgr-lab up"),
         dir: None,
         primgr: None,
         interval: Some("1s".to_string()),
@@ -187,6 +188,7 @@ async fn demo(
     sigint: &mut Signal,
     sigterm: &mut Signal,
 ) -> Result<()> {
+    let mut daemons: BTreeMap<String, Daemon> = BTreeMap::new();
     if let Some(bin) = &bin {
         let mut extra = Vec::new();
         if let Some(i) = &o.interval {
@@ -194,10 +196,11 @@ async fn demo(
         }
         extra.extend(o.extra.iter().cloned());
         for n in lab.node_names() {
-            lab.spawn_daemon(&n, bin, &extra).await?;
+            let daemon = lab.daemon(&n, bin)?.args(extra.iter().cloned()).spawn()?;
+            daemons.insert(n, daemon);
         }
-        for n in lab.node_names() {
-            if let Err(e) = lab.wait_daemon_ready(&n, Duration::from_secs(10)).await {
+        for d in daemons.values_mut() {
+            if let Err(e) = d.ready(Duration::from_secs(10)).await {
                 eprintln!("primgr-lab: warning: {e:#}");
             }
         }
@@ -218,7 +221,7 @@ async fn demo(
     let tty = unsafe { libc::isatty(1) } == 1;
     let started = Instant::now();
     loop {
-        let text = dashboard::render(&collect(lab, bin.is_some(), hp.as_ref()).await);
+        let text = dashboard::render(&collect(lab, &mut daemons, hp.as_ref()).await);
         if tty {
             print!("\x1b[H\x1b[2J");
         }
@@ -236,15 +239,27 @@ async fn demo(
     if let Some(h) = hp {
         h.stop().await?;
     }
+    for d in daemons.values_mut() {
+        d.stop().await;
+    }
     Ok(())
 }
 
 /// Everything printed each round. To show another part of the demo (e.g. haproxy), write an
 /// `async fn(&Lab) -> Section` (see `primgr_lab::dashboard`) and add it here.
-async fn collect(lab: &Lab, daemons: bool, hp: Option<&Haproxy>) -> Vec<Section> {
+async fn collect(
+    lab: &Lab,
+    daemons: &mut BTreeMap<String, Daemon>,
+    hp: Option<&Haproxy>,
+) -> Vec<Section> {
+    let running: BTreeMap<String, bool> = daemons
+        .iter_mut()
+        .map(|(n, d)| (n.clone(), d.running()))
+        .collect();
+    let with_daemons = !daemons.is_empty();
     let (nodes, daemon_sec) = tokio::join!(dashboard::nodes_section(lab), async {
-        if daemons {
-            Some(dashboard::daemons_section(lab).await)
+        if with_daemons {
+            Some(dashboard::daemons_section(lab, &running).await)
         } else {
             None
         }
@@ -254,6 +269,6 @@ async fn collect(lab: &Lab, daemons: bool, hp: Option<&Haproxy>) -> Vec<Section>
     if let Some(hp) = hp {
         v.push(dashboard::haproxy_section(lab, hp).await);
     }
-    v.push(dashboard::access_section(lab, daemons));
+    v.push(dashboard::access_section(lab, with_daemons));
     v
 }

@@ -235,9 +235,13 @@ mod tests {
         assert!(status_kb(me, "VmRSS")? > 0);
         assert!(status_kb(me, "VmHWM")? >= status_kb(me, "VmRSS")? / 2);
         assert!(open_fds(me)? >= 3);
+        // Busy until the kernel has counted a tick of CPU time (10 ms; on a loaded machine
+        // a fixed 50 ms of wall time may get none), 5 s at most.
         let busy = Instant::now();
-        while busy.elapsed() < Duration::from_millis(50) {
-            std::hint::black_box(0u64.wrapping_add(1));
+        while cpu_time(me)? == Duration::ZERO && busy.elapsed() < Duration::from_secs(5) {
+            for _ in 0..100_000 {
+                std::hint::black_box(0u64.wrapping_add(1));
+            }
         }
         assert!(cpu_time(me)? > Duration::ZERO);
         assert!(start_time(me)? > Duration::ZERO);

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail, ensure};
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// Port of every node's PostgreSQL (each node has its own address).
 pub const PG_PORT: u16 = 5432;
-/// Port of every node's primgr daemon started by [`Lab::spawn_daemon`](crate::Lab::spawn_daemon).
+/// Port of every node's primgr daemon ([`Lab::daemon`](crate::Lab::daemon) listens there).
 pub const DAEMON_PORT: u16 = 5999;
 
 /// Environment variable that shifts every lab subnet (see [`lab_subnet`]).

@@ -1,7 +1,7 @@
-//! Teardown: stopping the primgr daemons, repmgrd and the postmasters, removing the lab's
-//! iptables chains, its directory and the `/tmp/node-rejoin.*.log` files it caused; on
-//! [`Lab::teardown`], on `Drop`, and for leftovers of a crashed process ([`destroy_leftovers`],
-//! run before every build).
+//! Teardown: stopping the primgr daemons (through their pid files), repmgrd and the
+//! postmasters, removing the lab's iptables chains, its directory and the
+//! `/tmp/node-rejoin.*.log` files it caused; on [`Lab::teardown`], on `Drop`, and for leftovers
+//! of a crashed process ([`destroy_leftovers`], run before every build).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,16 +15,11 @@ use crate::procfs;
 use crate::spec::{chain_name, default_dir, lab_subnet, replication_chain_name};
 
 impl Lab {
-    /// Stop daemons, repmgrd and all nodes, remove the lab's iptables chains, the lab
-    /// directory and the rejoin log files. (`Drop` does the same if this was not called.)
+    /// Stop repmgrd, the daemons still running (found through their pid files: SIGTERM,
+    /// SIGKILL after 5 s) and all nodes, remove the lab's iptables chains, the lab directory
+    /// and the rejoin log files. (`Drop` does the same if this was not called.)
     pub async fn teardown(mut self) -> Result<()> {
         let mut errs = Vec::new();
-        let names: Vec<String> = lock(&self.daemons).keys().cloned().collect();
-        for n in names {
-            if let Err(e) = self.stop_daemon(&n).await {
-                errs.push(format!("{e:#}"));
-            }
-        }
         let names: Vec<String> = lock(&self.repmgrds).keys().cloned().collect();
         for n in names {
             if let Err(e) = self.stop_repmgrd(&n).await {
@@ -61,10 +56,7 @@ impl Drop for Lab {
                 self.dir.display(),
                 self.subnet
             );
-            // Detach the daemons and repmgrd so they survive too.
-            for (_, c) in lock(&self.daemons).drain() {
-                std::mem::forget(c);
-            }
+            // Detach repmgrd so that it survives too (a daemon's handle keeps its own).
             for (_, c) in lock(&self.repmgrds).drain() {
                 std::mem::forget(c);
             }

@@ -1,5 +1,6 @@
-//! End-to-end test of the lab itself on a real 4-node cluster (subnet 200, and 201 for a
-//! second lab at the same time; both shifted by `PRIMGR_LAB_SUBNET_SHIFT`). Must run as root.
+//! End-to-end test of the lab itself on a real 4-node cluster, and a second lab at the same
+//! time on another subnet (each test's subnet from `primgr_lab::SUBNETS`, shifted by
+//! `PRIMGR_LAB_SUBNET_SHIFT`). Must run as root.
 
 mod common;
 
@@ -8,18 +9,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use common::{Clock, iptables_s, metadata_primary, teardown_leaves_nothing, write_fake_daemon};
-use primgr_lab::{Lab, LabSpec, PG_PORT, StopMode};
+use primgr_lab::{Lab, LabSpec, PG_PORT, StopMode, subnet_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_lifecycle() -> Result<()> {
     let mut c = Clock::start();
-    let lab = Lab::build(LabSpec::standard(200)).await?;
+    let lab = Lab::build(LabSpec::standard(subnet_of("lab/lab::lab_lifecycle"))).await?;
     c.lap("build 4-node lab");
     for (step, d) in lab.timings() {
         println!("    {step:<41} {:>6.2}s", d.as_secs_f64());
     }
     let dir = lab.dir().to_path_buf();
-    let subnet = primgr_lab::lab_subnet(200)?;
+    let subnet = primgr_lab::lab_subnet(subnet_of("lab/lab::lab_lifecycle"))?;
     assert_eq!(lab.subnet(), subnet);
     assert_eq!(dir, primgr_lab::default_dir(subnet));
     assert_eq!(lab.addr("node3").to_string(), format!("127.0.{subnet}.13"));
@@ -164,34 +165,34 @@ async fn connects_from(src: Ipv4Addr, dst: SocketAddr) -> Result<bool> {
 async fn crash_rejoin_daemons_and_drop() -> Result<()> {
     let mut c = Clock::start();
     let spec = LabSpec::new(
-        201,
+        subnet_of("lab/lab::crash_rejoin_daemons_and_drop"),
         vec![
             primgr_lab::NodeSpec::new("a1", "dc1"),
             primgr_lab::NodeSpec::new("a2", "dc2"),
         ],
     );
     let lab = Lab::build(spec).await?;
-    c.lap("[201] build 2-node lab");
-    let subnet = primgr_lab::lab_subnet(201)?;
+    c.lap("[2-node lab] build 2-node lab");
+    let subnet = primgr_lab::lab_subnet(subnet_of("lab/lab::crash_rejoin_daemons_and_drop"))?;
     assert_eq!(lab.addr("a2"), primgr_lab::node_address(subnet, 2));
     ensure!(lab.in_recovery("a2").await?);
     assert_eq!(lab.location("a2")?, "dc2");
 
     lab.stop("a1", StopMode::Immediate).await?;
     lab.promote("a2").await?;
-    c.lap("[201] crash a1, promote a2");
+    c.lap("[2-node lab] crash a1, promote a2");
     lab.rejoin("a1", "a2").await?;
-    c.lap("[201] rejoin crashed a1 to a2");
+    c.lap("[2-node lab] rejoin crashed a1 to a2");
     assert_eq!(lab.upstream_of("a1").await?.as_deref(), Some("a2"));
     assert_eq!(metadata_primary(&lab, "a1").await?, "a2");
 
     let fake = write_fake_daemon(lab.dir(), Duration::ZERO)?;
+    let mut daemons = Vec::new();
     for n in ["a1", "a2"] {
-        lab.spawn_daemon(n, &fake, &["--interval".into(), "1s".into()])
-            .await?;
+        daemons.push(lab.daemon(n, &fake)?.args(["--interval", "1s"]).spawn()?);
     }
-    for n in ["a1", "a2"] {
-        lab.wait_daemon_ready(n, Duration::from_secs(5)).await?;
+    for d in &mut daemons {
+        d.ready(Duration::from_secs(5)).await?;
     }
     let r = primgr_lab::http::get(lab.daemon_addr("a1"), "/state", Duration::from_secs(1)).await?;
     assert_eq!((r.status, r.body.as_str()), (202, "Standby"));
@@ -203,11 +204,11 @@ async fn crash_rejoin_daemons_and_drop() -> Result<()> {
     )
     .await?;
     assert_eq!(r.status, 202);
-    lab.stop_daemon("a1").await?;
-    ensure!(!lab.daemon_running("a1") && lab.daemon_running("a2"));
-    lab.spawn_daemon("a1", &fake, &[]).await?;
-    lab.wait_daemon_ready("a1", Duration::from_secs(5)).await?;
-    c.lap("[201] fake daemons");
+    daemons[0].stop().await;
+    ensure!(!daemons[0].running() && daemons[1].running());
+    daemons[0] = lab.daemon("a1", &fake)?.spawn()?;
+    daemons[0].ready(Duration::from_secs(5)).await?;
+    c.lap("[2-node lab] fake daemons");
 
     lab.cut("a1", "a2").await?;
     ensure!(
@@ -223,8 +224,11 @@ async fn crash_rejoin_daemons_and_drop() -> Result<()> {
     );
     lab.freeze("a1").await?;
     let dir = lab.dir().to_path_buf();
+    // The daemons' handles are lost, as a crashed test's would be: the lab finds its daemons
+    // through their pid files.
+    std::mem::forget(daemons);
     drop(lab);
-    c.lap("[201] drop (frozen, cut, daemons running)");
+    c.lap("[2-node lab] drop (frozen, cut, daemons running)");
     ensure!(!dir.exists());
     ensure!(!iptables_s()?.contains(&primgr_lab::chain_name(subnet)));
     ensure!(primgr_lab::postgres_processes_in(&dir).is_empty());

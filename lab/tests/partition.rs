@@ -1,5 +1,5 @@
-//! A partial partition and a promotion outside repmgr in a real lab (subnet 241, shifted by
-//! `PRIMGR_LAB_SUBNET_SHIFT`). Must run as root.
+//! A partial partition and a promotion outside repmgr in a real lab (its subnet from
+//! `primgr_lab::SUBNETS`, shifted by `PRIMGR_LAB_SUBNET_SHIFT`). Must run as root.
 //!
 //! 1. `cut_replication_to(node1)`: the `postgres` OS user can no longer reach node1's database
 //!    over TCP (WAL receivers, repmgr), root still can; `repmgr standby promote` on node3
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use common::{Clock, iptables_s, metadata_primary, teardown_leaves_nothing};
-use primgr_lab::{Lab, LabSpec, PG_BIN, PG_PORT, wait};
+use primgr_lab::{Lab, LabSpec, PG_BIN, PG_PORT, subnet_of, wait};
 
 /// `SELECT 1` through TCP on `node` as the `postgres` OS user (what the WAL receivers and
 /// repmgr do): whether it answered, and how long it took.
@@ -35,7 +35,10 @@ fn postgres_user_reaches(lab: &Lab, node: &str) -> Result<(bool, Duration)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_partition_then_promotion_outside_repmgr() -> Result<()> {
     let mut c = Clock::start();
-    let lab = Lab::build(LabSpec::standard(241)).await?;
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "lab/partition::partial_partition_then_promotion_outside_repmgr",
+    )))
+    .await?;
     c.lap("build 4 nodes");
 
     // 1. The partial partition.

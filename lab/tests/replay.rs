@@ -1,5 +1,5 @@
-//! Paused replay and WAL written on purpose in a real lab (subnet 242, shifted by
-//! `PRIMGR_LAB_SUBNET_SHIFT`): node2's replay paused while node1 writes about 48 MB of WAL;
+//! Paused replay and WAL written on purpose in a real lab (its subnet from
+//! `primgr_lab::SUBNETS`, shifted by `PRIMGR_LAB_SUBNET_SHIFT`): node2's replay paused while node1 writes about 48 MB of WAL;
 //! node2 keeps receiving (its receive position reaches the primary's) while its replay position
 //! stays where it paused, node3 replays everything, and node2 catches up once resumed. Must run
 //! as root.
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use common::{Clock, teardown_leaves_nothing};
-use primgr_lab::{Lab, LabSpec, wait};
+use primgr_lab::{Lab, LabSpec, subnet_of, wait};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -33,7 +33,10 @@ async fn wait_position(lab: &Lab, node: &str, what: &str, target: u64) -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_replay_keeps_receiving_and_catches_up() -> Result<()> {
     let mut c = Clock::start();
-    let lab = Lab::build(LabSpec::standard(242)).await?;
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "lab/replay::paused_replay_keeps_receiving_and_catches_up",
+    )))
+    .await?;
     c.lap("build 4 nodes");
     ensure!(
         lab.receive_lsn("node1").await?.is_none(),

@@ -1,5 +1,5 @@
-//! repmgrd's automatic failover in a real lab (subnet 243, shifted by
-//! `PRIMGR_LAB_SUBNET_SHIFT`): the standard lab built for repmgrd, repmgrd on every node, the
+//! repmgrd's automatic failover in a real lab (its subnet from `primgr_lab::SUBNETS`, shifted
+//! by `PRIMGR_LAB_SUBNET_SHIFT`): the standard lab built for repmgrd, repmgrd on every node, the
 //! primary stopped hard; repmgrd promotes a dc1 standby by itself and the others follow it,
 //! as every survivor's `repmgr.nodes` says. Prints how long each part took. Must run as root.
 
@@ -9,12 +9,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use common::{Clock, metadata_primary, teardown_leaves_nothing};
-use primgr_lab::{Lab, LabSpec, StopMode, wait};
+use primgr_lab::{Lab, LabSpec, StopMode, subnet_of, wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repmgrd_promotes_a_dc1_standby_and_the_others_follow() -> Result<()> {
     let mut c = Clock::start();
-    let lab = Lab::build(LabSpec::standard(243).with_repmgrd()).await?;
+    let lab = Lab::build(
+        LabSpec::standard(subnet_of(
+            "lab/repmgrd::repmgrd_promotes_a_dc1_standby_and_the_others_follow",
+        ))
+        .with_repmgrd(),
+    )
+    .await?;
     c.lap("build 4 nodes for repmgrd");
     assert_eq!(
         lab.psql("node2", "SHOW shared_preload_libraries").await?,

@@ -1,5 +1,5 @@
-//! `repmgr standby switchover --siblings-follow` in a real lab (subnet 244, shifted by
-//! `PRIMGR_LAB_SUBNET_SHIFT`), through the lab's fake `ssh`: afterwards node2 is the primary,
+//! `repmgr standby switchover --siblings-follow` in a real lab (its subnet from
+//! `primgr_lab::SUBNETS`, shifted by `PRIMGR_LAB_SUBNET_SHIFT`), through the lab's fake `ssh`: afterwards node2 is the primary,
 //! the old primary node1 is a streaming standby of node2, node3 and node4 follow node2, and
 //! every node's `repmgr.nodes` names node2. Must run as root.
 
@@ -7,7 +7,7 @@ mod common;
 
 use anyhow::{Result, ensure};
 use common::{Clock, metadata_primary, teardown_leaves_nothing};
-use primgr_lab::{Lab, LabSpec};
+use primgr_lab::{Lab, LabSpec, subnet_of};
 
 /// The names of the `/tmp/node-rejoin.*.log` files there are now.
 fn rejoin_logs() -> Vec<String> {
@@ -24,7 +24,10 @@ fn rejoin_logs() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_to_node2_with_siblings_following() -> Result<()> {
     let mut c = Clock::start();
-    let lab = Lab::build(LabSpec::standard(244)).await?;
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "lab/switchover::switchover_to_node2_with_siblings_following",
+    )))
+    .await?;
     c.lap("build 4 nodes");
 
     // The fake ssh serves the lab's node addresses only.

@@ -1,4 +1,5 @@
-//! A repmgr witness in a real lab (subnet 240, shifted by `PRIMGR_LAB_SUBNET_SHIFT`): the
+//! A repmgr witness in a real lab (its subnet from `primgr_lab::SUBNETS`, shifted by
+//! `PRIMGR_LAB_SUBNET_SHIFT`): the
 //! standard four nodes plus a witness at its own site, as repmgr and PostgreSQL see it; then
 //! daemons started in phases (node1 at t, node3 at t + 100 ms, the witness at t + 300 ms), as a
 //! test that places start-up races needs them. Must run as root.
@@ -9,13 +10,17 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use common::{Clock, teardown_leaves_nothing, write_fake_daemon};
-use primgr_lab::{Lab, LabSpec, procfs};
+use primgr_lab::{Lab, LabSpec, procfs, subnet_of};
 use tokio::time::{Instant, sleep_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn witness_node_and_daemons_in_phases() -> Result<()> {
     let mut c = Clock::start();
-    let lab = Lab::build(LabSpec::standard(240).with_witness("witness", "dc3")).await?;
+    let lab = Lab::build(
+        LabSpec::standard(subnet_of("lab/witness::witness_node_and_daemons_in_phases"))
+            .with_witness("witness", "dc3"),
+    )
+    .await?;
     c.lap("build 4 nodes + witness");
     assert_eq!(
         lab.node_names(),
@@ -77,8 +82,8 @@ async fn witness_node_and_daemons_in_phases() -> Result<()> {
     );
     c.lap("checks of the witness");
 
-    // Daemons in phases. The fake daemon listens only 1 s after it starts: spawn_daemon must
-    // return without waiting for it, or the phases could not be placed.
+    // Daemons in phases. The fake daemon listens only 1 s after it starts: spawn must return
+    // without waiting for it, or the phases could not be placed.
     let fake = write_fake_daemon(lab.dir(), Duration::from_secs(1))?;
     let phases = [
         ("node1", Duration::ZERO),
@@ -87,22 +92,24 @@ async fn witness_node_and_daemons_in_phases() -> Result<()> {
     ];
     let t = Instant::now() + Duration::from_millis(50);
     let mut started = Vec::new();
+    let mut daemons = Vec::new();
     for (node, offset) in phases {
         sleep_until(t + offset).await;
         let before = Instant::now();
-        lab.spawn_daemon(node, &fake, &[]).await?;
+        let daemon = lab.daemon(node, &fake)?.spawn()?;
         let took = before.elapsed();
-        let pid = lab.daemon_pid(node).expect("spawned daemon runs");
+        let pid = daemon.pid().expect("spawned daemon runs");
         println!(
-            "    spawn_daemon({node}) at t + {:>3} ms returned in {:.2} ms",
+            "    spawn of {node}'s daemon at t + {:>3} ms returned in {:.2} ms",
             offset.as_millis(),
             took.as_secs_f64() * 1e3
         );
         ensure!(
             took < Duration::from_millis(250),
-            "spawn_daemon({node}) took {took:?}: it must not wait for readiness"
+            "spawning {node}'s daemon took {took:?}: it must not wait for readiness"
         );
         started.push((node, offset, procfs::start_time(pid)?));
+        daemons.push(daemon);
     }
     // The processes started in the planned phases (start times have 10 ms resolution).
     let t0 = started[0].2;
@@ -119,8 +126,8 @@ async fn witness_node_and_daemons_in_phases() -> Result<()> {
             "{node} started {after:?} after node1, planned {offset:?}"
         );
     }
-    for (node, _, _) in &started {
-        lab.wait_daemon_ready(node, Duration::from_secs(10)).await?;
+    for daemon in &mut daemons {
+        daemon.ready(Duration::from_secs(10)).await?;
     }
     let r =
         primgr_lab::http::get(lab.daemon_addr("witness"), "/state", Duration::from_secs(1)).await?;

@@ -7,8 +7,8 @@
 //! (it describes what was expected, not what was written), the offending line is not.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;

@@ -1,11 +1,10 @@
-//! For the operations tests: daemons with an agent-check port (in-process, through
-//! `primgr::run_with`), a raw agent client, haproxy's `show stat` rows with the agent's columns,
-//! and the real `primgr` binary run from a configuration file only (so that a reload can change
-//! every key, `listen` and `conninfo` too, and `log_level` is not pinned by `RUST_LOG`).
+//! For the operations tests: in-process daemons with an agent-check port, a raw agent client,
+//! haproxy's `show stat` rows with the agent's columns, and the real `primgr` binary run from a
+//! configuration file only (so that a reload can change every key, `listen` and `conninfo`
+//! too, and `log_level` is not pinned by `RUST_LOG`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use primgr::Config;
@@ -14,15 +13,10 @@ use primgr_lab::haproxy::Haproxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{Daemon, Fleet, config_for};
+use super::{Daemon, Fleet, PRIMGR, config_for};
 
 /// The agent port of the shipped haproxy variant (`agent-port 5998`).
 pub const AGENT_PORT: u16 = 5998;
-
-/// Starts a daemon with `config`, serving its agent port on `config.agent.agent_listen` when set.
-pub async fn start_daemon(config: Config) -> Daemon {
-    Daemon::start(config).await
-}
 
 /// The agent address of a lab node: `<node address>:5998`.
 pub fn agent_addr(lab: &Lab, node: &str) -> SocketAddr {
@@ -51,7 +45,7 @@ pub async fn agent_fleet(lab: &Lab, adjust: impl Fn(&str, &mut Config)) -> Fleet
         config.agent.agent_listen = Some(agent_addr(lab, &node));
         config.node.state_dir = state_dir(lab.subnet(), &node);
         adjust(&node, &mut config);
-        daemons.insert(node.clone(), start_daemon(config).await);
+        daemons.insert(node.clone(), Daemon::start(config).await);
     }
     Fleet { daemons }
 }
@@ -238,88 +232,17 @@ pub fn row<'a>(rows: &'a [AgentRow], server: &str) -> &'a AgentRow {
 }
 
 /// The real `primgr` binary run as `primgr --config FILE` and nothing else, without `RUST_LOG`
-/// (so that the file's `log_level` decides, and a reload may change it); stdout and stderr
-/// go to `log`. Killed when dropped.
-pub struct ConfiguredPrimgr {
-    child: Child,
-    pub config: PathBuf,
-    pub log: PathBuf,
-}
-
-impl ConfiguredPrimgr {
-    pub fn spawn(config: &Path, log: &Path) -> ConfiguredPrimgr {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
-        let err = out.try_clone().expect("dup log handle");
-        let child = Command::new(env!("CARGO_BIN_EXE_primgr"))
-            .arg("--config")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("start primgr");
-        ConfiguredPrimgr {
-            child,
-            config: config.to_path_buf(),
-            log: log.to_path_buf(),
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Sends SIGHUP (`kill -HUP <pid>`, what `systemctl reload primgr` does).
-    pub fn hangup(&self) {
-        let ok = Command::new("kill")
-            .args(["-HUP", &self.pid().to_string()])
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill -HUP {}", self.pid());
-    }
-
-    /// Everything the process logged so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the log has more than `from` bytes and the text after `from` contains
-    /// `want`; returns that text. Panics with the log after `within`.
-    pub async fn wait_log(&self, from: usize, want: &str, within: Duration) -> String {
-        let t0 = Instant::now();
-        loop {
-            let text = self.log_text();
-            let new = text.get(from..).unwrap_or_default();
-            if new.contains(want) {
-                return new.to_string();
-            }
-            if t0.elapsed() > within {
-                panic!("after {within:?} the log has no {want:?} after byte {from}:\n{new}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ConfiguredPrimgr {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// (so that the file's `log_level` decides, and a reload may change it), listening at `addr`
+/// (as the file says); stdout and stderr go to `log`.
+pub fn configured_primgr(config: &Path, addr: SocketAddr, log: &Path) -> Daemon {
+    Daemon::process(PRIMGR)
+        .arg("--config")
+        .arg(config.display().to_string())
+        .at(addr)
+        .env_remove("RUST_LOG")
+        .log(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// haproxy's `SRV_ADMF_FDRAIN`: the server was set to drain (by the agent or the CLI).

@@ -1,10 +1,13 @@
-//! Shared by the integration tests: in-process primgr daemons beside a lab cluster, and the
-//! waits and probes a user would run against them.
+//! Shared by the integration tests: the lab daemons' configuration and timings, a fleet of
+//! in-process daemons beside a lab cluster, and the waits and probes a user would run against
+//! them. Every daemon is launched one way, through `primgr_lab::Daemon` (in process, or a child
+//! process of [`PRIMGR`]).
 #![allow(dead_code)]
 
 pub mod agent;
 pub mod child;
 pub mod clients;
+pub mod phases;
 pub mod sampler;
 
 use std::collections::BTreeMap;
@@ -12,11 +15,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use primgr::Config;
+pub use primgr_lab::Daemon;
 use primgr_lab::http::{self, HttpResponse};
 use primgr_lab::{Lab, wait};
 use serde_json::Value;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+
+/// The `primgr` binary built for these tests.
+pub const PRIMGR: &str = env!("CARGO_BIN_EXE_primgr");
 
 /// Poll timings used by the lab daemons: short, so scenarios settle quickly.
 pub const INTERVAL: Duration = Duration::from_millis(500);
@@ -47,66 +52,6 @@ pub fn config_for(lab: &Lab, node: &str) -> Config {
     c.peer.source_address = Some(lab.addr(node).into());
     c.timing.max_staleness = Config::default_max_staleness(INTERVAL, DB_TIMEOUT, PEER_TIMEOUT);
     c
-}
-
-/// One daemon running in this process.
-pub struct Daemon {
-    pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    /// The daemon's result. A daemon dropped without [`Daemon::stop`] is left to the end of the
-    /// test's runtime, which cancels its poller; that result is nobody's concern.
-    task: Option<JoinHandle<Result<(), primgr::RunError>>>,
-}
-
-impl Daemon {
-    /// Starts a daemon with `config` on its `listen` address, and its agent-check port on
-    /// `agent_listen` when that is set.
-    pub async fn start(config: Config) -> Daemon {
-        let listener = primgr::server::bind(config.node.listen)
-            .unwrap_or_else(|e| panic!("bind {}: {e}", config.node.listen));
-        let agent = config
-            .agent
-            .agent_listen
-            .map(|a| primgr::server::bind(a).unwrap_or_else(|e| panic!("bind agent {a}: {e}")));
-        let addr = listener.local_addr().expect("local addr");
-        let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            let options = primgr::Options {
-                agent,
-                ..primgr::Options::default()
-            };
-            let stop = async {
-                let _ = rx.await;
-            };
-            primgr::run_with(config, listener, stop, options).await
-        });
-        Daemon {
-            addr,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    /// Stops the daemon and waits until it has exited; returns how long that took.
-    pub async fn stop(&mut self) -> Duration {
-        let t0 = Instant::now();
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let result = task.await.expect("daemon task ends cleanly");
-            result.expect("daemon runs until it is stopped");
-        }
-        t0.elapsed()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
 }
 
 /// A daemon per lab node.

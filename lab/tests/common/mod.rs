@@ -44,7 +44,9 @@ pub fn iptables_s() -> Result<String> {
 }
 
 /// A fake primgr: a shell script that waits `delay` and then serves a fixed HTTP answer with
-/// socat on its `--listen` address.
+/// socat on its `--listen` address. socat runs as the script's child (not `exec`), so that the
+/// process the pid file names keeps the listen address in its command line, as the lab's
+/// cleanup requires before it stops a daemon it finds through a pid file.
 pub fn write_fake_daemon(dir: &Path, delay: Duration) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let resp = dir.join("fake-response");
@@ -58,7 +60,7 @@ pub fn write_fake_daemon(dir: &Path, delay: Duration) -> Result<PathBuf> {
         format!(
             "#!/bin/sh\nfor a in \"$@\"; do case $prev in --listen) L=$a;; esac; prev=$a; done\n\
              sleep {:.3}\n\
-             exec socat TCP-LISTEN:${{L##*:}},bind=${{L%:*}},reuseaddr,fork SYSTEM:'cat {}'\n",
+             socat TCP-LISTEN:${{L##*:}},bind=${{L%:*}},reuseaddr,fork SYSTEM:'cat {}'\n",
             delay.as_secs_f64(),
             resp.display()
         ),

@@ -43,7 +43,11 @@ impl Opts {
             short,
             rounds: if short { 1 } else { 5 },
             seconds: if short { 2 } else { 5 },
-            subnet: if short { 62 } else { 61 },
+            subnet: if short {
+                primgr_lab::subnet_of("primgr-bench --short")
+            } else {
+                primgr_lab::subnet_of("primgr-bench")
+            },
             out: PathBuf::from("target/bench/report.txt"),
             primgr: here.with_file_name("primgr"),
             baseline: here.with_file_name("baseline"),

@@ -2,7 +2,7 @@
 //! of the benchmark (`primgr-bench`, `contrib/bench`).
 //!
 //! ```text
-//! baseline LISTEN STATUS BODY      e.g.  baseline 127.0.61.10:5999 200 '{"state":"Primary"}'
+//! baseline LISTEN STATUS BODY      e.g.  baseline 127.0.N.10:5999 200 '{"state":"Primary"}'
 //! ```
 //!
 //! It has primgr's runtime shape (tokio multi-thread, 2 workers, `TCP_NODELAY`, HTTP/1.1
@@ -22,7 +22,7 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-const USAGE: &str = "usage: baseline LISTEN STATUS BODY   (e.g. baseline 127.0.61.10:5999 200 '{\"state\":\"Primary\"}')";
+const USAGE: &str = "usage: baseline LISTEN STATUS BODY   (e.g. baseline 127.0.N.10:5999 200 '{\"state\":\"Primary\"}')";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -9,16 +9,22 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail, ensure};
 use primgr_lab::stats::{median, quantile};
 use primgr_lab::table::Table;
-use primgr_lab::{DAEMON_PORT, Lab, http};
+use primgr_lab::{DAEMON_PORT, Daemon, Lab, http};
 use serde_json::Value;
 
 use crate::opts::Opts;
 use crate::report::{Findings, Line};
 use crate::{CYCLE_INTERVAL_MS, HTTP_TIMEOUT, NODE, PEER_TIMEOUT_MS, VOTERS, fake, progress};
 
-/// Measurement 5: the poll cycle at 2, 8, 32 and 64 voters.
-pub(crate) async fn measure(o: &Opts, lab: &Lab, f: &mut Findings) -> Result<()> {
-    let cycles = poll_cycles(o, lab).await?;
+/// Measurement 5: the poll cycle at 2, 8, 32 and 64 voters; `daemon` is node1's, restarted
+/// here with a shorter interval.
+pub(crate) async fn measure(
+    o: &Opts,
+    lab: &Lab,
+    daemon: &mut Daemon,
+    f: &mut Findings,
+) -> Result<()> {
+    let cycles = poll_cycles(o, lab, daemon).await?;
     let mut t = Table::new(&[
         "voters",
         "cycles",
@@ -75,7 +81,7 @@ struct Cycles {
     slowest_voter_ms: Vec<f64>,
 }
 
-async fn poll_cycles(o: &Opts, lab: &Lab) -> Result<Vec<Cycles>> {
+async fn poll_cycles(o: &Opts, lab: &Lab, daemon: &mut Daemon) -> Result<Vec<Cycles>> {
     let max_fakes = VOTERS.iter().max().copied().unwrap_or(2) - 2;
     let peers: Vec<(String, SocketAddr)> = (1..=max_fakes)
         .map(|k| {
@@ -84,15 +90,15 @@ async fn poll_cycles(o: &Opts, lab: &Lab) -> Result<Vec<Cycles>> {
         })
         .collect();
     let _fakes = fake::FakePeers::start(&peers, NODE).await?;
-    lab.stop_daemon(NODE).await?;
-    let args = vec![
+    daemon.stop().await;
+    let args = [
         "--interval".to_string(),
         format!("{CYCLE_INTERVAL_MS}ms"),
         "--peer-timeout".into(),
         format!("{PEER_TIMEOUT_MS}ms"),
     ];
-    lab.spawn_daemon(NODE, &o.primgr, &args).await?;
-    lab.wait_daemon_ready(NODE, Duration::from_secs(30)).await?;
+    *daemon = lab.daemon(NODE, &o.primgr)?.args(args).spawn()?;
+    daemon.ready(Duration::from_secs(30)).await?;
     let r = sample_cycles(o, lab).await;
     let cleanup = lab
         .psql(NODE, "DELETE FROM repmgr.nodes WHERE node_id > 100")

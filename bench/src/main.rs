@@ -63,6 +63,7 @@ mod throughput;
 mod transactions;
 mod wrk;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::{ExitCode, Stdio};
@@ -188,14 +189,19 @@ async fn measure(o: &Opts, lab: &Lab, wrk: &Wrk, machine: &Machine) -> Result<Ou
     let mut f = Findings::default();
 
     progress("starting a primgr daemon per node ...");
+    let mut daemons = BTreeMap::new();
     for n in lab.node_names() {
-        lab.spawn_daemon(&n, &o.primgr, &daemon_args(INTERVAL))
-            .await?;
+        let daemon = lab
+            .daemon(&n, &o.primgr)?
+            .args(daemon_args(INTERVAL))
+            .spawn()?;
+        daemons.insert(n, daemon);
     }
-    for n in lab.node_names() {
-        lab.wait_daemon_ready(&n, Duration::from_secs(30)).await?;
+    for d in daemons.values_mut() {
+        d.ready(Duration::from_secs(30)).await?;
     }
     wait_site(lab).await?;
+    let node1 = daemons.get_mut(NODE).context("the lab has no node1")?;
 
     let primgr_addr = lab.daemon_addr(NODE);
     let primgr_state = fetch_raw(primgr_addr, "/state").await?;
@@ -210,9 +216,7 @@ async fn measure(o: &Opts, lab: &Lab, wrk: &Wrk, machine: &Machine) -> Result<Ou
         .with_context(|| format!("starting {}", o.baseline.display()))?;
     let servers = Servers {
         primgr_url: format!("http://{primgr_addr}/state"),
-        primgr_pid: lab
-            .daemon_pid(NODE)
-            .context("node1's daemon is not running")?,
+        primgr_pid: node1.pid().context("node1's daemon is not running")?,
         baseline_url: format!("http://{baseline_addr}/state"),
         baseline_pid: baseline.id().context("baseline exited at once")?,
     };
@@ -251,7 +255,10 @@ async fn measure(o: &Opts, lab: &Lab, wrk: &Wrk, machine: &Machine) -> Result<Ou
     }
     if o.runs(5) {
         progress("5. poll cycle vs number of voters ...");
-        poll_cycle::measure(o, lab, &mut f).await?;
+        poll_cycle::measure(o, lab, node1, &mut f).await?;
+    }
+    for d in daemons.values_mut() {
+        d.stop().await;
     }
     Ok(render(o, machine, f))
 }

@@ -1,0 +1,200 @@
+//! The one table of lab subnets: every test that uses lab addresses (a lab, a daemon on a node
+//! address, a fake peer), the benchmark and the demo take the third octet of their addresses
+//! from [`SUBNETS`], by name, through [`subnet_of`]. No two entries share a subnet (the unit
+//! test below), so two tests never collide when they run at once; `tests/subnets.rs` of the
+//! workspace checks that the sources take every subnet from here and have no literal of their
+//! own. The subnets are the requested ones: [`lab_subnet`](crate::lab_subnet) shifts them by
+//! `PRIMGR_LAB_SUBNET_SHIFT` like any other.
+//!
+//! A test's name is `<file>::<test function>` (`lab/<file>::...` for the lab's own tests).
+
+/// Every subnet in use, by who uses it.
+pub const SUBNETS: &[(&str, u8)] = &[
+    // tests/cluster.rs, api.rs, defects_lab.rs, haproxy.rs
+    ("cluster::normal_failover_split_brain_and_rejoin", 31),
+    ("cluster::stopped_standby_and_frozen_primary", 32),
+    (
+        "api::simultaneous_real_primary_requests_share_one_fan_out",
+        33,
+    ),
+    (
+        "defects_lab::a_witness_and_a_promotion_outside_repmgr_are_never_primary",
+        34,
+    ),
+    (
+        "defects_lab::a_witness_in_the_primarys_site_votes_and_is_a_witness",
+        35,
+    ),
+    (
+        "defects_lab::a_vote_counts_once_however_the_addresses_are_set",
+        36,
+    ),
+    (
+        "defects_lab::a_connection_abandoned_at_the_timeout_is_closed",
+        37,
+    ),
+    ("haproxy::writes_reach_only_the_real_primary", 41),
+    // chaos, hostile clients, garbage from peers, bad databases
+    (
+        "chaos::random_faults_never_make_primgr_lie_hang_or_crash",
+        50,
+    ),
+    (
+        "hostile_http::hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_answering",
+        51,
+    ),
+    (
+        "garbage_peers::garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory",
+        52,
+    ),
+    (
+        "bad_database::bad_credentials_schema_and_node_name_keep_the_daemon_up_and_say_why_once",
+        53,
+    ),
+    // the benchmark (bench/) and the demo (`primgr-lab up`)
+    ("primgr-bench", 61),
+    ("primgr-bench --short", 62),
+    ("primgr-lab up", 77),
+    // tests/operator.rs
+    (
+        "operator::cluster_command_through_failover_split_brain_and_stopped_daemons",
+        71,
+    ),
+    ("operator::least_privilege_role_is_enough", 72),
+    (
+        "operator::cluster_command_with_nothing_listening_exits_2",
+        73,
+    ),
+    // tests/leases.rs, session_lost.rs
+    ("leases::the_partial_partition_race_has_no_overlap", 81),
+    (
+        "leases::through_haproxy_no_write_lands_on_the_old_primary_after_the_new",
+        82,
+    ),
+    ("leases::restarting_the_primarys_daemon_loses_no_write", 83),
+    ("leases::a_switchover_through_haproxy", 84),
+    ("leases::repmgrd_failover_through_haproxy", 85),
+    ("leases::a_healthy_primary_never_drops_a_200", 86),
+    (
+        "session_lost::a_database_that_stops_between_two_polls_is_down_at_once",
+        87,
+    ),
+    (
+        "session_lost::an_ended_session_withholds_the_snapshot_and_wakes_the_poller",
+        88,
+    ),
+    // tests/systemd_unit.rs
+    (
+        "systemd_unit::binary_holds_max_connections_under_the_units_limit",
+        92,
+    ),
+    // tests/reads.rs
+    ("reads::every_read_endpoint_and_parameter", 101),
+    ("reads::read_write_answers_like_state", 102),
+    (
+        "reads::a_patroni_style_primary_check_is_warned_once_per_client",
+        103,
+    ),
+    ("reads::a_postmaster_that_accepts_no_one_is_down", 104),
+    ("reads::haproxy_reads_follow_replay_lag_cuts_and_drain", 105),
+    // tests/operations.rs
+    ("operations::agent_through_haproxy", 111),
+    ("operations::agent_hostile_input", 112),
+    ("operations::reload_under_load", 113),
+    ("operations::metrics_parse_and_agree", 114),
+    (
+        "operations::shipped_agent_variant_keeps_a_lagging_standby_in_the_pool",
+        115,
+    ),
+    // the lab's own tests (lab/tests/)
+    // tests/check.rs, secrets.rs, alerts.rs
+    ("check::every_exit_code_against_a_live_cluster", 121),
+    ("secrets::no_planted_secret_reaches_any_output", 131),
+    (
+        "secrets::a_toml_error_on_the_conninfo_line_prints_no_secret",
+        132,
+    ),
+    (
+        "alerts::alert_rules_on_a_real_failover_and_split_brain",
+        133,
+    ),
+    ("lab/lab::lab_lifecycle", 200),
+    ("lab/lab::crash_rejoin_daemons_and_drop", 201),
+    ("lab/witness::witness_node_and_daemons_in_phases", 240),
+    (
+        "lab/partition::partial_partition_then_promotion_outside_repmgr",
+        241,
+    ),
+    (
+        "lab/replay::paused_replay_keeps_receiving_and_catches_up",
+        242,
+    ),
+    (
+        "lab/repmgrd::repmgrd_promotes_a_dc1_standby_and_the_others_follow",
+        243,
+    ),
+    (
+        "lab/switchover::switchover_to_node2_with_siblings_following",
+        244,
+    ),
+];
+
+/// The subnet of `name` in [`SUBNETS`] (as requested: [`Lab::build`](crate::Lab::build) and
+/// [`lab_subnet`](crate::lab_subnet) shift it).
+///
+/// # Panics
+/// When `name` has no entry: a test without one must get one (a free subnet) before it runs.
+pub fn subnet_of(name: &str) -> u8 {
+    SUBNETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .unwrap_or_else(|| {
+            panic!("no subnet for {name:?} in primgr_lab::SUBNETS (lab/src/subnets.rs): add one")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Two tests never share a subnet: every name and every subnet appears once, and every
+    /// subnet is a valid third octet (1..=254; 0 is the machine's 127.0.0.x).
+    #[test]
+    fn no_two_tests_share_a_subnet() {
+        let mut by_subnet: BTreeMap<u8, Vec<&str>> = BTreeMap::new();
+        let mut by_name: BTreeMap<&str, usize> = BTreeMap::new();
+        for (name, subnet) in SUBNETS {
+            by_subnet.entry(*subnet).or_default().push(name);
+            *by_name.entry(name).or_default() += 1;
+        }
+        let shared: Vec<_> = by_subnet.iter().filter(|(_, n)| n.len() > 1).collect();
+        let twice: Vec<_> = by_name.iter().filter(|(_, k)| **k > 1).collect();
+        let invalid: Vec<_> = by_subnet
+            .keys()
+            .filter(|s| !(1..=254).contains(*s))
+            .collect();
+        println!(
+            "{} entries, {} subnets: {} shared, {} names twice, {} invalid",
+            SUBNETS.len(),
+            by_subnet.len(),
+            shared.len(),
+            twice.len(),
+            invalid.len()
+        );
+        assert!(shared.is_empty(), "subnets shared: {shared:?}");
+        assert!(twice.is_empty(), "names twice: {twice:?}");
+        assert!(invalid.is_empty(), "subnets outside 1..=254: {invalid:?}");
+        assert_eq!(
+            subnet_of("chaos::random_faults_never_make_primgr_lie_hang_or_crash"),
+            50
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "no subnet for")]
+    fn a_name_without_an_entry_panics() {
+        subnet_of("nobody::no_such_test");
+    }
+}
