@@ -96,8 +96,7 @@ async fn lone_daemon(subnet: u8) -> (Daemon, SocketAddr, SocketAddr) {
     let mut config = Config::for_node("node1").expect("defaults");
     config.node.listen = SocketAddr::from((ip, 5999));
     config.agent.agent_listen = Some(SocketAddr::from((ip, 5998)));
-    config.db.conninfo =
-        format!("host={ip} port=5432 dbname=repmgr user=repmgr connect_timeout=1").into();
+    config.db.conninfo = format!("host={ip} port=5432 dbname=repmgr user=repmgr connect_timeout=1");
     config.timing.interval = common::INTERVAL;
     config.db.db_timeout = common::DB_TIMEOUT;
     config.timing.peer_timeout = common::PEER_TIMEOUT;

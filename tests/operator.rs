@@ -339,7 +339,7 @@ async fn least_privilege_role_is_enough() {
             conninfo, config.db.conninfo,
             "conninfo names the user: {conninfo}"
         );
-        config.db.conninfo = conninfo.into();
+        config.db.conninfo = conninfo;
         daemons.insert(node, Daemon::start(config).await);
     }
     let mut fleet = Fleet { daemons };

@@ -45,7 +45,7 @@ pub fn timing_flags() -> Vec<String> {
 pub fn config_for(lab: &Lab, node: &str) -> Config {
     let mut c = Config::for_node(node).expect("default config is valid");
     c.node.listen = lab.daemon_addr(node);
-    c.db.conninfo = format!("{} application_name=primgr", lab.conninfo(node)).into();
+    c.db.conninfo = format!("{} application_name=primgr", lab.conninfo(node));
     c.timing.interval = INTERVAL;
     c.db.db_timeout = DB_TIMEOUT;
     c.timing.peer_timeout = PEER_TIMEOUT;
