@@ -22,36 +22,37 @@
 //! ([`crate::server`]).
 
 use std::collections::HashSet;
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared as SharedFuture};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use futures_util::future::{self, BoxFuture, Shared as SharedFuture};
+use http_body_util::Empty;
 use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tracing::warn;
+use warp::path::FullPath;
+use warp::{Filter, Rejection};
 
 use crate::conninfo;
 use crate::decide::State;
 use crate::metrics::{self, RequestCounters};
 use crate::peers::{VoteReply, fan_out};
-use crate::reads;
-use crate::server::{Answer, Handler};
+use crate::reads::{self, ReadQuery};
 use crate::shared::{Loaded, Shared};
 use crate::snapshot::{Snapshot, json_bytes, state_body};
 use crate::vote::Release;
 
-/// A reply of the API.
-pub type Reply = Response<Full<Bytes>>;
+/// A reply of the API (warp turns it into its own response).
+pub type Reply = Response<Bytes>;
 
 /// The endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Endpoint {
+pub enum Endpoint {
     State,
     Primary,
     RealPrimary,
@@ -68,25 +69,73 @@ enum Endpoint {
     Metrics,
 }
 
-/// Endpoint names for the request counters, in the order of [`Endpoint`], and a last row for
-/// requests that matched no route.
-const ENDPOINT_NAMES: &[&str] = &[
-    "/state",
-    "/primary",
-    "/realPrimary",
-    "/status",
-    "/vote",
-    "/release",
-    "/wal",
-    "/replica",
-    "/read-write",
-    "/read-only",
-    "/health",
-    "/liveness",
-    "/readiness",
-    "/metrics",
-    "unrouted",
-];
+impl Endpoint {
+    /// Every endpoint, in declaration order (`ALL[e as usize] == e`: the request counters'
+    /// rows).
+    const ALL: [Endpoint; 14] = [
+        Endpoint::State,
+        Endpoint::Primary,
+        Endpoint::RealPrimary,
+        Endpoint::Status,
+        Endpoint::Vote,
+        Endpoint::Release,
+        Endpoint::Wal,
+        Endpoint::Replica,
+        Endpoint::ReadWrite,
+        Endpoint::ReadOnly,
+        Endpoint::Health,
+        Endpoint::Liveness,
+        Endpoint::Readiness,
+        Endpoint::Metrics,
+    ];
+
+    /// The endpoint's name in `/metrics` (`endpoint` label): its path (`/state` also answers
+    /// `/`, `/read-write` also `/leader`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::State => "/state",
+            Endpoint::Primary => "/primary",
+            Endpoint::RealPrimary => "/realPrimary",
+            Endpoint::Status => "/status",
+            Endpoint::Vote => "/vote",
+            Endpoint::Release => "/release",
+            Endpoint::Wal => "/wal",
+            Endpoint::Replica => "/replica",
+            Endpoint::ReadWrite => "/read-write",
+            Endpoint::ReadOnly => "/read-only",
+            Endpoint::Health => "/health",
+            Endpoint::Liveness => "/liveness",
+            Endpoint::Readiness => "/readiness",
+            Endpoint::Metrics => "/metrics",
+        }
+    }
+
+    /// Which methods the endpoint answers.
+    fn methods(self) -> Methods {
+        match self {
+            // A vote is a promise: only a GET asks for one.
+            Endpoint::Vote => Methods::Get,
+            Endpoint::Release => Methods::Post,
+            _ => Methods::Read,
+        }
+    }
+
+    /// The media type of the endpoint's bodies.
+    fn content_type(self) -> &'static str {
+        match self {
+            Endpoint::Metrics => "text/plain; version=0.0.4; charset=utf-8",
+            _ => "application/json",
+        }
+    }
+}
+
+/// Name of the request counters' last row: requests that matched no route.
+const UNROUTED: &str = "unrouted";
+
+/// The request counters' row of `endpoint` (`None`: no route matched).
+fn counter_row(endpoint: Option<Endpoint>) -> usize {
+    endpoint.map_or(Endpoint::ALL.len(), |e| e as usize)
+}
 
 /// Which methods an endpoint answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,30 +166,113 @@ impl Methods {
     }
 }
 
-/// The routing table: every path the API answers, and how.
-fn route(path: &str) -> Option<(Endpoint, Methods)> {
+/// The one custom rejection: the path names `Endpoint`, which does not answer the method
+/// (405 with `Allow`, see [`App::refused`]). A path that names no endpoint is warp's own
+/// `not_found` (404).
+#[derive(Debug)]
+struct NotAllowed(Endpoint);
+
+impl warp::reject::Reject for NotAllowed {}
+
+/// A matched route: the endpoint, and the query string for the endpoints that take
+/// parameters (`None` for the others, whatever the request carried).
+type Route = (Endpoint, Option<String>);
+
+/// The first of the filters that matches, tried in order: `a.or(b.or(c ...))`. Nested to the
+/// right, so a request for the first route pays for one `or`, not for one per route.
+macro_rules! first_of {
+    ($one:expr $(,)?) => { $one };
+    ($first:expr, $($rest:expr),+ $(,)?) => { $first.or(first_of!($($rest),+)).unify() };
+}
+
+/// The API of `app` for connections from `client`, as warp filters: the routing table (every
+/// path once, to its [`Endpoint`]; `/state` first, the health check), then the method check,
+/// the handler of the endpoint ([`App::answer`]) and the request counter; a refusal (404,
+/// 405) goes through the one `recover` ([`App::refused`]). Built once per connection (a few
+/// words: the filters are plain values), so the client's address needs no per-request
+/// extension.
+pub fn routes(
+    app: &Arc<App>,
+    client: SocketAddr,
+) -> impl Filter<Extract = (Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
     use Endpoint::*;
-    Some(match path {
-        // The seed's endpoints.
-        "/" | "/state" => (State, Methods::Read),
-        "/primary" => (Primary, Methods::Read),
-        "/realPrimary" => (RealPrimary, Methods::Read),
-        "/status" => (Status, Methods::Read),
+    let table = first_of![
+        at("state", State),
+        root(State),
+        at("primary", Primary),
+        at("realPrimary", RealPrimary),
+        at("status", Status),
         // Between daemons: the vote, its release, the primary's WAL position.
-        "/vote" => (Vote, Methods::Get),
-        "/release" => (Release, Methods::Post),
-        "/wal" => (Wal, Methods::Read),
+        with_query("vote", Vote),
+        at("release", Release),
+        at("wal", Wal),
         // Patroni's health checks (see `reads`).
-        "/replica" => (Replica, Methods::Read),
-        "/read-write" | "/leader" => (ReadWrite, Methods::Read),
-        "/read-only" => (ReadOnly, Methods::Read),
-        "/health" => (Health, Methods::Read),
-        "/liveness" => (Liveness, Methods::Read),
-        "/readiness" => (Readiness, Methods::Read),
+        with_query("replica", Replica),
+        at("read-write", ReadWrite),
+        at("leader", ReadWrite),
+        with_query("read-only", ReadOnly),
+        at("health", Health),
+        at("liveness", Liveness),
+        with_query("readiness", Readiness),
         // For teams with Prometheus (`/status` is the probe that needs none).
-        "/metrics" => (Metrics, Methods::Read),
-        _ => return None,
-    })
+        at("metrics", Metrics),
+    ];
+    let answering = Arc::clone(app);
+    let refusing = Arc::clone(app);
+    table
+        .and(no_trailing_slash())
+        .and(warp::method())
+        .and_then(move |(endpoint, query): Route, method: Method| {
+            answering.answer(client, endpoint, query.as_deref(), method)
+        })
+        .recover(move |rejection| future::ready(Ok::<_, Infallible>(refusing.refused(&rejection))))
+        .unify()
+}
+
+/// `/name` (exactly: warp's `end` also takes `/name/`, which [`no_trailing_slash`] refuses),
+/// answered by `endpoint`, which takes no parameters.
+fn at(
+    name: &'static str,
+    endpoint: Endpoint,
+) -> impl Filter<Extract = (Route,), Error = Rejection> + Copy {
+    warp::path(name)
+        .and(warp::path::end())
+        .map(move || (endpoint, None))
+}
+
+/// `/`, answered by `endpoint`.
+fn root(endpoint: Endpoint) -> impl Filter<Extract = (Route,), Error = Rejection> + Copy {
+    warp::path::end().map(move || (endpoint, None))
+}
+
+/// `/name`, answered by `endpoint`, which reads its parameters from the query string.
+fn with_query(
+    name: &'static str,
+    endpoint: Endpoint,
+) -> impl Filter<Extract = (Route,), Error = Rejection> + Copy {
+    // `raw` rejects a request without a query string: that is a request without parameters.
+    let query = warp::query::raw()
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify();
+    at(name, endpoint)
+        .and(query)
+        .map(move |_, query| (endpoint, query))
+}
+
+/// Refuses a path with a trailing slash (`/state/`): warp's path filters match it like
+/// `/state`, the API never has. `/` itself passes.
+fn no_trailing_slash() -> impl Filter<Extract = (), Error = Rejection> + Copy {
+    warp::path::full()
+        .and_then(|path: FullPath| {
+            let path = path.as_str();
+            future::ready(if path.len() > 1 && path.ends_with('/') {
+                Err(warp::reject::not_found())
+            } else {
+                Ok(())
+            })
+        })
+        .untuple_one()
 }
 
 /// Most client addresses remembered for the "OPTIONS /primary" warning; past it, no more
@@ -151,144 +283,200 @@ const MAX_WARNED: usize = 1024;
 pub struct App {
     shared: Arc<Shared>,
     real_primary: Arc<Flights<RealPrimary>>,
-    /// Clients already warned about checking `/primary` (see [`App::answer`]).
+    /// Clients already warned about checking `/primary` (see [`App::primary`]).
     warned: Mutex<HashSet<IpAddr>>,
     /// Requests answered, by endpoint and code (`/metrics`).
     requests: RequestCounters,
 }
 
-impl Handler for App {
-    fn handle(self: &Arc<Self>, client: SocketAddr, request: Request<Incoming>) -> Answer {
-        let routed = route(request.uri().path());
-        let index = routed.map_or(ENDPOINT_NAMES.len() - 1, |r| r.0 as usize);
-        match self.answer(client, request.method(), request.uri(), routed) {
-            Answer::Now(reply) => {
-                self.requests.count(index, reply.status().as_u16());
-                Answer::Now(reply)
-            }
-            Answer::Later(reply) => {
-                let app = Arc::clone(self);
-                Answer::Later(Box::pin(async move {
-                    let reply = reply.await;
-                    app.requests.count(index, reply.status().as_u16());
-                    reply
-                }))
-            }
-        }
-    }
-}
+/// An answer: at once (every endpoint but `/realPrimary`), or when the other nodes have
+/// answered. Answering at once keeps the health check free of any future to box.
+type Answer = future::Either<
+    future::Ready<Result<Reply, Rejection>>,
+    BoxFuture<'static, Result<Reply, Rejection>>,
+>;
 
 impl App {
     pub fn new(shared: Arc<Shared>) -> Arc<App> {
+        let names = Endpoint::ALL.iter().map(|e| e.name()).chain([UNROUTED]);
         Arc::new(App {
             shared,
             real_primary: Arc::default(),
             warned: Mutex::new(HashSet::new()),
-            requests: RequestCounters::new(ENDPOINT_NAMES),
+            requests: RequestCounters::new(names),
         })
     }
 
-    /// The reply to `method` on `uri` from `client`, routed to `routed`: at once for every
-    /// endpoint but `/realPrimary`, which waits for the other nodes.
+    /// The service that answers a connection from `client`: `warp::service(routes)`.
+    pub fn service(
+        self: &Arc<Self>,
+        client: SocketAddr,
+    ) -> impl tower_service::Service<
+        Request<Empty<Bytes>>,
+        Response = warp::reply::Response,
+        Error = Infallible,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static {
+        warp::service(routes(self, client))
+    }
+
+    /// The reply of `endpoint` to `method` from `client` (with the query string of the
+    /// endpoints that take parameters), counted; a method the endpoint does not answer is
+    /// refused ([`NotAllowed`]).
     fn answer(
         self: &Arc<Self>,
         client: SocketAddr,
-        method: &Method,
-        uri: &Uri,
-        routed: Option<(Endpoint, Methods)>,
+        endpoint: Endpoint,
+        query: Option<&str>,
+        method: Method,
     ) -> Answer {
-        let Some((endpoint, methods)) = routed else {
-            return Answer::Now(error(StatusCode::NOT_FOUND, "not found"));
-        };
-        if !methods.allows(method) {
-            return Answer::Now(not_allowed(methods));
+        let methods = endpoint.methods();
+        if !methods.allows(&method) {
+            return future::Either::Left(future::ready(Err(warp::reject::custom(NotAllowed(
+                endpoint,
+            )))));
         }
         let bodyless = method == Method::HEAD || method == Method::OPTIONS;
         // The clock is read before the snapshot is loaded: a 200 is decided at an instant
         // that precedes the publication of any later snapshot (see `vote` on releases).
         let now = Instant::now();
         let (code, body) = match endpoint {
-            // The health check: a lock-free load, an atomic counter read (a session lost since the
-            // observation) and two comparisons; the body is a constant.
-            Endpoint::State => {
-                let state = self.shared.store.peek().served_state(now);
-                (state.code(), state_body(state))
-            }
-            Endpoint::Primary => {
-                if method == Method::OPTIONS {
-                    self.warn_primary_check(client);
-                }
-                let me = self.shared.config().node_name.clone();
-                self.shared.store.peek().primary_reply(&me, now)
-            }
+            Endpoint::State => self.state(now),
+            Endpoint::Primary => self.primary(client, &method, now),
             Endpoint::RealPrimary => {
                 let app = Arc::clone(self);
-                return Answer::Later(Box::pin(async move {
+                return future::Either::Right(Box::pin(async move {
                     let (code, body) = app.real_primary().await;
-                    json_reply(code, if bodyless { Bytes::new() } else { body })
+                    let reply =
+                        json_reply(endpoint, code, if bodyless { Bytes::new() } else { body });
+                    app.count(Some(endpoint), &reply);
+                    Ok(reply)
                 }));
             }
-            Endpoint::Status => {
-                let snapshot = self.shared.store.load();
-                let status = status_json(&self.shared.loaded(), &snapshot, now);
-                (snapshot.served_state(now).code(), json_bytes(&status))
-            }
-            Endpoint::Metrics => {
-                let snapshot = self.shared.store.load();
-                let extra = metrics::Extra {
-                    requests: self.requests.snapshot(),
-                    voter_failures: &snapshot.voter_failures,
-                    config_loaded: self.shared.loaded().at,
-                };
-                let text = metrics::render(&snapshot, &extra, now);
-                let mut r = json_reply(200, if bodyless { Bytes::new() } else { text.into() });
-                r.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                return Answer::Now(r);
-            }
-            Endpoint::Vote => match vote_candidate(uri.query()) {
+            Endpoint::Status => self.status(now),
+            Endpoint::Metrics => self.metrics(now),
+            Endpoint::Vote => match vote_candidate(query) {
                 Ok(candidate) => self.vote(candidate.as_deref(), now),
                 Err(why) => (400, json_bytes(&json!({ "error": why }))),
             },
             Endpoint::Release => self.release(),
             Endpoint::Wal => self.wal(now),
-            Endpoint::ReadWrite => {
-                let snapshot = self.shared.store.peek();
-                let outcome = match snapshot.served_state(now) {
-                    State::Primary => Ok(()),
-                    _ => Err(snapshot.served_reason(now)),
-                };
-                self.check_reply(&snapshot, outcome, now)
-            }
-            Endpoint::Health | Endpoint::Liveness => {
-                let snapshot = self.shared.store.peek();
-                let outcome = match endpoint {
-                    Endpoint::Health => reads::health(&snapshot, now),
-                    _ => reads::liveness(&snapshot, now),
-                };
-                self.check_reply(&snapshot, outcome, now)
-            }
+            Endpoint::ReadWrite => self.read_write(now),
+            Endpoint::Health => self.health(now),
+            Endpoint::Liveness => self.liveness(now),
             Endpoint::Replica | Endpoint::ReadOnly | Endpoint::Readiness => {
-                let query = match reads::parse_query(uri.query()) {
+                let query = match reads::parse_query(query) {
                     Ok(q) => q,
                     Err(why) => {
-                        return Answer::Now(json_reply(400, json_bytes(&json!({ "error": why }))));
+                        // With its body, whatever the method.
+                        let reply = json_reply(endpoint, 400, json_bytes(&json!({ "error": why })));
+                        self.count(Some(endpoint), &reply);
+                        return future::Either::Left(future::ready(Ok(reply)));
                     }
                 };
-                let snapshot = self.shared.store.peek();
-                let outcome = match endpoint {
-                    Endpoint::Replica => reads::replica(&snapshot, &query, now),
-                    Endpoint::ReadOnly => reads::read_only(&snapshot, &query, now),
-                    _ => {
-                        reads::readiness(&snapshot, &query, self.shared.config().readiness_lag, now)
-                    }
-                };
-                self.check_reply(&snapshot, outcome, now)
+                match endpoint {
+                    Endpoint::Replica => self.replica(&query, now),
+                    Endpoint::ReadOnly => self.read_only(&query, now),
+                    _ => self.readiness(&query, now),
+                }
             }
         };
-        Answer::Now(json_reply(code, if bodyless { Bytes::new() } else { body }))
+        let reply = json_reply(endpoint, code, if bodyless { Bytes::new() } else { body });
+        self.count(Some(endpoint), &reply);
+        future::Either::Left(future::ready(Ok(reply)))
+    }
+
+    /// The reply to a refused request, counted: 405 with `Allow` for a method the endpoint
+    /// does not answer ([`NotAllowed`]), else 404 (no route matched).
+    fn refused(&self, rejection: &Rejection) -> Reply {
+        let (endpoint, reply) = match rejection.find::<NotAllowed>() {
+            Some(NotAllowed(endpoint)) => (Some(*endpoint), not_allowed(*endpoint)),
+            None => (None, error(StatusCode::NOT_FOUND, "not found")),
+        };
+        self.count(endpoint, &reply);
+        reply
+    }
+
+    fn count(&self, endpoint: Option<Endpoint>, reply: &Reply) {
+        self.requests
+            .count(counter_row(endpoint), reply.status().as_u16());
+    }
+
+    /// `/state` and `/`, the health check: a lock-free load, an atomic counter read (a
+    /// session lost since the observation) and two comparisons; the body is a constant.
+    fn state(&self, now: Instant) -> (u16, Bytes) {
+        let state = self.shared.store.peek().served_state(now);
+        (state.code(), state_body(state))
+    }
+
+    /// `/primary`: whom the local metadata names (the seed's endpoint).
+    fn primary(&self, client: SocketAddr, method: &Method, now: Instant) -> (u16, Bytes) {
+        if method == Method::OPTIONS {
+            self.warn_primary_check(client);
+        }
+        let me = self.shared.config().node_name.clone();
+        self.shared.store.peek().primary_reply(&me, now)
+    }
+
+    /// `/status`: everything the snapshot knows ([`status_json`]).
+    fn status(&self, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.load();
+        let status = status_json(&self.shared.loaded(), &snapshot, now);
+        (snapshot.served_state(now).code(), json_bytes(&status))
+    }
+
+    /// `/metrics`: the Prometheus text ([`metrics::render`]).
+    fn metrics(&self, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.load();
+        let extra = metrics::Extra {
+            requests: self.requests.snapshot(),
+            voter_failures: &snapshot.voter_failures,
+            config_loaded: self.shared.loaded().at,
+        };
+        (200, metrics::render(&snapshot, &extra, now).into())
+    }
+
+    /// `/read-write` (= `/leader`): 200 where `/state` answers 200.
+    fn read_write(&self, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.peek();
+        let outcome = match snapshot.served_state(now) {
+            State::Primary => Ok(()),
+            _ => Err(snapshot.served_reason(now)),
+        };
+        self.check_reply(&snapshot, outcome, now)
+    }
+
+    /// `/health`: [`reads::health`].
+    fn health(&self, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.peek();
+        self.check_reply(&snapshot, reads::health(&snapshot, now), now)
+    }
+
+    /// `/liveness`: [`reads::liveness`].
+    fn liveness(&self, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.peek();
+        self.check_reply(&snapshot, reads::liveness(&snapshot, now), now)
+    }
+
+    /// `/replica`: [`reads::replica`].
+    fn replica(&self, query: &ReadQuery, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.peek();
+        self.check_reply(&snapshot, reads::replica(&snapshot, query, now), now)
+    }
+
+    /// `/read-only`: [`reads::read_only`].
+    fn read_only(&self, query: &ReadQuery, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.peek();
+        self.check_reply(&snapshot, reads::read_only(&snapshot, query, now), now)
+    }
+
+    /// `/readiness`: [`reads::readiness`].
+    fn readiness(&self, query: &ReadQuery, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.peek();
+        let lag = self.shared.config().readiness_lag;
+        self.check_reply(&snapshot, reads::readiness(&snapshot, query, lag, now), now)
     }
 
     /// A health-check reply: 200 or 503, with the node, its state, and why not.
@@ -559,11 +747,15 @@ impl<T: Send + Sync + 'static> Flights<T> {
     }
 }
 
-fn json_reply(code: u16, body: Bytes) -> Reply {
-    let mut r = Response::new(Full::new(body));
+/// A reply of `endpoint` with its media type, never cached.
+fn json_reply(endpoint: Endpoint, code: u16, body: Bytes) -> Reply {
+    let mut r = Response::new(body);
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = r.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(endpoint.content_type()),
+    );
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
@@ -581,15 +773,24 @@ fn vote_candidate(query: Option<&str>) -> Result<Option<String>, String> {
     Ok(candidate)
 }
 
-fn not_allowed(methods: Methods) -> Reply {
+/// 405, with the methods `endpoint` answers.
+fn not_allowed(endpoint: Endpoint) -> Reply {
     let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-    r.headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(methods.allow_header()));
+    r.headers_mut().insert(
+        ALLOW,
+        HeaderValue::from_static(endpoint.methods().allow_header()),
+    );
     r
 }
 
+/// An error reply: `{"error": message}`, as JSON.
 fn error(status: StatusCode, message: &'static str) -> Reply {
-    json_reply(status.as_u16(), json_bytes(&json!({ "error": message })))
+    let mut r = Response::new(json_bytes(&json!({ "error": message })));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 /// A WAL position as PostgreSQL writes it (`16/B374D848`).
@@ -795,14 +996,116 @@ mod tests {
         );
     }
 
+    /// Sends `method target` through [`routes`] (as the server would, without a body) and
+    /// returns the status, the `Allow` header and the endpoint row the request was counted in.
+    async fn ask(app: &Arc<App>, method: Method, target: &str) -> (u16, Option<String>, String) {
+        use tower_service::Service as _;
+        let before = app.requests.snapshot();
+        let client: SocketAddr = "127.0.0.1:4000".parse().expect("addr");
+        let request = Request::builder()
+            .method(method)
+            .uri(target)
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let reply = app.service(client).call(request).await.expect("infallible");
+        let after = app.requests.snapshot();
+        let counted: Vec<&str> = after
+            .iter()
+            .filter(|row| !before.contains(row))
+            .map(|(endpoint, _, _)| *endpoint)
+            .collect();
+        assert_eq!(counted.len(), 1, "{target}: counted once: {counted:?}");
+        let allow = reply
+            .headers()
+            .get(ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        (reply.status().as_u16(), allow, counted[0].to_string())
+    }
+
+    /// Every path of the table reaches its endpoint (counted under its name), exactly: a
+    /// trailing slash, an extra segment, another case or an empty segment is 404 (counted as
+    /// unrouted), and a method the endpoint does not answer is 405 with `Allow`.
+    #[tokio::test]
+    async fn the_routing_table() {
+        let config = crate::Config::for_node("n1").expect("config");
+        let app = App::new(Arc::new(Shared::new(config)));
+        let routed = [
+            ("/", "/state"),
+            ("/state", "/state"),
+            ("/state?x=1", "/state"),
+            ("/primary", "/primary"),
+            ("/status", "/status"),
+            ("/vote?candidate=n2", "/vote"),
+            ("/wal", "/wal"),
+            ("/replica", "/replica"),
+            ("/replica?lag=1MB", "/replica"),
+            ("/read-write", "/read-write"),
+            ("/leader", "/read-write"),
+            ("/read-only", "/read-only"),
+            ("/health", "/health"),
+            ("/liveness", "/liveness"),
+            ("/readiness", "/readiness"),
+            ("/metrics", "/metrics"),
+        ];
+        for (target, name) in routed {
+            let (code, _, counted) = ask(&app, Method::GET, target).await;
+            assert!(code != 404 && code != 405, "GET {target}: {code}");
+            assert_eq!(counted, name, "GET {target}");
+        }
+        let (code, _, counted) = ask(&app, Method::POST, "/release").await;
+        assert_eq!(
+            (code, counted.as_str()),
+            (200, "/release"),
+            "nothing to hold back"
+        );
+        let (code, _, _) = ask(&app, Method::GET, "/replica?lag=x").await;
+        assert_eq!(code, 400, "a bad parameter");
+        let unrouted = [
+            "/State",
+            "/state/",
+            "/state/extra",
+            "//",
+            "//state",
+            "/nope",
+            "/leader/",
+        ];
+        for target in unrouted {
+            assert_eq!(
+                ask(&app, Method::GET, target).await,
+                (404, None, UNROUTED.to_string()),
+                "GET {target}"
+            );
+        }
+        let refused = [
+            (Method::POST, "/state", "GET, HEAD, OPTIONS", "/state"),
+            (Method::DELETE, "/", "GET, HEAD, OPTIONS", "/state"),
+            (Method::HEAD, "/vote", "GET", "/vote"),
+            (Method::GET, "/release", "POST", "/release"),
+            (Method::POST, "/metrics", "GET, HEAD, OPTIONS", "/metrics"),
+        ];
+        for (method, target, allow, name) in refused.clone() {
+            assert_eq!(
+                ask(&app, method.clone(), target).await,
+                (405, Some(allow.to_string()), name.to_string()),
+                "{method} {target}"
+            );
+        }
+        println!(
+            "{} routed, {} unrouted and {} refused requests checked",
+            routed.len() + 2,
+            unrouted.len(),
+            refused.len()
+        );
+    }
+
+    /// The request counters' rows are the endpoints in declaration order, then `unrouted`.
     #[test]
-    fn the_routing_table() {
-        assert_eq!(route("/"), Some((Endpoint::State, Methods::Read)));
-        assert_eq!(route("/state"), Some((Endpoint::State, Methods::Read)));
-        assert_eq!(route("/vote"), Some((Endpoint::Vote, Methods::Get)));
-        assert_eq!(route("/release"), Some((Endpoint::Release, Methods::Post)));
-        assert_eq!(route("/State"), None);
-        assert_eq!(route("/state/"), None);
+    fn counter_rows_follow_the_endpoints() {
+        for (i, e) in Endpoint::ALL.iter().enumerate() {
+            assert_eq!(counter_row(Some(*e)), i, "{e:?}");
+        }
+        assert_eq!(counter_row(None), Endpoint::ALL.len());
         assert!(Methods::Read.allows(&Method::OPTIONS) && !Methods::Read.allows(&Method::POST));
         assert!(!Methods::Get.allows(&Method::HEAD) && !Methods::Post.allows(&Method::GET));
     }
