@@ -121,10 +121,13 @@ impl Endpoint {
     }
 
     /// The media type of the endpoint's bodies.
-    fn content_type(self) -> &'static str {
+    fn content_type(self) -> HeaderValue {
+        const JSON: HeaderValue = HeaderValue::from_static("application/json");
+        const TEXT: HeaderValue =
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
         match self {
-            Endpoint::Metrics => "text/plain; version=0.0.4; charset=utf-8",
-            _ => "application/json",
+            Endpoint::Metrics => TEXT,
+            _ => JSON,
         }
     }
 }
@@ -178,6 +181,22 @@ impl warp::reject::Reject for NotAllowed {}
 /// parameters (`None` for the others, whatever the request carried).
 type Route = (Endpoint, Option<String>);
 
+/// The path `/$segment` and nothing after it, as a warp filter. Like `warp::path!` the
+/// segment is a zero-sized type, so no string is carried (and copied into every request's
+/// future); unlike it there is no leading `any()`, one filter fewer to nest per route.
+macro_rules! exactly {
+    ($segment:literal) => {{
+        #[derive(Clone, Copy)]
+        struct Segment;
+        impl AsRef<str> for Segment {
+            fn as_ref(&self) -> &str {
+                $segment
+            }
+        }
+        warp::path(Segment).and(warp::path::end())
+    }};
+}
+
 /// The first of the filters that matches, tried in order: `a.or(b.or(c ...))`. Nested to the
 /// right, so a request for the first route pays for one `or`, not for one per route.
 macro_rules! first_of {
@@ -196,26 +215,35 @@ pub fn routes(
     client: SocketAddr,
 ) -> impl Filter<Extract = (Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
     use Endpoint::*;
+    // Grouped, each group a nest of its own: one chain of sixteen `or`s nests warp's types
+    // deeper than the compiler's recursion limit allows.
     let table = first_of![
-        at("state", State),
+        // The health check first: it is matched at the first try.
+        at(exactly!("state"), State),
         root(State),
-        at("primary", Primary),
-        at("realPrimary", RealPrimary),
-        at("status", Status),
+        first_of![
+            at(exactly!("primary"), Primary),
+            at(exactly!("realPrimary"), RealPrimary),
+            at(exactly!("status"), Status),
+            // For teams with Prometheus (`/status` is the probe that needs none).
+            at(exactly!("metrics"), Metrics),
+        ],
         // Between daemons: the vote, its release, the primary's WAL position.
-        with_query("vote", Vote),
-        at("release", Release),
-        at("wal", Wal),
+        first_of![
+            with_query(exactly!("vote"), Vote),
+            at(exactly!("release"), Release),
+            at(exactly!("wal"), Wal),
+        ],
         // Patroni's health checks (see `reads`).
-        with_query("replica", Replica),
-        at("read-write", ReadWrite),
-        at("leader", ReadWrite),
-        with_query("read-only", ReadOnly),
-        at("health", Health),
-        at("liveness", Liveness),
-        with_query("readiness", Readiness),
-        // For teams with Prometheus (`/status` is the probe that needs none).
-        at("metrics", Metrics),
+        first_of![
+            with_query(exactly!("replica"), Replica),
+            at(exactly!("read-write"), ReadWrite),
+            at(exactly!("leader"), ReadWrite),
+            with_query(exactly!("read-only"), ReadOnly),
+            at(exactly!("health"), Health),
+            at(exactly!("liveness"), Liveness),
+            with_query(exactly!("readiness"), Readiness),
+        ],
     ];
     let answering = Arc::clone(app);
     let refusing = Arc::clone(app);
@@ -229,15 +257,13 @@ pub fn routes(
         .unify()
 }
 
-/// `/name` (exactly: warp's `end` also takes `/name/`, which [`no_trailing_slash`] refuses),
-/// answered by `endpoint`, which takes no parameters.
+/// The path `path` (see [`exactly`]), answered by `endpoint`, which takes no parameters. warp also matches the path with a
+/// trailing slash, which [`no_trailing_slash`] refuses.
 fn at(
-    name: &'static str,
+    path: impl Filter<Extract = (), Error = Rejection> + Copy,
     endpoint: Endpoint,
 ) -> impl Filter<Extract = (Route,), Error = Rejection> + Copy {
-    warp::path(name)
-        .and(warp::path::end())
-        .map(move || (endpoint, None))
+    path.map(move || (endpoint, None))
 }
 
 /// `/`, answered by `endpoint`.
@@ -245,9 +271,9 @@ fn root(endpoint: Endpoint) -> impl Filter<Extract = (Route,), Error = Rejection
     warp::path::end().map(move || (endpoint, None))
 }
 
-/// `/name`, answered by `endpoint`, which reads its parameters from the query string.
+/// The path `path`, answered by `endpoint`, which reads its parameters from the query string.
 fn with_query(
-    name: &'static str,
+    path: impl Filter<Extract = (), Error = Rejection> + Copy,
     endpoint: Endpoint,
 ) -> impl Filter<Extract = (Route,), Error = Rejection> + Copy {
     // `raw` rejects a request without a query string: that is a request without parameters.
@@ -255,7 +281,7 @@ fn with_query(
         .map(Some)
         .or(warp::any().map(|| None))
         .unify();
-    at(name, endpoint)
+    at(path, endpoint)
         .and(query)
         .map(move |_, query| (endpoint, query))
 }
@@ -752,10 +778,7 @@ fn json_reply(endpoint: Endpoint, code: u16, body: Bytes) -> Reply {
     let mut r = Response::new(body);
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = r.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(endpoint.content_type()),
-    );
+    h.insert(CONTENT_TYPE, endpoint.content_type());
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
@@ -1108,5 +1131,31 @@ mod tests {
         assert_eq!(counter_row(None), Endpoint::ALL.len());
         assert!(Methods::Read.allows(&Method::OPTIONS) && !Methods::Read.allows(&Method::POST));
         assert!(!Methods::Get.allows(&Method::HEAD) && !Methods::Post.allows(&Method::GET));
+    }
+}
+#[cfg(test)]
+mod size_probe {
+    use super::*;
+    #[tokio::test]
+    async fn sizes() {
+        use tower_service::Service as _;
+        let app = App::new(Arc::new(Shared::new(
+            crate::Config::for_node("n1").unwrap(),
+        )));
+        let client: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let r = routes(&app, client);
+        let mut svc = app.service(client);
+        let req = Request::builder()
+            .uri("/state")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let fut = svc.call(req);
+        println!(
+            "SIZES filter {} service {} future {} request {}",
+            std::mem::size_of_val(&r),
+            std::mem::size_of_val(&svc),
+            std::mem::size_of_val(&fut),
+            std::mem::size_of::<Request<Empty<Bytes>>>()
+        );
     }
 }

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
+use futures_util::future;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Incoming};
 use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
@@ -97,17 +99,26 @@ where
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(service_for(client));
         let gate = service_fn(move |request: Request<Incoming>| {
-            let answer = match refusal(&request) {
-                Some(refused) => Either::Left(refused),
-                // No body (the refusal saw its end): the service gets an empty one.
-                None => Either::Right(service.call(request.map(|_| Empty::new()))),
-            };
-            async move {
-                match answer {
-                    Either::Left(refused) => Ok(refused.map(Either::Left)),
-                    Either::Right(reply) => reply.await.map(|r| r.map(Either::Right)),
+            let now = match refusal(&request) {
+                Some(refused) => Ok(refused.map(Either::Left)),
+                None => {
+                    // No body (the refusal saw its end): the service gets an empty one.
+                    let mut reply = Box::pin(service.call(request.map(|_| Empty::new())));
+                    // Polled once here, so that a reply ready at once (every one but a
+                    // fan-out's) drops its request before hyper reads on: a request still
+                    // alive then holds hyper's read buffer, which hyper must then allocate
+                    // anew (more than a box for the future costs).
+                    match reply.as_mut().now_or_never() {
+                        Some(reply) => reply.map(|r| r.map(Either::Right)),
+                        None => {
+                            return future::Either::Right(
+                                reply.map(|reply| reply.map(|r| r.map(Either::Right))),
+                            );
+                        }
+                    }
                 }
-            }
+            };
+            future::Either::Left(future::ready(now))
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), gate));
         tokio::spawn(async move {
