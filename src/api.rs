@@ -245,20 +245,42 @@ pub fn routes(
             with_query(exactly!("readiness"), Readiness),
         ],
     ];
-    let answering = Arc::clone(app);
-    let refusing = Arc::clone(app);
+    // warp clones the closures of a filter for every request: their one reference is to
+    // this connection's own counter, not to the app's, which every core's requests would
+    // contend for.
+    let answering = Arc::new(Connection {
+        app: Arc::clone(app),
+        client,
+    });
+    let refusing = Arc::clone(&answering);
     table
-        .and(no_trailing_slash())
+        .and(warp::path::full())
         .and(warp::method())
-        .and_then(move |(endpoint, query): Route, method: Method| {
-            answering.answer(client, endpoint, query.as_deref(), method)
+        .and_then(
+            move |(endpoint, query): Route, path: FullPath, method: Method| {
+                // warp's `end` matches `/state/` like `/state`; the API never has.
+                let path = path.as_str();
+                if path.len() > 1 && path.ends_with('/') {
+                    return future::Either::Left(future::ready(Err(warp::reject::not_found())));
+                }
+                let Connection { app, client } = &*answering;
+                app.answer(*client, endpoint, query.as_deref(), method)
+            },
+        )
+        .recover(move |rejection| {
+            future::ready(Ok::<_, Infallible>(refusing.app.refused(&rejection)))
         })
-        .recover(move |rejection| future::ready(Ok::<_, Infallible>(refusing.refused(&rejection))))
         .unify()
 }
 
-/// The path `path` (see [`exactly`]), answered by `endpoint`, which takes no parameters. warp also matches the path with a
-/// trailing slash, which [`no_trailing_slash`] refuses.
+/// The app, as one connection's routes see it.
+struct Connection {
+    app: Arc<App>,
+    /// The client at the other end.
+    client: SocketAddr,
+}
+
+/// The path `path` (see [`exactly`]), answered by `endpoint`, which takes no parameters.
 fn at(
     path: impl Filter<Extract = (), Error = Rejection> + Copy,
     endpoint: Endpoint,
@@ -284,21 +306,6 @@ fn with_query(
     at(path, endpoint)
         .and(query)
         .map(move |_, query| (endpoint, query))
-}
-
-/// Refuses a path with a trailing slash (`/state/`): warp's path filters match it like
-/// `/state`, the API never has. `/` itself passes.
-fn no_trailing_slash() -> impl Filter<Extract = (), Error = Rejection> + Copy {
-    warp::path::full()
-        .and_then(|path: FullPath| {
-            let path = path.as_str();
-            future::ready(if path.len() > 1 && path.ends_with('/') {
-                Err(warp::reject::not_found())
-            } else {
-                Ok(())
-            })
-        })
-        .untuple_one()
 }
 
 /// Most client addresses remembered for the "OPTIONS /primary" warning; past it, no more
@@ -1131,31 +1138,5 @@ mod tests {
         assert_eq!(counter_row(None), Endpoint::ALL.len());
         assert!(Methods::Read.allows(&Method::OPTIONS) && !Methods::Read.allows(&Method::POST));
         assert!(!Methods::Get.allows(&Method::HEAD) && !Methods::Post.allows(&Method::GET));
-    }
-}
-#[cfg(test)]
-mod size_probe {
-    use super::*;
-    #[tokio::test]
-    async fn sizes() {
-        use tower_service::Service as _;
-        let app = App::new(Arc::new(Shared::new(
-            crate::Config::for_node("n1").unwrap(),
-        )));
-        let client: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let r = routes(&app, client);
-        let mut svc = app.service(client);
-        let req = Request::builder()
-            .uri("/state")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
-        let fut = svc.call(req);
-        println!(
-            "SIZES filter {} service {} future {} request {}",
-            std::mem::size_of_val(&r),
-            std::mem::size_of_val(&svc),
-            std::mem::size_of_val(&fut),
-            std::mem::size_of::<Request<Empty<Bytes>>>()
-        );
     }
 }
