@@ -1,6 +1,6 @@
-//! The HTTP API: what each endpoint answers, routed in one table.
+//! The HTTP API: what each endpoint answers, routed by warp filters in one table.
 //!
-//! Owns the routes ([`route`]) and their replies, all from the snapshot: `/state` and `/` (the
+//! Owns the routes ([`routes`]) and their replies, all from the snapshot: `/state` and `/` (the
 //! health check), `/primary` (whom the local metadata names), `/realPrimary` (a fan-out to
 //! every node's `/state`, shared by simultaneous callers), `/status` (everything the snapshot
 //! knows); between daemons `/vote` (this node's vote, a leased promise), `POST /release`
@@ -10,16 +10,26 @@
 //! touches the database. The only state a request changes is the promise book behind `/vote`
 //! and the holder behind `/release` ([`crate::vote::Votes`]).
 //!
-//! ## One hyper service, one `match`, no warp
-//! The service is a plain `hyper` service function; the routing table is a `match` on the path.
-//! warp's filters were measured with `contrib/bench` (callgrind, user-space instructions per
-//! `GET /state` at 4 keep-alive connections): through a warp catch-all filter 12,195, answered
-//! before warp 10,183, a bare hyper server 7,923; the 64-connection throughput ratio against
-//! that bare server went from 0.895 to 1.03. Every endpoint here is a fixed path answered from
-//! the snapshot, so warp's composition buys nothing that a `match` does not say as plainly,
-//! and costs 20 % on the path haproxy calls thousands of times a second; so there is no warp.
-//! Protocol-level refusals (bodies, targets without a path, head limits) are the server's
-//! ([`crate::server`]).
+//! ## warp filters, one table, a handler per endpoint
+//! [`routes`] is the API as one warp 0.4 filter: the table names every path once (exactly: no
+//! trailing slash, no extra segment) with its [`Endpoint`], `/state` first; then one filter
+//! checks the method against the endpoint's and calls the endpoint's handler method, which
+//! turns the snapshot and the parsed parameters into a status and a body; the request is
+//! counted by endpoint and code ([`Endpoint::name`] labels `/metrics`). Every refusal is a
+//! rejection, and one `recover` answers it: [`NotAllowed`] (the one custom rejection) is 405
+//! with `Allow`, anything else (warp's `not_found` of a path no route matches) 404. The server
+//! ([`crate::server`]) serves `warp::service(routes)` on each connection, behind its own
+//! admission, head limits, timeouts and protocol-level refusals (bodies, targets without a
+//! path), which never reach the filters.
+//!
+//! What warp costs on the health check, measured with `contrib/bench` (callgrind, user-space
+//! instructions per `GET /state` at 4 keep-alive connections, and throughput against a bare
+//! hyper server): see the figures in docs/benchmarks or the commit that brought warp back.
+//! The filters are built so that a `/state` request costs as little as warp allows: the path
+//! segments are zero-sized types (nothing copied into each request's future), `/state` is
+//! the first route tried and matches at the first `or`, the filters' closures hold one
+//! reference per connection (warp clones them for every request), and no routing step
+//! allocates (the query string is read only by the endpoints that take parameters).
 
 use std::collections::HashSet;
 use std::convert::Infallible;

@@ -5,6 +5,8 @@
 //! connections, a cap on request-head size, a timeout for reading a request head that also
 //! closes idle keep-alive connections, the refusal of request bodies (no endpoint takes one) and
 //! of request targets without a path ([`refusal`]), and a deadline for draining at shutdown.
+//! What is answered comes in as a tower service per connection (the API's warp filters,
+//! `warp::service(routes)`), run by hyper-util's `TowerToHyperService` behind those limits.
 
 use std::convert::Infallible;
 use std::future::Future;
