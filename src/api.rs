@@ -1,6 +1,6 @@
-//! The HTTP API: what each endpoint answers, routed in one table.
+//! The HTTP API: what each endpoint answers, routed by warp filters in one table.
 //!
-//! Owns the routes (`route`) and their replies, all from the snapshot: `/state` and `/` (the
+//! Owns the routes ([`routes`]) and their replies, all from the snapshot: `/state` and `/` (the
 //! health check), `/primary` (whom the local metadata names), `/realPrimary` (a fan-out to
 //! every node's `/state`, shared by simultaneous callers), `/status` (everything the snapshot
 //! knows); between daemons `/vote` (this node's vote, a leased promise), `POST /release`
@@ -10,38 +10,49 @@
 //! touches the database. The only state a request changes is the promise book behind `/vote`
 //! and the holder behind `/release` ([`crate::shared::Votes`]).
 //!
-//! ## One hyper service, one `match`, no warp
-//! The service is a plain `hyper` service function; the routing table is a `match` on the path.
-//! warp's filters were measured with `contrib/bench` (callgrind, user-space instructions per
-//! `GET /state` at 4 keep-alive connections): through a warp catch-all filter 12,195, answered
-//! before warp 10,183, a bare hyper server 7,923; the 64-connection throughput ratio against
-//! that bare server went from 0.895 to 1.03. Every endpoint here is a fixed path answered from
-//! the snapshot, so warp's composition buys nothing that a `match` does not say as plainly,
-//! and costs 20 % on the path haproxy calls thousands of times a second; so there is no warp.
-//! Protocol-level refusals (bodies, targets without a path, head limits) are the server's
-//! ([`crate::server`]).
+//! ## warp filters, one table, a handler per endpoint
+//! [`routes`] is the API as one warp 0.4 filter: the table names every path once (exactly: no
+//! trailing slash, no extra segment) with its [`Endpoint`], `/state` first; then one filter
+//! checks the method against the endpoint's and calls the endpoint's handler method, which
+//! turns the snapshot and the parsed parameters into a status and a body; the request is
+//! counted by endpoint and code ([`Endpoint::name`] labels `/metrics`). Every refusal is a
+//! rejection, and one `recover` answers it: [`NotAllowed`] (the one custom rejection) is 405
+//! with `Allow`, anything else (warp's `not_found` of a path no route matches) 404. The server
+//! ([`crate::server`]) serves `warp::service(routes)` on each connection, behind its own
+//! admission, head limits, timeouts and protocol-level refusals (bodies, targets without a
+//! path), which never reach the filters.
+//!
+//! What warp costs on the health check, measured with `contrib/bench` (callgrind, user-space
+//! instructions per `GET /state` at 4 keep-alive connections, and throughput against a bare
+//! hyper server): see the figures in docs/benchmarks or the commit that brought warp back.
+//! The filters are built so that a `/state` request costs as little as warp allows: the path
+//! segments are zero-sized types (nothing copied into each request's future), `/state` is
+//! the first route tried and matches at the first `or`, the filters' closures hold one
+//! reference per connection (warp clones them for every request), and no routing step
+//! allocates (the query string is read only by the endpoints that take parameters).
 
 use std::collections::HashSet;
+use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared as SharedFuture};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use futures_util::future::{self, BoxFuture, Shared as SharedFuture};
+use http_body_util::Empty;
 use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use tracing::warn;
+use warp::path::FullPath;
+use warp::{Filter, Rejection};
 
 use crate::conninfo;
 use crate::cycle;
 use crate::decide::State;
 use crate::metrics::{self, RequestCounters};
 use crate::peers::{VoteReply, fan_out};
-use crate::reads;
-use crate::server::{Answer, Handler};
+use crate::reads::{self, ReadQuery};
 use crate::shared::{Loaded, Shared};
 use crate::snapshot::{Snapshot, json_bytes, state_body};
 use crate::vote::Release;
@@ -51,12 +62,12 @@ use crate::wire::{
     StatusVoter, VoteAnswer, VoteGrant, VoteRefusal, WalAnswer, WalPosition, WalUnknown,
 };
 
-/// A reply of the API.
-pub type Reply = Response<Full<Bytes>>;
+/// A reply of the API (warp turns it into its own response).
+pub type Reply = Response<Bytes>;
 
 /// The endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Endpoint {
+pub enum Endpoint {
     State,
     Primary,
     RealPrimary,
@@ -73,25 +84,76 @@ enum Endpoint {
     Metrics,
 }
 
-/// Endpoint names for the request counters, in the order of [`Endpoint`], and a last row for
-/// requests that matched no route.
-const ENDPOINT_NAMES: &[&str] = &[
-    "/state",
-    "/primary",
-    "/realPrimary",
-    "/status",
-    "/vote",
-    "/release",
-    "/wal",
-    "/replica",
-    "/read-write",
-    "/read-only",
-    "/health",
-    "/liveness",
-    "/readiness",
-    "/metrics",
-    "unrouted",
-];
+impl Endpoint {
+    /// Every endpoint, in declaration order (`ALL[e as usize] == e`: the request counters'
+    /// rows).
+    const ALL: [Endpoint; 14] = [
+        Endpoint::State,
+        Endpoint::Primary,
+        Endpoint::RealPrimary,
+        Endpoint::Status,
+        Endpoint::Vote,
+        Endpoint::Release,
+        Endpoint::Wal,
+        Endpoint::Replica,
+        Endpoint::ReadWrite,
+        Endpoint::ReadOnly,
+        Endpoint::Health,
+        Endpoint::Liveness,
+        Endpoint::Readiness,
+        Endpoint::Metrics,
+    ];
+
+    /// The endpoint's name in `/metrics` (`endpoint` label): its path (`/state` also answers
+    /// `/`, `/read-write` also `/leader`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::State => "/state",
+            Endpoint::Primary => "/primary",
+            Endpoint::RealPrimary => "/realPrimary",
+            Endpoint::Status => "/status",
+            Endpoint::Vote => "/vote",
+            Endpoint::Release => "/release",
+            Endpoint::Wal => "/wal",
+            Endpoint::Replica => "/replica",
+            Endpoint::ReadWrite => "/read-write",
+            Endpoint::ReadOnly => "/read-only",
+            Endpoint::Health => "/health",
+            Endpoint::Liveness => "/liveness",
+            Endpoint::Readiness => "/readiness",
+            Endpoint::Metrics => "/metrics",
+        }
+    }
+
+    /// Which methods the endpoint answers.
+    fn methods(self) -> Methods {
+        match self {
+            // A vote is a promise: only a GET asks for one.
+            Endpoint::Vote => Methods::Get,
+            Endpoint::Release => Methods::Post,
+            _ => Methods::Read,
+        }
+    }
+
+    /// The media type of the endpoint's bodies.
+    fn content_type(self) -> HeaderValue {
+        const JSON: HeaderValue = HeaderValue::from_static("application/json");
+        const TEXT: HeaderValue =
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+        match self {
+            Endpoint::Metrics => TEXT,
+            _ => JSON,
+        }
+    }
+}
+
+/// Name of the request counters' last row: requests that matched no route.
+const UNROUTED: &str = "unrouted";
+
+/// The request counters' row of `endpoint` (`None`: no route matched).
+fn counter_row(endpoint: Option<Endpoint>) -> usize {
+    endpoint.map_or(Endpoint::ALL.len(), |e| e as usize)
+}
 
 /// Which methods an endpoint answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,30 +184,143 @@ impl Methods {
     }
 }
 
-/// The routing table: every path the API answers, and how.
-fn route(path: &str) -> Option<(Endpoint, Methods)> {
+/// The one custom rejection: the path names `Endpoint`, which does not answer the method
+/// (405 with `Allow`, see [`App::refused`]). A path that names no endpoint is warp's own
+/// `not_found` (404).
+#[derive(Debug)]
+struct NotAllowed(Endpoint);
+
+impl warp::reject::Reject for NotAllowed {}
+
+/// A matched route: the endpoint, and the query string for the endpoints that take
+/// parameters (`None` for the others, whatever the request carried).
+type Route = (Endpoint, Option<String>);
+
+/// The path `/$segment` and nothing after it, as a warp filter. Like `warp::path!` the
+/// segment is a zero-sized type, so no string is carried (and copied into every request's
+/// future); unlike it there is no leading `any()`, one filter fewer to nest per route.
+macro_rules! exactly {
+    ($segment:literal) => {{
+        #[derive(Clone, Copy)]
+        struct Segment;
+        impl AsRef<str> for Segment {
+            fn as_ref(&self) -> &str {
+                $segment
+            }
+        }
+        warp::path(Segment).and(warp::path::end())
+    }};
+}
+
+/// The first of the filters that matches, tried in order: `a.or(b.or(c ...))`. Nested to the
+/// right, so a request for the first route pays for one `or`, not for one per route.
+macro_rules! first_of {
+    ($one:expr $(,)?) => { $one };
+    ($first:expr, $($rest:expr),+ $(,)?) => { $first.or(first_of!($($rest),+)).unify() };
+}
+
+/// The API of `app` for connections from `client`, as warp filters: the routing table (every
+/// path once, to its [`Endpoint`]; `/state` first, the health check), then the method check,
+/// the handler of the endpoint ([`App::answer`]) and the request counter; a refusal (404,
+/// 405) goes through the one `recover` ([`App::refused`]). Built once per connection (a few
+/// words: the filters are plain values), so the client's address needs no per-request
+/// extension.
+pub fn routes(
+    app: &Arc<App>,
+    client: SocketAddr,
+) -> impl Filter<Extract = (Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
     use Endpoint::*;
-    Some(match path {
-        // The seed's endpoints.
-        "/" | "/state" => (State, Methods::Read),
-        "/primary" => (Primary, Methods::Read),
-        "/realPrimary" => (RealPrimary, Methods::Read),
-        "/status" => (Status, Methods::Read),
+    // Grouped, each group a nest of its own: one chain of sixteen `or`s nests warp's types
+    // deeper than the compiler's recursion limit allows.
+    let table = first_of![
+        // The health check first: it is matched at the first try.
+        at(exactly!("state"), State),
+        root(State),
+        first_of![
+            at(exactly!("primary"), Primary),
+            at(exactly!("realPrimary"), RealPrimary),
+            at(exactly!("status"), Status),
+            // For teams with Prometheus (`/status` is the probe that needs none).
+            at(exactly!("metrics"), Metrics),
+        ],
         // Between daemons: the vote, its release, the primary's WAL position.
-        "/vote" => (Vote, Methods::Get),
-        "/release" => (Release, Methods::Post),
-        "/wal" => (Wal, Methods::Read),
+        first_of![
+            with_query(exactly!("vote"), Vote),
+            at(exactly!("release"), Release),
+            at(exactly!("wal"), Wal),
+        ],
         // Patroni's health checks (see `reads`).
-        "/replica" => (Replica, Methods::Read),
-        "/read-write" | "/leader" => (ReadWrite, Methods::Read),
-        "/read-only" => (ReadOnly, Methods::Read),
-        "/health" => (Health, Methods::Read),
-        "/liveness" => (Liveness, Methods::Read),
-        "/readiness" => (Readiness, Methods::Read),
-        // For teams with Prometheus (`/status` is the probe that needs none).
-        "/metrics" => (Metrics, Methods::Read),
-        _ => return None,
-    })
+        first_of![
+            with_query(exactly!("replica"), Replica),
+            at(exactly!("read-write"), ReadWrite),
+            at(exactly!("leader"), ReadWrite),
+            with_query(exactly!("read-only"), ReadOnly),
+            at(exactly!("health"), Health),
+            at(exactly!("liveness"), Liveness),
+            with_query(exactly!("readiness"), Readiness),
+        ],
+    ];
+    // warp clones the closures of a filter for every request: their one reference is to
+    // this connection's own counter, not to the app's, which every core's requests would
+    // contend for.
+    let answering = Arc::new(Connection {
+        app: Arc::clone(app),
+        client,
+    });
+    let refusing = Arc::clone(&answering);
+    table
+        .and(warp::path::full())
+        .and(warp::method())
+        .and_then(
+            move |(endpoint, query): Route, path: FullPath, method: Method| {
+                // warp's `end` matches `/state/` like `/state`; the API never has.
+                let path = path.as_str();
+                if path.len() > 1 && path.ends_with('/') {
+                    return future::Either::Left(future::ready(Err(warp::reject::not_found())));
+                }
+                let Connection { app, client } = &*answering;
+                app.answer(*client, endpoint, query.as_deref(), method)
+            },
+        )
+        .recover(move |rejection| {
+            future::ready(Ok::<_, Infallible>(refusing.app.refused(&rejection)))
+        })
+        .unify()
+}
+
+/// The app, as one connection's routes see it.
+struct Connection {
+    app: Arc<App>,
+    /// The client at the other end.
+    client: SocketAddr,
+}
+
+/// The path `path` (see [`exactly`]), answered by `endpoint`, which takes no parameters.
+fn at(
+    path: impl Filter<Extract = (), Error = Rejection> + Copy,
+    endpoint: Endpoint,
+) -> impl Filter<Extract = (Route,), Error = Rejection> + Copy {
+    path.map(move || (endpoint, None))
+}
+
+/// `/`, answered by `endpoint`.
+fn root(endpoint: Endpoint) -> impl Filter<Extract = (Route,), Error = Rejection> + Copy {
+    warp::path::end().map(move || (endpoint, None))
+}
+
+/// The path `path`, answered by `endpoint`, which reads its parameters from the query string.
+fn with_query(
+    path: impl Filter<Extract = (), Error = Rejection> + Copy,
+    endpoint: Endpoint,
+) -> impl Filter<Extract = (Route,), Error = Rejection> + Copy {
+    // `raw` rejects a request without a query string: that is a request without parameters.
+    let query = warp::query::raw()
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify();
+    at(path, endpoint)
+        .and(query)
+        .map(move |_, query| (endpoint, query))
 }
 
 /// Most client addresses remembered for the "OPTIONS /primary" warning; past it, no more
@@ -156,147 +331,200 @@ const MAX_WARNED: usize = 1024;
 pub struct App {
     shared: Arc<Shared>,
     real_primary: Arc<Flights<RealPrimary>>,
-    /// Clients already warned about checking `/primary` (see [`App::answer`]).
+    /// Clients already warned about checking `/primary` (see [`App::primary`]).
     warned: Mutex<HashSet<IpAddr>>,
     /// Requests answered, by endpoint and code (`/metrics`).
     requests: RequestCounters,
 }
 
-impl Handler for App {
-    fn handle(self: &Arc<Self>, client: SocketAddr, request: Request<Incoming>) -> Answer {
-        let routed = route(request.uri().path());
-        let index = routed.map_or(ENDPOINT_NAMES.len() - 1, |r| r.0 as usize);
-        match self.answer(client, request.method(), request.uri(), routed) {
-            Answer::Now(reply) => {
-                self.requests.count(index, reply.status().as_u16());
-                Answer::Now(reply)
-            }
-            Answer::Later(reply) => {
-                let app = Arc::clone(self);
-                Answer::Later(Box::pin(async move {
-                    let reply = reply.await;
-                    app.requests.count(index, reply.status().as_u16());
-                    reply
-                }))
-            }
-        }
-    }
-}
+/// An answer: at once (every endpoint but `/realPrimary`), or when the other nodes have
+/// answered. Answering at once keeps the health check free of any future to box.
+type Answer = future::Either<
+    future::Ready<Result<Reply, Rejection>>,
+    BoxFuture<'static, Result<Reply, Rejection>>,
+>;
 
 impl App {
     pub fn new(shared: Arc<Shared>) -> Arc<App> {
+        let names = Endpoint::ALL.iter().map(|e| e.name()).chain([UNROUTED]);
         Arc::new(App {
             shared,
             real_primary: Arc::default(),
             warned: Mutex::new(HashSet::new()),
-            requests: RequestCounters::new(ENDPOINT_NAMES),
+            requests: RequestCounters::new(names),
         })
     }
 
-    /// The reply to `method` on `uri` from `client`, routed to `routed`: at once for every
-    /// endpoint but `/realPrimary`, which waits for the other nodes.
+    /// The service that answers a connection from `client`: `warp::service(routes)`.
+    pub fn service(
+        self: &Arc<Self>,
+        client: SocketAddr,
+    ) -> impl tower_service::Service<
+        Request<Empty<Bytes>>,
+        Response = warp::reply::Response,
+        Error = Infallible,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static {
+        warp::service(routes(self, client))
+    }
+
+    /// The reply of `endpoint` to `method` from `client` (with the query string of the
+    /// endpoints that take parameters), counted; a method the endpoint does not answer is
+    /// refused ([`NotAllowed`]).
     fn answer(
         self: &Arc<Self>,
         client: SocketAddr,
-        method: &Method,
-        uri: &Uri,
-        routed: Option<(Endpoint, Methods)>,
+        endpoint: Endpoint,
+        query: Option<&str>,
+        method: Method,
     ) -> Answer {
-        let Some((endpoint, methods)) = routed else {
-            return Answer::Now(error(StatusCode::NOT_FOUND, "not found"));
-        };
-        if !methods.allows(method) {
-            return Answer::Now(not_allowed(methods));
+        let methods = endpoint.methods();
+        if !methods.allows(&method) {
+            return future::Either::Left(future::ready(Err(warp::reject::custom(NotAllowed(
+                endpoint,
+            )))));
         }
         let bodyless = method == Method::HEAD || method == Method::OPTIONS;
         // The clock is read before the snapshot is loaded: a 200 is decided at an instant
         // that precedes the publication of any later snapshot (see `vote` on releases).
         let now = Instant::now();
         let (code, body) = match endpoint {
-            // The health check: a lock-free load, an atomic counter read (a session lost since the
-            // observation) and two comparisons; the body is a constant.
-            Endpoint::State => {
-                let state = self.shared.store.peek().served_state(now);
-                (state.code(), state_body(state))
-            }
-            Endpoint::Primary => {
-                if method == Method::OPTIONS {
-                    self.warn_primary_check(client);
-                }
-                let me = self.shared.config().node.node_name.clone();
-                self.shared.store.peek().primary_reply(&me, now)
-            }
+            Endpoint::State => self.state(now),
+            Endpoint::Primary => self.primary(client, &method, now),
             Endpoint::RealPrimary => {
                 let app = Arc::clone(self);
-                return Answer::Later(Box::pin(async move {
+                return future::Either::Right(Box::pin(async move {
                     let (code, body) = app.real_primary().await;
-                    json_reply(code, if bodyless { Bytes::new() } else { body })
+                    let reply =
+                        json_reply(endpoint, code, if bodyless { Bytes::new() } else { body });
+                    app.count(Some(endpoint), &reply);
+                    Ok(reply)
                 }));
             }
-            Endpoint::Status => {
-                let snapshot = self.shared.store.load();
-                let status = status_json(&self.shared.loaded(), &snapshot, now);
-                (snapshot.served_state(now).code(), json_bytes(&status))
-            }
-            Endpoint::Metrics => {
-                let snapshot = self.shared.store.load();
-                let extra = metrics::Extra {
-                    requests: self.requests.snapshot(),
-                    voter_failures: &snapshot.voter_failures,
-                    config_loaded: self.shared.loaded().at,
-                };
-                let text = metrics::render(&snapshot, &extra, now);
-                let mut r = json_reply(200, if bodyless { Bytes::new() } else { text.into() });
-                r.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                return Answer::Now(r);
-            }
-            Endpoint::Vote => match vote_candidate(uri.query()) {
+            Endpoint::Status => self.status(now),
+            Endpoint::Metrics => self.metrics(now),
+            Endpoint::Vote => match vote_candidate(query) {
                 Ok(candidate) => self.vote(candidate.as_deref(), now),
                 Err(why) => (400, json_bytes(&ErrorBody { error: why })),
             },
             Endpoint::Release => self.release(),
             Endpoint::Wal => self.wal(now),
-            Endpoint::ReadWrite => {
-                let snapshot = self.shared.store.peek();
-                let outcome = match snapshot.served_state(now) {
-                    State::Primary => Ok(()),
-                    _ => Err(snapshot.served_reason(now)),
-                };
-                self.check_reply(&snapshot, outcome, now)
-            }
-            Endpoint::Health | Endpoint::Liveness => {
-                let snapshot = self.shared.store.peek();
-                let outcome = match endpoint {
-                    Endpoint::Health => reads::health(&snapshot, now),
-                    _ => reads::liveness(&snapshot, now),
-                };
-                self.check_reply(&snapshot, outcome, now)
-            }
+            Endpoint::ReadWrite => self.read_write(now),
+            Endpoint::Health => self.health(now),
+            Endpoint::Liveness => self.liveness(now),
             Endpoint::Replica | Endpoint::ReadOnly | Endpoint::Readiness => {
-                let query = match reads::parse_query(uri.query()) {
+                let query = match reads::parse_query(query) {
                     Ok(q) => q,
                     Err(why) => {
-                        return Answer::Now(json_reply(400, json_bytes(&ErrorBody { error: why })));
+                        // With its body, whatever the method.
+                        let reply = json_reply(endpoint, 400, json_bytes(&ErrorBody { error: why }));
+                        self.count(Some(endpoint), &reply);
+                        return future::Either::Left(future::ready(Ok(reply)));
                     }
                 };
-                let snapshot = self.shared.store.peek();
-                let outcome = match endpoint {
-                    Endpoint::Replica => reads::replica(&snapshot, &query, now),
-                    Endpoint::ReadOnly => reads::read_only(&snapshot, &query, now),
-                    _ => reads::readiness(
-                        &snapshot,
-                        &query,
-                        self.shared.config().reads.readiness_lag,
-                        now,
-                    ),
-                };
-                self.check_reply(&snapshot, outcome, now)
+                match endpoint {
+                    Endpoint::Replica => self.replica(&query, now),
+                    Endpoint::ReadOnly => self.read_only(&query, now),
+                    _ => self.readiness(&query, now),
+                }
             }
         };
-        Answer::Now(json_reply(code, if bodyless { Bytes::new() } else { body }))
+        let reply = json_reply(endpoint, code, if bodyless { Bytes::new() } else { body });
+        self.count(Some(endpoint), &reply);
+        future::Either::Left(future::ready(Ok(reply)))
+    }
+
+    /// The reply to a refused request, counted: 405 with `Allow` for a method the endpoint
+    /// does not answer ([`NotAllowed`]), else 404 (no route matched).
+    fn refused(&self, rejection: &Rejection) -> Reply {
+        let (endpoint, reply) = match rejection.find::<NotAllowed>() {
+            Some(NotAllowed(endpoint)) => (Some(*endpoint), not_allowed(*endpoint)),
+            None => (None, error(StatusCode::NOT_FOUND, "not found")),
+        };
+        self.count(endpoint, &reply);
+        reply
+    }
+
+    fn count(&self, endpoint: Option<Endpoint>, reply: &Reply) {
+        self.requests
+            .count(counter_row(endpoint), reply.status().as_u16());
+    }
+
+    /// `/state` and `/`, the health check: a lock-free load, an atomic counter read (a
+    /// session lost since the observation) and two comparisons; the body is a constant.
+    fn state(&self, now: Instant) -> (u16, Bytes) {
+        let state = self.shared.store.peek().served_state(now);
+        (state.code(), state_body(state))
+    }
+
+    /// `/primary`: whom the local metadata names (the seed's endpoint).
+    fn primary(&self, client: SocketAddr, method: &Method, now: Instant) -> (u16, Bytes) {
+        if method == Method::OPTIONS {
+            self.warn_primary_check(client);
+        }
+        let me = self.shared.config().node.node_name.clone();
+        self.shared.store.peek().primary_reply(&me, now)
+    }
+
+    /// `/status`: everything the snapshot knows ([`status_json`]).
+    fn status(&self, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.load();
+        let status = status_json(&self.shared.loaded(), &snapshot, now);
+        (snapshot.served_state(now).code(), json_bytes(&status))
+    }
+
+    /// `/metrics`: the Prometheus text ([`metrics::render`]).
+    fn metrics(&self, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.load();
+        let extra = metrics::Extra {
+            requests: self.requests.snapshot(),
+            voter_failures: &snapshot.voter_failures,
+            config_loaded: self.shared.loaded().at,
+        };
+        (200, metrics::render(&snapshot, &extra, now).into())
+    }
+
+    /// `/read-write` (= `/leader`): 200 where `/state` answers 200.
+    fn read_write(&self, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.peek();
+        let outcome = match snapshot.served_state(now) {
+            State::Primary => Ok(()),
+            _ => Err(snapshot.served_reason(now)),
+        };
+        self.check_reply(&snapshot, outcome, now)
+    }
+
+    /// `/health`: [`reads::health`].
+    fn health(&self, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.peek();
+        self.check_reply(&snapshot, reads::health(&snapshot, now), now)
+    }
+
+    /// `/liveness`: [`reads::liveness`].
+    fn liveness(&self, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.peek();
+        self.check_reply(&snapshot, reads::liveness(&snapshot, now), now)
+    }
+
+    /// `/replica`: [`reads::replica`].
+    fn replica(&self, query: &ReadQuery, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.peek();
+        self.check_reply(&snapshot, reads::replica(&snapshot, query, now), now)
+    }
+
+    /// `/read-only`: [`reads::read_only`].
+    fn read_only(&self, query: &ReadQuery, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.peek();
+        self.check_reply(&snapshot, reads::read_only(&snapshot, query, now), now)
+    }
+
+    /// `/readiness`: [`reads::readiness`].
+    fn readiness(&self, query: &ReadQuery, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.peek();
+        let lag = self.shared.config().reads.readiness_lag;
+        self.check_reply(&snapshot, reads::readiness(&snapshot, query, lag, now), now)
     }
 
     /// A health-check reply: 200 or 503, with the node, its state, and why not.
@@ -565,11 +793,12 @@ impl<T: Send + Sync + 'static> Flights<T> {
     }
 }
 
-fn json_reply(code: u16, body: Bytes) -> Reply {
-    let mut r = Response::new(Full::new(body));
+/// A reply of `endpoint` with its media type, never cached.
+fn json_reply(endpoint: Endpoint, code: u16, body: Bytes) -> Reply {
+    let mut r = Response::new(body);
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = r.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CONTENT_TYPE, endpoint.content_type());
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
@@ -587,18 +816,26 @@ fn vote_candidate(query: Option<&str>) -> Result<Option<String>, String> {
     Ok(candidate)
 }
 
-fn not_allowed(methods: Methods) -> Reply {
+/// 405, with the methods `endpoint` answers.
+fn not_allowed(endpoint: Endpoint) -> Reply {
     let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
-    r.headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(methods.allow_header()));
+    r.headers_mut().insert(
+        ALLOW,
+        HeaderValue::from_static(endpoint.methods().allow_header()),
+    );
     r
 }
 
+/// An error reply: `{"error": message}`, as JSON.
 fn error(status: StatusCode, message: &'static str) -> Reply {
-    let body = ErrorBody {
+    let mut r = Response::new(json_bytes(&ErrorBody {
         error: message.to_string(),
-    };
-    json_reply(status.as_u16(), json_bytes(&body))
+    }));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 /// A WAL position as PostgreSQL writes it (`16/B374D848`).
@@ -807,14 +1044,116 @@ mod tests {
         );
     }
 
+    /// Sends `method target` through [`routes`] (as the server would, without a body) and
+    /// returns the status, the `Allow` header and the endpoint row the request was counted in.
+    async fn ask(app: &Arc<App>, method: Method, target: &str) -> (u16, Option<String>, String) {
+        use tower_service::Service as _;
+        let before = app.requests.snapshot();
+        let client: SocketAddr = "127.0.0.1:4000".parse().expect("addr");
+        let request = Request::builder()
+            .method(method)
+            .uri(target)
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let reply = app.service(client).call(request).await.expect("infallible");
+        let after = app.requests.snapshot();
+        let counted: Vec<&str> = after
+            .iter()
+            .filter(|row| !before.contains(row))
+            .map(|(endpoint, _, _)| *endpoint)
+            .collect();
+        assert_eq!(counted.len(), 1, "{target}: counted once: {counted:?}");
+        let allow = reply
+            .headers()
+            .get(ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        (reply.status().as_u16(), allow, counted[0].to_string())
+    }
+
+    /// Every path of the table reaches its endpoint (counted under its name), exactly: a
+    /// trailing slash, an extra segment, another case or an empty segment is 404 (counted as
+    /// unrouted), and a method the endpoint does not answer is 405 with `Allow`.
+    #[tokio::test]
+    async fn the_routing_table() {
+        let config = crate::Config::for_node("n1").expect("config");
+        let app = App::new(Arc::new(Shared::new(config)));
+        let routed = [
+            ("/", "/state"),
+            ("/state", "/state"),
+            ("/state?x=1", "/state"),
+            ("/primary", "/primary"),
+            ("/status", "/status"),
+            ("/vote?candidate=n2", "/vote"),
+            ("/wal", "/wal"),
+            ("/replica", "/replica"),
+            ("/replica?lag=1MB", "/replica"),
+            ("/read-write", "/read-write"),
+            ("/leader", "/read-write"),
+            ("/read-only", "/read-only"),
+            ("/health", "/health"),
+            ("/liveness", "/liveness"),
+            ("/readiness", "/readiness"),
+            ("/metrics", "/metrics"),
+        ];
+        for (target, name) in routed {
+            let (code, _, counted) = ask(&app, Method::GET, target).await;
+            assert!(code != 404 && code != 405, "GET {target}: {code}");
+            assert_eq!(counted, name, "GET {target}");
+        }
+        let (code, _, counted) = ask(&app, Method::POST, "/release").await;
+        assert_eq!(
+            (code, counted.as_str()),
+            (200, "/release"),
+            "nothing to hold back"
+        );
+        let (code, _, _) = ask(&app, Method::GET, "/replica?lag=x").await;
+        assert_eq!(code, 400, "a bad parameter");
+        let unrouted = [
+            "/State",
+            "/state/",
+            "/state/extra",
+            "//",
+            "//state",
+            "/nope",
+            "/leader/",
+        ];
+        for target in unrouted {
+            assert_eq!(
+                ask(&app, Method::GET, target).await,
+                (404, None, UNROUTED.to_string()),
+                "GET {target}"
+            );
+        }
+        let refused = [
+            (Method::POST, "/state", "GET, HEAD, OPTIONS", "/state"),
+            (Method::DELETE, "/", "GET, HEAD, OPTIONS", "/state"),
+            (Method::HEAD, "/vote", "GET", "/vote"),
+            (Method::GET, "/release", "POST", "/release"),
+            (Method::POST, "/metrics", "GET, HEAD, OPTIONS", "/metrics"),
+        ];
+        for (method, target, allow, name) in refused.clone() {
+            assert_eq!(
+                ask(&app, method.clone(), target).await,
+                (405, Some(allow.to_string()), name.to_string()),
+                "{method} {target}"
+            );
+        }
+        println!(
+            "{} routed, {} unrouted and {} refused requests checked",
+            routed.len() + 2,
+            unrouted.len(),
+            refused.len()
+        );
+    }
+
+    /// The request counters' rows are the endpoints in declaration order, then `unrouted`.
     #[test]
-    fn the_routing_table() {
-        assert_eq!(route("/"), Some((Endpoint::State, Methods::Read)));
-        assert_eq!(route("/state"), Some((Endpoint::State, Methods::Read)));
-        assert_eq!(route("/vote"), Some((Endpoint::Vote, Methods::Get)));
-        assert_eq!(route("/release"), Some((Endpoint::Release, Methods::Post)));
-        assert_eq!(route("/State"), None);
-        assert_eq!(route("/state/"), None);
+    fn counter_rows_follow_the_endpoints() {
+        for (i, e) in Endpoint::ALL.iter().enumerate() {
+            assert_eq!(counter_row(Some(*e)), i, "{e:?}");
+        }
+        assert_eq!(counter_row(None), Endpoint::ALL.len());
         assert!(Methods::Read.allows(&Method::OPTIONS) && !Methods::Read.allows(&Method::POST));
         assert!(!Methods::Get.allows(&Method::HEAD) && !Methods::Post.allows(&Method::GET));
     }

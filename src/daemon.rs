@@ -87,7 +87,8 @@ where
             }),
         }
     };
-    server::serve(listener, api::App::new(shared), stop_serving).await;
+    let app = api::App::new(shared);
+    server::serve(listener, |client| app.service(client), stop_serving).await;
 
     if let Some(why) = died {
         let e = RunError::PollerDied(why);

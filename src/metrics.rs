@@ -34,19 +34,20 @@ const CODES: [u16; 10] = [200, 202, 400, 404, 405, 409, 413, 500, 503, 509];
 /// Requests answered, by endpoint and status code.
 #[derive(Debug)]
 pub struct RequestCounters {
-    endpoints: &'static [&'static str],
+    endpoints: Vec<&'static str>,
     counts: Vec<[AtomicU64; CODES.len() + 1]>,
 }
 
 impl RequestCounters {
-    /// Counters for these endpoint names (indexed as given).
-    pub fn new(endpoints: &'static [&'static str]) -> RequestCounters {
+    /// Counters for these endpoint names (rows indexed as given).
+    pub fn new(endpoints: impl IntoIterator<Item = &'static str>) -> RequestCounters {
+        let endpoints: Vec<&'static str> = endpoints.into_iter().collect();
         RequestCounters {
-            endpoints,
             counts: endpoints
                 .iter()
                 .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
                 .collect(),
+            endpoints,
         }
     }
 
@@ -222,7 +223,7 @@ mod tests {
 
     #[test]
     fn counters_count_by_endpoint_and_code() {
-        let c = RequestCounters::new(&["/state", "/status"]);
+        let c = RequestCounters::new(["/state", "/status"]);
         for _ in 0..3 {
             c.count(0, 200);
         }

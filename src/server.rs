@@ -5,24 +5,29 @@
 //! connections, a cap on request-head size, a timeout for reading a request head that also
 //! closes idle keep-alive connections, the refusal of request bodies (no endpoint takes one) and
 //! of request targets without a path ([`refusal`]), and a deadline for draining at shutdown.
+//! What is answered comes in as a tower service per connection (the API's warp filters,
+//! `warp::service(routes)`), run by hyper-util's `TowerToHyperService` behind those limits.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use futures_util::FutureExt as _;
+use futures_util::future;
+use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Incoming};
 use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
-use hyper::service::service_fn;
+use hyper::service::{Service as _, service_fn};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower_service::Service;
 use tracing::{debug, warn};
 
 /// A connection that does not send a complete request head within this time is closed. The
@@ -46,20 +51,6 @@ pub const LISTEN_BACKLOG: u32 = 1024;
 /// How long in-flight requests may take to finish after shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// What answers the requests the server lets through.
-pub trait Handler: Send + Sync + 'static {
-    /// The reply to `request` from `client`: at once, or a future for the few answers that
-    /// wait (on other nodes). Answering at once keeps the health check free of any future to
-    /// build, move or box.
-    fn handle(self: &Arc<Self>, client: SocketAddr, request: Request<Incoming>) -> Answer;
-}
-
-/// A reply, now or later.
-pub enum Answer {
-    Now(Response<Full<Bytes>>),
-    Later(Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>),
-}
-
 /// Binds the listening socket with a queue of [`LISTEN_BACKLOG`] pending connections.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
@@ -71,12 +62,22 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Serves `handler` on `listener` until `shutdown` completes, then stops accepting, lets
-/// in-flight requests finish (at most [`DRAIN_TIMEOUT`]) and returns. Requests the server
-/// refuses itself ([`refusal`]) never reach `handler`.
-pub async fn serve<H, F>(listener: TcpListener, handler: Arc<H>, shutdown: F)
+/// Serves on `listener` until `shutdown` completes, then stops accepting, lets in-flight
+/// requests finish (at most [`DRAIN_TIMEOUT`]) and returns. Each connection is answered by the
+/// tower service that `service_for` makes for its client (the API's is
+/// `warp::service(routes)`, see [`crate::api`]), run as a hyper service by hyper-util's
+/// [`TowerToHyperService`]. Requests the server refuses itself ([`refusal`]) never reach it;
+/// those it lets through carry no body, and reach it with an empty one.
+pub async fn serve<M, S, B, F>(listener: TcpListener, service_for: M, shutdown: F)
 where
-    H: Handler,
+    M: Fn(SocketAddr) -> S,
+    S: Service<Request<Empty<Bytes>>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     F: Future<Output = ()> + Send,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -98,18 +99,28 @@ where
             admitted = admit.next(&listener) => admitted,
         };
         let _ = stream.set_nodelay(true);
-        let handler = Arc::clone(&handler);
+        let service = TowerToHyperService::new(service_for(client));
         let gate = service_fn(move |request: Request<Incoming>| {
-            let answer = match refusal(&request) {
-                Some(refused) => Answer::Now(refused),
-                None => handler.handle(client, request),
+            let now = match refusal(&request) {
+                Some(refused) => Ok(refused.map(Either::Left)),
+                None => {
+                    // No body (the refusal saw its end): the service gets an empty one.
+                    let mut reply = Box::pin(service.call(request.map(|_| Empty::new())));
+                    // Polled once here, so that a reply ready at once (every one but a
+                    // fan-out's) drops its request before hyper reads on: a request still
+                    // alive then holds hyper's read buffer, which hyper must then allocate
+                    // anew (more than a box for the future costs).
+                    match reply.as_mut().now_or_never() {
+                        Some(reply) => reply.map(|r| r.map(Either::Right)),
+                        None => {
+                            return future::Either::Right(
+                                reply.map(|reply| reply.map(|r| r.map(Either::Right))),
+                            );
+                        }
+                    }
+                }
             };
-            async move {
-                Ok::<_, Infallible>(match answer {
-                    Answer::Now(reply) => reply,
-                    Answer::Later(reply) => reply.await,
-                })
-            }
+            future::Either::Left(future::ready(now))
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), gate));
         tokio::spawn(async move {
@@ -230,15 +241,25 @@ mod tests {
     async fn oversized_heads_bodies_and_targets_without_a_path_are_refused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        /// Answers 200 "ok" to whatever it is given.
+        #[derive(Clone)]
         struct Ok200;
-        impl Handler for Ok200 {
-            fn handle(self: &Arc<Self>, _: SocketAddr, _: Request<Incoming>) -> Answer {
-                Answer::Now(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        impl Service<Request<Empty<Bytes>>> for Ok200 {
+            type Response = Response<Full<Bytes>>;
+            type Error = Infallible;
+            type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+            fn poll_ready(
+                &mut self,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Result<(), Infallible>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: Request<Empty<Bytes>>) -> Self::Future {
+                std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"ok")))))
             }
         }
-        let ok = Arc::new(Ok200);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, ok, async {
+        let server = tokio::spawn(serve(listener, |_| Ok200, async {
             let _ = stopped.await;
         }));
 

@@ -530,7 +530,7 @@ async fn no_answer_and_bad_arguments_are_unknown() {
         ),
         (
             &["replica", "--critical", "10mb"],
-            "PRIMGR REPLICA UNKNOWN - bad --critical: \"10mb\": unknown unit",
+            "PRIMGR REPLICA UNKNOWN - bad --critical: unknown unit",
         ),
         (
             &["primary", "--timeout", "0s"],

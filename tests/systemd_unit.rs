@@ -584,9 +584,13 @@ fn exit_code_within(child: &mut Child, within: Duration) -> Option<i32> {
 /// restart the same while the port is held); the first start after the port is freed serves.
 #[test]
 fn a_held_port_exits_69_and_the_next_start_after_it_is_freed_serves() {
-    // Another process's socket on the address primgr is configured for (127.0.93.0/24 is used
-    // by no other test).
-    let ip = Ipv4Addr::new(127, 0, 93, 1);
+    // Another process's socket on the address primgr is configured for (a subnet no other
+    // test uses).
+    let subnet = primgr_lab::lab_subnet(primgr_lab::subnet_of(
+        "systemd_unit::a_held_port_exits_69_and_the_next_start_after_it_is_freed_serves",
+    ))
+    .expect("subnet");
+    let ip = Ipv4Addr::new(127, 0, subnet, 1);
     let holder = TcpListener::bind((ip, 0)).expect("hold a port");
     let addr = holder.local_addr().expect("held address");
     let dir = scratch_dir("held-port");
@@ -710,7 +714,11 @@ fn memory_and_tasks_limits_hold_at_the_connection_cap() {
     let _alone = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     raise_own_open_files(connections);
 
-    let ip = Ipv4Addr::new(127, 0, 94, 1);
+    let subnet = primgr_lab::lab_subnet(primgr_lab::subnet_of(
+        "systemd_unit::memory_and_tasks_limits_hold_at_the_connection_cap",
+    ))
+    .expect("subnet");
+    let ip = Ipv4Addr::new(127, 0, subnet, 1);
     let port = TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .expect("free port")

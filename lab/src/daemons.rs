@@ -217,11 +217,22 @@ fn spawn_process(what: String, spec: ProcessSpec) -> Result<Daemon> {
     let (out, err) = match &spec.log {
         Some(path) => {
             let (mut out, err) = append_to(path)?;
+            // The command line as a reader of the log may see it: a conninfo's secrets masked,
+            // like everything the daemon itself logs.
+            let shown: Vec<String> = spec
+                .args
+                .iter()
+                .zip(std::iter::once(None).chain(spec.args.iter().map(Some)))
+                .map(|(arg, before)| match before.map(String::as_str) {
+                    Some("--conninfo") => primgr::conninfo::redact(arg),
+                    _ => arg.clone(),
+                })
+                .collect();
             writeln!(
                 out,
                 "==== primgr-lab: starting {} {}",
                 spec.program.display(),
-                spec.args.join(" ")
+                shown.join(" ")
             )
             .with_context(|| format!("writing {}", path.display()))?;
             (Stdio::from(out), Stdio::from(err))

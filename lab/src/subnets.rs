@@ -88,6 +88,14 @@ pub const SUBNETS: &[(&str, u8)] = &[
         "systemd_unit::binary_holds_max_connections_under_the_units_limit",
         92,
     ),
+    (
+        "systemd_unit::a_held_port_exits_69_and_the_next_start_after_it_is_freed_serves",
+        93,
+    ),
+    (
+        "systemd_unit::memory_and_tasks_limits_hold_at_the_connection_cap",
+        94,
+    ),
     // tests/reads.rs
     ("reads::every_read_endpoint_and_parameter", 101),
     ("reads::read_write_answers_like_state", 102),
