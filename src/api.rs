@@ -5,10 +5,12 @@
 //! every node's `/state`, shared by simultaneous callers), `/status` (everything the snapshot
 //! knows); between daemons `/vote` (this node's vote, a leased promise), `POST /release`
 //! (release the votes promised to this node, when it answers 200 no more) and `/wal` (where a
-//! primary writes); and Patroni's checks `/replica`, `/read-write` = `/leader`, `/read-only`,
-//! `/health`, `/liveness`, `/readiness` (their rules are [`crate::reads`]'s). Nothing here
-//! touches the database. The only state a request changes is the promise book behind `/vote`
-//! and the holder behind `/release` ([`crate::vote::Votes`]).
+//! primary writes, with its WAL senders); and Patroni's checks `/replica`, `/read-write` =
+//! `/leader`, `/read-only`, `/health`, `/liveness`, `/readiness`, `/synchronous` = `/sync`,
+//! `/asynchronous` = `/async`, `/quorum`, `/read-only-sync`, `/read-only-quorum` (their rules
+//! are [`crate::reads`]'s). Nothing here touches the database. The only state a request
+//! changes is the promise book behind `/vote` and the holder behind `/release`
+//! ([`crate::vote::Votes`]).
 //!
 //! ## One hyper service, one `match`, no warp
 //! The service is a plain `hyper` service function; the routing table is a `match` on the path.
@@ -40,9 +42,10 @@ use crate::decide::State;
 use crate::metrics::{self, RequestCounters};
 use crate::peers::{VoteReply, fan_out};
 use crate::reads;
+use crate::reads::SyncWanted;
 use crate::server::{Answer, Handler};
 use crate::shared::{Loaded, Shared};
-use crate::snapshot::{Snapshot, json_bytes, state_body};
+use crate::snapshot::{Snapshot, json_bytes, state_body, sync_text};
 use crate::vote::Release;
 use crate::wire::{
     CheckBody, ErrorBody, RealPrimaryBody, ReleaseAnswer, ReleaseRefusal, Released, Status,
@@ -70,6 +73,11 @@ enum Endpoint {
     Liveness,
     Readiness,
     Metrics,
+    Sync,
+    Async,
+    Quorum,
+    ReadOnlySync,
+    ReadOnlyQuorum,
 }
 
 /// Endpoint names for the request counters, in the order of [`Endpoint`], and a last row for
@@ -89,6 +97,11 @@ const ENDPOINT_NAMES: &[&str] = &[
     "/liveness",
     "/readiness",
     "/metrics",
+    "/synchronous",
+    "/asynchronous",
+    "/quorum",
+    "/read-only-sync",
+    "/read-only-quorum",
     "unrouted",
 ];
 
@@ -141,6 +154,12 @@ fn route(path: &str) -> Option<(Endpoint, Methods)> {
         "/health" => (Health, Methods::Read),
         "/liveness" => (Liveness, Methods::Read),
         "/readiness" => (Readiness, Methods::Read),
+        // Patroni's synchronous checks (see `reads::sync_standby`).
+        "/synchronous" | "/sync" => (Sync, Methods::Read),
+        "/asynchronous" | "/async" => (Async, Methods::Read),
+        "/quorum" => (Quorum, Methods::Read),
+        "/read-only-sync" | "/read-only-synchronous" => (ReadOnlySync, Methods::Read),
+        "/read-only-quorum" => (ReadOnlyQuorum, Methods::Read),
         // For teams with Prometheus (`/status` is the probe that needs none).
         "/metrics" => (Metrics, Methods::Read),
         _ => return None,
@@ -274,7 +293,14 @@ impl App {
                 };
                 self.check_reply(&snapshot, outcome, now)
             }
-            Endpoint::Replica | Endpoint::ReadOnly | Endpoint::Readiness => {
+            Endpoint::Replica
+            | Endpoint::ReadOnly
+            | Endpoint::Readiness
+            | Endpoint::Sync
+            | Endpoint::Async
+            | Endpoint::Quorum
+            | Endpoint::ReadOnlySync
+            | Endpoint::ReadOnlyQuorum => {
                 let query = match reads::parse_query(uri.query()) {
                     Ok(q) => q,
                     Err(why) => {
@@ -285,6 +311,19 @@ impl App {
                 let outcome = match endpoint {
                     Endpoint::Replica => reads::replica(&snapshot, &query, now),
                     Endpoint::ReadOnly => reads::read_only(&snapshot, &query, now),
+                    Endpoint::Sync => reads::sync_standby(&snapshot, &query, SyncWanted::Sync, now),
+                    Endpoint::Async => {
+                        reads::sync_standby(&snapshot, &query, SyncWanted::Async, now)
+                    }
+                    Endpoint::Quorum => {
+                        reads::sync_standby(&snapshot, &query, SyncWanted::Quorum, now)
+                    }
+                    Endpoint::ReadOnlySync => {
+                        reads::read_only_sync(&snapshot, &query, SyncWanted::Sync, now)
+                    }
+                    Endpoint::ReadOnlyQuorum => {
+                        reads::read_only_sync(&snapshot, &query, SyncWanted::Quorum, now)
+                    }
                     _ => {
                         reads::readiness(&snapshot, &query, self.shared.config().readiness_lag, now)
                     }
@@ -337,7 +376,13 @@ impl App {
             (Some(w), _, _) => w.reason(),
             (None, Some(false), Some(lsn)) => {
                 let age_ms = s.age(now).unwrap_or_default().as_millis() as u64;
-                let position = WalAnswer::Position(WalPosition { age_ms, lsn, node });
+                let standbys = s.wal_senders.clone();
+                let position = WalAnswer::Position(WalPosition {
+                    age_ms,
+                    lsn,
+                    node,
+                    standbys,
+                });
                 return (position.status(), json_bytes(&position));
             }
             (None, Some(true), _) => "in recovery: not a primary",
@@ -680,6 +725,8 @@ pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Status
         receiver_state: r.receiver_text(),
         replay_paused: r.replay_paused,
         replayed_lsn: r.replayed.map(lsn_text),
+        sync_state: r.sync.as_ref().ok().map(|s| sync_text(*s).to_string()),
+        sync_unknown: r.sync.as_ref().err().cloned(),
         upstream: r.receiver.as_ref().and_then(|w| w.sender.clone()),
     });
     Status {
@@ -696,6 +743,7 @@ pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Status
             in_recovery: snapshot.db.in_recovery,
             reachable: snapshot.db.reachable,
             sessions_closed_by_server: snapshot.session.closed(),
+            wal_senders: snapshot.wal_senders.clone(),
         },
         drained: snapshot.drained.as_ref().map(|d| StatusDrain {
             reason: d.reason.clone(),
@@ -813,6 +861,28 @@ mod tests {
         assert_eq!(route("/state"), Some((Endpoint::State, Methods::Read)));
         assert_eq!(route("/vote"), Some((Endpoint::Vote, Methods::Get)));
         assert_eq!(route("/release"), Some((Endpoint::Release, Methods::Post)));
+        for (path, endpoint, counted_as) in [
+            ("/sync", Endpoint::Sync, "/synchronous"),
+            ("/synchronous", Endpoint::Sync, "/synchronous"),
+            ("/async", Endpoint::Async, "/asynchronous"),
+            ("/asynchronous", Endpoint::Async, "/asynchronous"),
+            ("/quorum", Endpoint::Quorum, "/quorum"),
+            ("/read-only-sync", Endpoint::ReadOnlySync, "/read-only-sync"),
+            (
+                "/read-only-synchronous",
+                Endpoint::ReadOnlySync,
+                "/read-only-sync",
+            ),
+            (
+                "/read-only-quorum",
+                Endpoint::ReadOnlyQuorum,
+                "/read-only-quorum",
+            ),
+        ] {
+            assert_eq!(route(path), Some((endpoint, Methods::Read)), "{path}");
+            assert_eq!(ENDPOINT_NAMES[endpoint as usize], counted_as, "{path}");
+        }
+        assert_eq!(ENDPOINT_NAMES.len(), Endpoint::ReadOnlyQuorum as usize + 2);
         assert_eq!(route("/State"), None);
         assert_eq!(route("/state/"), None);
         assert!(Methods::Read.allows(&Method::OPTIONS) && !Methods::Read.allows(&Method::POST));

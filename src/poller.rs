@@ -24,8 +24,10 @@ use crate::shared::Shared;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{
     DbStatus, Drain, Member, PrimaryPosition, Replication, SessionWatch, Snapshot, VoterReport,
+    standby_sync,
 };
 use crate::vote::{Ballot, HeldVote, Release};
+use crate::wire::WalStandby;
 use crate::{conninfo, control};
 
 /// Called once, after the first snapshot has been published.
@@ -46,6 +48,9 @@ pub struct Poller {
     /// The primary's position as its daemon last reported it, and the instant (this node's
     /// clock) it was observed at the latest.
     primary_position: Option<(u64, Instant)>,
+    /// The primary's WAL senders as its daemon last reported them: which primary, when
+    /// observed, the list.
+    primary_senders: Option<(String, Instant, Option<Vec<WalStandby>>)>,
     /// The WAL receiver's last message time as last seen, and since when this node knows a
     /// message arrived at least that recently.
     receipt: Option<(String, Instant)>,
@@ -90,6 +95,7 @@ impl Poller {
             cycles: 0,
             hook,
             primary_position: None,
+            primary_senders: None,
             receipt: None,
             previous_start: None,
         }
@@ -271,6 +277,7 @@ impl Poller {
             members: self.members.clone(),
             max_staleness: config.max_staleness,
             current_lsn: observed.as_ref().ok().and_then(|o| o.wal.current),
+            wal_senders: observed.as_ref().ok().and_then(|o| o.wal.standbys.clone()),
             replication,
             drained,
             voter_failures: Arc::clone(&self.voter_failures),
@@ -289,7 +296,7 @@ impl Poller {
         &self,
         primary: Option<String>,
         deadline: tokio::time::Instant,
-    ) -> Option<Result<(u64, Instant), String>> {
+    ) -> Option<Result<(u64, Instant, Option<Vec<WalStandby>>), String>> {
         let primary = primary?;
         let sent = Instant::now();
         Some(match self.url_of(&primary) {
@@ -300,7 +307,7 @@ impl Poller {
                 .ask_wal(&uri, &primary, deadline)
                 .await
                 // Observed `age` before it answered, and it answered after we sent.
-                .map(|(lsn, age)| (lsn, sent.checked_sub(age).unwrap_or(sent))),
+                .map(|w| (w.lsn, sent.checked_sub(w.age).unwrap_or(sent), w.standbys)),
         })
     }
 
@@ -311,13 +318,15 @@ impl Poller {
         &mut self,
         config: &Config,
         obs: &DbObservation,
-        asked: Option<Result<(u64, Instant), String>>,
+        asked: Option<Result<(u64, Instant, Option<Vec<WalStandby>>), String>>,
         now: Instant,
     ) -> Replication {
         let fresh = |at: Instant| now.saturating_duration_since(at) <= config.max_staleness;
         let mut why = match asked {
-            Some(Ok(position)) => {
-                self.primary_position = Some(position);
+            Some(Ok((lsn, at, senders))) => {
+                self.primary_position = Some((lsn, at));
+                let primary = obs.named_primary().unwrap_or_default().to_string();
+                self.primary_senders = Some((primary, at, senders));
                 String::new()
             }
             Some(Err(e)) => e,
@@ -378,7 +387,13 @@ impl Poller {
                 Ok(p) => info!("replication lag known again (from {})", p.source),
             }
         }
+        // Only the list of the primary the metadata names now counts (not a former one's).
+        let senders = self.primary_senders.as_ref();
+        let senders = senders.filter(|(from, ..)| Some(from.as_str()) == obs.named_primary());
+        let known = senders.map(|(_, at, list)| (*at, list.as_deref()));
+        let sync = standby_sync(&config.node_name, known, &why, now, config.max_staleness);
         Replication {
+            sync,
             received: obs.wal.received,
             replayed: obs.wal.replayed,
             primary,
