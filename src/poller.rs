@@ -62,6 +62,10 @@ pub struct Poller {
     db_settings: (String, u32, Duration),
 }
 
+/// What the primary's daemon answered to `/wal`: its position, when it was observed at the
+/// latest (this node's clock) and its WAL senders; or why there is no answer.
+type Asked = Result<(u64, Instant, Option<Vec<WalStandby>>), String>;
+
 /// The shortest time between the starts of two cycles when a lost session wakes the poller.
 pub const WAKE_GAP: Duration = Duration::from_millis(100);
 
@@ -296,7 +300,7 @@ impl Poller {
         &self,
         primary: Option<String>,
         deadline: tokio::time::Instant,
-    ) -> Option<Result<(u64, Instant, Option<Vec<WalStandby>>), String>> {
+    ) -> Option<Asked> {
         let primary = primary?;
         let sent = Instant::now();
         Some(match self.url_of(&primary) {
@@ -318,7 +322,7 @@ impl Poller {
         &mut self,
         config: &Config,
         obs: &DbObservation,
-        asked: Option<Result<(u64, Instant, Option<Vec<WalStandby>>), String>>,
+        asked: Option<Asked>,
         now: Instant,
     ) -> Replication {
         let fresh = |at: Instant| now.saturating_duration_since(at) <= config.max_staleness;

@@ -501,7 +501,8 @@ mod tests {
             }
             s
         };
-        let states: [(Result<Option<SyncState>, &str>, [bool; 3]); 6] = [
+        type Known = Result<Option<SyncState>, &'static str>;
+        let states: [(Known, [bool; 3]); 6] = [
             (Ok(Some(SyncState::Sync)), [true, false, false]),
             (Ok(Some(SyncState::Quorum)), [false, true, false]),
             (Ok(Some(SyncState::Potential)), [false, false, true]),
@@ -511,7 +512,7 @@ mod tests {
         ];
         let mut n = 0;
         for (state, want) in &states {
-            let s = known(state.clone());
+            let s = known(*state);
             for (check, ok) in [Sync, Quorum, Async].into_iter().zip(want) {
                 let outcome = sync_standby(&s, &q(""), check, t);
                 assert_eq!(outcome.is_ok(), *ok, "{check:?} on {state:?}: {outcome:?}");
