@@ -10,7 +10,7 @@
 //! `/asynchronous` = `/async`, `/quorum`, `/read-only-sync`, `/read-only-quorum` (their rules
 //! are [`crate::reads`]'s). Nothing here touches the database. The only state a request
 //! changes is the promise book behind `/vote` and the holder behind `/release`
-//! ([`crate::vote::Votes`]).
+//! ([`crate::shared::Votes`]).
 //!
 //! ## One hyper service, one `match`, no warp
 //! The service is a plain `hyper` service function; the routing table is a `match` on the path.
@@ -38,6 +38,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use tracing::warn;
 
 use crate::conninfo;
+use crate::cycle;
 use crate::decide::State;
 use crate::metrics::{self, RequestCounters};
 use crate::peers::{VoteReply, fan_out};
@@ -402,11 +403,7 @@ impl App {
     fn vote(&self, candidate: Option<&str>, now: Instant) -> (u16, Bytes) {
         let node = self.shared.config().node_name.clone();
         let snapshot = self.shared.store.peek();
-        let given = self
-            .shared
-            .votes
-            .book()
-            .answer_to(candidate, snapshot.named(now), now);
+        let given = cycle::vote(&mut self.shared.votes.book(), candidate, &snapshot, now);
         let answer = match given {
             Ok(grant) => VoteAnswer::Grant(VoteGrant {
                 exclusive_ms: grant.exclusive.as_millis() as u64,
@@ -429,12 +426,8 @@ impl App {
     /// is about to; say when it last could have.
     fn release(&self) -> (u16, Bytes) {
         let node = self.shared.config().node_name.clone();
-        // The holder's lock first: the poller publishes under it, so the snapshot seen here is
-        // the newest and no vote requested before now can be published after.
-        let mut holder = self.shared.votes.holder();
-        let now = Instant::now();
-        let window = self.shared.store.peek().verdict.window;
-        let answer = match holder.release(window, now) {
+        let (answer, now) = self.shared.votes.release(&self.shared.store);
+        let answer = match answer {
             Release::Released { last_200 } => ReleaseAnswer::Released(Released {
                 last_200_ms: now.saturating_duration_since(last_200).as_millis() as u64,
                 node,

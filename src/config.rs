@@ -65,7 +65,7 @@ pub struct Config {
     /// Address the HTTP API listens on.
     pub listen: SocketAddr,
     /// libpq-style conninfo (key=value or URI) of the local database.
-    pub conninfo: String,
+    pub conninfo: conninfo::Conninfo,
     /// Largest number of connections the pool keeps to the local database.
     pub max_connections_in_pool: u32,
     /// Poll period.
@@ -417,7 +417,7 @@ impl Settings {
             conninfo::take_passfile(t)
                 .0
                 .parse::<tokio_postgres::Config>()
-                .map(|_| t.to_string())
+                .map(|_| t.into())
                 .map_err(|e| format!("not a valid conninfo: {e}"))
         })?;
         let max_connections_in_pool = match &self.max_connections_in_pool {

@@ -245,6 +245,8 @@ pub struct Db {
     timeout: Duration,
     connect_errors: LastConnectError,
     losses: Arc<Losses>,
+    /// The conninfo's secrets ([`crate::conninfo::secrets`]), taken out of every error text.
+    secrets: Vec<String>,
 }
 
 /// bb8 hands failed connection attempts to an error sink and lets `get()` time out; this sink
@@ -317,12 +319,14 @@ impl Db {
     /// on the server (`statement_timeout`), so that a query outliving its caller is cancelled
     /// by the server as well.
     pub fn new(conninfo: &str, pool_size: u32, timeout: Duration) -> Result<Db, DbError> {
+        let mut secrets = crate::conninfo::secrets(conninfo);
         let (conninfo, passfile) = crate::conninfo::take_passfile(conninfo);
         let mut config: PgConfig = conninfo
             .parse()
             .map_err(|e| DbError::Connect(format!("bad conninfo: {e}")))?;
         if let Some(path) = passfile.filter(|_| config.get_password().is_none()) {
             if let Some(password) = password_from(&path, &config)? {
+                secrets.push(password.clone());
                 config.password(password);
             }
         }
@@ -361,6 +365,7 @@ impl Db {
             timeout,
             connect_errors,
             losses,
+            secrets,
         })
     }
 
@@ -372,6 +377,17 @@ impl Db {
     /// Observes the database once, within the timeout: the query on a pooled connection and,
     /// at the same time, a new connection that is closed at once.
     pub async fn observe(&self) -> Result<DbObservation, DbError> {
+        let scrub = |t: String| crate::conninfo::scrub(&t, &self.secrets);
+        self.observe_unscrubbed().await.map_err(|e| match e {
+            DbError::Timeout(d) => DbError::Timeout(d),
+            DbError::Connect(t) => DbError::Connect(scrub(t)),
+            DbError::Query(t) => DbError::Query(scrub(t)),
+            DbError::NotRepmgr(t) => DbError::NotRepmgr(scrub(t)),
+            DbError::NoNewConnection(t) => DbError::NoNewConnection(scrub(t)),
+        })
+    }
+
+    async fn observe_unscrubbed(&self) -> Result<DbObservation, DbError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let attempt = async {
             match self.observe_once().await {
@@ -451,17 +467,10 @@ impl Db {
 
 /// The password `passfile` gives for this connection, as libpq would read it. Like libpq, a
 /// file that others may read is refused (here with an error, since a daemon has no terminal to
-/// warn on).
+/// warn on), and so is anything but a regular file ([`crate::conninfo::read_secret_file`]).
 fn password_from(path: &std::path::Path, config: &PgConfig) -> Result<Option<String>, DbError> {
-    use std::os::unix::fs::PermissionsExt as _;
     let bad = |why: String| DbError::Connect(format!("passfile {}: {why}", path.display()));
-    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(bad(
-            "group or others may read it; chmod 0600 it, as libpq requires".into(),
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let text = crate::conninfo::read_secret_file(path).map_err(bad)?;
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         // A socket connection matches "localhost", as in libpq.

@@ -9,14 +9,16 @@
 //! uses only modules listed below it):
 //! - [`cli`]: the command line, flags and subcommands, and their conversion into settings;
 //! - [`daemon`]: the entry point that runs one daemon's tasks ([`run`]);
-//! - [`poller`]: the cycle: observe, release, ask, vote, decide, publish, log transitions;
+//! - [`poller`]: drives the cycle with real I/O (database, peers, clock) and logs transitions;
 //! - [`api`]: the routing table and what each endpoint answers, from the snapshot;
 //! - [`agent`]: the haproxy agent-check port, one line per connection, from the snapshot;
 //! - [`metrics`]: `/metrics` in the Prometheus text format, and the request counters;
 //! - [`server`]: connections, limits, protocol-level refusals and draining;
 //! - [`cluster`]: the `primgr cluster` operator view over every node's `/status`;
 //! - [`control`]: the drain flag (`primgr drain` / `undrain`), local to the node;
-//! - [`shared`]: what one daemon's tasks share (configuration in force, snapshot, votes), reload;
+//! - [`shared`]: what one daemon's tasks share (configuration, snapshot, votes behind locks), reload;
+//! - [`cycle`]: the poll cycle as pure steps (plan, conclude, publish), the `/vote` and `/release`
+//!   decisions, a standby's lag; driven by the poller and by the simulation;
 //! - [`reads`]: the read rules (`/replica`, `/read-only`, `/readiness`, ...) and their parameters;
 //! - [`snapshot`]: what one cycle publishes, and the staleness and window rules of serving it;
 //! - [`peers`]: peer addresses, the HTTP client, reading peers' answers, the bounded fan-out;
@@ -41,6 +43,7 @@ pub mod cluster;
 pub mod config;
 pub mod conninfo;
 pub mod control;
+pub mod cycle;
 pub mod daemon;
 pub mod db;
 pub mod decide;

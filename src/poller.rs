@@ -1,13 +1,20 @@
-//! The poller: the interval task that observes, asks, decides and publishes.
+//! The poller: the interval task that drives the poll cycle ([`crate::cycle`]) with real I/O.
 //!
-//! Owns the poll cycle: one database round trip; then, under one `peer_timeout` deadline, the
-//! vote requests to the site's voters (when this node stands for election) and the release of
-//! a promise this node's book still holds for a node its metadata no longer names; then its
-//! own vote (only when its own metadata names it); the verdict; and the publication of the
-//! snapshot under the holder's lock ([`crate::vote::Votes`]). It also owns the log of what
-//! changed: a verdict change, the database or a voter starting or ceasing to fail, a node
-//! without a usable address, a release. Each is logged once when it starts and once when it
-//! clears, never on every tick.
+//! Owns the I/O of a cycle: one database round trip; then, under one `peer_timeout` deadline,
+//! the requests the cycle's plan names (votes from the site's voters, the release of a promise
+//! this node's book holds for a node its metadata no longer names, a standby's `/wal` request to
+//! its primary); the drain flag; then, under the holder's lock ([`crate::shared::Votes`]), the
+//! conclusion, the publication of the snapshot and the retirement of the window it replaced.
+//! What each step decides is `cycle.rs`'s, with the instants read here, at these points only:
+//! the cycle's start (before observing: the snapshot's age counts from it), the plan (after
+//! observing, before any request: votes count from it), each vote answer's arrival, a release's
+//! decision ([`crate::shared::Votes::release`]) or its answer's arrival, the conclusion (under
+//! the holder's lock), and the retirement (after the store).
+//!
+//! It also owns the log of what changed (`Transitions`): a verdict change, the database or a
+//! voter starting or ceasing to fail, a node without a usable address, a release, the drain
+//! flag, the replication lag becoming unknown. Each is logged once when it starts and once when
+//! it clears, never on every tick.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -17,17 +24,13 @@ use hyper::Uri;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::cycle::{self, Asked, Gathered, Lag, Plan, ReleaseAnswer, Standing};
 use crate::db::{Db, DbError, DbObservation};
-use crate::decide::{self, State};
+use crate::decide::{State, Verdict};
 use crate::peers::{ReleaseReply, VoteReply, fan_out, peer_url};
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
-use crate::snapshot::{
-    DbStatus, Drain, Member, PrimaryPosition, Replication, SessionWatch, Snapshot, VoterReport,
-    standby_sync,
-};
-use crate::vote::{Ballot, HeldVote, Release};
-use crate::wire::WalStandby;
+use crate::snapshot::{Drain, Member, Replication, SessionWatch, VoterReport};
 use crate::{conninfo, control};
 
 /// Called once, after the first snapshot has been published.
@@ -45,41 +48,16 @@ pub struct Poller {
     log: Transitions,
     cycles: u64,
     hook: Option<CycleHook>,
-    /// The primary's position as its daemon last reported it, and the instant (this node's
-    /// clock) it was observed at the latest.
-    primary_position: Option<(u64, Instant)>,
-    /// The primary's WAL senders as its daemon last reported them: which primary, when
-    /// observed, the list.
-    primary_senders: Option<(String, Instant, Option<Vec<WalStandby>>)>,
-    /// The WAL receiver's last message time as last seen, and since when this node knows a
-    /// message arrived at least that recently.
-    receipt: Option<(String, Instant)>,
-    /// When the previous cycle started.
-    previous_start: Option<Instant>,
+    /// What a standby knows of its primary's position.
+    lag: Lag,
     /// Vote requests that got no usable answer, by voter, since the start (`/metrics`).
     voter_failures: Arc<BTreeMap<String, u64>>,
     /// The settings the pool was built with: a reload that changes them rebuilds it.
-    db_settings: (String, u32, Duration),
+    db_settings: (conninfo::Conninfo, u32, Duration),
 }
-
-/// What the primary's daemon answered to `/wal`: its position, when it was observed at the
-/// latest (this node's clock) and its WAL senders; or why there is no answer.
-type Asked = Result<(u64, Instant, Option<Vec<WalStandby>>), String>;
 
 /// The shortest time between the starts of two cycles when a lost session wakes the poller.
 pub const WAKE_GAP: Duration = Duration::from_millis(100);
-
-/// What was last logged, so each change is logged once.
-#[derive(Default)]
-struct Transitions {
-    state: Option<State>,
-    db_failure: Option<&'static str>,
-    failing_voters: BTreeSet<String>,
-    without_address: BTreeSet<String>,
-    drain: Option<bool>,
-    drain_unreadable: bool,
-    position_unknown: bool,
-}
 
 impl Poller {
     pub fn new(shared: Arc<Shared>, db: Db, hook: Option<CycleHook>) -> Poller {
@@ -98,10 +76,7 @@ impl Poller {
             log: Transitions::default(),
             cycles: 0,
             hook,
-            primary_position: None,
-            primary_senders: None,
-            receipt: None,
-            previous_start: None,
+            lag: Lag::default(),
         }
     }
 
@@ -139,7 +114,7 @@ impl Poller {
         }
     }
 
-    /// One cycle: observe, release, ask, vote, decide, publish.
+    /// One cycle: observe, plan, ask, conclude, publish and retire, log.
     pub async fn cycle(&mut self) {
         self.cycles += 1;
         if let Some(hook) = &self.hook {
@@ -152,291 +127,129 @@ impl Poller {
         let session = SessionWatch::before_observing(self.db.losses());
         let started = Instant::now();
         let started_wall = SystemTime::now();
+        self.lag.cycle_started(started);
         let observed = self.db.observe().await;
-        self.log_db(&observed);
+        self.log.db(&observed);
         if let Ok(obs) = &observed {
             self.update_members(&config, obs);
         }
-        let me = config.node_name.as_str();
-        let role = observed.as_ref().ok().map(|obs| decide::role(obs, me));
-        let named = observed
-            .as_ref()
-            .ok()
-            .and_then(|o| o.named_primary())
-            .map(String::from);
 
-        // Whom to ask: the voters when this node stands for election; the holder of a promise
-        // this node would now give to someone else.
-        let voters: Vec<(String, Result<Uri, String>)> = match &role {
-            Some(r) if r.candidate => r
-                .voters
-                .iter()
-                .map(|row| (row.node_name.clone(), self.url_of(&row.node_name)))
-                .collect(),
-            _ => Vec::new(),
+        let plan = cycle::plan(
+            &config.node_name,
+            config.lease_rules(),
+            observed.as_ref(),
+            &mut self.shared.votes.book(),
+            Instant::now(),
+        );
+        let deadline = tokio::time::Instant::now() + config.peer_timeout;
+        let (voters, (), position) = tokio::join!(
+            self.ask_votes(&config, &plan),
+            self.release(&plan, deadline),
+            self.ask_position(&plan, deadline)
+        );
+        self.count_failures(&voters);
+        self.log.voters(&voters);
+        let gathered = Gathered {
+            started,
+            started_wall,
+            voters,
+            members: Arc::clone(&self.members),
+            max_staleness: config.max_staleness,
+            replication: self.replication(&config, &observed, position, started),
+            drained: self.read_drain(&config),
+            voter_failures: Arc::clone(&self.voter_failures),
+            session,
         };
-        // From here until the next cycle, the book gives that holder no vote (see
-        // `Book::begin_release`): the published view may still name it.
-        let release_from = self
-            .shared
-            .votes
-            .book()
-            .begin_release(named.as_deref(), Instant::now());
 
+        // Under the holder's lock: no release interleaves, no vote it voided gets in.
+        let shared = &*self.shared;
+        let mut holder = shared.votes.holder();
+        let previous = shared.store.load();
+        let now = Instant::now();
+        let conclusion = {
+            let mut book = shared.votes.book();
+            let standing = Standing {
+                book: &mut book,
+                holder: &holder,
+                previous: &previous,
+            };
+            cycle::conclude(plan, observed.as_ref(), gathered, standing, now)
+        };
+        let verdict = conclusion.publish(&mut holder, |s| shared.store.store(s), Instant::now);
+        drop(holder);
+        self.log.verdict(&verdict);
+    }
+
+    /// Asks the plan's voters for their votes, within `peer_timeout`.
+    async fn ask_votes(&self, config: &Config, plan: &Plan) -> Vec<VoterReport> {
         let client = &self.shared.client;
-        let sent = Instant::now();
-        let ask = fan_out(
+        let (me, sent) = (plan.me.as_str(), plan.sent);
+        let voters = plan.voters.iter().map(|name| (name, self.url_of(name)));
+        fan_out(
             config.peer_timeout,
             voters,
             |(name, url), deadline| async move {
                 let (reply, latency) = match &url {
                     Ok(uri) => {
-                        let reply = client.ask_vote(uri, &name, me, deadline).await;
+                        let reply = client.ask_vote(uri, name, me, deadline).await;
                         (reply, Some(sent.elapsed()))
                     }
                     Err(why) => (VoteReply::Failed(format!("no address: {why}")), None),
                 };
                 VoterReport {
-                    name,
+                    name: name.clone(),
                     url,
                     reply,
                     latency,
                 }
             },
-        );
-        // A standby asks the daemon of the primary its metadata names where it writes.
-        let upstream = match (&observed, &named) {
-            (Ok(obs), Some(p)) if obs.in_recovery && p != me => Some(p.clone()),
-            _ => None,
-        };
-        let deadline = tokio::time::Instant::now() + config.peer_timeout;
-        let (voters, (), position) = tokio::join!(
-            ask,
-            self.release(&config, release_from, deadline),
-            self.ask_position(upstream, deadline)
-        );
-        self.log_voters(&voters);
-        let replication = match &observed {
-            Ok(obs) if obs.in_recovery => Some(self.replication(&config, obs, position, started)),
-            _ => None,
-        };
-        let drained = self.read_drain(&config);
-
-        // This node's own vote: only when its own metadata names it.
-        let rules = config.lease_rules();
-        let mut votes: Vec<HeldVote> = voters
-            .iter()
-            .filter_map(|v| match (&v.reply, v.latency) {
-                (VoteReply::Granted(grant), Some(latency)) => {
-                    Some(rules.hold(&v.name, sent, sent + latency, grant))
-                }
-                _ => None,
-            })
-            .collect();
-        let candidate = role.as_ref().is_some_and(|r| r.candidate);
-        if candidate && named.as_deref() == Some(me) {
-            let at = Instant::now();
-            let own = self.shared.votes.book().answer(Ok(me), at);
-            if let Ok(grant) = own {
-                votes.push(rules.hold(me, at, at, &grant));
-            }
-        }
-
-        // Publish under the holder's lock: no vote voided by a release gets in.
-        let shared = Arc::clone(&self.shared);
-        let mut holder = shared.votes.holder();
-        let now = Instant::now();
-        let previous = shared.store.load();
-        let needed = role
-            .as_ref()
-            .filter(|r| r.candidate)
-            .map_or(0, |r| decide::majority(r.site_size()));
-        let withdrawn: Vec<&str> = voters
-            .iter()
-            .filter(|v| matches!(v.reply, VoteReply::Withdrawn(_)))
-            .map(|v| v.name.as_str())
-            .collect();
-        let ballot = if candidate {
-            Ballot::next(&previous.ballot, votes, &withdrawn, &holder, needed, now)
-        } else {
-            Ballot::default()
-        };
-        let verdict = decide::verdict(me, observed.as_ref(), &ballot, now);
-        self.log_verdict(&verdict);
-        let db = DbStatus::of(observed.as_ref());
-        let replaced = previous.verdict.window;
-        shared.store.store(Snapshot {
-            observed_at: Some(started),
-            observed_at_wall: started_wall,
-            cycle_time: started.elapsed(),
-            verdict,
-            ballot,
-            site: role
-                .as_ref()
-                .and_then(|r| r.own)
-                .map(|o| o.location.clone()),
-            primary: named,
-            db,
-            voters,
-            members: self.members.clone(),
-            max_staleness: config.max_staleness,
-            current_lsn: observed.as_ref().ok().and_then(|o| o.wal.current),
-            wal_senders: observed.as_ref().ok().and_then(|o| o.wal.standbys.clone()),
-            replication,
-            drained,
-            voter_failures: Arc::clone(&self.voter_failures),
-            session,
-        });
-        // The replaced window could still answer 200 until the new snapshot was stored: a
-        // `/state` reads its clock before it loads the snapshot, so one that loaded the old
-        // snapshot decided at an instant before this one.
-        holder.retire(replaced, Instant::now());
-        self.previous_start = Some(started);
+        )
+        .await
     }
 
-    /// Asks the daemon of `primary` where it writes; its answer and when it was observed at
-    /// the latest (this node's clock), or why there is none.
-    async fn ask_position(
-        &self,
-        primary: Option<String>,
-        deadline: tokio::time::Instant,
-    ) -> Option<Asked> {
-        let primary = primary?;
-        let sent = Instant::now();
-        Some(match self.url_of(&primary) {
+    /// Asks the plan's primary where it writes; its answer and when it was observed at the
+    /// latest (this node's clock), or why there is none.
+    async fn ask_position(&self, plan: &Plan, deadline: tokio::time::Instant) -> Option<Asked> {
+        let primary = plan.position_from.as_deref()?;
+        Some(match self.url_of(primary) {
             Err(why) => Err(format!("{primary} has no address: {why}")),
             Ok(uri) => self
                 .shared
                 .client
-                .ask_wal(&uri, &primary, deadline)
+                .ask_wal(&uri, primary, deadline)
                 .await
-                // Observed `age` before it answered, and it answered after we sent.
-                .map(|w| (w.lsn, sent.checked_sub(w.age).unwrap_or(sent), w.standbys)),
+                // Observed `age` before it answered, and it answered after the plan's instant.
+                .map(|w| {
+                    let at = plan.sent.checked_sub(w.age).unwrap_or(plan.sent);
+                    (w.lsn, at, w.standbys)
+                }),
         })
     }
 
-    /// A standby's replication: its positions, and the primary's position from the freshest
-    /// source known within `max_staleness` (the primary's daemon, or the WAL receiver's
-    /// `latest_end_lsn` while it streams and keeps receiving), else why it is unknown.
+    /// A standby's replication ([`Lag`]); None for every other role.
     fn replication(
         &mut self,
         config: &Config,
-        obs: &DbObservation,
-        asked: Option<Asked>,
-        now: Instant,
-    ) -> Replication {
-        let fresh = |at: Instant| now.saturating_duration_since(at) <= config.max_staleness;
-        let mut why = match asked {
-            Some(Ok((lsn, at, senders))) => {
-                self.primary_position = Some((lsn, at));
-                let primary = obs.named_primary().unwrap_or_default().to_string();
-                self.primary_senders = Some((primary, at, senders));
-                String::new()
-            }
-            Some(Err(e)) => e,
-            None => "its metadata names no other primary".into(),
-        };
-        let from_daemon = self
-            .primary_position
-            .filter(|(_, at)| fresh(*at))
-            .map(|(lsn, _)| lsn);
-        let receiver = obs.wal.receiver.clone();
-        let streaming = receiver
-            .as_ref()
-            .filter(|r| r.status.as_deref() == Some("streaming"));
-        // The receiver's latest_end_lsn counts while messages keep arriving: its last receipt
-        // time changed since the previous cycle began.
-        let from_receiver =
-            match streaming.and_then(|r| r.last_msg_receipt.clone().zip(r.latest_end)) {
-                Some((token, end)) => {
-                    let since = match &self.receipt {
-                        Some((seen, at)) if *seen == token => *at,
-                        _ => self.previous_start.unwrap_or(now),
-                    };
-                    self.receipt = Some((token, since));
-                    fresh(since).then_some(end)
-                }
-                None => {
-                    self.receipt = None;
-                    None
-                }
-            };
-        let primary = match (from_daemon, from_receiver) {
-            (Some(a), Some(b)) if b > a => Ok(PrimaryPosition {
-                lsn: b,
-                source: "the WAL receiver",
-            }),
-            (Some(a), _) => Ok(PrimaryPosition {
-                lsn: a,
-                source: "the primary's daemon",
-            }),
-            (None, Some(b)) => Ok(PrimaryPosition {
-                lsn: b,
-                source: "the WAL receiver",
-            }),
-            (None, None) => {
-                if why.is_empty() {
-                    why = "no fresh answer".into();
-                }
-                Err(format!(
-                    "the primary's position is not known within max_staleness ({}): {why}",
-                    humantime::format_duration(config.max_staleness)
-                ))
-            }
-        };
-        if primary.is_err() != self.log.position_unknown {
-            self.log.position_unknown = primary.is_err();
-            match &primary {
-                Err(e) => warn!("replication lag unknown: {e}"),
-                Ok(p) => info!("replication lag known again (from {})", p.source),
-            }
-        }
-        // Only the list of the primary the metadata names now counts (not a former one's).
-        let senders = self.primary_senders.as_ref();
-        let senders = senders.filter(|(from, ..)| Some(from.as_str()) == obs.named_primary());
-        let known = senders.map(|(_, at, list)| (*at, list.as_deref()));
-        let sync = standby_sync(&config.node_name, known, &why, now, config.max_staleness);
-        Replication {
-            sync,
-            received: obs.wal.received,
-            replayed: obs.wal.replayed,
-            primary,
-            receiver,
-            replay_paused: obs.wal.replay_paused,
-            last_replay_age: obs
-                .wal
-                .last_replay_age_ms
-                .map(|ms| std::time::Duration::from_millis(ms.max(0) as u64)),
-        }
+        observed: &Result<DbObservation, DbError>,
+        position: Option<Asked>,
+        started: Instant,
+    ) -> Option<Replication> {
+        let obs = observed.as_ref().ok().filter(|obs| obs.in_recovery)?;
+        let replication = self.lag.replication(
+            &config.node_name,
+            obs,
+            position,
+            config.max_staleness,
+            started,
+        );
+        self.log.lag(&replication);
+        Some(replication)
     }
 
     /// The drain flag; an unreadable `state_dir` is logged once and counts as not drained.
     fn read_drain(&mut self, config: &Config) -> Option<Drain> {
-        let drained = match control::read(&config.state_dir) {
-            Ok(d) => {
-                self.log.drain_unreadable = false;
-                d
-            }
-            Err(e) => {
-                if !self.log.drain_unreadable {
-                    warn!(
-                        "cannot read the drain flag in {} (`state_dir`): {e}; serving as not drained",
-                        config.state_dir.display()
-                    );
-                    self.log.drain_unreadable = true;
-                }
-                None
-            }
-        };
-        if self.log.drain != Some(drained.is_some()) {
-            match &drained {
-                Some(d) => info!("drained by an operator: {}", d.reason),
-                None if self.log.drain.is_some() => info!("undrained"),
-                None => {}
-            }
-            self.log.drain = Some(drained.is_some());
-        }
-        drained
+        let read = control::read(&config.state_dir);
+        self.log.drain(&config.state_dir, read)
     }
 
     /// Rebuilds the pool when a reload changed the conninfo, its size or `db_timeout`.
@@ -468,52 +281,31 @@ impl Poller {
             .map_or_else(|| Err("not a registered node".into()), |m| m.url.clone())
     }
 
-    /// Asks `holder` to release the promise this node's book holds for it (this node's own
-    /// holder when it is this node), and ends the promise when it did.
-    async fn release(
-        &self,
-        config: &Config,
-        holder: Option<String>,
-        deadline: tokio::time::Instant,
-    ) {
-        let Some(holder) = holder else {
+    /// Asks the plan's holder to release the promise this node's book holds for it (this
+    /// node's own holder when it is this node, as `/release` answers), and ends the promise
+    /// when it did.
+    async fn release(&self, plan: &Plan, deadline: tokio::time::Instant) {
+        let Some(holder) = plan.release.as_deref() else {
             return;
         };
         let votes = &self.shared.votes;
-        let last_200 = if holder == config.node_name {
-            let mut own = votes.holder();
-            let now = Instant::now();
-            match own.release(self.shared.store.peek().verdict.window, now) {
-                Release::Released { last_200 } => Ok(last_200),
-                Release::Refused(why) => Err(why),
-            }
+        let (answer, now) = if holder == plan.me {
+            let (own, now) = votes.release(&self.shared.store);
+            (ReleaseAnswer::Own(own), now)
         } else {
-            match self.url_of(&holder) {
-                Err(why) => Err(format!("no address: {why}")),
-                Ok(uri) => match self
-                    .shared
-                    .client
-                    .ask_release(&uri, &holder, deadline)
-                    .await
-                {
-                    ReleaseReply::Released { last_200_ago } => Ok(config
-                        .lease_rules()
-                        .last_200_seen_at(Instant::now(), last_200_ago)),
-                    ReleaseReply::Refused(why) | ReleaseReply::Failed(why) => Err(why),
-                },
-            }
+            let reply = match self.url_of(holder) {
+                Err(why) => ReleaseReply::Failed(format!("no address: {why}")),
+                Ok(uri) => self.shared.client.ask_release(&uri, holder, deadline).await,
+            };
+            (ReleaseAnswer::Peer(reply), Instant::now())
         };
-        match last_200 {
-            Ok(at) => {
-                let now = Instant::now();
-                votes.book().release(&holder, at, now);
-                info!(
-                    holder = %holder,
-                    "released the vote promised to {holder}: it answers 200 no more (its last \
-                     possible 200 was {} ms ago)",
-                    now.saturating_duration_since(at).as_millis()
-                );
-            }
+        match cycle::released(&mut votes.book(), &plan.rules, holder, &answer, now) {
+            Ok(at) => info!(
+                holder = %holder,
+                "released the vote promised to {holder}: it answers 200 no more (its last \
+                 possible 200 was {} ms ago)",
+                now.saturating_duration_since(at).as_millis()
+            ),
             Err(why) => tracing::debug!(holder = %holder, "promise not released: {why}"),
         }
     }
@@ -527,10 +319,8 @@ impl Poller {
             .map(|n| {
                 let url = peer_url(n, &config.peers, config.peer_port);
                 if let Err(why) = &url {
-                    if n.node_name != config.node_name
-                        && self.log.without_address.insert(n.node_name.clone())
-                    {
-                        warn!(node = %n.node_name, "node has no usable API address and counts as unreachable: {why}");
+                    if n.node_name != config.node_name {
+                        self.log.without_address(&n.node_name, why);
                     }
                 }
                 Member {
@@ -549,44 +339,114 @@ impl Poller {
         }
     }
 
-    fn log_db(&mut self, observed: &Result<DbObservation, DbError>) {
-        match observed {
-            Err(e) if self.log.db_failure != Some(e.kind()) => {
-                warn!("local database unusable: {e}");
-                self.log.db_failure = Some(e.kind());
+    /// Counts the vote requests that got no usable answer (`/metrics`).
+    fn count_failures(&mut self, voters: &[VoterReport]) {
+        for v in voters {
+            if matches!(v.reply, VoteReply::Failed(_)) {
+                *Arc::make_mut(&mut self.voter_failures)
+                    .entry(v.name.clone())
+                    .or_default() += 1;
             }
-            Ok(_) if self.log.db_failure.is_some() => {
+        }
+    }
+}
+
+/// What was last logged, so each change is logged once.
+#[derive(Default)]
+struct Transitions {
+    state: Option<State>,
+    db_failure: Option<&'static str>,
+    failing_voters: BTreeSet<String>,
+    without_address: BTreeSet<String>,
+    drain: Option<bool>,
+    drain_unreadable: bool,
+    position_unknown: bool,
+}
+
+impl Transitions {
+    fn db(&mut self, observed: &Result<DbObservation, DbError>) {
+        match observed {
+            Err(e) if self.db_failure != Some(e.kind()) => {
+                warn!("local database unusable: {e}");
+                self.db_failure = Some(e.kind());
+            }
+            Ok(_) if self.db_failure.is_some() => {
                 info!("local database answers again");
-                self.log.db_failure = None;
+                self.db_failure = None;
             }
             _ => {}
         }
     }
 
-    fn log_voters(&mut self, voters: &[VoterReport]) {
+    fn without_address(&mut self, node: &str, why: &str) {
+        if self.without_address.insert(node.to_string()) {
+            warn!(node = %node, "node has no usable API address and counts as unreachable: {why}");
+        }
+    }
+
+    fn voters(&mut self, voters: &[VoterReport]) {
         for v in voters {
             let failing = matches!(v.reply, VoteReply::Failed(_));
-            if failing {
-                *Arc::make_mut(&mut self.voter_failures)
-                    .entry(v.name.clone())
-                    .or_default() += 1;
-            }
-            match (&v.reply, self.log.failing_voters.contains(&v.name)) {
+            match (&v.reply, self.failing_voters.contains(&v.name)) {
                 (VoteReply::Failed(why), false) => {
                     warn!(voter = %v.name, "voter gives no answer: {why}");
-                    self.log.failing_voters.insert(v.name.clone());
+                    self.failing_voters.insert(v.name.clone());
                 }
                 (_, true) if !failing => {
                     info!(voter = %v.name, "voter answers again");
-                    self.log.failing_voters.remove(&v.name);
+                    self.failing_voters.remove(&v.name);
                 }
                 _ => {}
             }
         }
     }
 
-    fn log_verdict(&mut self, verdict: &decide::Verdict) {
-        if self.log.state == Some(verdict.state) {
+    fn lag(&mut self, replication: &Replication) {
+        let primary = &replication.primary;
+        if primary.is_err() != self.position_unknown {
+            self.position_unknown = primary.is_err();
+            match primary {
+                Err(e) => warn!("replication lag unknown: {e}"),
+                Ok(p) => info!("replication lag known again (from {})", p.source),
+            }
+        }
+    }
+
+    /// The drain flag as read from `state_dir`: an unreadable one counts as not drained.
+    fn drain(
+        &mut self,
+        state_dir: &std::path::Path,
+        read: Result<Option<Drain>, impl std::fmt::Display>,
+    ) -> Option<Drain> {
+        let drained = match read {
+            Ok(d) => {
+                self.drain_unreadable = false;
+                d
+            }
+            Err(e) => {
+                if !self.drain_unreadable {
+                    warn!(
+                        "cannot read the drain flag in {} (`state_dir`): {e}; serving as not drained",
+                        state_dir.display()
+                    );
+                    self.drain_unreadable = true;
+                }
+                None
+            }
+        };
+        if self.drain != Some(drained.is_some()) {
+            match &drained {
+                Some(d) => info!("drained by an operator: {}", d.reason),
+                None if self.drain.is_some() => info!("undrained"),
+                None => {}
+            }
+            self.drain = Some(drained.is_some());
+        }
+        drained
+    }
+
+    fn verdict(&mut self, verdict: &Verdict) {
+        if self.state == Some(verdict.state) {
             return;
         }
         let code = verdict.state.code();
@@ -598,6 +458,6 @@ impl Poller {
                 warn!(state = %verdict.state, code, "state is now {}: {}", verdict.state, verdict.reason)
             }
         }
-        self.log.state = Some(verdict.state);
+        self.state = Some(verdict.state);
     }
 }

@@ -1,18 +1,22 @@
 //! What the tasks of one daemon share: the configuration in force (swapped by a reload), the
-//! published snapshot, the vote book and holder, and the peer client.
+//! published snapshot, the vote book and holder behind their locks ([`Votes`]), and the peer
+//! client.
 //!
 //! Owns the rule of a reload: everything but what needs a restart takes effect at the next
-//! cycle ([`Shared::reload`]). Nothing here is global: each daemon has its own.
+//! cycle ([`Shared::reload`]); and the locks of the protocol's state: what `/vote` and
+//! `/release` may change, and the holder's lock the poller publishes under. Nothing here is
+//! global: each daemon has its own.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::cycle;
 use crate::peers::PeerClient;
 use crate::snapshot::SnapshotStore;
-use crate::vote::Votes;
+use crate::vote::{Book, Holder, Release};
 
 /// What the tasks of one daemon share.
 #[derive(Debug)]
@@ -78,5 +82,50 @@ impl Shared {
         self.votes.book().set_lease(applied.vote_lease);
         self.loaded.store(Arc::new(Loaded::new(applied)));
         ignored
+    }
+}
+
+/// A daemon's two halves of the protocol, shared by its poller and its request handlers: the
+/// promise book behind `/vote` and the holder behind `/release` (and the poller's publication,
+/// which happens under the holder's lock so that no vote a release voided is published). The
+/// decisions are [`crate::cycle`]'s and [`crate::vote`]'s; this is only where they are kept.
+///
+/// Lock order: the holder, then the book (the poller's conclusion takes its own vote under the
+/// holder's lock); never the book, then the holder.
+#[derive(Debug)]
+pub struct Votes {
+    book: Mutex<Book>,
+    holder: Mutex<Holder>,
+}
+
+impl Votes {
+    /// The votes of a daemon that started at `started`.
+    pub fn new(vote_lease: std::time::Duration, started: Instant) -> Votes {
+        Votes {
+            book: Mutex::new(Book::new(vote_lease, started)),
+            holder: Mutex::new(Holder::new(started)),
+        }
+    }
+
+    /// The promise book (a poisoned lock is taken as it is: the book stays consistent after
+    /// every statement).
+    pub fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The holder; keep the guard while publishing a snapshot.
+    pub fn holder(&self) -> MutexGuard<'_, Holder> {
+        self.holder.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A release of this node's holder ([`cycle::release`]), for `POST /release` and for the
+    /// poller when it is its own holder; with the instant it was decided at. The holder's lock
+    /// first: the poller publishes under it, so the snapshot read here is the newest and no
+    /// vote requested before now can be published after.
+    pub fn release(&self, store: &SnapshotStore) -> (Release, Instant) {
+        let mut holder = self.holder();
+        let now = Instant::now();
+        let answer = cycle::release(&mut holder, &store.peek(), now);
+        (answer, now)
     }
 }

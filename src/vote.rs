@@ -36,7 +36,6 @@
 //! running (a site of one or two nodes waits `vote_lease` after its primary's daemon restarts).
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The timing rules shared by voters and candidates (from the configuration).
@@ -518,36 +517,6 @@ impl Holder {
         Release::Released {
             last_200: self.last_200.unwrap_or(self.started).max(self.started),
         }
-    }
-}
-
-/// A daemon's two halves of the protocol, shared by its poller and its request handlers: the
-/// promise book behind `/vote` and the holder behind `/release` (and the poller's publication,
-/// which must happen under the holder's lock so that no vote a release voided is published).
-#[derive(Debug)]
-pub struct Votes {
-    book: Mutex<Book>,
-    holder: Mutex<Holder>,
-}
-
-impl Votes {
-    /// The votes of a daemon that started at `started`.
-    pub fn new(vote_lease: Duration, started: Instant) -> Votes {
-        Votes {
-            book: Mutex::new(Book::new(vote_lease, started)),
-            holder: Mutex::new(Holder::new(started)),
-        }
-    }
-
-    /// The promise book (a poisoned lock is taken as it is: the book stays consistent after
-    /// every statement).
-    pub fn book(&self) -> MutexGuard<'_, Book> {
-        self.book.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The holder; keep the guard while publishing a snapshot.
-    pub fn holder(&self) -> MutexGuard<'_, Holder> {
-        self.holder.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -94,7 +94,8 @@ async fn lone_daemon(subnet: u8) -> (Daemon, SocketAddr, SocketAddr) {
     let mut config = Config::for_node("node1").expect("defaults");
     config.listen = SocketAddr::from((ip, 5999));
     config.agent_listen = Some(SocketAddr::from((ip, 5998)));
-    config.conninfo = format!("host={ip} port=5432 dbname=repmgr user=repmgr connect_timeout=1");
+    config.conninfo =
+        format!("host={ip} port=5432 dbname=repmgr user=repmgr connect_timeout=1").into();
     config.interval = common::INTERVAL;
     config.db_timeout = common::DB_TIMEOUT;
     config.peer_timeout = common::PEER_TIMEOUT;

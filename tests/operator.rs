@@ -329,7 +329,7 @@ async fn least_privilege_role_is_enough() {
             conninfo, config.conninfo,
             "conninfo names the user: {conninfo}"
         );
-        config.conninfo = conninfo;
+        config.conninfo = conninfo.into();
         daemons.insert(node, Daemon::start(config).await);
     }
     let mut fleet = Fleet { daemons };

@@ -3,7 +3,10 @@
 //! never touches PostgreSQL (a dedicated user, so `RemoveIPC=yes` cannot remove the database's
 //! shared memory), its file descriptor limit lets primgr reach its connection caps (checked
 //! live: the binary holds `server::MAX_CONNECTIONS` connections under that limit), readiness and
-//! reload work the systemd way, the sandbox stays, and `systemd-analyze verify` accepts it.
+//! reload work the systemd way, the sandbox stays, a start that fails because another process
+//! holds the port is retried forever (not given up by systemd's start limit), `MemoryMax` and
+//! `TasksMax` hold at the connection caps (measured on the binary), and `systemd-analyze
+//! verify` accepts it.
 //! No systemd needed (works in a container): `systemd-analyze verify` only loads unit files.
 
 use std::io::{Read, Write};
@@ -274,6 +277,29 @@ fn scratch_dir(what: &str) -> PathBuf {
     dir
 }
 
+/// The tests that hold `server::MAX_CONNECTIONS` connections run one at a time: together
+/// they would compete for this process's descriptors and the machine's two cores, and the
+/// daemon's 10 s head timeout would close connections before they are all open.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// This test process holds the client ends of `connections` connections: raise its own soft
+/// limit if needed (root may also raise the hard limit).
+fn raise_own_open_files(connections: usize) {
+    let (soft, hard) = open_files_limit("self");
+    let want = (connections + 256) as u64;
+    if soft < want {
+        let status = Command::new("prlimit")
+            .arg(format!("--pid={}", std::process::id()))
+            .arg(format!("--nofile={want}:{}", hard.max(want)))
+            .status()
+            .expect("run prlimit");
+        assert!(
+            status.success(),
+            "cannot raise this test's open files limit to {want}"
+        );
+    }
+}
+
 /// Kills the daemon when the test ends, passed or failed.
 struct Daemon(Child);
 
@@ -335,22 +361,8 @@ fn binary_holds_max_connections_under_the_units_limit() {
     let unit = unit();
     let limit = soft_limit(service(&unit, "LimitNOFILE"));
     let connections = primgr::server::MAX_CONNECTIONS;
-
-    // This test process holds the client ends: raise its own soft limit if needed (root may
-    // also raise the hard limit).
-    let (soft, hard) = open_files_limit("self");
-    let want = (connections + 256) as u64;
-    if soft < want {
-        let status = Command::new("prlimit")
-            .arg(format!("--pid={}", std::process::id()))
-            .arg(format!("--nofile={want}:{}", hard.max(want)))
-            .status()
-            .expect("run prlimit");
-        assert!(
-            status.success(),
-            "cannot raise this test's open files limit to {want}"
-        );
-    }
+    let _alone = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    raise_own_open_files(connections);
 
     // A free port on an address of its own (127.0.92.0/24 is used by no other test).
     let ip = Ipv4Addr::new(127, 0, 92, 1);
@@ -439,4 +451,355 @@ fn binary_holds_max_connections_under_the_units_limit() {
          (some closed by the 10 s idle timeout while opening took {opened_in:?}?)"
     );
     drop(streams);
+}
+
+/// Exit status of `primgr` when `listen` cannot be bound (main.rs, EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: i32 = 69;
+
+/// A systemd time span (`2`, `2s`, `500ms`, `1min`, `infinity`); a bare number is seconds.
+fn timespan(value: &str) -> Duration {
+    if value == "infinity" {
+        return Duration::MAX;
+    }
+    let digits = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let n: u64 = value[..digits]
+        .parse()
+        .unwrap_or_else(|_| panic!("{value:?}: not a time span"));
+    match value[digits..].trim() {
+        "" | "s" | "sec" => Duration::from_secs(n),
+        "ms" | "msec" => Duration::from_millis(n),
+        "min" | "m" => Duration::from_secs(60 * n),
+        "h" | "hr" => Duration::from_secs(3600 * n),
+        unit => panic!("{value:?}: unknown unit {unit:?}"),
+    }
+}
+
+/// systemd's start rate limit: whether a unit whose every start fails, restarted
+/// `restart_sec` after each failure, is refused a start ("start request repeated too
+/// quickly", then it stays failed) within `over`. The rule of systemd's `ratelimit_below()`
+/// (src/basic/ratelimit.c): a window begins at a start; later starts within `interval` of that
+/// beginning count, and the one past `burst` is refused; a start more than `interval` after
+/// the beginning opens a new window. An interval of 0 disables the limit. Each failing start
+/// is taken to last no time at all, which only makes starts denser (the pessimistic case).
+fn given_up(interval: Duration, burst: u32, restart_sec: Duration, over: Duration) -> bool {
+    if interval.is_zero() {
+        return false;
+    }
+    let (mut begin, mut num) = (None::<Duration>, 0u32);
+    let mut t = Duration::ZERO;
+    while t <= over {
+        match begin {
+            Some(b) if t - b <= interval => {
+                num += 1;
+                if num > burst {
+                    return true;
+                }
+            }
+            _ => (begin, num) = (Some(t), 1),
+        }
+        t += restart_sec;
+    }
+    false
+}
+
+/// A start that fails (here: the port is held by another process) is retried for as long as
+/// it fails, every RestartSec, never given up: the start limit is off, the bind failure's exit
+/// status is not among those that prevent a restart, and the retries are spaced.
+#[test]
+fn a_failing_start_is_retried_forever_without_hammering() {
+    let unit = unit();
+    assert_eq!(service(&unit, "Restart"), "always");
+    let prevented: Vec<&str> = values(&unit, "Service", "RestartPreventExitStatus")
+        .into_iter()
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(
+        !prevented.contains(&EXIT_UNAVAILABLE.to_string().as_str()),
+        "RestartPreventExitStatus={prevented:?}: a bind failure would never be retried"
+    );
+    let restart = timespan(service(&unit, "RestartSec"));
+    assert!(
+        (Duration::from_secs(1)..=Duration::from_secs(10)).contains(&restart),
+        "RestartSec={restart:?}: between 1 s (no busy loop) and 10 s (haproxy waits for it)"
+    );
+    // systemd's defaults apply unless [Unit] sets them (DefaultStartLimitIntervalSec=10s,
+    // DefaultStartLimitBurst=5).
+    let interval = values(&unit, "Unit", "StartLimitIntervalSec")
+        .last()
+        .map_or(Duration::from_secs(10), |v| timespan(v));
+    let burst = values(&unit, "Unit", "StartLimitBurst")
+        .last()
+        .map_or(5, |v| v.parse().expect("StartLimitBurst is a number"));
+    // The model sees the unit as it was (RestartSec=1, the default limit) give up within a
+    // minute, and with a 2 s RestartSec too: that is the failure this test guards against.
+    let minute = Duration::from_secs(60);
+    assert!(given_up(
+        Duration::from_secs(10),
+        5,
+        Duration::from_secs(1),
+        minute
+    ));
+    assert!(given_up(
+        Duration::from_secs(10),
+        5,
+        Duration::from_secs(2),
+        minute
+    ));
+    let day = Duration::from_secs(24 * 3600);
+    assert!(
+        !given_up(interval, burst, restart, day),
+        "StartLimitIntervalSec={interval:?} StartLimitBurst={burst} RestartSec={restart:?}: \
+         systemd gives up restarting a primgr that cannot start (another process holds its \
+         port) and it stays down after the port is free"
+    );
+    println!(
+        "failing starts every {restart:?} with StartLimitIntervalSec={interval:?}: {} starts in \
+         a day, none refused",
+        day.as_secs() / restart.as_secs().max(1)
+    );
+}
+
+/// Waits at most `within` for `child` to exit; its status code.
+fn exit_code_within(child: &mut Child, within: Duration) -> Option<i32> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status.code();
+        }
+        if t0.elapsed() > within {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What systemd sees when another process holds the port: primgr says so and exits 69 (each
+/// restart the same while the port is held); the first start after the port is freed serves.
+#[test]
+fn a_held_port_exits_69_and_the_next_start_after_it_is_freed_serves() {
+    // Another process's socket on the address primgr is configured for (127.0.93.0/24 is used
+    // by no other test).
+    let ip = Ipv4Addr::new(127, 0, 93, 1);
+    let holder = TcpListener::bind((ip, 0)).expect("hold a port");
+    let addr = holder.local_addr().expect("held address");
+    let dir = scratch_dir("held-port");
+    let start = |log: &str| {
+        Command::new(env!("CARGO_BIN_EXE_primgr"))
+            .args(["--node-name", "node1", "--listen", &addr.to_string()])
+            .args([
+                "--conninfo",
+                "host=127.0.0.1 port=1 dbname=repmgr user=primgr",
+            ])
+            .arg("--state-dir")
+            .arg(&dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(log)).expect("log file"))
+            .spawn()
+            .expect("spawn primgr")
+    };
+    for attempt in 1..=3 {
+        let mut child = Daemon(start("held.log"));
+        let code = exit_code_within(&mut child.0, Duration::from_secs(10));
+        let log = std::fs::read_to_string(dir.join("held.log")).unwrap_or_default();
+        assert_eq!(
+            code,
+            Some(EXIT_UNAVAILABLE),
+            "start {attempt} with {addr} held elsewhere: {log}"
+        );
+        assert!(
+            log.contains(&format!("cannot listen on {addr} (`listen`)")) && log.contains("in use"),
+            "the log says why: {log}"
+        );
+    }
+    drop(holder);
+    // systemd starts it again (Restart=always, 69 not prevented, no start limit): it serves.
+    let mut daemon = Daemon(start("freed.log"));
+    let t0 = Instant::now();
+    loop {
+        let answered =
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                get_state(&mut s)
+            });
+        if let Ok(status) = answered {
+            assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+            break;
+        }
+        assert!(
+            daemon.0.try_wait().expect("try_wait").is_none(),
+            "primgr exited with the port free: {}",
+            std::fs::read_to_string(dir.join("freed.log")).unwrap_or_default()
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "not serving on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "3 starts with {addr} held: exit {EXIT_UNAVAILABLE} each; first start after it was \
+         freed: serving in {:?}",
+        t0.elapsed()
+    );
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `MemoryMax=` value in bytes (`K`, `M`, `G` suffixes are powers of 1024).
+fn bytes(value: &str) -> u64 {
+    let (n, unit) = value.split_at(
+        value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len()),
+    );
+    let n: u64 = n
+        .parse()
+        .unwrap_or_else(|_| panic!("{value:?}: not a size"));
+    n * match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => panic!("{value:?}: unknown unit"),
+    }
+}
+
+/// A `kB` field of /proc/<pid>/status, in bytes.
+fn status_bytes(pid: &str, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    kb * 1024
+}
+
+/// The kernel's default receive buffer of a TCP socket (`net.ipv4.tcp_rmem`, middle value):
+/// what it may queue for a connection that primgr does not read yet.
+fn tcp_receive_buffer() -> u64 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(131_072)
+}
+
+/// The arithmetic of the unit's `MemoryMax=` and `TasksMax=` comments, against the real binary
+/// at its worst: `server::MAX_CONNECTIONS` connections each holding an incomplete request head
+/// just under `server::MAX_HEAD_BYTES`. Its peak RSS, plus what the kernel may queue for every
+/// connection, plus the other caps' share, stays under MemoryMax; its threads stay under
+/// TasksMax.
+#[test]
+fn memory_and_tasks_limits_hold_at_the_connection_cap() {
+    let unit = unit();
+    let memory_max = bytes(service(&unit, "MemoryMax"));
+    let tasks_max: usize = service(&unit, "TasksMax")
+        .parse()
+        .expect("TasksMax is a number");
+    let limit = soft_limit(service(&unit, "LimitNOFILE"));
+    let connections = primgr::server::MAX_CONNECTIONS;
+    let head = primgr::server::MAX_HEAD_BYTES - 1024;
+    let _alone = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    raise_own_open_files(connections);
+
+    let ip = Ipv4Addr::new(127, 0, 94, 1);
+    let port = TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = SocketAddr::from((ip, port));
+    let mut daemon = Daemon(
+        Command::new("prlimit")
+            .arg(format!("--nofile={limit}:{limit}"))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_primgr"))
+            .args(["--node-name", "node1", "--listen", &addr.to_string()])
+            .args([
+                "--conninfo",
+                "host=127.0.0.1 port=1 dbname=repmgr user=primgr",
+            ])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn prlimit primgr"),
+    );
+    let pid = daemon.0.id().to_string();
+    let t0 = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+        .and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            get_state(&mut s)
+        })
+        .is_err()
+    {
+        assert!(
+            daemon.0.try_wait().expect("try_wait").is_none(),
+            "primgr exited"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "not serving on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let threads = || std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    let at_rest = status_bytes(&pid, "VmRSS");
+
+    let mut pad = b"GET /state HTTP/1.1\r\nHost: primgr\r\nX-Pad: ".to_vec();
+    pad.resize(head, b'a');
+    let t0 = Instant::now();
+    let mut streams = Vec::with_capacity(connections);
+    let mut most_threads = threads();
+    for i in 0..connections {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("connection {} of {connections}: {e}", i + 1));
+        s.write_all(&pad)
+            .unwrap_or_else(|e| panic!("head of connection {}: {e}", i + 1));
+        streams.push(s);
+        if i % 512 == 0 {
+            most_threads = most_threads.max(threads());
+        }
+    }
+    let sent_in = t0.elapsed();
+    // The daemon reads the heads as they come; its peak is reached before its head timeout
+    // (server::IDLE_TIMEOUT) starts closing them.
+    while t0.elapsed() < primgr::server::IDLE_TIMEOUT {
+        most_threads = most_threads.max(threads());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let peak = status_bytes(&pid, "VmHWM");
+    drop(streams);
+
+    let kernel = connections as u64 * tcp_receive_buffer();
+    // The other caps' share, as in the unit's comment: agent, pool and peer connections.
+    let mib = 1u64 << 20;
+    let others = 36 * mib + 15 * mib + 38 * mib;
+    let total = peak + kernel + others;
+    println!(
+        "{connections} connections with {head}-byte heads sent in {sent_in:?}: RSS {} MiB at \
+         rest, peak {} MiB ({} KiB per connection); + kernel receive buffers {} MiB + other \
+         caps {} MiB = {} MiB <= MemoryMax {} MiB; threads at most {most_threads} <= TasksMax \
+         {tasks_max}",
+        at_rest / mib,
+        peak / mib,
+        (peak - at_rest) / connections as u64 / 1024,
+        kernel / mib,
+        others / mib,
+        total / mib,
+        memory_max / mib
+    );
+    assert!(
+        peak - at_rest >= connections as u64 * 32 * 1024,
+        "the daemon held less than half of every head ({} MiB): the measurement measured nothing",
+        (peak - at_rest) / mib
+    );
+    assert!(total <= memory_max, "MemoryMax={memory_max} < {total}");
+    assert!(
+        most_threads <= tasks_max,
+        "{most_threads} threads > TasksMax={tasks_max}"
+    );
 }

@@ -40,7 +40,7 @@ pub fn timing_flags() -> Vec<String> {
 pub fn config_for(lab: &Lab, node: &str) -> Config {
     let mut c = Config::for_node(node).expect("default config is valid");
     c.listen = lab.daemon_addr(node);
-    c.conninfo = format!("{} application_name=primgr", lab.conninfo(node));
+    c.conninfo = format!("{} application_name=primgr", lab.conninfo(node)).into();
     c.interval = INTERVAL;
     c.db_timeout = DB_TIMEOUT;
     c.peer_timeout = PEER_TIMEOUT;
