@@ -22,13 +22,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::debug;
 
-use crate::config::{Config, format_size};
+use crate::config::Config;
 use crate::decide::State;
 use crate::reads::{self, ReadQuery};
 use crate::server::Admission;
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
+use crate::units::format_size;
 use crate::wire::AgentLine;
 
 /// Most agent connections served at once.
@@ -85,12 +86,16 @@ fn read_answer(s: &Snapshot, config: &Config, now: Instant) -> AgentLine {
         Some(Err(why)) => return AgentLine::Down(format!("lag unknown: {why}")),
         None => return AgentLine::Down("no replication facts".into()),
     };
-    match weight(lag, config.agent_lag_soft, config.agent_lag_hard) {
+    match weight(
+        lag,
+        config.agent.agent_lag_soft,
+        config.agent.agent_lag_hard,
+    ) {
         Some(weight) => AgentLine::Up { weight },
         None => AgentLine::Down(format!(
             "replay lag {} is above agent_lag_hard {}",
             format_size(lag),
-            format_size(config.agent_lag_hard)
+            format_size(config.agent.agent_lag_hard)
         )),
     }
 }

@@ -242,7 +242,7 @@ impl App {
                 if method == Method::OPTIONS {
                     self.warn_primary_check(client);
                 }
-                let me = self.shared.config().node_name.clone();
+                let me = self.shared.config().node.node_name.clone();
                 self.shared.store.peek().primary_reply(&me, now)
             }
             Endpoint::RealPrimary => {
@@ -325,9 +325,12 @@ impl App {
                     Endpoint::ReadOnlyQuorum => {
                         reads::read_only_sync(&snapshot, &query, SyncWanted::Quorum, now)
                     }
-                    _ => {
-                        reads::readiness(&snapshot, &query, self.shared.config().readiness_lag, now)
-                    }
+                    _ => reads::readiness(
+                        &snapshot,
+                        &query,
+                        self.shared.config().reads.readiness_lag,
+                        now,
+                    ),
                 };
                 self.check_reply(&snapshot, outcome, now)
             }
@@ -340,7 +343,7 @@ impl App {
         let mut body = CheckBody {
             drained: s.drained.as_ref().map(|d| d.reason.clone()),
             lag_bytes: s.replication.as_ref().map(|r| r.lag().ok()),
-            node: self.shared.config().node_name.clone(),
+            node: self.shared.config().node.node_name.clone(),
             reason: None,
             replication_state: s.replication.as_ref().map(|r| r.receiver_text()),
             state: s.served_state(now).name().to_string(),
@@ -371,7 +374,7 @@ impl App {
 
     /// `/wal`: where this node's database writes, when it is not in recovery.
     fn wal(&self, now: Instant) -> (u16, Bytes) {
-        let node = self.shared.config().node_name.clone();
+        let node = self.shared.config().node.node_name.clone();
         let s = self.shared.store.peek();
         let why = match (s.withheld(now), s.db.in_recovery, s.current_lsn) {
             (Some(w), _, _) => w.reason(),
@@ -401,7 +404,7 @@ impl App {
     /// the promise that goes with it (see [`crate::vote`]); without a candidate, whom the
     /// metadata names.
     fn vote(&self, candidate: Option<&str>, now: Instant) -> (u16, Bytes) {
-        let node = self.shared.config().node_name.clone();
+        let node = self.shared.config().node.node_name.clone();
         let snapshot = self.shared.store.peek();
         let given = cycle::vote(&mut self.shared.votes.book(), candidate, &snapshot, now);
         let answer = match given {
@@ -425,7 +428,7 @@ impl App {
     /// `POST /release`: void every vote requested before now, unless this node answers 200 or
     /// is about to; say when it last could have.
     fn release(&self) -> (u16, Bytes) {
-        let node = self.shared.config().node_name.clone();
+        let node = self.shared.config().node.node_name.clone();
         let (answer, now) = self.shared.votes.release(&self.shared.store);
         let answer = match answer {
             Release::Released { last_200 } => ReleaseAnswer::Released(Released {
@@ -466,22 +469,26 @@ impl App {
         let config = self.shared.config();
         let now = Instant::now();
         let snapshot = self.shared.store.load();
-        let me = &config.node_name;
+        let me = &config.node.node_name;
         let own = snapshot.served_state(now);
         let client = &self.shared.client;
         let others = snapshot.members.iter().filter(|m| &m.name != me);
         let mut answers = vec![(me.clone(), Ok(own))];
         answers.extend(
-            fan_out(config.peer_timeout, others, |m, deadline| async move {
-                let state = match &m.url {
-                    Ok(url) => client
-                        .ask_state(url, deadline)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(why) => Err(format!("no address: {why}")),
-                };
-                (m.name.clone(), state)
-            })
+            fan_out(
+                config.timing.peer_timeout,
+                others,
+                |m, deadline| async move {
+                    let state = match &m.url {
+                        Ok(url) => client
+                            .ask_state(url, deadline)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(why) => Err(format!("no address: {why}")),
+                    };
+                    (m.name.clone(), state)
+                },
+            )
             .await,
         );
         let found = RealPrimary { answers };
@@ -730,7 +737,7 @@ pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Status
         },
         cycle_ms: millis(snapshot.cycle_time),
         database: StatusDatabase {
-            conninfo: conninfo::redact(&config.conninfo),
+            conninfo: conninfo::redact(&config.db.conninfo),
             current_lsn: snapshot.current_lsn.map(lsn_text),
             error: snapshot.db.error.as_ref().map(|e| e.to_string()),
             in_recovery: snapshot.db.in_recovery,
@@ -742,12 +749,12 @@ pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Status
             reason: d.reason.clone(),
             since: humantime::format_rfc3339_seconds(d.since).to_string(),
         }),
-        handoff_delay_ms: millis(config.handoff_delay),
+        handoff_delay_ms: millis(config.leases.handoff_delay),
         held_votes,
-        interval_ms: millis(config.interval),
-        max_staleness_ms: millis(config.max_staleness),
+        interval_ms: millis(config.timing.interval),
+        max_staleness_ms: millis(config.timing.max_staleness),
         members,
-        node: config.node_name.clone(),
+        node: config.node.node_name.clone(),
         observed_at: snapshot
             .observed_at
             .map(|_| humantime::format_rfc3339_millis(snapshot.observed_at_wall).to_string()),
@@ -758,7 +765,7 @@ pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Status
         snapshot_age_ms: snapshot.age(now).map(millis),
         state: state.name().to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        vote_lease_ms: millis(config.vote_lease),
+        vote_lease_ms: millis(config.leases.vote_lease),
         voters,
         votes: snapshot.ballot.counting(now) as u64,
         votes_needed: snapshot.ballot.needed as u64,

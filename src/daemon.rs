@@ -11,14 +11,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::error;
 
 use crate::config::Config;
 use crate::db::{Db, DbError};
 use crate::poller::{CycleHook, OnReady, Poller};
+use crate::reload::Reloads;
 use crate::shared::Shared;
-use crate::{agent, api, server, shutdown};
+use crate::{agent, api, reload, server, shutdown};
 
 /// Why a daemon could not start or stopped by itself.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +38,8 @@ pub struct Options {
     pub cycle_hook: Option<CycleHook>,
     /// The bound agent-check listener, when `agent_listen` is set.
     pub agent: Option<TcpListener>,
-    /// Reloaded configurations (SIGHUP): each is applied as [`Shared::reload`] says.
-    pub reloads: Option<mpsc::UnboundedReceiver<Config>>,
+    /// Reload on SIGHUP ([`reload::watch`]).
+    pub reloads: Option<Reloads>,
 }
 
 /// Runs one daemon until `shutdown` completes: the poller and the HTTP API on `listener`.
@@ -63,11 +63,7 @@ pub async fn run_with<F>(
 where
     F: Future<Output = ()> + Send,
 {
-    let db = Db::new(
-        &config.conninfo,
-        config.max_connections_in_pool,
-        config.db_timeout,
-    )?;
+    let db = Db::open(&config.db)?;
     let shared = Arc::new(Shared::new(config));
     let (trigger, stop) = shutdown::channel();
     let poller = Poller::new(shared.clone(), db, options.cycle_hook);
@@ -76,7 +72,7 @@ where
         tokio::spawn(agent::serve(listener, shared.clone(), stop.clone()));
     }
     if let Some(reloads) = options.reloads {
-        tokio::spawn(apply_reloads(reloads, shared.clone(), stop));
+        tokio::spawn(reload::watch(reloads, shared.clone(), stop));
     }
 
     // Serve until asked to stop, or until the poller ends by itself.
@@ -101,30 +97,6 @@ where
     trigger.fire();
     let _ = polling.await;
     Ok(())
-}
-
-/// Applies each reloaded configuration until the channel closes or the daemon stops.
-async fn apply_reloads(
-    mut reloads: mpsc::UnboundedReceiver<Config>,
-    shared: Arc<Shared>,
-    mut stop: shutdown::Shutdown,
-) {
-    loop {
-        let config = tokio::select! {
-            _ = stop.wait() => return,
-            next = reloads.recv() => match next {
-                Some(c) => c,
-                None => return,
-            },
-        };
-        for change in shared.reload(config) {
-            warn!("reload: `{change}` needs a restart; ignored until then");
-        }
-        info!(
-            fingerprint = %shared.loaded().fingerprint,
-            "configuration reloaded; it applies from the next cycle"
-        );
-    }
 }
 
 fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {

@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Config as PgConfig, NoTls};
 
+use crate::config::DbSettings;
 use crate::wire::WalStandby;
 
 /// One row of `repmgr.nodes`.
@@ -242,6 +243,8 @@ impl ManageConnection for Manager {
 #[derive(Clone)]
 pub struct Db {
     pool: Pool<Manager>,
+    /// What the pool was built from.
+    settings: DbSettings,
     timeout: Duration,
     connect_errors: LastConnectError,
     losses: Arc<Losses>,
@@ -314,11 +317,30 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
+    /// Builds the pool of a database group without connecting (see [`Db::new`]).
+    pub fn open(settings: &DbSettings) -> Result<Db, DbError> {
+        Db::new(
+            &settings.conninfo,
+            settings.max_connections_in_pool,
+            settings.db_timeout,
+        )
+    }
+
+    /// The settings the pool was built from.
+    pub fn settings(&self) -> &DbSettings {
+        &self.settings
+    }
+
     /// Builds the pool without connecting. `timeout` bounds every observation as a whole and
     /// also each connection attempt (libpq `connect_timeout`, pool checkout) and each statement
     /// on the server (`statement_timeout`), so that a query outliving its caller is cancelled
     /// by the server as well.
     pub fn new(conninfo: &str, pool_size: u32, timeout: Duration) -> Result<Db, DbError> {
+        let settings = DbSettings {
+            conninfo: conninfo.to_string(),
+            max_connections_in_pool: pool_size,
+            db_timeout: timeout,
+        };
         let mut secrets = crate::conninfo::secrets(conninfo);
         let (conninfo, passfile) = crate::conninfo::take_passfile(conninfo);
         let mut config: PgConfig = conninfo
@@ -362,6 +384,7 @@ impl Db {
             .build_unchecked(manager);
         Ok(Db {
             pool,
+            settings,
             timeout,
             connect_errors,
             losses,

@@ -10,13 +10,16 @@
 //! - [`cli`]: the command line, flags and subcommands, and their conversion into settings;
 //! - [`daemon`]: the entry point that runs one daemon's tasks ([`run`]);
 //! - [`poller`]: drives the cycle with real I/O (database, peers, clock) and logs transitions;
+//! - [`reload`]: SIGHUP: load again, validate, diff, swap; rebuilds what a changed group needs;
 //! - [`api`]: the routing table and what each endpoint answers, from the snapshot;
 //! - [`agent`]: the haproxy agent-check port, one line per connection, from the snapshot;
 //! - [`metrics`]: `/metrics` in the Prometheus text format, and the request counters;
 //! - [`server`]: connections, limits, protocol-level refusals and draining;
+//! - [`check`]: `primgr check`, a monitoring plugin: one status line and exit status from the
+//!   local daemon's answers;
 //! - [`cluster`]: the `primgr cluster` operator view over every node's `/status`;
 //! - [`control`]: the drain flag (`primgr drain` / `undrain`), local to the node;
-//! - [`shared`]: what one daemon's tasks share (configuration, snapshot, votes behind locks), reload;
+//! - [`shared`]: what one daemon's tasks share (configuration in force, snapshot, votes behind locks);
 //! - [`cycle`]: the poll cycle as pure steps (plan, conclude, publish), the `/vote` and `/release`
 //!   decisions, a standby's lag; driven by the poller and by the simulation;
 //! - [`reads`]: the read rules (`/replica`, `/read-only`, `/readiness`, ...) and their parameters;
@@ -24,12 +27,13 @@
 //! - [`peers`]: peer addresses, the HTTP client, reading peers' answers, the bounded fan-out;
 //! - [`decide`]: the verdict, a pure function of observations and held votes;
 //! - [`db`]: the pool and the single query that observes the local database;
-//! - [`config`]: settings, defaults, validation with the key and line of every error;
+//! - [`config`]: settings by group, each key declared once; the file and flags, validation;
 //! - [`vote`]: vote leases: the voter's promise book, the candidate's ballot, releases; pure;
 //! - [`auth`]: peer keys, the MACs over requests and answers, replay tickets, the grant
 //!   epochs a release undoes, the cluster identity; pure;
 //! - [`wire`]: the serde types of every body between processes, for writers and readers alike;
 //! - [`conninfo`]: the host of a conninfo, and the conninfo with its password masked;
+//! - [`units`]: sizes (`16MB`) and durations (`500ms`) as operators write them;
 //! - [`shutdown`]: signals and the stop token; [`notify`]: systemd readiness (sd_notify).
 //!
 //! [`run`] starts a whole daemon on an already bound listener and stops it when a future
@@ -38,6 +42,7 @@
 pub mod agent;
 pub mod api;
 pub mod auth;
+pub mod check;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -52,10 +57,12 @@ pub mod notify;
 pub mod peers;
 pub mod poller;
 pub mod reads;
+pub mod reload;
 pub mod server;
 pub mod shared;
 pub mod shutdown;
 pub mod snapshot;
+pub mod units;
 pub mod vote;
 pub mod wire;
 

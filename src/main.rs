@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::Parser;
 use hyper::Uri;
 use primgr::cli::{Cli, Command, Local};
+use primgr::config::Source;
 use primgr::control;
+use primgr::reload::{LogFilter, Reloads};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -35,10 +37,11 @@ fn main() -> ExitCode {
         Some(Command::Cluster { url, timeout, json }) => return cluster(url, *timeout, *json),
         Some(Command::Drain { reason, local }) => return drain(local, Some(reason)),
         Some(Command::Undrain { local }) => return drain(local, None),
+        Some(Command::Check(args)) => return ExitCode::from(primgr::check::command(args)),
         None => {}
     }
-    let config = match cli.load() {
-        Ok(c) => c,
+    let (source, config) = match cli.load() {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("primgr: bad configuration: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -51,8 +54,8 @@ fn main() -> ExitCode {
 
     // RUST_LOG, when set, wins over `log_level` (and then a reload leaves the filter alone).
     let from_env = std::env::var_os("RUST_LOG").is_some();
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(&config.node.log_level));
     let (filter, log_filter) = tracing_subscriber::reload::Layer::new(filter);
     tracing_subscriber::registry()
         .with(filter)
@@ -75,49 +78,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(cli, config, log_filter))
-}
-
-/// The handle that changes the log filter on a reload (None when RUST_LOG decides).
-type LogFilter =
-    Option<tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>>;
-
-/// On each SIGHUP, loads the configuration again (the same file, the same flags over it): a
-/// valid one goes to the daemon (and its `log_level` to the log filter), a bad one is logged
-/// with its key and line and changes nothing.
-fn watch_reloads(
-    mut hangups: tokio::signal::unix::Signal,
-    cli: Cli,
-    mut log_level: String,
-    log_filter: LogFilter,
-) -> tokio::sync::mpsc::UnboundedReceiver<primgr::Config> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            info!("SIGHUP received; reading the configuration again");
-            let config = match cli.load() {
-                Ok(c) => c,
-                Err(e) => {
-                    error!("reload refused, the running configuration stays: {e}");
-                    continue;
-                }
-            };
-            if let Some(handle) = log_filter
-                .as_ref()
-                .filter(|_| config.log_level != log_level)
-            {
-                match handle.reload(EnvFilter::new(&config.log_level)) {
-                    Ok(()) => info!("log_level is now {:?}", config.log_level),
-                    Err(e) => warn!("cannot change the log filter: {e}"),
-                }
-                log_level = config.log_level.clone();
-            }
-            if tx.send(config).is_err() {
-                return;
-            }
-        }
-    });
-    rx
+    runtime.block_on(serve(source, config, log_filter))
 }
 
 /// A single-threaded runtime for a subcommand.
@@ -203,40 +164,44 @@ fn cluster(url: &Uri, timeout: Duration, json: bool) -> ExitCode {
     ExitCode::from(report.exit_code())
 }
 
-async fn serve(cli: Cli, config: primgr::Config, log_filter: LogFilter) -> ExitCode {
-    let listener = match primgr::server::bind(config.listen) {
+async fn serve(source: Source, config: primgr::Config, log_filter: Option<LogFilter>) -> ExitCode {
+    let listener = match primgr::server::bind(config.node.listen) {
         Ok(l) => l,
         Err(e) => {
-            error!("cannot listen on {} (`listen`): {e}", config.listen);
+            error!("cannot listen on {} (`listen`): {e}", config.node.listen);
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
-    let agent = match config.agent_listen.map(primgr::server::bind).transpose() {
+    let agent = match config
+        .agent
+        .agent_listen
+        .map(primgr::server::bind)
+        .transpose()
+    {
         Ok(a) => a,
         Err(e) => {
             error!(
                 "cannot listen on {:?} (`agent_listen`): {e}",
-                config.agent_listen
+                config.agent.agent_listen
             );
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
     let reloads = match primgr::shutdown::hangups() {
-        Ok(hangups) => Some(watch_reloads(
+        Ok(hangups) => Some(Reloads {
+            source,
             hangups,
-            cli,
-            config.log_level.clone(),
             log_filter,
-        )),
+        }),
         Err(e) => {
             warn!("cannot watch for SIGHUP ({e}); reloads are off");
             None
         }
     };
     info!(
-        node = %config.node_name,
-        listen = %config.listen,
-        interval = %humantime::format_duration(config.interval),
+        node = %config.node.node_name,
+        listen = %config.node.listen,
+        interval = %humantime::format_duration(config.timing.interval),
         "primgr {} starting",
         env!("CARGO_PKG_VERSION")
     );
@@ -250,9 +215,9 @@ async fn serve(cli: Cli, config: primgr::Config, log_filter: LogFilter) -> ExitC
     let on_ready: Option<primgr::poller::OnReady> = notifier.clone().map(|n| {
         let status = format!(
             "node {}: serving on {}, polling every {}",
-            config.node_name,
-            config.listen,
-            humantime::format_duration(config.interval)
+            config.node.node_name,
+            config.node.listen,
+            humantime::format_duration(config.timing.interval)
         );
         Box::new(move || n.ready(&status)) as primgr::poller::OnReady
     });

@@ -31,7 +31,7 @@ use crate::peers::{ReleaseReply, VoteReply, fan_out, peer_url};
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Drain, Member, Replication, SessionWatch, VoterReport};
-use crate::{conninfo, control};
+use crate::{conninfo, control, reload};
 
 /// Called once, after the first snapshot has been published.
 pub type OnReady = Box<dyn FnOnce() + Send>;
@@ -52,8 +52,6 @@ pub struct Poller {
     lag: Lag,
     /// Vote requests that got no usable answer, by voter, since the start (`/metrics`).
     voter_failures: Arc<BTreeMap<String, u64>>,
-    /// The settings the pool was built with: a reload that changes them rebuilds it.
-    db_settings: (conninfo::Conninfo, u32, Duration),
 }
 
 /// The shortest time between the starts of two cycles when a lost session wakes the poller.
@@ -61,15 +59,8 @@ pub const WAKE_GAP: Duration = Duration::from_millis(100);
 
 impl Poller {
     pub fn new(shared: Arc<Shared>, db: Db, hook: Option<CycleHook>) -> Poller {
-        let config = shared.config();
-        let db_settings = (
-            config.conninfo.clone(),
-            config.max_connections_in_pool,
-            config.db_timeout,
-        );
         Poller {
             voter_failures: Arc::default(),
-            db_settings,
             shared,
             db,
             members: Arc::new(Vec::new()),
@@ -110,7 +101,7 @@ impl Poller {
             if let Some(ready) = on_ready.take() {
                 ready();
             }
-            next = (start + self.shared.config().interval).max(tokio::time::Instant::now());
+            next = (start + self.shared.config().timing.interval).max(tokio::time::Instant::now());
         }
     }
 
@@ -135,13 +126,13 @@ impl Poller {
         }
 
         let plan = cycle::plan(
-            &config.node_name,
-            config.lease_rules(),
+            &config.node.node_name,
+            config.leases,
             observed.as_ref(),
             &mut self.shared.votes.book(),
             Instant::now(),
         );
-        let deadline = tokio::time::Instant::now() + config.peer_timeout;
+        let deadline = tokio::time::Instant::now() + config.timing.peer_timeout;
         let (voters, (), position) = tokio::join!(
             self.ask_votes(&config, &plan),
             self.release(&plan, deadline),
@@ -154,7 +145,7 @@ impl Poller {
             started_wall,
             voters,
             members: Arc::clone(&self.members),
-            max_staleness: config.max_staleness,
+            max_staleness: config.timing.max_staleness,
             replication: self.replication(&config, &observed, position, started),
             drained: self.read_drain(&config),
             voter_failures: Arc::clone(&self.voter_failures),
@@ -186,7 +177,7 @@ impl Poller {
         let (me, sent) = (plan.me.as_str(), plan.sent);
         let voters = plan.voters.iter().map(|name| (name, self.url_of(name)));
         fan_out(
-            config.peer_timeout,
+            config.timing.peer_timeout,
             voters,
             |(name, url), deadline| async move {
                 let (reply, latency) = match &url {
@@ -236,10 +227,10 @@ impl Poller {
     ) -> Option<Replication> {
         let obs = observed.as_ref().ok().filter(|obs| obs.in_recovery)?;
         let replication = self.lag.replication(
-            &config.node_name,
+            &config.node.node_name,
             obs,
             position,
-            config.max_staleness,
+            config.timing.max_staleness,
             started,
         );
         self.log.lag(&replication);
@@ -248,29 +239,13 @@ impl Poller {
 
     /// The drain flag; an unreadable `state_dir` is logged once and counts as not drained.
     fn read_drain(&mut self, config: &Config) -> Option<Drain> {
-        let read = control::read(&config.state_dir);
-        self.log.drain(&config.state_dir, read)
+        let read = control::read(&config.node.state_dir);
+        self.log.drain(&config.node.state_dir, read)
     }
 
-    /// Rebuilds the pool when a reload changed the conninfo, its size or `db_timeout`.
+    /// Rebuilds the pool when a reload changed the database group.
     fn follow_reload(&mut self, config: &Config) {
-        let wanted = (
-            config.conninfo.clone(),
-            config.max_connections_in_pool,
-            config.db_timeout,
-        );
-        if wanted == self.db_settings {
-            return;
-        }
-        match Db::new(&wanted.0, wanted.1, wanted.2) {
-            Ok(db) => {
-                info!("reload: the database settings changed; new connections from now on");
-                self.db = db;
-                self.db_settings = wanted;
-            }
-            // Validated when loaded, so this does not happen; keep the old pool if it does.
-            Err(e) => warn!("reload: cannot use the new conninfo ({e}); keeping the old one"),
-        }
+        reload::follow_pool(&mut self.db, &config.db);
     }
 
     /// The API address of a node, from the membership.
@@ -317,9 +292,9 @@ impl Poller {
             .nodes
             .iter()
             .map(|n| {
-                let url = peer_url(n, &config.peers, config.peer_port);
+                let url = peer_url(n, &config.peers, config.peer.peer_port);
                 if let Err(why) = &url {
-                    if n.node_name != config.node_name {
+                    if n.node_name != config.node.node_name {
                         self.log.without_address(&n.node_name, why);
                     }
                 }

@@ -12,9 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::{format_size, parse_size};
 use crate::decide::State;
 use crate::snapshot::{LagMode, ReplicationState, Snapshot, sync_text};
+use crate::units::{format_size, parse_size};
 use crate::wire::SyncState;
 
 /// The parameters of the read checks, all optional.
@@ -39,7 +39,7 @@ pub fn parse_query(query: Option<&str>) -> Result<ReadQuery, String> {
         let twice = || format!("parameter {key:?} is given more than once");
         match key.as_str() {
             "lag" => {
-                let lag = parse_size(&value).map_err(|e| format!("lag: {e}"))?;
+                let lag = parse_size(&value).map_err(|e| format!("lag: {value:?}: {e}"))?;
                 if q.lag.replace(lag).is_some() {
                     return Err(twice());
                 }

@@ -1,9 +1,8 @@
-//! What the tasks of one daemon share: the configuration in force (swapped by a reload), the
-//! published snapshot, the vote book and holder behind their locks ([`Votes`]), and the peer
-//! client.
+//! What the tasks of one daemon share: the configuration in force (swapped by a reload, see
+//! [`crate::reload`]), the published snapshot, the vote book and holder behind their locks
+//! ([`Votes`]), and the peer client.
 //!
-//! Owns the rule of a reload: everything but what needs a restart takes effect at the next
-//! cycle ([`Shared::reload`]); and the locks of the protocol's state: what `/vote` and
+//! Owns the locks of the protocol's state: what `/vote` and
 //! `/release` may change, and the holder's lock the poller publishes under. Nothing here is
 //! global: each daemon has its own.
 
@@ -54,8 +53,8 @@ impl Shared {
     pub fn new(config: Config) -> Shared {
         let started = Instant::now();
         Shared {
-            client: PeerClient::new(config.source_address),
-            votes: Votes::new(config.vote_lease, started),
+            client: PeerClient::new(config.peer.source_address),
+            votes: Votes::new(config.leases.vote_lease, started),
             loaded: ArcSwap::from_pointee(Loaded::new(config)),
             store: SnapshotStore::default(),
             started,
@@ -72,16 +71,9 @@ impl Shared {
         self.loaded.load_full()
     }
 
-    /// Applies a reloaded configuration: everything but what needs a restart (returned, as
-    /// `key: old → new`, for the log) takes effect at the next cycle; later promises use the
-    /// new `vote_lease`.
-    pub fn reload(&self, new: Config) -> Vec<String> {
-        let running = self.config();
-        let ignored = running.restart_only_changes(&new);
-        let applied = new.reloadable_over(&running);
-        self.votes.book().set_lease(applied.vote_lease);
-        self.loaded.store(Arc::new(Loaded::new(applied)));
-        ignored
+    /// Puts `config` in force, loaded now (a reload: [`crate::reload::apply`]).
+    pub fn put(&self, config: Config) {
+        self.loaded.store(Arc::new(Loaded::new(config)));
     }
 }
 

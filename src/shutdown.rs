@@ -1,9 +1,8 @@
 //! Shutdown: the operating-system signals that end the daemon, and the token its tasks watch.
 //!
 //! Owns the rules "SIGTERM or SIGINT ends the daemon" and "SIGHUP asks for a reload" (the
-//! reload itself is [`crate::shared::Shared::reload`]), and a small broadcast token so that the
-//! tasks of one daemon stop together without sharing anything with another daemon in the same
-//! process.
+//! reload itself is [`crate::reload`]), and a small broadcast token so that the tasks of one
+//! daemon stop together without sharing anything with another daemon in the same process.
 
 use tokio::sync::watch;
 

@@ -18,12 +18,12 @@ use tokio::net::{TcpListener, TcpStream};
 /// A daemon whose database is a closed port: it is Down, but serves.
 fn dbless(name: &str) -> Config {
     let mut c = Config::for_node(name).expect("valid");
-    c.listen = "127.0.0.1:0".parse().expect("addr");
-    c.conninfo = "host=127.0.0.1 port=1 dbname=repmgr user=repmgr".into();
-    c.interval = Duration::from_millis(200);
-    c.db_timeout = Duration::from_millis(300);
-    c.peer_timeout = Duration::from_millis(300);
-    c.max_staleness = Duration::from_secs(2);
+    c.node.listen = "127.0.0.1:0".parse().expect("addr");
+    c.db.conninfo = "host=127.0.0.1 port=1 dbname=repmgr user=repmgr".into();
+    c.timing.interval = Duration::from_millis(200);
+    c.db.db_timeout = Duration::from_millis(300);
+    c.timing.peer_timeout = Duration::from_millis(300);
+    c.timing.max_staleness = Duration::from_secs(2);
     c
 }
 
@@ -184,7 +184,7 @@ async fn slow_standby(delay: Duration) -> (std::net::SocketAddr, Arc<AtomicUsize
 async fn simultaneous_real_primary_requests_share_one_fan_out() {
     let lab = Lab::build(LabSpec::standard(33)).await.expect("lab builds");
     let mut config = common::config_for(&lab, "node1");
-    config.peer_timeout = Duration::from_millis(800);
+    config.timing.peer_timeout = Duration::from_millis(800);
     let mut counters = Vec::new();
     for peer in ["node2", "node3", "node4"] {
         let (addr, count) = slow_standby(Duration::from_millis(300)).await;

@@ -19,8 +19,8 @@ const PRIMGR: &str = env!("CARGO_BIN_EXE_primgr");
 async fn a_dead_poller_ends_the_daemon() {
     let mut config = Config::for_node("node1").expect("defaults");
     // Nothing listens on port 1: the database is down, the cycles run anyway.
-    config.conninfo = "host=127.0.0.1 port=1 dbname=repmgr user=repmgr".into();
-    config.interval = Duration::from_millis(50);
+    config.db.conninfo = "host=127.0.0.1 port=1 dbname=repmgr user=repmgr".into();
+    config.timing.interval = Duration::from_millis(50);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let hook: primgr::poller::CycleHook = Arc::new(|cycle| {

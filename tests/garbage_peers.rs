@@ -342,9 +342,7 @@ async fn garbage_from_peers_is_no_vote_and_costs_neither_time_nor_memory() {
     let mut windows = Vec::new();
     // The fakes' last good votes were requested before the garbage began, so they count until
     // at most a lease after it (× (1−ρ)/(1+ρ), as node1 counts them): from then on, 509.
-    let rules = primgr::Config::for_node("node1")
-        .expect("defaults")
-        .lease_rules();
+    let rules = primgr::Config::for_node("node1").expect("defaults").leases;
     let counted = rules.counted_for(rules.vote_lease);
     let mut garbage_began: Option<(Instant, Duration)> = None;
     println!(

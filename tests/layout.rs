@@ -1,7 +1,7 @@
-//! The house rules of `src/`, checked: every module has a `//!` header and a line in the
-//! layout of `src/lib.rs`, and imports flow one way, downwards in that list (a module uses only
-//! modules listed below it), so a newcomer can find each concern's one file from the layout and
-//! no two modules depend on each other.
+//! The house rules of `src/`, checked: every module (a file, or a directory whose every file
+//! has one) has a `//!` header and a line in the layout of `src/lib.rs`, and imports flow one
+//! way, downwards in that list (a module uses only modules listed below it), so a newcomer can
+//! find each concern's files from the layout and no two modules depend on each other.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -57,6 +57,20 @@ fn uses(text: &str) -> BTreeSet<String> {
     out
 }
 
+/// The source files of module `name`: `src/<name>.rs`, or every `.rs` file of `src/<name>/`.
+fn files_of(name: &str) -> Vec<std::path::PathBuf> {
+    let file = Path::new(SRC).join(format!("{name}.rs"));
+    if file.exists() {
+        return vec![file];
+    }
+    let mut files: Vec<_> = std::fs::read_dir(Path::new(SRC).join(name))
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "rs"));
+    files.sort();
+    files
+}
+
 #[test]
 fn every_module_has_a_header_and_a_place_in_the_layout() {
     let order = layout();
@@ -68,11 +82,18 @@ fn every_module_has_a_header_and_a_place_in_the_layout() {
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_string();
-        if path.extension().is_none_or(|e| e != "rs") || name == "lib" || name == "main" {
+        let is_module = path.is_dir() || path.extension().is_some_and(|e| e == "rs");
+        if !is_module || name == "lib" || name == "main" {
             continue;
         }
-        let text = std::fs::read_to_string(&path).expect("source");
-        assert!(text.starts_with("//! "), "src/{name}.rs has no //! header");
+        for file in files_of(&name) {
+            let text = std::fs::read_to_string(&file).expect("source");
+            assert!(
+                text.starts_with("//! "),
+                "{} has no //! header",
+                file.display()
+            );
+        }
         assert!(
             order.contains(&name),
             "src/{name}.rs is not in the layout of src/lib.rs"
@@ -97,27 +118,29 @@ fn imports_flow_downwards_in_the_layout() {
     let rank = |m: &str| order.iter().position(|o| o == m);
     let mut edges = 0;
     for (i, module) in order.iter().enumerate() {
-        let path = Path::new(SRC).join(format!("{module}.rs"));
-        let text = std::fs::read_to_string(&path).expect("source");
-        // Only the module's own code (its tests may use anything; docs may name any module).
-        let code: String = text
-            .split("#[cfg(test)]")
-            .next()
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("//"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        for used in uses(&code) {
-            let Some(j) = rank(&used) else { continue };
-            if j == i {
-                continue;
+        for path in files_of(module) {
+            let text = std::fs::read_to_string(&path).expect("source");
+            // Only the module's own code (its tests may use anything; docs may name any module).
+            let code: String = text
+                .split("#[cfg(test)]")
+                .next()
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for used in uses(&code) {
+                let Some(j) = rank(&used) else { continue };
+                if j == i {
+                    continue;
+                }
+                assert!(
+                    j > i,
+                    "{} uses crate::{used}, which the layout lists above it",
+                    path.display()
+                );
+                edges += 1;
             }
-            assert!(
-                j > i,
-                "src/{module}.rs uses crate::{used}, which the layout lists above it"
-            );
-            edges += 1;
         }
     }
     println!("{edges} crate-internal dependencies, every one downwards");

@@ -176,7 +176,7 @@ async fn the_partial_partition_race_has_no_overlap() {
     let moved = race(&lab).await.duration_since(t0);
     // Until node2 answers 200 and node1 has stopped (bounded by the costs), then two
     // more seconds of watching.
-    let failover_bound = c.vote_lease + c.handoff_delay + INTERVAL * 2;
+    let failover_bound = c.leases.vote_lease + c.leases.handoff_delay + INTERVAL * 2;
     let t = Instant::now();
     loop {
         let s = sampler.samples();
@@ -226,15 +226,15 @@ async fn the_partial_partition_race_has_no_overlap() {
         old.len(),
         new.len(),
         old_stop,
-        c.handoff_delay
+        c.leases.handoff_delay
     );
     assert_eq!(overlapping, 0, "two 200s at once");
     assert!(
-        new_first >= old_last + c.handoff_delay,
+        new_first >= old_last + c.leases.handoff_delay,
         "the handoff: node2's first 200 only {gap:?} after node1's last"
     );
     assert!(
-        old_stop <= c.vote_lease + INTERVAL,
+        old_stop <= c.leases.vote_lease + INTERVAL,
         "node1 answered 200 {old_stop:?} after it lost its site (bound vote_lease + interval)"
     );
     assert!(
@@ -402,7 +402,7 @@ async fn restarting_the_primarys_daemon_loses_no_write() {
     assert_eq!(failed, 0, "write connections failed across the restart");
     assert!(ok.iter().all(|l| l.0 == "node1"));
     assert!(
-        back < defaults().handoff_delay,
+        back < defaults().leases.handoff_delay,
         "the restarted primary waited {back:?}: a continuing primary needs no handoff"
     );
     drop(hp);

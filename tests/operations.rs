@@ -92,17 +92,16 @@ fn print_rows(label: &str, rows: &[AgentRow]) {
 async fn lone_daemon(subnet: u8) -> (Daemon, SocketAddr, SocketAddr) {
     let ip = Ipv4Addr::new(127, 0, subnet, 11);
     let mut config = Config::for_node("node1").expect("defaults");
-    config.listen = SocketAddr::from((ip, 5999));
-    config.agent_listen = Some(SocketAddr::from((ip, 5998)));
-    config.conninfo =
-        format!("host={ip} port=5432 dbname=repmgr user=repmgr connect_timeout=1").into();
-    config.interval = common::INTERVAL;
-    config.db_timeout = common::DB_TIMEOUT;
-    config.peer_timeout = common::PEER_TIMEOUT;
-    config.max_staleness =
+    config.node.listen = SocketAddr::from((ip, 5999));
+    config.agent.agent_listen = Some(SocketAddr::from((ip, 5998)));
+    config.db.conninfo = format!("host={ip} port=5432 dbname=repmgr user=repmgr connect_timeout=1");
+    config.timing.interval = common::INTERVAL;
+    config.db.db_timeout = common::DB_TIMEOUT;
+    config.timing.peer_timeout = common::PEER_TIMEOUT;
+    config.timing.max_staleness =
         Config::default_max_staleness(common::INTERVAL, common::DB_TIMEOUT, common::PEER_TIMEOUT);
-    config.state_dir = state_dir(subnet, "node1");
-    let agent = config.agent_listen.expect("set");
+    config.node.state_dir = state_dir(subnet, "node1");
+    let agent = config.agent.agent_listen.expect("set");
     let d = start_daemon(config).await;
     let addr = d.addr;
     wait_json_at(addr, "/status", Duration::from_secs(10), |v| {
@@ -562,8 +561,8 @@ async fn agent_through_haproxy() {
         .expect("lab builds");
     let subnet = lab.subnet();
     let mut fleet = agent_fleet(&lab, |_, c| {
-        c.agent_lag_soft = LAG_SOFT;
-        c.agent_lag_hard = LAG_HARD;
+        c.agent.agent_lag_soft = LAG_SOFT;
+        c.agent.agent_lag_hard = LAG_HARD;
     })
     .await;
     let book = address_book(&lab);

@@ -324,12 +324,12 @@ async fn least_privilege_role_is_enough() {
     let mut daemons = BTreeMap::new();
     for node in lab.node_names() {
         let mut config = config_for(&lab, &node);
-        let conninfo = config.conninfo.replace("user=repmgr", "user=primgr");
+        let conninfo = config.db.conninfo.replace("user=repmgr", "user=primgr");
         assert_ne!(
-            conninfo, config.conninfo,
+            conninfo, config.db.conninfo,
             "conninfo names the user: {conninfo}"
         );
-        config.conninfo = conninfo.into();
+        config.db.conninfo = conninfo;
         daemons.insert(node, Daemon::start(config).await);
     }
     let mut fleet = Fleet { daemons };

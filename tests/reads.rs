@@ -57,7 +57,7 @@ async fn fleet_with_state_dirs(lab: &Lab) -> (Fleet, Vec<(String, std::path::Pat
         .collect();
     let fleet = Fleet::start_with(lab, |node, c| {
         if let Some((_, d)) = dirs.iter().find(|(n, _)| n == node) {
-            c.state_dir = d.clone();
+            c.node.state_dir = d.clone();
         }
     })
     .await;
@@ -423,7 +423,7 @@ async fn a_postmaster_that_accepts_no_one_is_down() {
         .await
         .expect("SIGSTOP postmaster");
     let frozen = sampler.now();
-    let bound = config.db_timeout + config.interval;
+    let bound = config.db.db_timeout + config.timing.interval;
     sampler
         .wait_samples(
             frozen + bound + Duration::from_secs(1),

@@ -584,7 +584,7 @@ fn config_debug_shows_no_secret() {
         "host=db sslpassword=zDb9",
     ] {
         let mut c = primgr::Config::for_node("n").expect("defaults");
-        c.conninfo = conninfo.into();
+        c.db.conninfo = conninfo.into();
         for shown in [format!("{c:?}"), format!("{c:#?}"), c.to_string()] {
             assert!(!shown.contains("zDb9"), "{shown}");
             assert!(shown.contains("***"), "{shown}");

@@ -206,10 +206,10 @@ async fn an_ended_session_withholds_the_snapshot_and_wakes_the_poller() {
 /// A daemon per node of `lab`, polling every [`INTERVAL`].
 async fn slow_fleet(lab: &Lab) -> Fleet {
     Fleet::start_with(lab, |_, c| {
-        c.interval = INTERVAL;
-        c.vote_lease = VOTE_LEASE;
-        c.max_staleness =
-            primgr::Config::default_max_staleness(INTERVAL, c.db_timeout, c.peer_timeout);
+        c.timing.interval = INTERVAL;
+        c.leases.vote_lease = VOTE_LEASE;
+        c.timing.max_staleness =
+            primgr::Config::default_max_staleness(INTERVAL, c.db.db_timeout, c.timing.peer_timeout);
     })
     .await
 }

@@ -166,7 +166,7 @@ fn nanos(d: Duration) -> u64 {
 
 impl Params {
     fn new(config: Config, mutant: Mutant, defaults: bool) -> Params {
-        let rules = config.lease_rules();
+        let rules = config.leases;
         let held = if mutant == Mutant::NoHandoff {
             LeaseRules {
                 handoff_delay: Duration::ZERO,
@@ -177,12 +177,12 @@ impl Params {
         };
         Params {
             held,
-            ppm: (config.clock_drift * DEN as f64).round() as u64,
-            interval: nanos(config.interval),
-            db_timeout: nanos(config.db_timeout),
-            peer_timeout: nanos(config.peer_timeout),
-            lease: nanos(config.vote_lease),
-            handoff: nanos(config.handoff_delay),
+            ppm: (config.leases.drift * DEN as f64).round() as u64,
+            interval: nanos(config.timing.interval),
+            db_timeout: nanos(config.db.db_timeout),
+            peer_timeout: nanos(config.timing.peer_timeout),
+            lease: nanos(config.leases.vote_lease),
+            handoff: nanos(config.leases.handoff_delay),
             defaults,
             config,
         }
@@ -196,7 +196,7 @@ impl Params {
     /// clock); the candidate asks within a cycle and gets the answer within `peer_timeout`.
     /// Clock rates stretch the middle terms by 1/(1−ρ).
     fn failover_bounds(&self) -> (u64, u64) {
-        let rho = self.config.clock_drift;
+        let rho = self.config.leases.drift;
         let spec = self.lease + self.handoff + 2 * self.interval;
         let cycle = self.interval.max(self.db_timeout + self.peer_timeout);
         let bound = cycle
@@ -1220,7 +1220,7 @@ impl Sim {
     /// Starts node `j`'s daemon at `t` (its clock reading `started`); its first cycle `first`
     /// later.
     fn start_daemon(&mut self, j: usize, t: u64, started: u64, first: u64) {
-        let lease = self.p.config.vote_lease;
+        let lease = self.p.config.leases.vote_lease;
         let book_start = if self.mutant == Mutant::RestartGrantsAtOnce {
             started - self.p.lease
         } else {
@@ -1331,7 +1331,7 @@ impl Sim {
         let mode = self.cycle(n).mode;
         let observed = match mode {
             DbMode::Refused => Err(DbError::Connect("connection refused".into())),
-            DbMode::Hang => Err(DbError::Timeout(self.p.config.db_timeout)),
+            DbMode::Hang => Err(DbError::Timeout(self.p.config.db.db_timeout)),
             DbMode::Ok if self.world.db_down[n] > 0 => {
                 Err(DbError::Query("terminating connection".into()))
             }
@@ -1423,7 +1423,7 @@ impl Sim {
         let max = if self.world.slow > 0 {
             self.p.peer_timeout
         } else {
-            (self.p.peer_timeout as f64 / 2.0 / (1.0 + self.p.config.clock_drift)) as u64
+            (self.p.peer_timeout as f64 / 2.0 / (1.0 + self.p.config.leases.drift)) as u64
         };
         let delay = self.rng.delay(max);
         self.push(t + delay, ev);
@@ -1550,7 +1550,7 @@ impl Sim {
             started_wall: UNIX_EPOCH,
             voters: c.voters,
             members: self.members.clone(),
-            max_staleness: self.p.config.max_staleness,
+            max_staleness: self.p.config.timing.max_staleness,
             replication: None,
             drained: None,
             voter_failures: Arc::default(),
@@ -1838,7 +1838,7 @@ impl Sim {
 
     fn check_liveness(&mut self, st: &mut Stats) {
         let p = &self.p;
-        let rho = p.config.clock_drift;
+        let rho = p.config.leases.drift;
         let stretch = (1.0 + rho) / (1.0 - rho);
         let (spec, bound) = p.failover_bounds();
         let cycle = p.interval.max(p.peer_timeout) + p.db_timeout + p.peer_timeout;

@@ -24,12 +24,12 @@ use serde::de::DeserializeOwned;
 /// A daemon whose database is a closed port: it is Down, but serves.
 fn dbless(name: &str) -> Config {
     let mut c = Config::for_node(name).expect("valid");
-    c.listen = "127.0.0.1:0".parse().expect("addr");
-    c.conninfo = "host=127.0.0.1 port=1 dbname=repmgr user=repmgr".into();
-    c.interval = Duration::from_millis(200);
-    c.db_timeout = Duration::from_millis(300);
-    c.peer_timeout = Duration::from_millis(300);
-    c.max_staleness = Duration::from_secs(2);
+    c.node.listen = "127.0.0.1:0".parse().expect("addr");
+    c.db.conninfo = "host=127.0.0.1 port=1 dbname=repmgr user=repmgr".into();
+    c.timing.interval = Duration::from_millis(200);
+    c.db.db_timeout = Duration::from_millis(300);
+    c.timing.peer_timeout = Duration::from_millis(300);
+    c.timing.max_staleness = Duration::from_secs(2);
     c
 }
 

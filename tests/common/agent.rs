@@ -19,7 +19,7 @@ use super::{Daemon, Fleet, config_for};
 /// The agent port of the shipped haproxy variant (`agent-port 5998`).
 pub const AGENT_PORT: u16 = 5998;
 
-/// Starts a daemon with `config`, serving its agent port on `config.agent_listen` when set.
+/// Starts a daemon with `config`, serving its agent port on `config.agent.agent_listen` when set.
 pub async fn start_daemon(config: Config) -> Daemon {
     Daemon::start(config).await
 }
@@ -48,8 +48,8 @@ pub async fn agent_fleet(lab: &Lab, adjust: impl Fn(&str, &mut Config)) -> Fleet
     let mut daemons = std::collections::BTreeMap::new();
     for node in lab.node_names() {
         let mut config = config_for(lab, &node);
-        config.agent_listen = Some(agent_addr(lab, &node));
-        config.state_dir = state_dir(lab.subnet(), &node);
+        config.agent.agent_listen = Some(agent_addr(lab, &node));
+        config.node.state_dir = state_dir(lab.subnet(), &node);
         adjust(&node, &mut config);
         daemons.insert(node.clone(), start_daemon(config).await);
     }

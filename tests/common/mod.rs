@@ -39,13 +39,13 @@ pub fn timing_flags() -> Vec<String> {
 /// requests to it, reads the node's own database over TCP.
 pub fn config_for(lab: &Lab, node: &str) -> Config {
     let mut c = Config::for_node(node).expect("default config is valid");
-    c.listen = lab.daemon_addr(node);
-    c.conninfo = format!("{} application_name=primgr", lab.conninfo(node)).into();
-    c.interval = INTERVAL;
-    c.db_timeout = DB_TIMEOUT;
-    c.peer_timeout = PEER_TIMEOUT;
-    c.source_address = Some(lab.addr(node).into());
-    c.max_staleness = Config::default_max_staleness(INTERVAL, DB_TIMEOUT, PEER_TIMEOUT);
+    c.node.listen = lab.daemon_addr(node);
+    c.db.conninfo = format!("{} application_name=primgr", lab.conninfo(node));
+    c.timing.interval = INTERVAL;
+    c.db.db_timeout = DB_TIMEOUT;
+    c.timing.peer_timeout = PEER_TIMEOUT;
+    c.peer.source_address = Some(lab.addr(node).into());
+    c.timing.max_staleness = Config::default_max_staleness(INTERVAL, DB_TIMEOUT, PEER_TIMEOUT);
     c
 }
 
@@ -62,9 +62,10 @@ impl Daemon {
     /// Starts a daemon with `config` on its `listen` address, and its agent-check port on
     /// `agent_listen` when that is set.
     pub async fn start(config: Config) -> Daemon {
-        let listener = primgr::server::bind(config.listen)
-            .unwrap_or_else(|e| panic!("bind {}: {e}", config.listen));
+        let listener = primgr::server::bind(config.node.listen)
+            .unwrap_or_else(|e| panic!("bind {}: {e}", config.node.listen));
         let agent = config
+            .agent
             .agent_listen
             .map(|a| primgr::server::bind(a).unwrap_or_else(|e| panic!("bind agent {a}: {e}")));
         let addr = listener.local_addr().expect("local addr");
@@ -222,8 +223,8 @@ impl Fleet {
 /// cycles and both timeouts, plus slack for a loaded 2-core machine.
 pub fn settle_bound() -> Duration {
     let c = Config::for_node("any").expect("defaults");
-    c.vote_lease
-        + c.handoff_delay.mul_f64(1.0 + c.clock_drift)
+    c.leases.vote_lease
+        + c.leases.handoff_delay.mul_f64(1.0 + c.leases.drift)
         + INTERVAL * 2
         + DB_TIMEOUT
         + PEER_TIMEOUT

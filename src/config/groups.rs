@@ -1,0 +1,97 @@
+//! Every key of the configuration, declared once, by group: its field and doc comment, its
+//! kind, its default, and `restart` when only a restart applies it.
+//!
+//! Adding a key is one declaration here (with its validation in `validate.rs` when it has
+//! rules), a line in `etc/primgr.toml` and a row in the README; the TOML key, the flag, its
+//! `--help`, `--check-config` and the reload's diff follow from the declaration.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::declare::{
+    Addr, Conninfo, Count, Dir, LogFilter, MaybeAddr, MaybeIp, Name, Period, PeriodOrZero, Port,
+    Ratio, Size, group,
+};
+use crate::vote::LeaseRules;
+
+group! {
+    /// The daemon itself: its name, where it listens, its state, its log.
+    pub struct Node, flags NodeFlags {
+        /// Name of the local node in repmgr.nodes (must equal its `node_name`).
+        node_name: String as Name = computed "the host name", restart;
+        /// Address the HTTP API listens on.
+        listen: SocketAddr as Addr = "0.0.0.0:5999", restart;
+        /// Directory of the daemon's state (the drain flag).
+        state_dir: PathBuf as Dir = "/var/lib/primgr", restart;
+        /// Log filter (`tracing` env-filter syntax: `info`, `primgr=debug`, ...).
+        log_level: String as LogFilter = "info";
+    }
+}
+
+group! {
+    /// The local database: what a change rebuilds the pool from.
+    pub struct DbSettings, flags DbFlags {
+        /// conninfo (key=value or URI) of the local database.
+        conninfo: String as Conninfo
+            = "host=/var/run/postgresql dbname=repmgr user=repmgr application_name=primgr";
+        /// Largest number of connections the pool keeps to the local database.
+        max_connections_in_pool: u32 as Count = "3";
+        /// Bound on one observation of the local database (pool checkout, connect and query).
+        db_timeout: Duration as Period = "1s";
+    }
+}
+
+group! {
+    /// The poll cycle's clock: its period, the bound on a fan-out, the age of what is served.
+    pub struct Timing, flags TimingFlags {
+        /// Poll period.
+        interval: Duration as Period = "1s";
+        /// Bound on one whole fan-out to the peers (votes, releases, /realPrimary).
+        peer_timeout: Duration as Period = "500ms";
+        /// Oldest snapshot that may be served; older ones are served as Down (stale).
+        max_staleness: Duration as Period = computed "2 x (interval + db_timeout + peer_timeout)";
+    }
+}
+
+group! {
+    /// Vote leases: the rules shared by voters and candidates, [`LeaseRules`].
+    keys of LeaseRules, flags LeaseFlags {
+        /// Length of a vote's promise, on the voter's clock.
+        vote_lease => vote_lease: Period = "3s";
+        /// Wait after another node's last possible 200 before answering 200 ("0s": none).
+        handoff_delay => handoff_delay: PeriodOrZero = "2500ms";
+        /// Bound on monotonic clock rate differences, ρ (0.01 = 1 %).
+        clock_drift => drift: Ratio = "0.01";
+    }
+}
+
+group! {
+    /// How this node reaches its peers' APIs (besides the `[peers]` table).
+    pub struct PeerSettings, flags PeerFlags {
+        /// Port of the peers' APIs when their address is derived from their repmgr conninfo.
+        peer_port: u16 as Port = "5999";
+        /// Local address the peer client binds its sockets to.
+        source_address: Option<IpAddr> as MaybeIp = "", restart;
+    }
+}
+
+group! {
+    /// The read checks' parameters.
+    pub struct Reads, flags ReadsFlags {
+        /// Lag bound of /readiness for a standby (bytes, or kB, MB, GB, TB).
+        readiness_lag: u64 as Size = "16MB";
+    }
+}
+
+group! {
+    /// The haproxy agent-check port.
+    pub struct AgentSettings, flags AgentFlags {
+        /// Address of the haproxy agent-check port (not set: no agent port).
+        agent_listen: Option<SocketAddr> as MaybeAddr = "", restart;
+        /// The agent gives a standby its full weight up to this lag.
+        agent_lag_soft: u64 as Size = "1MB";
+        /// The agent's weight falls to 10 % at this lag; beyond it the standby is `down`.
+        agent_lag_hard: u64 as Size = "16MB";
+    }
+}
