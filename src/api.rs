@@ -5,10 +5,12 @@
 //! every node's `/state`, shared by simultaneous callers), `/status` (everything the snapshot
 //! knows); between daemons `/vote` (this node's vote, a leased promise), `POST /release`
 //! (release the votes promised to this node, when it answers 200 no more) and `/wal` (where a
-//! primary writes); and Patroni's checks `/replica`, `/read-write` = `/leader`, `/read-only`,
-//! `/health`, `/liveness`, `/readiness` (their rules are [`crate::reads`]'s). Nothing here
-//! touches the database. The only state a request changes is the promise book behind `/vote`
-//! and the holder behind `/release` ([`crate::shared::Votes`]).
+//! primary writes, with its WAL senders); and Patroni's checks `/replica`, `/read-write` =
+//! `/leader`, `/read-only`, `/health`, `/liveness`, `/readiness`, `/synchronous` = `/sync`,
+//! `/asynchronous` = `/async`, `/quorum`, `/read-only-sync`, `/read-only-quorum` (their rules
+//! are [`crate::reads`]'s). Nothing here touches the database. The only state a request
+//! changes is the promise book behind `/vote` and the holder behind `/release`
+//! ([`crate::shared::Votes`]).
 //!
 //! ## warp filters, one table, a handler per endpoint
 //! [`routes`] is the API as one warp 0.4 filter: the table names every path once (exactly: no
@@ -52,9 +54,9 @@ use crate::cycle;
 use crate::decide::State;
 use crate::metrics::{self, RequestCounters};
 use crate::peers::{VoteReply, fan_out};
-use crate::reads::{self, ReadQuery};
+use crate::reads::{self, ReadQuery, SyncWanted};
 use crate::shared::{Loaded, Shared};
-use crate::snapshot::{Snapshot, json_bytes, state_body};
+use crate::snapshot::{Snapshot, json_bytes, state_body, sync_text};
 use crate::vote::Release;
 use crate::wire::{
     CheckBody, ErrorBody, RealPrimaryBody, ReleaseAnswer, ReleaseRefusal, Released, Status,
@@ -82,12 +84,17 @@ pub enum Endpoint {
     Liveness,
     Readiness,
     Metrics,
+    Sync,
+    Async,
+    Quorum,
+    ReadOnlySync,
+    ReadOnlyQuorum,
 }
 
 impl Endpoint {
     /// Every endpoint, in declaration order (`ALL[e as usize] == e`: the request counters'
     /// rows).
-    const ALL: [Endpoint; 14] = [
+    const ALL: [Endpoint; 19] = [
         Endpoint::State,
         Endpoint::Primary,
         Endpoint::RealPrimary,
@@ -102,6 +109,11 @@ impl Endpoint {
         Endpoint::Liveness,
         Endpoint::Readiness,
         Endpoint::Metrics,
+        Endpoint::Sync,
+        Endpoint::Async,
+        Endpoint::Quorum,
+        Endpoint::ReadOnlySync,
+        Endpoint::ReadOnlyQuorum,
     ];
 
     /// The endpoint's name in `/metrics` (`endpoint` label): its path (`/state` also answers
@@ -122,6 +134,11 @@ impl Endpoint {
             Endpoint::Liveness => "/liveness",
             Endpoint::Readiness => "/readiness",
             Endpoint::Metrics => "/metrics",
+            Endpoint::Sync => "/synchronous",
+            Endpoint::Async => "/asynchronous",
+            Endpoint::Quorum => "/quorum",
+            Endpoint::ReadOnlySync => "/read-only-sync",
+            Endpoint::ReadOnlyQuorum => "/read-only-quorum",
         }
     }
 
@@ -258,6 +275,17 @@ pub fn routes(
             at(exactly!("health"), Health),
             at(exactly!("liveness"), Liveness),
             with_query(exactly!("readiness"), Readiness),
+        ],
+        // Patroni's synchronous checks (see `reads::sync_standby`).
+        first_of![
+            with_query(exactly!("synchronous"), Sync),
+            with_query(exactly!("sync"), Sync),
+            with_query(exactly!("asynchronous"), Async),
+            with_query(exactly!("async"), Async),
+            with_query(exactly!("quorum"), Quorum),
+            with_query(exactly!("read-only-sync"), ReadOnlySync),
+            with_query(exactly!("read-only-synchronous"), ReadOnlySync),
+            with_query(exactly!("read-only-quorum"), ReadOnlyQuorum),
         ],
     ];
     // warp clones the closures of a filter for every request: their one reference is to
@@ -414,7 +442,14 @@ impl App {
             Endpoint::ReadWrite => self.read_write(now),
             Endpoint::Health => self.health(now),
             Endpoint::Liveness => self.liveness(now),
-            Endpoint::Replica | Endpoint::ReadOnly | Endpoint::Readiness => {
+            Endpoint::Replica
+            | Endpoint::ReadOnly
+            | Endpoint::Readiness
+            | Endpoint::Sync
+            | Endpoint::Async
+            | Endpoint::Quorum
+            | Endpoint::ReadOnlySync
+            | Endpoint::ReadOnlyQuorum => {
                 let query = match reads::parse_query(query) {
                     Ok(q) => q,
                     Err(why) => {
@@ -427,6 +462,13 @@ impl App {
                 match endpoint {
                     Endpoint::Replica => self.replica(&query, now),
                     Endpoint::ReadOnly => self.read_only(&query, now),
+                    Endpoint::Sync => self.sync(&query, SyncWanted::Sync, now),
+                    Endpoint::Async => self.sync(&query, SyncWanted::Async, now),
+                    Endpoint::Quorum => self.sync(&query, SyncWanted::Quorum, now),
+                    Endpoint::ReadOnlySync => self.read_only_sync(&query, SyncWanted::Sync, now),
+                    Endpoint::ReadOnlyQuorum => {
+                        self.read_only_sync(&query, SyncWanted::Quorum, now)
+                    }
                     _ => self.readiness(&query, now),
                 }
             }
@@ -527,6 +569,20 @@ impl App {
         self.check_reply(&snapshot, reads::readiness(&snapshot, query, lag, now), now)
     }
 
+    /// `/synchronous`, `/asynchronous`, `/quorum`: [`reads::sync_standby`].
+    fn sync(&self, query: &ReadQuery, wanted: SyncWanted, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.peek();
+        let outcome = reads::sync_standby(&snapshot, query, wanted, now);
+        self.check_reply(&snapshot, outcome, now)
+    }
+
+    /// `/read-only-sync`, `/read-only-quorum`: [`reads::read_only_sync`].
+    fn read_only_sync(&self, query: &ReadQuery, wanted: SyncWanted, now: Instant) -> (u16, Bytes) {
+        let snapshot = self.shared.store.peek();
+        let outcome = reads::read_only_sync(&snapshot, query, wanted, now);
+        self.check_reply(&snapshot, outcome, now)
+    }
+
     /// A health-check reply: 200 or 503, with the node, its state, and why not.
     fn check_reply(&self, s: &Snapshot, outcome: reads::Outcome, now: Instant) -> (u16, Bytes) {
         let mut body = CheckBody {
@@ -569,7 +625,13 @@ impl App {
             (Some(w), _, _) => w.reason(),
             (None, Some(false), Some(lsn)) => {
                 let age_ms = s.age(now).unwrap_or_default().as_millis() as u64;
-                let position = WalAnswer::Position(WalPosition { age_ms, lsn, node });
+                let standbys = s.wal_senders.clone();
+                let position = WalAnswer::Position(WalPosition {
+                    age_ms,
+                    lsn,
+                    node,
+                    standbys,
+                });
                 return (position.status(), json_bytes(&position));
             }
             (None, Some(true), _) => "in recovery: not a primary",
@@ -917,6 +979,8 @@ pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Status
         receiver_state: r.receiver_text(),
         replay_paused: r.replay_paused,
         replayed_lsn: r.replayed.map(lsn_text),
+        sync_state: r.sync.as_ref().ok().map(|s| sync_text(*s).to_string()),
+        sync_unknown: r.sync.as_ref().err().cloned(),
         upstream: r.receiver.as_ref().and_then(|w| w.sender.clone()),
     });
     Status {
@@ -933,6 +997,7 @@ pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Status
             in_recovery: snapshot.db.in_recovery,
             reachable: snapshot.db.reachable,
             sessions_closed_by_server: snapshot.session.closed(),
+            wal_senders: snapshot.wal_senders.clone(),
         },
         drained: snapshot.drained.as_ref().map(|d| StatusDrain {
             reason: d.reason.clone(),

@@ -56,6 +56,9 @@ pub struct NodeReport {
     pub reason: Option<String>,
     /// Why an operator drained it (`primgr drain`), when it is drained.
     pub drained: Option<String>,
+    /// A standby's synchronous state as it learned it from the primary (`sync`, `quorum`,
+    /// `potential`, `async`, `not listed`, or `unknown`); None on other roles.
+    pub sync: Option<String>,
     /// Why it could not be asked or its answer could not be read.
     pub error: Option<String>,
 }
@@ -80,6 +83,7 @@ impl NodeReport {
             snapshot_age_ms: None,
             reason: None,
             drained: None,
+            sync: None,
             error: Some(error),
         }
     }
@@ -121,6 +125,9 @@ impl NodeReport {
             snapshot_age_ms: status.snapshot_age_ms,
             reason: Some(status.reason).filter(|r| !r.is_empty()),
             drained: status.drained.map(|d| d.reason),
+            sync: status
+                .replication
+                .map(|r| r.sync_state.unwrap_or_else(|| "unknown".into())),
             error,
         }
     }
@@ -241,13 +248,14 @@ pub fn exit_code(membership_failed: bool, nodes: &[NodeReport]) -> u8 {
 }
 
 /// Column headers of the table.
-const HEADERS: [&str; 9] = [
+const HEADERS: [&str; 10] = [
     "Node",
     "Site",
     "Address",
     "State",
     "Code",
     "Primary",
+    "Sync",
     "Votes",
     "Age",
     "Error / reason",
@@ -255,11 +263,12 @@ const HEADERS: [&str; 9] = [
 
 /// The table, one row per node, columns separated by `|` (like `repmgr cluster show`).
 ///
-/// Votes are "got/needed" when the node held a vote; the last column shows why a node could not
-/// be asked, else why it is neither Primary nor Standby.
+/// Sync is a standby's synchronous state as the primary reports it; votes are "got/needed" when
+/// the node held a vote; the last column shows why a node could not be asked, else why it is
+/// neither Primary nor Standby.
 pub fn render_table(nodes: &[NodeReport]) -> String {
     let dash = || "-".to_string();
-    let rows: Vec<[String; 9]> = nodes
+    let rows: Vec<[String; 10]> = nodes
         .iter()
         .map(|n| {
             let votes = match (n.votes, n.votes_needed) {
@@ -282,6 +291,7 @@ pub fn render_table(nodes: &[NodeReport]) -> String {
                 },
                 n.code.map(|c| c.to_string()).unwrap_or_else(dash),
                 n.primary.clone().unwrap_or_else(dash),
+                n.sync.clone().unwrap_or_else(dash),
                 votes,
                 n.snapshot_age_ms
                     .map(|ms| format!("{:.1}s", ms / 1000.0))
@@ -446,6 +456,7 @@ mod tests {
             snapshot_age_ms: Some(312.4),
             reason: Some(format!("reason of {name}")),
             drained: None,
+            sync: (state == "Standby").then(|| "async".into()),
             error: None,
         }
     }
@@ -520,6 +531,7 @@ mod tests {
                 "Primary",
                 "200",
                 "node1",
+                "-",
                 "3/2",
                 "0.3s",
                 ""
@@ -534,6 +546,7 @@ mod tests {
                 "Standby",
                 "202",
                 "node1",
+                "async",
                 "-",
                 "0.3s",
                 ""
@@ -546,6 +559,7 @@ mod tests {
                 "dc2",
                 "127.0.0.9:5999",
                 "unreachable",
+                "-",
                 "-",
                 "-",
                 "-",
@@ -572,11 +586,11 @@ mod tests {
         let u = node("node5", 509, "Unknown", "node5", (1, 2));
         let table = render_table(&[d, u]);
         assert_eq!(
-            cells(&table, "node1")[8],
+            cells(&table, "node1")[9],
             "cannot connect to database: refused"
         );
-        assert_eq!(cells(&table, "node5")[6], "1/2");
-        assert_eq!(cells(&table, "node5")[8], "reason of node5");
+        assert_eq!(cells(&table, "node5")[7], "1/2");
+        assert_eq!(cells(&table, "node5")[9], "reason of node5");
     }
 
     fn report(nodes: Vec<NodeReport>) -> ClusterReport {

@@ -16,7 +16,8 @@
 //!
 //! It also owns what the request handlers decide for the protocol, so that the simulation
 //! answers with the daemon's code: [`vote`] (`/vote`) and [`release`] (`/release`, and this
-//! node's own holder in step 2); and [`Lag`], how a standby knows the primary's position.
+//! node's own holder in step 2); and [`Lag`], how a standby knows the primary's position and
+//! its own synchronous state.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,8 +28,10 @@ use crate::decide::{self, Verdict};
 use crate::peers::{ReleaseReply, VoteReply};
 use crate::snapshot::{
     DbStatus, Drain, Member, PrimaryPosition, Replication, SessionWatch, Snapshot, VoterReport,
+    standby_sync,
 };
 use crate::vote::{Ballot, Book, Grant, HeldVote, Holder, LeaseRules, NoVote, Release, Window};
+use crate::wire::WalStandby;
 
 /// The requests one cycle sends, and what it needs from its observation to conclude.
 #[derive(Debug, Clone, PartialEq)]
@@ -249,6 +252,7 @@ pub fn conclude(
         members: gathered.members,
         max_staleness: gathered.max_staleness,
         current_lsn: observed.ok().and_then(|o| o.wal.current),
+        wal_senders: observed.ok().and_then(|o| o.wal.standbys.clone()),
         replication: gathered.replication,
         drained: gathered.drained,
         voter_failures: gathered.voter_failures,
@@ -280,14 +284,22 @@ impl Conclusion {
     }
 }
 
+/// What the primary's daemon answered to `/wal`: where it writes, the instant (this node's
+/// clock) it observed that at the latest, and its WAL senders then; or why there is no answer.
+pub type Asked = Result<(u64, Instant, Option<Vec<WalStandby>>), String>;
+
 /// How a standby knows where its primary writes: the primary's daemon's last answer, or its
 /// WAL receiver's `latest_end_lsn` while messages keep arriving; each counts within
-/// `max_staleness`.
+/// `max_staleness`. And its synchronous state: the primary's daemon's last answer, within
+/// `max_staleness` ([`standby_sync`]).
 #[derive(Debug, Clone, Default)]
 pub struct Lag {
     /// The primary's position as its daemon last reported it, and the instant (this node's
     /// clock) it was observed at the latest.
     primary_position: Option<(u64, Instant)>,
+    /// The primary's WAL senders as its daemon last reported them: which primary, when
+    /// observed, the list.
+    primary_senders: Option<(String, Instant, Option<Vec<WalStandby>>)>,
     /// The WAL receiver's last message time as last seen, and since when this node knows a
     /// message arrived at least that recently.
     receipt: Option<(String, Instant)>,
@@ -305,18 +317,21 @@ impl Lag {
     /// A standby's replication at `now` (the start of its cycle): its positions, and the
     /// primary's position from the freshest source known within `max_staleness` (the
     /// primary's daemon, whose answer in this cycle is `asked`, or the WAL receiver), else why
-    /// it is unknown.
+    /// it is unknown; and the synchronous state the primary's daemon reported for `me`.
     pub fn replication(
         &mut self,
+        me: &str,
         obs: &DbObservation,
-        asked: Option<Result<(u64, Instant), String>>,
+        asked: Option<Asked>,
         max_staleness: Duration,
         now: Instant,
     ) -> Replication {
         let fresh = |at: Instant| now.saturating_duration_since(at) <= max_staleness;
         let mut why = match asked {
-            Some(Ok(position)) => {
-                self.primary_position = Some(position);
+            Some(Ok((lsn, at, senders))) => {
+                self.primary_position = Some((lsn, at));
+                let primary = obs.named_primary().unwrap_or_default().to_string();
+                self.primary_senders = Some((primary, at, senders));
                 String::new()
             }
             Some(Err(e)) => e,
@@ -370,7 +385,13 @@ impl Lag {
                 ))
             }
         };
+        // Only the list of the primary the metadata names now counts (not a former one's).
+        let senders = self.primary_senders.as_ref();
+        let senders = senders.filter(|(from, ..)| Some(from.as_str()) == obs.named_primary());
+        let known = senders.map(|(_, at, list)| (*at, list.as_deref()));
+        let sync = standby_sync(me, known, &why, now, max_staleness);
         Replication {
+            sync,
             received: obs.wal.received,
             replayed: obs.wal.replayed,
             primary,
@@ -620,7 +641,7 @@ mod tests {
         let mut lag = Lag::default();
         let mut obs = metadata("n1", true);
         lag.cycle_started(t0);
-        let r = lag.replication(&obs, Some(Ok((100, t0))), stale, t0);
+        let r = lag.replication("n2", &obs, Some(Ok((100, t0, None))), stale, t0);
         assert_eq!(
             r.primary.map(|p| (p.lsn, p.source)),
             Ok((100, "the primary's daemon"))
@@ -628,11 +649,11 @@ mod tests {
         // The daemon no longer answers; its last answer counts until it is stale.
         let t = t0 + ms(4000);
         lag.cycle_started(t);
-        let r = lag.replication(&obs, Some(Err("timed out".into())), stale, t);
+        let r = lag.replication("n2", &obs, Some(Err("timed out".into())), stale, t);
         assert_eq!(r.primary.map(|p| p.lsn), Ok(100));
         let t = t0 + ms(6000);
         lag.cycle_started(t);
-        let r = lag.replication(&obs, Some(Err("timed out".into())), stale, t);
+        let r = lag.replication("n2", &obs, Some(Err("timed out".into())), stale, t);
         let why = r.primary.unwrap_err();
         assert!(why.contains("timed out"), "{why}");
         // A streaming receiver whose last message keeps changing counts, and a frozen one
@@ -645,15 +666,58 @@ mod tests {
         });
         let t = t0 + ms(7000);
         lag.cycle_started(t);
-        let r = lag.replication(&obs, None, stale, t);
+        let r = lag.replication("n2", &obs, None, stale, t);
         assert_eq!(
             r.primary.map(|p| (p.lsn, p.source)),
             Ok((300, "the WAL receiver"))
         );
         let t = t0 + ms(12_500);
         lag.cycle_started(t);
-        let r = lag.replication(&obs, None, stale, t);
+        let r = lag.replication("n2", &obs, None, stale, t);
         assert!(r.primary.is_err(), "frozen since the cycle at 6 s");
+    }
+
+    /// A standby's synchronous state: from the named primary's answer while it is fresh (also
+    /// when a later ask fails), unknown once stale, and never from a former primary's list.
+    #[test]
+    fn sync_state_comes_from_the_named_primary_within_max_staleness() {
+        use crate::wire::SyncState;
+        let t0 = Instant::now();
+        let stale = ms(5000);
+        let mut lag = Lag::default();
+        let senders = Some(vec![WalStandby {
+            name: "n2".into(),
+            state: Some("streaming".into()),
+            sync_state: Some(SyncState::Sync),
+        }]);
+        let obs = metadata("n1", true);
+        lag.cycle_started(t0);
+        let r = lag.replication("n2", &obs, Some(Ok((100, t0, senders))), stale, t0);
+        assert_eq!(r.sync, Ok(Some(SyncState::Sync)));
+        let r = lag.replication("n3", &obs, None, stale, t0);
+        assert_eq!(r.sync, Ok(None), "n3 is not among n1's WAL senders");
+        let t = t0 + ms(4000);
+        let r = lag.replication("n2", &obs, Some(Err("timed out".into())), stale, t);
+        assert_eq!(r.sync, Ok(Some(SyncState::Sync)), "still fresh");
+        let t = t0 + ms(6000);
+        let r = lag.replication("n2", &obs, Some(Err("timed out".into())), stale, t);
+        assert!(r.sync.is_err_and(|e| e.contains("timed out")));
+        // A failover: the metadata names n3 now; n1's fresh list no longer counts.
+        lag.replication("n2", &obs, Some(Ok((100, t, None))), stale, t);
+        let r = lag.replication("n2", &obs, None, stale, t);
+        assert!(r.sync.is_err_and(|e| e.contains("reports no WAL senders")));
+        let senders = Some(vec![WalStandby {
+            name: "n2".into(),
+            state: Some("streaming".into()),
+            sync_state: Some(SyncState::Sync),
+        }]);
+        lag.replication("n2", &obs, Some(Ok((100, t, senders))), stale, t);
+        let moved = metadata("n3", true);
+        let r = lag.replication("n2", &moved, Some(Err("in recovery".into())), stale, t);
+        assert!(
+            r.sync.is_err_and(|e| e.contains("in recovery")),
+            "n1's list is n1's"
+        );
     }
 
     /// The order the daemon and the simulation both get: store, then read the clock, then

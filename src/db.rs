@@ -2,11 +2,11 @@
 //!
 //! Owns the connection pool (bb8, at most `max_connections_in_pool` connections, never
 //! connecting at start-up so the daemon starts with its database down), the single query that
-//! reads `pg_is_in_recovery()`, the WAL positions and the WAL receiver together with every row
-//! of `repmgr.nodes`, and the proof that the server still accepts a new client: each
-//! observation also opens a connection of its own and closes it at once (a postmaster that
-//! accepts no one makes the node Down even while the pooled connection still answers). The
-//! query runs as an unnamed, typed statement (`query_typed`): one round trip, no prepare, no
+//! reads `pg_is_in_recovery()`, the WAL positions, the WAL receiver and a primary's WAL senders
+//! (each standby's `sync_state`) together with every row of `repmgr.nodes`, and the proof that
+//! the server still accepts a new client: each observation also opens a connection of its own
+//! and closes it at once (a postmaster that accepts no one makes the node Down even while the
+//! pooled connection still answers). The query runs as an unnamed, typed statement (`query_typed`): one round trip, no prepare, no
 //! text pasted into SQL. A connection whose query was abandoned (at `db_timeout`, or at shutdown) is
 //! closed, never handed out again: the pool's manager ([`Manager`]) marks each connection busy
 //! while it runs a query and counts a busy connection as broken when it comes back. The
@@ -27,6 +27,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Config as PgConfig, NoTls};
 
 use crate::config::DbSettings;
+use crate::wire::WalStandby;
 
 /// One row of `repmgr.nodes`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +70,9 @@ pub struct WalObservation {
     pub last_replay_age_ms: Option<i64>,
     /// The WAL receiver, when one runs.
     pub receiver: Option<Receiver>,
+    /// A primary's WAL senders (`pg_stat_replication`, read in the same statement): each
+    /// standby's `sync_state`. None in recovery, or when the list could not be read.
+    pub standbys: Option<Vec<WalStandby>>,
 }
 
 /// The WAL receiver (`pg_stat_wal_receiver`). Its details need `pg_read_all_stats`; without
@@ -130,14 +134,21 @@ impl DbError {
 /// The single statement of a poll cycle. LEFT JOINs keep the local facts when the table is
 /// empty or no WAL receiver runs. Functions that fail on the wrong role (a primary's
 /// `pg_current_wal_lsn()` on a standby, a standby's `pg_is_wal_replay_paused()` on a primary)
-/// sit behind a CASE on the recovery flag.
+/// sit behind a CASE on the recovery flag. A primary's WAL senders come as one JSON array
+/// (`[{"name":..,"state":..,"sync_state":..}]`, [`WalStandby`]), read from one call of
+/// `pg_stat_replication`, so that they belong to the same instant as the WAL position.
 const OBSERVE_SQL: &str = "SELECT r.in_recovery, n.node_id, n.node_name, n.type, n.active, \
      n.location, n.conninfo, r.current_lsn, r.receive_lsn, r.replay_lsn, r.replay_paused, \
      r.replay_age_ms, r.receiver, r.receiver_status, r.latest_end_lsn, r.last_msg_receipt, \
-     r.sender \
+     r.sender, r.standbys \
      FROM (SELECT s.in_recovery, \
              CASE WHEN s.in_recovery THEN NULL \
                   ELSE (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8 END AS current_lsn, \
+             CASE WHEN s.in_recovery THEN NULL \
+                  ELSE (SELECT COALESCE(json_agg(json_build_object( \
+                          'name', COALESCE(x.application_name, ''), 'state', x.state, \
+                          'sync_state', x.sync_state) ORDER BY x.pid), '[]')::text \
+                        FROM pg_stat_replication x) END AS standbys, \
              (pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::int8 AS receive_lsn, \
              (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 AS replay_lsn, \
              CASE WHEN s.in_recovery THEN pg_is_wal_replay_paused() END AS replay_paused, \
@@ -528,6 +539,12 @@ fn parse_rows(rows: &[tokio_postgres::Row]) -> Result<DbObservation, DbError> {
         replay_paused: first.try_get(10).map_err(bad)?,
         last_replay_age_ms: first.try_get(11).map_err(bad)?,
         receiver,
+        // Not readable: unknown, which fails every sync check (and nothing else).
+        standbys: first
+            .try_get::<_, Option<String>>(17)
+            .ok()
+            .flatten()
+            .and_then(|json| serde_json::from_str(&json).ok()),
     };
     let in_recovery = first.try_get::<_, bool>(0).map_err(bad)?;
     let mut nodes = Vec::with_capacity(rows.len());

@@ -29,7 +29,7 @@ use crate::conninfo;
 use crate::db::NodeRow;
 use crate::decide::State;
 use crate::vote::Grant;
-use crate::wire::{self, ReleaseAnswer, StateBody, VoteAnswer, WalAnswer};
+use crate::wire::{self, ReleaseAnswer, StateBody, VoteAnswer, WalAnswer, WalStandby};
 
 /// Largest response body read from a peer; anything longer is an error, not a vote.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -141,14 +141,14 @@ impl PeerClient {
         }
     }
 
-    /// Asks the daemon of the primary `node` where its database writes (`/wal`): the position
-    /// and how old that observation was when it answered.
+    /// Asks the daemon of the primary `node` where its database writes (`/wal`): the position,
+    /// its WAL senders and how old that observation was when it answered.
     pub async fn ask_wal(
         &self,
         base: &Uri,
         node: &str,
         deadline: Instant,
-    ) -> Result<(u64, Duration), String> {
+    ) -> Result<PrimaryWal, String> {
         let (status, body) = self
             .get(base, "/wal", deadline)
             .await
@@ -275,8 +275,19 @@ pub fn parse_release(status: u16, body: &[u8], holder: &str) -> ReleaseReply {
     }
 }
 
-/// Reads a `/wal` answer of `node`: 200 `{"node":..., "lsn": N, "age_ms": A}`.
-pub fn parse_wal(status: u16, body: &[u8], node: &str) -> Result<(u64, Duration), String> {
+/// What a primary's daemon answered to `/wal`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryWal {
+    /// Where it writes, bytes since `0/0`.
+    pub lsn: u64,
+    /// How long before it answered it observed `lsn` and `standbys`.
+    pub age: Duration,
+    /// Its WAL senders (None from a daemon older than synchronous standbys).
+    pub standbys: Option<Vec<WalStandby>>,
+}
+
+/// Reads a `/wal` answer of `node`: 200 `{"node":..., "lsn": N, "age_ms": A, "standbys": [...]}`.
+pub fn parse_wal(status: u16, body: &[u8], node: &str) -> Result<PrimaryWal, String> {
     let answer = match WalAnswer::read(status, body) {
         Ok(answer) if answer.node() == node => answer,
         Ok(answer) => {
@@ -288,7 +299,11 @@ pub fn parse_wal(status: u16, body: &[u8], node: &str) -> Result<(u64, Duration)
         Err(e) => return Err(format!("not a /wal answer of {node}: {e}")),
     };
     match answer {
-        WalAnswer::Position(p) => Ok((p.lsn, Duration::from_millis(p.age_ms))),
+        WalAnswer::Position(p) => Ok(PrimaryWal {
+            lsn: p.lsn,
+            age: Duration::from_millis(p.age_ms),
+            standbys: p.standbys,
+        }),
         WalAnswer::Unknown(u) => Err(format!(
             "{node} reports no position: {}",
             if u.reason.is_empty() {
@@ -491,7 +506,20 @@ mod tests {
     fn wal_answers() {
         assert_eq!(
             parse_wal(200, br#"{"node":"n1","lsn":123456,"age_ms":40}"#, "n1"),
-            Ok((123456, Duration::from_millis(40)))
+            Ok(PrimaryWal {
+                lsn: 123456,
+                age: Duration::from_millis(40),
+                standbys: None
+            })
+        );
+        let with = br#"{"node":"n1","lsn":9,"age_ms":0,"standbys":[{"name":"n2","state":"streaming","sync_state":"sync"}]}"#;
+        assert_eq!(
+            parse_wal(200, with, "n1").map(|w| w.standbys),
+            Ok(Some(vec![WalStandby {
+                name: "n2".into(),
+                state: Some("streaming".into()),
+                sync_state: Some(wire::SyncState::Sync),
+            }]))
         );
         for (status, body) in [
             (200, &br#"{"node":"n2","lsn":123456,"age_ms":40}"#[..]),

@@ -24,7 +24,7 @@ use hyper::Uri;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::cycle::{self, Gathered, Lag, Plan, ReleaseAnswer, Standing};
+use crate::cycle::{self, Asked, Gathered, Lag, Plan, ReleaseAnswer, Standing};
 use crate::db::{Db, DbError, DbObservation};
 use crate::decide::{State, Verdict};
 use crate::peers::{ReleaseReply, VoteReply, fan_out, peer_url};
@@ -200,11 +200,7 @@ impl Poller {
 
     /// Asks the plan's primary where it writes; its answer and when it was observed at the
     /// latest (this node's clock), or why there is none.
-    async fn ask_position(
-        &self,
-        plan: &Plan,
-        deadline: tokio::time::Instant,
-    ) -> Option<Result<(u64, Instant), String>> {
+    async fn ask_position(&self, plan: &Plan, deadline: tokio::time::Instant) -> Option<Asked> {
         let primary = plan.position_from.as_deref()?;
         Some(match self.url_of(primary) {
             Err(why) => Err(format!("{primary} has no address: {why}")),
@@ -214,7 +210,10 @@ impl Poller {
                 .ask_wal(&uri, primary, deadline)
                 .await
                 // Observed `age` before it answered, and it answered after the plan's instant.
-                .map(|(lsn, age)| (lsn, plan.sent.checked_sub(age).unwrap_or(plan.sent))),
+                .map(|w| {
+                    let at = plan.sent.checked_sub(w.age).unwrap_or(plan.sent);
+                    (w.lsn, at, w.standbys)
+                }),
         })
     }
 
@@ -223,13 +222,17 @@ impl Poller {
         &mut self,
         config: &Config,
         observed: &Result<DbObservation, DbError>,
-        position: Option<Result<(u64, Instant), String>>,
+        position: Option<Asked>,
         started: Instant,
     ) -> Option<Replication> {
         let obs = observed.as_ref().ok().filter(|obs| obs.in_recovery)?;
-        let replication = self
-            .lag
-            .replication(obs, position, config.timing.max_staleness, started);
+        let replication = self.lag.replication(
+            &config.node.node_name,
+            obs,
+            position,
+            config.timing.max_staleness,
+            started,
+        );
         self.log.lag(&replication);
         Some(replication)
     }

@@ -21,7 +21,7 @@ use crate::db::{DbError, DbObservation, Losses, Receiver};
 use crate::decide::{State, Verdict};
 use crate::peers::VoteReply;
 use crate::vote::Ballot;
-use crate::wire::PrimaryBody;
+use crate::wire::{PrimaryBody, SyncState, WalStandby};
 
 /// A voter asked in this cycle and what it answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +122,104 @@ pub struct Replication {
     pub replay_paused: Option<bool>,
     /// Age of the last replayed transaction at the observation.
     pub last_replay_age: Option<Duration>,
+    /// This standby's synchronous state as the primary's daemon reported it within
+    /// `max_staleness` (None: no WAL sender of the primary bears its name), or why it is
+    /// unknown ([`standby_sync`]).
+    pub sync: Result<Option<SyncState>, String>,
+}
+
+/// Which position a lag is counted to (`mode=` of the read checks, as Patroni's `/readiness`
+/// takes it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LagMode {
+    /// To the replayed position (`pg_last_wal_replay_lsn()`): what readers see.
+    #[default]
+    Apply,
+    /// To the received position (`pg_last_wal_receive_lsn()`, or the replayed one when that
+    /// is further, as in archive recovery): what is safe on the standby's disk.
+    Write,
+}
+
+impl LagMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            LagMode::Apply => "apply",
+            LagMode::Write => "write",
+        }
+    }
+}
+
+/// This standby's synchronous state from the primary's WAL senders, as its daemon answered
+/// them observed at `at` (`known`): unknown when no answer is fresh (observed more than
+/// `max_staleness` before `now`), when the answer carried no list (an older daemon), and for a
+/// name that two WAL senders bear with different states, that one bears with its state hidden
+/// or an unknown state, or that no sender bears while a sender without a name might be it.
+/// None: no WAL sender of the primary bears this name (this standby does not stream from the
+/// primary itself, or not yet). Pure; `why` says why nothing is known when `known` is None.
+pub fn standby_sync(
+    me: &str,
+    known: Option<(Instant, Option<&[WalStandby]>)>,
+    why: &str,
+    now: Instant,
+    max_staleness: Duration,
+) -> Result<Option<SyncState>, String> {
+    let why = if why.is_empty() {
+        "no fresh answer"
+    } else {
+        why
+    };
+    let stale = || {
+        format!(
+            "the primary's WAL senders are not known within max_staleness ({}): {why}",
+            humantime::format_duration(max_staleness)
+        )
+    };
+    let senders = match known {
+        None => return Err(stale()),
+        Some((at, _)) if now.saturating_duration_since(at) > max_staleness => return Err(stale()),
+        Some((_, None)) => {
+            return Err(
+                "the primary's daemon reports no WAL senders (an older primgr, or its \
+                        list could not be read)"
+                    .into(),
+            );
+        }
+        Some((_, Some(senders))) => senders,
+    };
+    let mine: Vec<Option<SyncState>> = senders
+        .iter()
+        .filter(|s| s.name == me)
+        .map(|s| s.sync_state)
+        .collect();
+    match mine.as_slice() {
+        [] if senders.iter().any(|s| s.name.is_empty()) => Err(
+            "not among the primary's named WAL senders, and one has no name: it may be this \
+             standby"
+                .into(),
+        ),
+        [] => Ok(None),
+        [first, rest @ ..] if rest.iter().any(|r| r != first) => Err(format!(
+            "{} WAL senders of the primary bear the name {me} with different states",
+            mine.len()
+        )),
+        [None, ..] => Err(
+            "the primary hides its WAL senders' sync_state (its primgr role lacks \
+             pg_read_all_stats)"
+                .into(),
+        ),
+        [Some(SyncState::Unknown), ..] => {
+            Err("the primary reports a sync_state this version does not know".into())
+        }
+        [Some(state), ..] => Ok(Some(*state)),
+    }
+}
+
+/// The synchronous state in words, for `/status` and the reasons of the sync checks.
+pub fn sync_text(sync: Option<SyncState>) -> &'static str {
+    match sync {
+        Some(s) => s.name(),
+        None => "not listed",
+    }
 }
 
 impl Replication {
@@ -133,6 +231,21 @@ impl Replication {
             .replayed
             .ok_or("this standby reports no replay position")?;
         Ok(primary.lsn.saturating_sub(replayed))
+    }
+
+    /// Lag behind the primary counted to the position `mode` names, or why it is unknown.
+    pub fn lag_in(&self, mode: LagMode) -> Result<u64, String> {
+        match mode {
+            LagMode::Apply => self.lag(),
+            LagMode::Write => {
+                let primary = self.primary.as_ref().map_err(Clone::clone)?;
+                let written = self
+                    .received
+                    .max(self.replayed)
+                    .ok_or("this standby reports neither a receive nor a replay position")?;
+                Ok(primary.lsn.saturating_sub(written))
+            }
+        }
     }
 
     /// The receiver's state as a `replication_state` check sees it: streaming, archive
@@ -193,6 +306,8 @@ pub struct Snapshot {
     pub max_staleness: Duration,
     /// Where a primary writes (`pg_current_wal_lsn()`), bytes since `0/0`.
     pub current_lsn: Option<u64>,
+    /// A primary's WAL senders, observed with `current_lsn` (served by `/wal`).
+    pub wal_senders: Option<Vec<WalStandby>>,
     /// A standby's replication (None for every other role).
     pub replication: Option<Replication>,
     /// Set while an operator has drained this node.
@@ -287,6 +402,7 @@ impl Snapshot {
             members: Arc::new(Vec::new()),
             max_staleness: Duration::ZERO,
             current_lsn: None,
+            wal_senders: None,
             replication: None,
             drained: None,
             voter_failures: Arc::default(),
@@ -536,6 +652,72 @@ mod tests {
             reply(Some("node1"), false),
             (503, json!({"Primary": null, "state": "Down", "node": "n3"}))
         );
+    }
+
+    /// A standby's synchronous state from the primary's WAL senders: its own entry, or not
+    /// listed; unknown when the list is stale, absent, ambiguous or hides the state.
+    #[test]
+    fn a_standby_learns_its_sync_state_from_the_primary() {
+        let t = Instant::now();
+        let max = Duration::from_secs(5);
+        let sender = |name: &str, sync: Option<SyncState>| WalStandby {
+            name: name.into(),
+            state: Some("streaming".into()),
+            sync_state: sync,
+        };
+        let list = vec![
+            sender("node2", Some(SyncState::Sync)),
+            sender("node3", Some(SyncState::Potential)),
+            sender("node4", Some(SyncState::Quorum)),
+            sender("node5", None),
+            sender("node6", Some(SyncState::Async)),
+            sender("node6", Some(SyncState::Sync)),
+            sender("node7", Some(SyncState::Unknown)),
+            sender("node8", Some(SyncState::Async)),
+            sender("node8", Some(SyncState::Async)),
+        ];
+        let mut n = 0;
+        for (me, want) in [
+            ("node2", Ok(Some(SyncState::Sync))),
+            ("node3", Ok(Some(SyncState::Potential))),
+            ("node4", Ok(Some(SyncState::Quorum))),
+            ("node5", Err("pg_read_all_stats")),
+            ("node6", Err("different states")),
+            ("node7", Err("does not know")),
+            ("node8", Ok(Some(SyncState::Async))),
+            ("node9", Ok(None)),
+        ] {
+            let got = standby_sync(me, Some((t, Some(&list))), "", t, max);
+            match (&got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(*g, w, "{me}"),
+                (Err(e), Err(why)) => assert!(e.contains(why), "{me}: {e}"),
+                _ => panic!("{me}: {got:?}"),
+            }
+            n += 1;
+        }
+        // A sender without a name might be this standby: not listed is then unknown.
+        let unnamed = vec![sender("", Some(SyncState::Sync))];
+        let e = standby_sync("node9", Some((t, Some(&unnamed))), "", t, max).unwrap_err();
+        assert!(e.contains("no name"), "{e}");
+        assert_eq!(
+            standby_sync("node2", Some((t, Some(&list))), "", t + max, max),
+            Ok(Some(SyncState::Sync)),
+            "known within max_staleness"
+        );
+        let later = t + max + Duration::from_millis(1);
+        for (known, why) in [
+            (
+                Some((t, Some(&list[..]))),
+                "not known within max_staleness (5s): timeout",
+            ),
+            (None, "not known within max_staleness (5s): timeout"),
+            (Some((t + max, None)), "reports no WAL senders"),
+        ] {
+            let e = standby_sync("node2", known, "timeout", later, max).unwrap_err();
+            assert!(e.contains(why), "{e}");
+            n += 1;
+        }
+        println!("{} sync states derived, and 2 at the edges", n);
     }
 
     /// The constant bodies of `/state` are the wire type's, byte for byte.

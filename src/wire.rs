@@ -257,6 +257,9 @@ pub struct StatusDatabase {
     pub reachable: bool,
     /// Sessions of primgr the server has closed since the daemon started.
     pub sessions_closed_by_server: u64,
+    /// A primary's WAL senders (`pg_stat_replication`): each standby's synchronous state as
+    /// this primary sees it; null on other roles or when the list could not be read.
+    pub wal_senders: Option<Vec<WalStandby>>,
 }
 
 /// `/status` `drained`.
@@ -315,6 +318,12 @@ pub struct StatusReplication {
     pub receiver_state: String,
     pub replay_paused: Option<bool>,
     pub replayed_lsn: Option<String>,
+    /// This standby's synchronous state as the primary's daemon reported it within
+    /// `max_staleness`: `sync`, `quorum`, `potential`, `async`, or `not listed` (no WAL sender
+    /// of the primary bears its name); null when unknown.
+    pub sync_state: Option<String>,
+    /// Why the synchronous state is unknown, when it is.
+    pub sync_unknown: Option<String>,
     /// `host:port` of the upstream.
     pub upstream: Option<String>,
 }
@@ -478,12 +487,63 @@ pub enum WalAnswer {
     Unknown(WalUnknown),
 }
 
-/// Where `node` writes: `lsn` (bytes since `0/0`), observed `age_ms` before it answered.
+/// Where `node` writes: `lsn` (bytes since `0/0`), observed `age_ms` before it answered, and
+/// its WAL senders as `pg_stat_replication` listed them in the same observation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WalPosition {
     pub age_ms: u64,
     pub lsn: u64,
     pub node: String,
+    /// Absent from daemons older than synchronous standbys (and when the list could not be
+    /// read): every standby's synchronous state is then unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standbys: Option<Vec<WalStandby>>,
+}
+
+/// One WAL sender of a primary (a row of its `pg_stat_replication`): a standby streaming from
+/// it, named by its `application_name`, which repmgr sets to the standby's node name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalStandby {
+    /// `application_name`; empty when the server shows none.
+    #[serde(default)]
+    pub name: String,
+    /// `state`: `streaming`, `catchup`, `startup`, `backup` or `stopping`; null when hidden.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// `sync_state`; null when hidden (the role lacks `pg_read_all_stats`).
+    #[serde(default)]
+    pub sync_state: Option<SyncState>,
+}
+
+/// `pg_stat_replication.sync_state`: whether the primary waits for this standby at commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncState {
+    /// Not waited for.
+    Async,
+    /// Would become synchronous if a synchronous one went away (`FIRST n`).
+    Potential,
+    /// Waited for (`FIRST n (...)`, or a plain list).
+    Sync,
+    /// A candidate of a quorum (`ANY n (...)`).
+    Quorum,
+    /// A value this version does not know (a later PostgreSQL): never taken for any of the
+    /// above, so a sync check fails on it.
+    #[serde(other)]
+    Unknown,
+}
+
+impl SyncState {
+    /// The name PostgreSQL gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncState::Async => "async",
+            SyncState::Potential => "potential",
+            SyncState::Sync => "sync",
+            SyncState::Quorum => "quorum",
+            SyncState::Unknown => "unknown",
+        }
+    }
 }
 
 /// `node` reports no position (in recovery, database unusable, snapshot withheld).
@@ -617,6 +677,11 @@ mod tests {
                 in_recovery: Some(false),
                 reachable: true,
                 sessions_closed_by_server: 2,
+                wal_senders: Some(vec![WalStandby {
+                    name: "node2".into(),
+                    state: Some("streaming".into()),
+                    sync_state: Some(SyncState::Async),
+                }]),
             },
             drained: Some(StatusDrain {
                 reason: "kernel update".into(),
@@ -655,6 +720,8 @@ mod tests {
                 receiver_state: "streaming".into(),
                 replay_paused: Some(false),
                 replayed_lsn: Some("0/0".into()),
+                sync_state: Some("sync".into()),
+                sync_unknown: None,
                 upstream: Some("10.0.0.1:5432".into()),
             }),
             site: Some("dc1".into()),
@@ -811,8 +878,33 @@ mod tests {
                 age_ms: 40,
                 lsn: 123456,
                 node: "node1".into(),
+                standbys: None,
             },
             r#"{"age_ms":40,"lsn":123456,"node":"node1"}"#,
+        );
+        n += golden(
+            &WalPosition {
+                age_ms: 40,
+                lsn: 123456,
+                node: "node1".into(),
+                standbys: Some(vec![
+                    WalStandby {
+                        name: "node2".into(),
+                        state: Some("streaming".into()),
+                        sync_state: Some(SyncState::Sync),
+                    },
+                    WalStandby {
+                        name: "node3".into(),
+                        state: None,
+                        sync_state: None,
+                    },
+                ]),
+            },
+            concat!(
+                r#"{"age_ms":40,"lsn":123456,"node":"node1","standbys":["#,
+                r#"{"name":"node2","state":"streaming","sync_state":"sync"},"#,
+                r#"{"name":"node3","state":null,"sync_state":null}]}"#
+            ),
         );
         n += golden(
             &WalUnknown {
@@ -828,7 +920,8 @@ mod tests {
                 r#"{"code":200,"config":{"fingerprint":"ab12","loaded_at":"2026-12-04T10:00:00.000Z"},"#,
                 r#""cycle_ms":3.25,"database":{"conninfo":"host=10.0.0.1 password=***","#,
                 r#""current_lsn":"0/3000060","error":null,"in_recovery":false,"reachable":true,"#,
-                r#""sessions_closed_by_server":2},"drained":{"reason":"kernel update","#,
+                r#""sessions_closed_by_server":2,"wal_senders":[{"name":"node2","#,
+                r#""state":"streaming","sync_state":"async"}]},"drained":{"reason":"kernel update","#,
                 r#""since":"2026-12-04T09:00:00Z"},"handoff_delay_ms":0.0,"held_votes":[{"counts":true,"#,
                 r#""expires_in_ms":-5,"settles_in_ms":0,"voter":"node2"}],"interval_ms":1000.0,"#,
                 r#""max_staleness_ms":10000.0,"members":[{"active":true,"address":null,"#,
@@ -838,7 +931,7 @@ mod tests {
                 r#""replication":{"lag_bytes":16,"lag_unknown":null,"last_replay_age_ms":12.5,"#,
                 r#""primary_lsn":"0/10","primary_lsn_from":"the primary's daemon","received_lsn":"0/8","#,
                 r#""receiver_state":"streaming","replay_paused":false,"replayed_lsn":"0/0","#,
-                r#""upstream":"10.0.0.1:5432"},"site":"dc1","snapshot_age_ms":312.4,"state":"Primary","#,
+                r#""sync_state":"sync","sync_unknown":null,"upstream":"10.0.0.1:5432"},"site":"dc1","snapshot_age_ms":312.4,"state":"Primary","#,
                 r#""version":"0.1.0","vote_lease_ms":3000.0,"voters":[{"address":"http://10.0.0.2:5999/","#,
                 r#""error":null,"latency_ms":1.5,"name":"node2","vote":"node1"}],"votes":2,"votes_needed":2}"#
             ),
@@ -906,6 +999,11 @@ mod tests {
                 age_ms: 1,
                 lsn: 2,
                 node: "n".into(),
+                standbys: Some(vec![WalStandby {
+                    name: "m".into(),
+                    state: Some("streaming".into()),
+                    sync_state: Some(SyncState::Quorum),
+                }]),
             })),
             text(&WalAnswer::Unknown(WalUnknown {
                 lsn: (),
@@ -971,6 +1069,7 @@ mod tests {
                 age_ms: 4,
                 lsn: 9,
                 node: "n1".into(),
+                standbys: Some(Vec::new()),
             }),
             WalAnswer::Unknown(WalUnknown {
                 lsn: (),
@@ -1080,6 +1179,44 @@ mod tests {
             n += 1;
         }
         println!("{n} bodies: 5 from other versions read, the rest refused");
+    }
+
+    /// `/wal`'s standbys: an older primary's daemon sends none (every sync state is then
+    /// unknown), a later PostgreSQL's new `sync_state` is Unknown (never sync), and a malformed
+    /// list is an error like any malformed answer.
+    #[test]
+    fn wal_standbys_from_older_and_newer_daemons() {
+        let older = br#"{"age_ms":40,"lsn":7,"node":"n1"}"#;
+        assert!(matches!(
+            WalAnswer::read(200, older),
+            Ok(WalAnswer::Position(p)) if p.standbys.is_none() && p.lsn == 7
+        ));
+        let newer = br#"{"age_ms":4,"lsn":7,"node":"n1","standbys":[
+            {"name":"n2","state":"streaming","sync_state":"sync","flush_lag_ms":3},
+            {"name":"n3","state":"streaming","sync_state":"eventual"},
+            {"name":"n4"}]}"#;
+        let Ok(WalAnswer::Position(p)) = WalAnswer::read(200, newer) else {
+            panic!("a /wal answer with standbys");
+        };
+        let states: Vec<_> = p
+            .standbys
+            .unwrap_or_default()
+            .iter()
+            .map(|s| s.sync_state)
+            .collect();
+        assert_eq!(
+            states,
+            [Some(SyncState::Sync), Some(SyncState::Unknown), None]
+        );
+        let mut n = 2;
+        for bad in [
+            &br#"{"age_ms":4,"lsn":7,"node":"n1","standbys":{"n2":"sync"}}"#[..],
+            br#"{"age_ms":4,"lsn":7,"node":"n1","standbys":[{"name":"n2","sync_state":1}]}"#,
+        ] {
+            assert!(WalAnswer::read(200, bad).is_err(), "{bad:?}");
+            n += 1;
+        }
+        println!("{n} /wal bodies with or without standbys");
     }
 
     #[test]

@@ -50,7 +50,7 @@ async fn table_via(lab: &Lab, via: &str, label: &str, code: i32) -> String {
     table
 }
 
-/// The table's rows by node name: Node, Site, Address, State, Code, Primary, Votes, Age,
+/// The table's rows by node name: Node, Site, Address, State, Code, Primary, Sync, Votes, Age,
 /// Error / reason.
 fn rows(table: &str) -> BTreeMap<String, Vec<String>> {
     let mut lines = table.lines();
@@ -82,8 +82,8 @@ const ADDRESS: usize = 2;
 const STATE: usize = 3;
 const CODE: usize = 4;
 const PRIMARY: usize = 5;
-const VOTES: usize = 6;
-const DETAIL: usize = 8;
+const VOTES: usize = 7;
+const DETAIL: usize = 9;
 
 /// Asserts each listed node's state and code in the table.
 fn assert_states(table: &str, want: &[(&str, &str, &str)]) {
