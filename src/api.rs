@@ -454,7 +454,8 @@ impl App {
                     Ok(q) => q,
                     Err(why) => {
                         // With its body, whatever the method.
-                        let reply = json_reply(endpoint, 400, json_bytes(&ErrorBody { error: why }));
+                        let reply =
+                            json_reply(endpoint, 400, json_bytes(&ErrorBody { error: why }));
                         self.count(Some(endpoint), &reply);
                         return future::Either::Left(future::ready(Ok(reply)));
                     }
