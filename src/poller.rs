@@ -7,7 +7,8 @@
 //! snapshot under the holder's lock ([`crate::vote::Votes`]). It also owns the log of what
 //! changed: a verdict change, the database or a voter starting or ceasing to fail, a node
 //! without a usable address, a release. Each is logged once when it starts and once when it
-//! clears, never on every tick.
+//! clears, never on every tick. Each publication is handed to the `on_change` runner
+//! ([`crate::hooks`]) without waiting.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::db::{Db, DbError, DbObservation};
 use crate::decide::{self, State};
+use crate::hooks::Handoff;
 use crate::peers::{ReleaseReply, VoteReply, fan_out, peer_url};
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
@@ -53,6 +55,8 @@ pub struct Poller {
     previous_start: Option<Instant>,
     /// Vote requests that got no usable answer, by voter, since the start (`/metrics`).
     voter_failures: Arc<BTreeMap<String, u64>>,
+    /// Where each publication goes for the `on_change` hook ([`crate::hooks`]).
+    on_change: Handoff,
 }
 
 /// The shortest time between the starts of two cycles when a lost session wakes the poller.
@@ -71,8 +75,9 @@ struct Transitions {
 }
 
 impl Poller {
-    pub fn new(shared: Arc<Shared>, db: Db, hook: Option<CycleHook>) -> Poller {
+    pub fn new(shared: Arc<Shared>, db: Db, hook: Option<CycleHook>, on_change: Handoff) -> Poller {
         Poller {
+            on_change,
             voter_failures: Arc::default(),
             shared,
             db,
@@ -266,11 +271,16 @@ impl Poller {
             drained,
             voter_failures: Arc::clone(&self.voter_failures),
             session,
+            hooks: self.on_change.tally(),
         });
         // The replaced window could still answer 200 until the new snapshot was stored: a
         // `/state` reads its clock before it loads the snapshot, so one that loaded the old
         // snapshot decided at an instant before this one.
         holder.retire(replaced, Instant::now());
+        drop(holder);
+        // The hook's runner takes what was published from here; this never waits.
+        let published = shared.store.peek().facts(me, config.node.listen, now);
+        self.on_change.offer(published, &config.hooks);
         self.previous_start = Some(started);
     }
 

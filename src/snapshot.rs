@@ -6,7 +6,8 @@
 //! is served as 200 only inside the window of its votes ([`crate::vote::Window`]), checked
 //! against the clock at the moment of the request. The poller builds a new [`Snapshot`] each
 //! cycle and swaps it into the [`SnapshotStore`] (an `ArcSwap`); request handlers load it
-//! without locks or allocation. The bodies of `/state` are constants.
+//! without locks or allocation. The bodies of `/state` are constants. What an `on_change`
+//! hook is told is a view of it ([`Snapshot::facts`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,8 +18,10 @@ use bytes::Bytes;
 use hyper::Uri;
 use serde::Serialize;
 
+use crate::conninfo;
 use crate::db::{DbError, DbObservation, Losses, Receiver};
 use crate::decide::{State, Verdict};
+use crate::hooks::{self, Facts, Tally};
 use crate::peers::VoteReply;
 use crate::vote::Ballot;
 use crate::wire::PrimaryBody;
@@ -201,6 +204,8 @@ pub struct Snapshot {
     pub voter_failures: Arc<BTreeMap<String, u64>>,
     /// Whether the server has closed a session since this observation began.
     pub session: SessionWatch,
+    /// The `on_change` runs since the daemon started (live counters).
+    pub hooks: Arc<Tally>,
 }
 
 /// The body of `/state` for each state: a [`crate::wire::StateBody`], as constants (the hot
@@ -291,6 +296,30 @@ impl Snapshot {
             drained: None,
             voter_failures: Arc::default(),
             session: SessionWatch::default(),
+            hooks: Arc::default(),
+        }
+    }
+
+    /// What an `on_change` hook is told of this snapshot, published by node `me` listening on
+    /// `listen`: its verdict, its drain, the primary its metadata names (with that primary's
+    /// host and port from its repmgr conninfo) and the votes counting at `now`.
+    pub fn facts(&self, me: &str, listen: std::net::SocketAddr, now: Instant) -> Facts {
+        let primary = self
+            .primary
+            .as_ref()
+            .and_then(|p| self.members.iter().find(|m| &m.name == p));
+        Facts {
+            node: me.to_string(),
+            site: self.site.clone(),
+            state: self.verdict.state,
+            reason: self.verdict.reason.clone(),
+            primary: self.primary.clone(),
+            primary_host: primary.and_then(|m| conninfo::host(&m.conninfo).ok()),
+            primary_port: primary.and_then(|m| conninfo::port(&m.conninfo)),
+            votes: self.ballot.counting(now),
+            votes_needed: self.ballot.needed,
+            drained: self.drained.as_ref().map(|d| d.reason.clone()),
+            url: hooks::api_url(listen),
         }
     }
 
