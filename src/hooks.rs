@@ -1,7 +1,9 @@
 //! Events out: the `on_change` command, run on every change of this node's state or drain.
 //!
-//! Owns the runner and its rules. The poller hands what each cycle published ([`Facts`]) to a
-//! [`Handoff`], a watch channel: it never blocks and never waits, and keeps only the newest.
+//! Owns the runner and its rules. The poller hands what each cycle published ([`Facts`]: the
+//! state `/state` answers at that moment, so a hook never hears Primary before the first 200,
+//! and hears the end of a 200 at the next publication at the latest) to a [`Handoff`], a
+//! watch channel: it never blocks and never waits, and keeps only the newest.
 //! One [`Runner`] task per daemon takes them from there and runs the command with the facts in
 //! `PRIMGR_*` environment variables ([`Run::env`]), one run at a time, its output logged line
 //! by line, bounded by `on_change_timeout`, past which its whole process group is killed
