@@ -385,7 +385,9 @@ async fn execute(run: Run, tally: Arc<Tally>, mut stop: Shutdown) {
         n => format!(", {n} changes coalesced"),
     };
     let mut cmd = tokio::process::Command::new(&run.command);
+    // The hook is not the service: systemd's notify socket is the daemon's alone.
     cmd.envs(run.env())
+        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -264,6 +264,34 @@ mod tests {
         );
     }
 
+    /// The hook's runs by outcome, always (0 before any), and the last run's duration once
+    /// there was one.
+    #[test]
+    fn hook_runs_by_outcome_and_the_last_duration() {
+        let s = Snapshot::starting();
+        let failures = BTreeMap::new();
+        let extra = Extra {
+            requests: Vec::new(),
+            voter_failures: &failures,
+            config_loaded: SystemTime::UNIX_EPOCH,
+        };
+        let before = render(&s, &extra, Instant::now());
+        for outcome in ["ok", "failed", "timeout"] {
+            let line = format!("primgr_hook_runs_total{{outcome=\"{outcome}\"}} 0\n");
+            assert!(before.contains(&line), "{before}");
+        }
+        assert!(!before.contains("primgr_hook_last_duration_seconds"));
+        s.hooks
+            .record(Outcome::Failed, std::time::Duration::from_millis(1500));
+        let after = render(&s, &extra, Instant::now());
+        assert!(after.contains("primgr_hook_runs_total{outcome=\"failed\"} 1\n"));
+        assert!(after.contains("# TYPE primgr_hook_runs_total counter\n"));
+        assert!(
+            after.contains("\nprimgr_hook_last_duration_seconds 1.5\n"),
+            "{after}"
+        );
+    }
+
     #[test]
     fn labels_are_escaped() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");

@@ -438,7 +438,8 @@ async fn the_binary_takes_the_flag_and_logs_each_run() {
     let dir = HookDir::new("binary");
     let hook = dir.script(
         "hello",
-        "echo \"hello from the hook: $PRIMGR_NODE is $PRIMGR_STATE\"\necho oops >&2\n",
+        "echo \"hello from the hook: $PRIMGR_NODE is $PRIMGR_STATE, notify=${NOTIFY_SOCKET:-unset}\"\n\
+         echo oops >&2\n",
     );
     let subnet = lab_subnet(SUBNET_NO_DB).expect("subnet");
     let listen = format!("127.0.{subnet}.205:5999");
@@ -478,6 +479,8 @@ async fn the_binary_takes_the_flag_and_logs_each_run() {
         .arg("--on-change")
         .arg(&hook)
         .args(["--on-change-timeout", "5s"])
+        // systemd's socket is the service's, not the hook's.
+        .env("NOTIFY_SOCKET", dir.path("no-notify-socket"))
         .stderr(std::fs::File::create(&log).expect("log"))
         .kill_on_drop(true)
         .spawn()
@@ -499,7 +502,7 @@ async fn the_binary_takes_the_flag_and_logs_each_run() {
     let text = text.into_inner();
     seen.unwrap_or_else(|e| panic!("{e:#}\n{text}"));
     for line in [
-        "on_change stdout: hello from the hook: flagnode is Down",
+        "on_change stdout: hello from the hook: flagnode is Down, notify=unset",
         "on_change stderr: oops",
     ] {
         assert!(text.contains(line), "no {line:?} in\n{text}");
@@ -527,7 +530,8 @@ fn wrapper(lab: &Lab, node: &str, name: &str, env: &[(&str, String)]) -> PathBuf
         text.push_str(&format!("export {k}='{v}'\n"));
     }
     text.push_str(&format!(
-        "out=$('{}' 2>&1); rc=$?\nprintf '%s %s %s: %s\\n' \"$(date +%T.%N)\" \"$PRIMGR_STATE\" \"exit $rc\" \"$out\" >> '{}'\n\
+        "start=$(date -u +%T.%N)\nout=$('{}' 2>&1); rc=$?\n\
+         printf '%s-%s %s %s: %s\\n' \"$start\" \"$(date -u +%T.%N)\" \"$PRIMGR_STATE\" \"exit $rc\" \"$out\" >> '{}'\n\
          printf '%s\\n' \"$out\"\nexit $rc\n",
         contrib(name).display(),
         hook_log(lab, node).display()
@@ -536,6 +540,21 @@ fn wrapper(lab: &Lab, node: &str, name: &str, env: &[(&str, String)]) -> PathBuf
     std::fs::write(&path, text).expect("wrapper");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     path
+}
+
+/// The wall clock (UTC) as the wrappers write it, to the millisecond: HH:MM:SS.mmm.
+fn clock() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = t.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        t.subsec_millis()
+    )
 }
 
 /// What the wrapper of `node` recorded of its runs.
@@ -705,6 +724,7 @@ async fn pgbouncer_follows_the_primary_through_a_failover() {
     })
     .await;
     fleet.wait_normal().await;
+    let node1_200 = clock();
     let to_node1 = wait_reaches(&lab, &pgbouncer, lab.addr("node1"), RUN_BOUND).await;
     assert_eq!(
         pgbouncer.line("repmgr"),
@@ -716,6 +736,7 @@ async fn pgbouncer_follows_the_primary_through_a_failover() {
 
     lab.failover("node1", "node2").await.expect("failover");
     fleet.wait_after_failover().await;
+    let node2_200 = clock();
     let to_node2 = wait_reaches(&lab, &pgbouncer, lab.addr("node2"), RUN_BOUND).await;
     assert_eq!(
         pgbouncer.line("repmgr"),
@@ -755,9 +776,10 @@ async fn pgbouncer_follows_the_primary_through_a_failover() {
     drop(pgbouncer);
     lab.teardown().await.expect("teardown");
     println!(
-        "a client through pgbouncer reached node1 {to_node1:?} after node1's 200 was seen, \
-         node2 {to_node2:?} after node2's 200 was seen (failover); a write through it landed \
-         on node2; runs ok per node {runs:?}, none failed\n{logs}"
+        "a client through pgbouncer reached node1 {to_node1:?} after node1's 200 was seen (at \
+         {node1_200}), node2 {to_node2:?} after node2's 200 was seen (at {node2_200}, after the \
+         failover); a write through it landed on node2; runs ok per node {runs:?}, none \
+         failed; each run (start-end, UTC):\n{logs}"
     );
 }
 
@@ -852,7 +874,19 @@ async fn the_fence_makes_a_split_brain_old_primary_refuse_writes() {
         fenced_after + Duration::from_secs(1) >= FENCE_AFTER,
         "fenced {fenced_after:?} after the 509 was seen, before FENCE_AFTER ({FENCE_AFTER:?})"
     );
-    // The open write transaction was ended.
+    // The open write transaction was ended (the fence ends sessions once new transactions
+    // are read-only: wait for its last line).
+    wait::wait_for_every(
+        "the fence's last line",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let log = std::fs::read_to_string(fence_log("node1")).unwrap_or_default();
+            Ok(log.contains("fenced. Undo:"))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", hook_logs(&lab)));
     let commit = writer.batch_execute("COMMIT").await;
     assert!(commit.is_err(), "the open write transaction survived");
     let log = std::fs::read_to_string(fence_log("node1")).expect("node1's fence log");
