@@ -152,6 +152,12 @@ pub fn host(conninfo: &str) -> Result<String, String> {
         .ok_or_else(|| "its conninfo names no network host (only a socket, or nothing)".into())
 }
 
+/// The port of a conninfo's first host, when it names one (without one, libpq uses 5432).
+pub fn port(conninfo: &str) -> Option<u16> {
+    let config: tokio_postgres::Config = conninfo.parse().ok()?;
+    config.get_ports().first().copied()
+}
+
 /// The conninfo as it may be shown: every value whose key is not one of libpq's non-secret
 /// keywords replaced by `***` (so `password`, `sslpassword`, a URI's `user:password@`, a
 /// percent-encoded `pass%77ord`, and any key the driver would not take as written), read the
@@ -666,6 +672,14 @@ fn host_param(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_port_in_both_forms() {
+        assert_eq!(port("host=10.0.0.1 port=6432 dbname=repmgr"), Some(6432));
+        assert_eq!(port("postgresql://u@db:5433/repmgr"), Some(5433));
+        assert_eq!(port("host=10.0.0.1 dbname=repmgr"), None);
+        assert_eq!(port("host='unterminated"), None);
+    }
 
     #[test]
     fn the_passfile_is_taken_out_of_both_forms() {

@@ -172,6 +172,8 @@ pub struct Gathered {
     pub drained: Option<Drain>,
     pub voter_failures: Arc<BTreeMap<String, u64>>,
     pub session: SessionWatch,
+    /// The `on_change` runner's counters (`/metrics`).
+    pub hooks: Arc<crate::hooks::Tally>,
 }
 
 /// The protocol state a cycle concludes against.
@@ -257,6 +259,7 @@ pub fn conclude(
         drained: gathered.drained,
         voter_failures: gathered.voter_failures,
         session: gathered.session,
+        hooks: gathered.hooks,
     };
     Conclusion {
         replaced: previous.verdict.window,
@@ -465,6 +468,7 @@ mod tests {
             drained: None,
             voter_failures: Arc::default(),
             session: SessionWatch::default(),
+            hooks: Arc::default(),
         }
     }
 

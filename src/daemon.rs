@@ -1,7 +1,8 @@
 //! One daemon: the entry point that runs its tasks.
 //!
 //! Owns the wiring of a daemon inside a process: [`run`] / [`run_with`] build its
-//! [`Shared`] state, start the poller (and the agent port and the reload task when asked),
+//! [`Shared`] state, start the poller and the `on_change` runner (and the agent port and the
+//! reload task when asked),
 //! and serve the API on an already bound listener until a shutdown future completes. Nothing is global: tests run several daemons in one process.
 //! A poller that ends by itself (a panic in a cycle) ends the daemon with
 //! [`RunError::PollerDied`], so that the process exits non-zero and its supervisor restarts
@@ -18,7 +19,7 @@ use crate::db::{Db, DbError};
 use crate::poller::{CycleHook, OnReady, Poller};
 use crate::reload::Reloads;
 use crate::shared::Shared;
-use crate::{agent, api, reload, server, shutdown};
+use crate::{agent, api, hooks, reload, server, shutdown};
 
 /// Why a daemon could not start or stopped by itself.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +67,9 @@ where
     let db = Db::open(&config.db)?;
     let shared = Arc::new(Shared::new(config));
     let (trigger, stop) = shutdown::channel();
-    let poller = Poller::new(shared.clone(), db, options.cycle_hook);
+    let (on_change, runner) = hooks::channel();
+    let hooks = tokio::spawn(runner.run(stop.clone()));
+    let poller = Poller::new(shared.clone(), db, options.cycle_hook, on_change);
     let mut polling = tokio::spawn(poller.run(stop.clone(), options.on_ready));
     if let Some(listener) = options.agent {
         tokio::spawn(agent::serve(listener, shared.clone(), stop.clone()));
@@ -97,6 +100,8 @@ where
     }
     trigger.fire();
     let _ = polling.await;
+    // A hook in progress is killed with its process group and reaped.
+    let _ = hooks.await;
     Ok(())
 }
 

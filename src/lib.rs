@@ -24,6 +24,7 @@
 //!   decisions, a standby's lag; driven by the poller and by the simulation;
 //! - [`reads`]: the read rules (`/replica`, `/read-only`, `/readiness`, ...) and their parameters;
 //! - [`snapshot`]: what one cycle publishes, and the staleness and window rules of serving it;
+//! - [`hooks`]: `on_change`: one runner, coalescing, timeout, never in the poll cycle's way;
 //! - [`peers`]: peer addresses, the HTTP client, reading peers' answers, the bounded fan-out;
 //! - [`decide`]: the verdict, a pure function of observations and held votes;
 //! - [`db`]: the pool and the single query that observes the local database;
@@ -52,6 +53,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod db;
 pub mod decide;
+pub mod hooks;
 pub mod metrics;
 pub mod notify;
 pub mod peers;

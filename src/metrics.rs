@@ -19,6 +19,8 @@
 //! | `primgr_voter_failures_total{voter}` | counter | vote requests that got no usable answer |
 //! | `primgr_http_requests_total{endpoint,code}` | counter | requests answered |
 //! | `primgr_config_loaded_timestamp_seconds` | gauge | when the configuration in force was loaded (wall clock) |
+//! | `primgr_hook_runs_total{outcome}` | counter | `on_change` runs ended `ok` (exit 0), `failed` (other exit, signal, not started) or `timeout` (killed) |
+//! | `primgr_hook_last_duration_seconds` | gauge | how long the last `on_change` run took (absent before the first) |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use crate::decide::State;
+use crate::hooks::Outcome;
 use crate::snapshot::Snapshot;
 
 /// The codes counted per endpoint (anything else counts as `other`).
@@ -198,6 +201,28 @@ pub fn render(s: &Snapshot, extra: &Extra<'_>, now: Instant) -> String {
         "When the configuration in force was loaded.",
         loaded,
     );
+    family(
+        &mut out,
+        "primgr_hook_runs_total",
+        "counter",
+        "on_change runs, by outcome (ok: exit 0; failed; timeout: killed).",
+    );
+    for outcome in Outcome::ALL {
+        let _ = writeln!(
+            out,
+            "primgr_hook_runs_total{{outcome=\"{}\"}} {}",
+            outcome.name(),
+            s.hooks.runs(outcome)
+        );
+    }
+    if let Some(took) = s.hooks.last_duration() {
+        gauge(
+            &mut out,
+            "primgr_hook_last_duration_seconds",
+            "How long the last on_change run took.",
+            took.as_secs_f64(),
+        );
+    }
     out
 }
 
@@ -237,6 +262,34 @@ mod tests {
                 ("/state", "509".to_string(), 1),
                 ("/status", "other".to_string(), 1)
             ]
+        );
+    }
+
+    /// The hook's runs by outcome, always (0 before any), and the last run's duration once
+    /// there was one.
+    #[test]
+    fn hook_runs_by_outcome_and_the_last_duration() {
+        let s = Snapshot::starting();
+        let failures = BTreeMap::new();
+        let extra = Extra {
+            requests: Vec::new(),
+            voter_failures: &failures,
+            config_loaded: SystemTime::UNIX_EPOCH,
+        };
+        let before = render(&s, &extra, Instant::now());
+        for outcome in ["ok", "failed", "timeout"] {
+            let line = format!("primgr_hook_runs_total{{outcome=\"{outcome}\"}} 0\n");
+            assert!(before.contains(&line), "{before}");
+        }
+        assert!(!before.contains("primgr_hook_last_duration_seconds"));
+        s.hooks
+            .record(Outcome::Failed, std::time::Duration::from_millis(1500));
+        let after = render(&s, &extra, Instant::now());
+        assert!(after.contains("primgr_hook_runs_total{outcome=\"failed\"} 1\n"));
+        assert!(after.contains("# TYPE primgr_hook_runs_total counter\n"));
+        assert!(
+            after.contains("\nprimgr_hook_last_duration_seconds 1.5\n"),
+            "{after}"
         );
     }
 

@@ -14,7 +14,8 @@
 //! It also owns the log of what changed (`Transitions`): a verdict change, the database or a
 //! voter starting or ceasing to fail, a node without a usable address, a release, the drain
 //! flag, the replication lag becoming unknown. Each is logged once when it starts and once when
-//! it clears, never on every tick.
+//! it clears, never on every tick. Each publication is handed to the `on_change` runner
+//! ([`crate::hooks`]) without waiting.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::config::Config;
 use crate::cycle::{self, Asked, Gathered, Lag, Plan, ReleaseAnswer, Standing};
 use crate::db::{Db, DbError, DbObservation};
 use crate::decide::{State, Verdict};
+use crate::hooks::Handoff;
 use crate::peers::{ReleaseReply, VoteReply, fan_out, peer_url};
 use crate::shared::Shared;
 use crate::shutdown::Shutdown;
@@ -52,14 +54,17 @@ pub struct Poller {
     lag: Lag,
     /// Vote requests that got no usable answer, by voter, since the start (`/metrics`).
     voter_failures: Arc<BTreeMap<String, u64>>,
+    /// Where each publication goes for the `on_change` hook ([`crate::hooks`]).
+    on_change: Handoff,
 }
 
 /// The shortest time between the starts of two cycles when a lost session wakes the poller.
 pub const WAKE_GAP: Duration = Duration::from_millis(100);
 
 impl Poller {
-    pub fn new(shared: Arc<Shared>, db: Db, hook: Option<CycleHook>) -> Poller {
+    pub fn new(shared: Arc<Shared>, db: Db, hook: Option<CycleHook>, on_change: Handoff) -> Poller {
         Poller {
+            on_change,
             voter_failures: Arc::default(),
             shared,
             db,
@@ -150,6 +155,7 @@ impl Poller {
             drained: self.read_drain(&config),
             voter_failures: Arc::clone(&self.voter_failures),
             session,
+            hooks: self.on_change.tally(),
         };
 
         // Under the holder's lock: no release interleaves, no vote it voided gets in.
@@ -169,6 +175,13 @@ impl Poller {
         let verdict = conclusion.publish(&mut holder, |s| shared.store.store(s), Instant::now);
         drop(holder);
         self.log.verdict(&verdict);
+        // The hook's runner takes what was published from here; this never waits.
+        let published =
+            shared
+                .store
+                .peek()
+                .facts(&config.node.node_name, config.node.listen, Instant::now());
+        self.on_change.offer(published, &config.hooks);
     }
 
     /// Asks the plan's voters for their votes, within `peer_timeout`.

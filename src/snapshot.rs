@@ -6,7 +6,8 @@
 //! is served as 200 only inside the window of its votes ([`crate::vote::Window`]), checked
 //! against the clock at the moment of the request. The poller builds a new [`Snapshot`] each
 //! cycle and swaps it into the [`SnapshotStore`] (an `ArcSwap`); request handlers load it
-//! without locks or allocation. The bodies of `/state` are constants.
+//! without locks or allocation. The bodies of `/state` are constants. What an `on_change`
+//! hook is told is a view of it ([`Snapshot::facts`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,8 +18,10 @@ use bytes::Bytes;
 use hyper::Uri;
 use serde::Serialize;
 
+use crate::conninfo;
 use crate::db::{DbError, DbObservation, Losses, Receiver};
 use crate::decide::{State, Verdict};
+use crate::hooks::{self, Facts, Tally};
 use crate::peers::VoteReply;
 use crate::vote::Ballot;
 use crate::wire::{PrimaryBody, SyncState, WalStandby};
@@ -316,6 +319,8 @@ pub struct Snapshot {
     pub voter_failures: Arc<BTreeMap<String, u64>>,
     /// Whether the server has closed a session since this observation began.
     pub session: SessionWatch,
+    /// The `on_change` runs since the daemon started (live counters).
+    pub hooks: Arc<Tally>,
 }
 
 /// The body of `/state` for each state: a [`crate::wire::StateBody`], as constants (the hot
@@ -407,6 +412,32 @@ impl Snapshot {
             drained: None,
             voter_failures: Arc::default(),
             session: SessionWatch::default(),
+            hooks: Arc::default(),
+        }
+    }
+
+    /// What an `on_change` hook is told of this snapshot, published by node `me` listening on
+    /// `listen`: the state `/state` answers at `now` and why (a Primary verdict whose window has
+    /// not begun is Unknown, handing off: a hook never hears Primary before the first 200),
+    /// the drain, the primary its metadata names (with that primary's host and port from its
+    /// repmgr conninfo) and the votes counting at `now`.
+    pub fn facts(&self, me: &str, listen: std::net::SocketAddr, now: Instant) -> Facts {
+        let primary = self
+            .primary
+            .as_ref()
+            .and_then(|p| self.members.iter().find(|m| &m.name == p));
+        Facts {
+            node: me.to_string(),
+            site: self.site.clone(),
+            state: self.served_state(now),
+            reason: self.served_reason(now),
+            primary: self.primary.clone(),
+            primary_host: primary.and_then(|m| conninfo::host(&m.conninfo).ok()),
+            primary_port: primary.and_then(|m| conninfo::port(&m.conninfo)),
+            votes: self.ballot.counting(now),
+            votes_needed: self.ballot.needed,
+            drained: self.drained.as_ref().map(|d| d.reason.clone()),
+            url: hooks::api_url(listen),
         }
     }
 
@@ -558,6 +589,54 @@ mod tests {
             max_staleness: Duration::from_secs(10),
             ..Snapshot::starting()
         }
+    }
+
+    /// A hook is told what `/state` answers: a Primary is Primary only inside its window
+    /// (Unknown while it hands off or after its votes expire), a withheld snapshot is Down; and
+    /// the named primary's host and port come from its conninfo.
+    #[test]
+    fn a_hook_is_told_what_state_answers() {
+        let at = Instant::now();
+        let listen = "0.0.0.0:5999".parse().expect("addr");
+        let mut s = snapshot(State::Primary, Some("node1"), true, at);
+        s.members = Arc::new(vec![Member {
+            node_id: 1,
+            name: "node1".into(),
+            location: "dc1".into(),
+            node_type: "primary".into(),
+            active: true,
+            url: Err("none".into()),
+            conninfo: "host=10.0.0.11 port=5433 user=repmgr password=***".into(),
+        }]);
+        s.verdict.window = Some(Window {
+            from: at + Duration::from_secs(2),
+            until: at + Duration::from_secs(5),
+        });
+        let handing_off = s.facts("node1", listen, at + Duration::from_secs(1));
+        assert_eq!(handing_off.state, State::Unknown);
+        assert!(
+            handing_off.reason.starts_with("handing off"),
+            "{}",
+            handing_off.reason
+        );
+        let primary = s.facts("node1", listen, at + Duration::from_secs(3));
+        assert_eq!(primary.state, State::Primary);
+        assert_eq!(
+            (primary.primary_host.as_deref(), primary.primary_port),
+            (Some("10.0.0.11"), Some(5433))
+        );
+        assert_eq!(primary.url, "http://127.0.0.1:5999");
+        let expired = s.facts("node1", listen, at + Duration::from_secs(6));
+        assert_eq!(expired.state, State::Unknown);
+        let stale = s.facts("node1", listen, at + Duration::from_secs(11));
+        assert_eq!(stale.state, State::Down);
+        s.drained = Some(Drain {
+            reason: "upgrade".into(),
+            since: SystemTime::now(),
+        });
+        let drained = s.facts("node1", listen, at + Duration::from_secs(3));
+        assert_eq!(drained.drained.as_deref(), Some("upgrade"));
+        assert_eq!(drained.primary, Some("node1".into()));
     }
 
     /// A session the server closes after the observation began withholds the snapshot at once,

@@ -1555,6 +1555,7 @@ impl Sim {
             drained: None,
             voter_failures: Arc::default(),
             session: SessionWatch::default(),
+            hooks: Arc::default(),
         };
         let steps = [self.step_time(), self.step_time()];
         let (clock, base) = (self.nodes[n].clock, self.base);

@@ -376,6 +376,31 @@ impl Kind for Dir {
     }
 }
 
+/// An absolute path of a command, or nothing (`""`); its group checks that it is an
+/// executable regular file.
+pub struct MaybeCommand;
+
+impl Kind for MaybeCommand {
+    type Value = Option<PathBuf>;
+    const PLACEHOLDER: &'static str = "PATH";
+    fn parse(text: &str) -> Result<Option<PathBuf>, String> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let p = PathBuf::from(text);
+        if p.is_absolute() {
+            Ok(Some(p))
+        } else {
+            Err("must be an absolute path to an executable file".into())
+        }
+    }
+    fn show(value: &Option<PathBuf>) -> Option<String> {
+        value
+            .as_ref()
+            .and_then(|p| quoted(&p.display().to_string()))
+    }
+}
+
 /// A log filter in `tracing`'s env-filter syntax (`info`, `primgr=debug,warn`).
 pub struct LogFilter;
 
@@ -611,6 +636,7 @@ mod tests {
                 MaybeAddr::parse(text).err(),
                 MaybeIp::parse(text).err(),
                 Dir::parse(text).err(),
+                MaybeCommand::parse(text).err(),
                 LogFilter::parse(text).err(),
             ];
             for e in errors.into_iter().flatten() {
@@ -619,7 +645,7 @@ mod tests {
             }
         }
         assert!(refused >= texts.len() * 10, "{refused}");
-        println!("{refused} refusals by 13 kinds, none repeating the text");
+        println!("{refused} refusals by 14 kinds, none repeating the text");
     }
 
     #[test]

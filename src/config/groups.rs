@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::declare::{
-    Addr, Conninfo, Count, Dir, LogFilter, MaybeAddr, MaybeIp, Name, Period, PeriodOrZero, Port,
-    Ratio, Size, group,
+    Addr, Conninfo, Count, Dir, LogFilter, MaybeAddr, MaybeCommand, MaybeIp, Name, Period,
+    PeriodOrZero, Port, Ratio, Size, group,
 };
 use crate::vote::LeaseRules;
 
@@ -93,5 +93,21 @@ group! {
         agent_lag_soft: u64 as Size = "1MB";
         /// The agent's weight falls to 10 % at this lag; beyond it the standby is `down`.
         agent_lag_hard: u64 as Size = "16MB";
+    }
+}
+
+group! {
+    /// Events out: the command run on every change of this node's state or drain
+    /// ([`crate::hooks`]).
+    pub struct HookSettings, flags HookFlags {
+        /// Command run on every change of this node's state or drain, with the facts in
+        /// PRIMGR_* environment variables (not set: none).
+        ///
+        /// An absolute path to an executable regular file, run without arguments, one run at a
+        /// time, never in the poll cycle's way; changes during a run are coalesced (the newest
+        /// wins). A reload applies it from the next cycle.
+        on_change: Option<PathBuf> as MaybeCommand = "";
+        /// Bound on one run of `on_change`; past it, its whole process group is killed.
+        on_change_timeout: Duration as Period = "30s";
     }
 }

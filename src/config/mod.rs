@@ -24,8 +24,8 @@ mod validate;
 pub use declare::{Change, Fallback, Group, Key};
 pub use file::{Given, Origin, Raw, Settings, Source, TomlError};
 pub use groups::{
-    AgentFlags, AgentSettings, DbFlags, DbSettings, LeaseFlags, Node, NodeFlags, PeerFlags,
-    PeerSettings, Reads, ReadsFlags, Timing, TimingFlags,
+    AgentFlags, AgentSettings, DbFlags, DbSettings, HookFlags, HookSettings, LeaseFlags, Node,
+    NodeFlags, PeerFlags, PeerSettings, Reads, ReadsFlags, Timing, TimingFlags,
 };
 pub use validate::parse_peer_url;
 
@@ -153,6 +153,8 @@ groups! {
     reads: Reads, ReadsFlags;
     /// The haproxy agent: `agent_listen`, `agent_lag_soft`, `agent_lag_hard`.
     agent: AgentSettings, AgentFlags;
+    /// Events out: `on_change`, `on_change_timeout`.
+    hooks: HookSettings, HookFlags;
 }
 
 /// Whether `key` is a key of the configuration (the `[peers]` table aside).
@@ -280,6 +282,8 @@ mod tests {
             (1 << 20, 16 << 20)
         );
         assert_eq!(c.node.log_level, "info");
+        assert_eq!(c.hooks.on_change, None);
+        assert_eq!(c.hooks.on_change_timeout, Duration::from_secs(30));
     }
 
     /// The example file sets every key that has a default to that default (the others are
@@ -360,6 +364,8 @@ agent_listen = "127.0.0.12:5998"
 agent_lag_soft = "512kB"
 agent_lag_hard = "64MB"
 log_level = "primgr=debug"
+on_change = "/bin/true"
+on_change_timeout = "5s"
 [peers]
 node1 = "http://127.0.0.11:6000"
 "#,
@@ -388,6 +394,8 @@ node1 = "http://127.0.0.11:6000"
             (512 << 10, 64 << 20)
         );
         assert_eq!(c.node.log_level, "primgr=debug");
+        assert_eq!(c.hooks.on_change, Some(PathBuf::from("/bin/true")));
+        assert_eq!(c.hooks.on_change_timeout, Duration::from_secs(5));
         // `--check-config` writes it back as a file that reads the same.
         let again = from_text(&c.to_string()).unwrap();
         assert_eq!(again, c);
@@ -420,6 +428,12 @@ node1 = "http://127.0.0.11:6000"
             ("node_name = \" n\"", "node_name"),
             ("interval = 1979-05-27", "interval"),
             ("interval = [\"1s\"]", "interval"),
+            ("on_change = \"hooks/on-change\"", "on_change"),
+            ("on_change = \"/nonexistent/primgr-hook\"", "on_change"),
+            ("on_change = \"/etc\"", "on_change"),
+            ("on_change = \"/etc/passwd\"", "on_change"),
+            ("on_change_timeout = \"0s\"", "on_change_timeout"),
+            ("on_change_timeout = 30", "on_change_timeout"),
         ];
         for (line, key) in cases {
             let text = format!("log_level = \"info\"\n{line}\n");
@@ -543,6 +557,29 @@ node1 = "http://127.0.0.11:6000"
             checked += 1;
         }
         println!("{checked} refused values (file and flags), none repeated in its error");
+    }
+
+    /// `on_change` names an executable regular file, and the error says which rule failed.
+    #[test]
+    fn on_change_must_name_an_executable_regular_file() {
+        for (path, why) in [
+            ("relative/hook", "absolute path"),
+            ("/nonexistent/primgr-hook", "no such file"),
+            ("/etc", "not a regular file"),
+            ("/etc/passwd", "not executable"),
+        ] {
+            let e = err(&format!("node_name = \"n\"\non_change = \"{path}\"\n"));
+            assert!(
+                e.contains("`on_change`") && e.contains("line 2") && e.contains(why),
+                "{path}: {e}"
+            );
+            assert!(!e.contains(path), "the error repeats the path: {e}");
+        }
+        // A symbolic link to an executable will do; an empty string is "not set".
+        let c = from_text("node_name = \"n\"\non_change = \"/bin/sh\"\n").unwrap();
+        assert_eq!(c.hooks.on_change, Some(PathBuf::from("/bin/sh")));
+        let c = from_text("node_name = \"n\"\non_change = \"\"\n").unwrap();
+        assert_eq!(c.hooks.on_change, None);
     }
 
     #[test]

@@ -11,7 +11,9 @@ use hyper::Uri;
 
 use super::declare::Kind;
 use super::file::{Given, Origin, Raw, Settings};
-use super::{AgentSettings, Config, ConfigError, DbSettings, Node, PeerSettings, Timing};
+use super::{
+    AgentSettings, Config, ConfigError, DbSettings, HookSettings, Node, PeerSettings, Timing,
+};
 use crate::units::format_millis;
 use crate::vote::LeaseRules;
 
@@ -100,6 +102,7 @@ pub(super) fn config(settings: &Settings, origin: &Origin) -> Result<Config, Con
     leases(&c.leases, &c.timing, &c.db, &check)?;
     peer(&c.peer, &check)?;
     agent(&c.agent, &check)?;
+    hooks(&c.hooks, &check)?;
     Ok(c)
 }
 
@@ -194,6 +197,31 @@ fn agent(a: &AgentSettings, check: &Check) -> Result<(), ConfigError> {
         return Err(check.invalid(key, "agent_lag_hard must be above agent_lag_soft"));
     }
     Ok(())
+}
+
+/// `on_change`, when set, names an executable regular file (a symbolic link to one will do);
+/// checked at every load, so a reload that names a missing file changes nothing.
+fn hooks(h: &HookSettings, check: &Check) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(path) = &h.on_change else {
+        return Ok(());
+    };
+    let problem = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("no such file".to_string()),
+        Err(e) => Some(format!("cannot be read ({})", e.kind())),
+        Ok(m) if !m.is_file() => Some("not a regular file".to_string()),
+        Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+            Some("not executable (no x permission bit)".to_string())
+        }
+        Ok(_) => None,
+    };
+    match problem {
+        Some(why) => Err(check.invalid(
+            "on_change",
+            format!("must name an executable regular file: {why}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Parses a peer's API base address: `http://host:port` (a path, if any, is ignored). The
