@@ -18,7 +18,7 @@
 //! checks the method against the endpoint's and calls the endpoint's handler method, which
 //! turns the snapshot and the parsed parameters into a status and a body; the request is
 //! counted by endpoint and code ([`Endpoint::name`] labels `/metrics`). Every refusal is a
-//! rejection, and one `recover` answers it: [`NotAllowed`] (the one custom rejection) is 405
+//! rejection, and one `recover` answers it: `NotAllowed` (the one custom rejection) is 405
 //! with `Allow`, anything else (warp's `not_found` of a path no route matches) 404. The server
 //! ([`crate::server`]) serves `warp::service(routes)` on each connection, behind its own
 //! admission, head limits, timeouts and protocol-level refusals (bodies, targets without a
@@ -238,8 +238,8 @@ macro_rules! first_of {
 
 /// The API of `app` for connections from `client`, as warp filters: the routing table (every
 /// path once, to its [`Endpoint`]; `/state` first, the health check), then the method check,
-/// the handler of the endpoint ([`App::answer`]) and the request counter; a refusal (404,
-/// 405) goes through the one `recover` ([`App::refused`]). Built once per connection (a few
+/// the handler of the endpoint (`App::answer`) and the request counter; a refusal (404,
+/// 405) goes through the one `recover` (`App::refused`). Built once per connection (a few
 /// words: the filters are plain values), so the client's address needs no per-request
 /// extension.
 pub fn routes(

@@ -16,6 +16,8 @@
 //!   `/replica` fails, WARNING or CRITICAL when the replay lag is above a threshold. An unknown
 //!   lag is never OK: it counts as above every threshold given (WARNING when none is).
 //! - `read-only`: `/read-only`; OK when the node serves reads (the primary, or a standby).
+//! - `sync`: `/synchronous`; OK when the primary lists this standby as synchronous now, CRITICAL
+//!   otherwise (asynchronous, not a standby, or a sync state that is not known).
 //! - `cluster`: the view of `primgr cluster` ([`crate::cluster::gather`], each of its two
 //!   rounds bounded by half the timeout); OK when exactly one node answers 200 and every member
 //!   gave a readable answer, CRITICAL with none or several (split brain), WARNING with one but a
@@ -85,6 +87,8 @@ pub enum Which {
     },
     /// OK when this node serves reads (`/read-only`: the primary, or a standby).
     ReadOnly,
+    /// OK when the primary lists this standby as synchronous (`/synchronous`).
+    Sync,
     /// OK when exactly one node of the cluster answers 200 (asked as `primgr cluster` asks).
     Cluster,
 }
@@ -96,6 +100,7 @@ impl Which {
             Which::Primary => Check::Primary,
             Which::Replica { .. } => Check::Replica(Thresholds::default()),
             Which::ReadOnly => Check::ReadOnly,
+            Which::Sync => Check::Sync,
             Which::Cluster => Check::Cluster,
         }
         .title()
@@ -115,6 +120,7 @@ pub enum Check {
     Primary,
     Replica(Thresholds),
     ReadOnly,
+    Sync,
     Cluster,
 }
 
@@ -125,6 +131,7 @@ impl Check {
             Check::Primary => "PRIMARY",
             Check::Replica(_) => "REPLICA",
             Check::ReadOnly => "READ-ONLY",
+            Check::Sync => "SYNC",
             Check::Cluster => "CLUSTER",
         }
     }
@@ -284,6 +291,8 @@ pub enum Answers {
     },
     /// `/read-only`.
     ReadOnly(Answer),
+    /// `/synchronous`.
+    Sync(Answer),
     /// The view of `primgr cluster`.
     Cluster(ClusterReport),
 }
@@ -331,6 +340,7 @@ impl Answers {
             Answers::Primary(_) => Check::Primary.title(),
             Answers::Replica { thresholds, .. } => Check::Replica(*thresholds).title(),
             Answers::ReadOnly(_) => Check::ReadOnly.title(),
+            Answers::Sync(_) => Check::Sync.title(),
             Answers::Cluster(_) => Check::Cluster.title(),
         }
     }
@@ -392,6 +402,16 @@ pub fn judge(url: &str, answers: &Answers, elapsed: Duration) -> Report {
                 },
             };
             judge_read_only(code, &body).with([time])
+        }
+        Answers::Sync(answer) => {
+            let (code, body) = match answer {
+                Err(e) => return no_answer(e),
+                Ok(a) => match read_check("/synchronous", a) {
+                    Ok(b) => (a.0, b),
+                    Err(e) => return unreadable(e),
+                },
+            };
+            judge_sync(code, &body).with([time])
         }
         Answers::Cluster(report) => match &report.error {
             Some(e) => Report::new(
@@ -516,6 +536,28 @@ fn judge_replica(t: Thresholds, code: u16, body: &CheckBody, status: Option<&Sta
     )
 }
 
+/// `check sync` from `/synchronous`.
+fn judge_sync(code: u16, body: &CheckBody) -> Report {
+    if code == 200 {
+        Report::new(
+            "SYNC",
+            Level::Ok,
+            format!("{} is a synchronous standby ({})", body.node, body.state),
+        )
+    } else {
+        Report::new(
+            "SYNC",
+            Level::Critical,
+            format!(
+                "{} ({}) is not a synchronous standby: {}",
+                body.node,
+                body.state,
+                body.reason.as_deref().unwrap_or("no reason given")
+            ),
+        )
+    }
+}
+
 /// `check read-only` from `/read-only`.
 fn judge_read_only(code: u16, body: &CheckBody) -> Report {
     let lag = body.lag_bytes.flatten();
@@ -631,6 +673,7 @@ pub fn prepare(args: &Args) -> Result<(Check, Uri, Duration), Report> {
     let check = match &args.which {
         Which::Primary => Check::Primary,
         Which::ReadOnly => Check::ReadOnly,
+        Which::Sync => Check::Sync,
         Which::Cluster => Check::Cluster,
         Which::Replica { warning, critical } => {
             let size = |flag: &str, v: &Option<String>| {
@@ -709,6 +752,7 @@ pub async fn ask(check: Check, url: &Uri, timeout: Duration) -> Report {
                 }
             }
             Check::ReadOnly => Answers::ReadOnly(get("/read-only").await),
+            Check::Sync => Answers::Sync(get("/synchronous").await),
             Check::Cluster => Answers::Cluster(crate::cluster::gather(url, timeout / 2).await),
         }
     };
@@ -1021,6 +1065,31 @@ mod tests {
                 &[
                     "UNKNOWN - no answer from the daemon at http://127.0.0.1:5999: request failed: connection refused",
                 ],
+            ),
+            (
+                "sync: a synchronous standby",
+                Answers::Sync(check_body(200, "Standby", json!(0), None)),
+                0,
+                &["PRIMGR SYNC OK - node2 is a synchronous standby (Standby)"],
+            ),
+            (
+                "sync: an asynchronous standby",
+                Answers::Sync(check_body(
+                    503,
+                    "Standby",
+                    json!(0),
+                    Some("the primary lists it as async"),
+                )),
+                2,
+                &[
+                    "PRIMGR SYNC CRITICAL - node2 (Standby) is not a synchronous standby: the primary lists it as async",
+                ],
+            ),
+            (
+                "sync: a 503 that is not a check body",
+                Answers::Sync(ok(503, json!({"error": "too many connections"}))),
+                3,
+                &["UNKNOWN", "not a primgr /synchronous answer"],
             ),
             (
                 "read-only: a standby",

@@ -248,6 +248,50 @@ async fn every_exit_code_against_a_live_cluster() {
     )
     .await;
 
+    // 1b. Synchronous standbys: the primary lists node2 as synchronous, node3 stays
+    // asynchronous; `check sync` passes on node2 only. Then back to asynchronous replication.
+    let set_sync_names = |value: &'static str| {
+        let lab = &lab;
+        async move {
+            let set = match value {
+                "" => "ALTER SYSTEM RESET synchronous_standby_names".to_string(),
+                v => format!("ALTER SYSTEM SET synchronous_standby_names = '{v}'"),
+            };
+            lab.psql("node1", &set).await.expect("ALTER SYSTEM");
+            lab.psql("node1", "SELECT pg_reload_conf()")
+                .await
+                .expect("reload");
+        }
+    };
+    set_sync_names("FIRST 1 (node2)").await;
+    wait_json_at(status("node2"), "/status", settle_bound(), |s| {
+        s["replication"]["sync_state"] == "sync"
+    })
+    .await;
+    t.expect(
+        "sync on the synchronous standby",
+        &["sync", "--url", &s1],
+        0,
+        &["PRIMGR SYNC OK - node2 is a synchronous standby (Standby)"],
+    )
+    .await;
+    for (url, node) in [(&s2, "node3 (Standby)"), (&p, "node1 (Primary)")] {
+        t.expect(
+            &format!("sync on {node}"),
+            &["sync", "--url", url],
+            2,
+            &[&format!(
+                "PRIMGR SYNC CRITICAL - {node} is not a synchronous standby"
+            )],
+        )
+        .await;
+    }
+    set_sync_names("").await;
+    wait_json_at(status("node2"), "/status", settle_bound(), |s| {
+        s["replication"]["sync_state"] == "async"
+    })
+    .await;
+
     // 2. The address from --config (the way `primgr drain` finds the daemon), and the shipped
     // keepalived script line, its paths pointed at this build and a file naming the node's
     // `listen`: it passes on the primary only.
