@@ -538,24 +538,16 @@ fn judge_replica(t: Thresholds, code: u16, body: &CheckBody, status: Option<&Sta
 
 /// `check sync` from `/synchronous`.
 fn judge_sync(code: u16, body: &CheckBody) -> Report {
-    if code == 200 {
-        Report::new(
+    judge_answer(
+        (
             "SYNC",
-            Level::Ok,
-            format!("{} is a synchronous standby ({})", body.node, body.state),
-        )
-    } else {
-        Report::new(
-            "SYNC",
-            Level::Critical,
-            format!(
-                "{} ({}) is not a synchronous standby: {}",
-                body.node,
-                body.state,
-                body.reason.as_deref().unwrap_or("no reason given")
-            ),
-        )
-    }
+            "is a synchronous standby",
+            "is not a synchronous standby",
+        ),
+        code,
+        body,
+        "",
+    )
 }
 
 /// `check read-only` from `/read-only`.
@@ -565,25 +557,41 @@ fn judge_read_only(code: u16, body: &CheckBody) -> Report {
     let lag_text = lag
         .map(|l| format!(", replay lag {}", human(l)))
         .unwrap_or_default();
-    let report = if code == 200 {
+    judge_answer(
+        ("READ-ONLY", "serves reads", "serves no reads"),
+        code,
+        body,
+        &lag_text,
+    )
+    .with(perf)
+}
+
+/// A check that is the daemon's own 200 or 503 (`/read-only`, `/synchronous`): OK with what
+/// passing means (and `detail` after the state), else CRITICAL with the daemon's reason.
+fn judge_answer(
+    (title, passes, fails): (&'static str, &str, &str),
+    code: u16,
+    body: &CheckBody,
+    detail: &str,
+) -> Report {
+    if code == 200 {
         Report::new(
-            "READ-ONLY",
+            title,
             Level::Ok,
-            format!("{} serves reads ({}{lag_text})", body.node, body.state),
+            format!("{} {passes} ({}{detail})", body.node, body.state),
         )
     } else {
         Report::new(
-            "READ-ONLY",
+            title,
             Level::Critical,
             format!(
-                "{} ({}) serves no reads: {}",
+                "{} ({}) {fails}: {}",
                 body.node,
                 body.state,
                 body.reason.as_deref().unwrap_or("no reason given")
             ),
         )
-    };
-    report.with(perf)
+    }
 }
 
 /// `check cluster` from every member's `/status` (as `primgr cluster` gathers them).
