@@ -393,25 +393,19 @@ pub fn judge(url: &str, answers: &Answers, elapsed: Duration) -> Report {
                 .filter(|s| s.node == body.1.node);
             judge_replica(*thresholds, body.0, &body.1, status.as_ref()).with([time])
         }
-        Answers::ReadOnly(answer) => {
+        Answers::ReadOnly(answer) | Answers::Sync(answer) => {
+            let (path, judge): (_, fn(u16, &CheckBody) -> Report) = match answers {
+                Answers::Sync(_) => ("/synchronous", judge_sync),
+                _ => ("/read-only", judge_read_only),
+            };
             let (code, body) = match answer {
                 Err(e) => return no_answer(e),
-                Ok(a) => match read_check("/read-only", a) {
+                Ok(a) => match read_check(path, a) {
                     Ok(b) => (a.0, b),
                     Err(e) => return unreadable(e),
                 },
             };
-            judge_read_only(code, &body).with([time])
-        }
-        Answers::Sync(answer) => {
-            let (code, body) = match answer {
-                Err(e) => return no_answer(e),
-                Ok(a) => match read_check("/synchronous", a) {
-                    Ok(b) => (a.0, b),
-                    Err(e) => return unreadable(e),
-                },
-            };
-            judge_sync(code, &body).with([time])
+            judge(code, &body).with([time])
         }
         Answers::Cluster(report) => match &report.error {
             Some(e) => Report::new(
