@@ -17,8 +17,9 @@
 //! answers 509, a new write session succeeds at first, and after `FENCE_AFTER` a new write
 //! session fails with "read-only transaction" and a write transaction left open is ended.
 //!
-//! Subnets (before `PRIMGR_LAB_SUBNET_SHIFT`): 151 pgbouncer, 152 fence, 153 the daemons without
-//! a database (addresses only).
+//! Subnets come from the lab's table (`primgr_lab::SUBNETS`): one for the pgbouncer lab, one for
+//! the fence lab, and one that every daemon without a database shares (each on its own host
+//! address), under the first such test's name.
 
 mod common;
 
@@ -29,11 +30,12 @@ use std::time::{Duration, Instant};
 
 use common::{Daemon, Fleet, wait_cycles};
 use primgr::Config;
-use primgr_lab::{Lab, LabSpec, lab_subnet, node_address, wait};
+use primgr_lab::{Lab, LabSpec, lab_subnet, node_address, subnet_of, wait};
 
-const SUBNET_PGBOUNCER: u8 = 151;
-const SUBNET_FENCE: u8 = 152;
-const SUBNET_NO_DB: u8 = 153;
+/// The subnet shared by the daemons without a database (each test takes its own hosts).
+fn no_db_subnet() -> u8 {
+    subnet_of("hooks::every_change_runs_the_hook_once_with_the_facts")
+}
 
 /// Bound on any wait for a hook run that should come within a few cycles.
 const RUN_BOUND: Duration = Duration::from_secs(15);
@@ -126,7 +128,7 @@ impl Drop for HookDir {
 /// A daemon on `127.0.<153>.<host>:5999` whose database refuses connections (so it is Down),
 /// with `hook` as `on_change` and the drain flag in `dir`.
 fn no_db_config(host: u8, hook: &Path, timeout: Duration, dir: &HookDir) -> Config {
-    let subnet = lab_subnet(SUBNET_NO_DB).expect("subnet");
+    let subnet = lab_subnet(no_db_subnet()).expect("subnet");
     let mut c = Config::for_node(format!("hooks{host}")).expect("defaults");
     c.node.listen = SocketAddr::from((Ipv4Addr::new(127, 0, subnet, host), 5999));
     c.node.state_dir = dir.state_dir();
@@ -441,7 +443,7 @@ async fn the_binary_takes_the_flag_and_logs_each_run() {
         "echo \"hello from the hook: $PRIMGR_NODE is $PRIMGR_STATE, notify=${NOTIFY_SOCKET:-unset}\"\n\
          echo oops >&2\n",
     );
-    let subnet = lab_subnet(SUBNET_NO_DB).expect("subnet");
+    let subnet = lab_subnet(no_db_subnet()).expect("subnet");
     let listen = format!("127.0.{subnet}.205:5999");
     let conninfo = format!("host=127.0.{subnet}.1 port=9 dbname=repmgr user=repmgr");
     let state_dir = dir.state_dir().display().to_string();
@@ -699,9 +701,11 @@ async fn wait_reaches(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbouncer_follows_the_primary_through_a_failover() {
-    let lab = Lab::build(LabSpec::standard(SUBNET_PGBOUNCER))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "hooks::pgbouncer_follows_the_primary_through_a_failover",
+    )))
+    .await
+    .expect("lab builds");
     let subnet = lab.subnet();
     let bouncer_addr = node_address(subnet, 90);
     // Pointed at nowhere to start with: the first primary's hook must point it at node1.
@@ -803,9 +807,11 @@ async fn try_write(lab: &Lab, node: &str) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fence_makes_a_split_brain_old_primary_refuse_writes() {
     const FENCE_AFTER: Duration = Duration::from_secs(15);
-    let lab = Lab::build(LabSpec::standard(SUBNET_FENCE))
-        .await
-        .expect("lab builds");
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "hooks::the_fence_makes_a_split_brain_old_primary_refuse_writes",
+    )))
+    .await
+    .expect("lab builds");
     lab.psql("node1", "CREATE TABLE public.fence_probe (n int)")
         .await
         .expect("table");

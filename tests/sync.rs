@@ -4,7 +4,7 @@
 //! primary moves `sync` to the other), what `/status`, `/wal` and `primgr cluster` say of each
 //! standby; then through the real haproxy, a read pool checked with `/read-only-sync` that
 //! sends no read to an asynchronous standby (sessions counted per node), also when the primary
-//! moves `sync` from one standby to the other. Lab subnets 141-142 are this file's.
+//! moves `sync` from one standby to the other. Lab subnets come from `primgr_lab::SUBNETS`.
 
 mod common;
 
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::clients::{address_book, haproxy_settle, sample_every, shipped, tally};
 use common::{Fleet, settle_bound};
 use primgr_lab::haproxy::{Haproxy, READ};
-use primgr_lab::{Lab, LabSpec, NodeSpec, StopMode, http};
+use primgr_lab::{Lab, LabSpec, NodeSpec, StopMode, http, subnet_of};
 use serde_json::Value;
 
 const PRIMGR: &str = env!("CARGO_BIN_EXE_primgr");
@@ -106,7 +106,11 @@ async fn status_sync(fleet: &Fleet, node: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_checks_follow_the_primary() {
-    let lab = Lab::build(three_nodes(141)).await.expect("lab builds");
+    let lab = Lab::build(three_nodes(subnet_of(
+        "sync::sync_checks_follow_the_primary",
+    )))
+    .await
+    .expect("lab builds");
     let fleet = Fleet::start(&lab).await;
     fleet
         .wait_codes(
@@ -368,7 +372,11 @@ async fn sync_checks_follow_the_primary() {
 /// take reads, the asynchronous one none, also after the primary moves `sync` to the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_read_only_sync_pool_skips_asynchronous_standbys() {
-    let lab = Lab::build(three_nodes(142)).await.expect("lab builds");
+    let lab = Lab::build(three_nodes(subnet_of(
+        "sync::haproxy_read_only_sync_pool_skips_asynchronous_standbys",
+    )))
+    .await
+    .expect("lab builds");
     let fleet = Fleet::start(&lab).await;
     fleet
         .wait_codes(

@@ -126,6 +126,21 @@ pub const SUBNETS: &[(&str, u8)] = &[
         "alerts::alert_rules_on_a_real_failover_and_split_brain",
         133,
     ),
+    // tests/sync.rs, hooks.rs
+    ("sync::sync_checks_follow_the_primary", 141),
+    (
+        "sync::haproxy_read_only_sync_pool_skips_asynchronous_standbys",
+        142,
+    ),
+    (
+        "hooks::pgbouncer_follows_the_primary_through_a_failover",
+        151,
+    ),
+    (
+        "hooks::the_fence_makes_a_split_brain_old_primary_refuse_writes",
+        152,
+    ),
+    ("hooks::every_change_runs_the_hook_once_with_the_facts", 153),
     ("lab/lab::lab_lifecycle", 200),
     ("lab/lab::crash_rejoin_daemons_and_drop", 201),
     ("lab/witness::witness_node_and_daemons_in_phases", 240),
