@@ -61,6 +61,13 @@ pub const MEMBER_RESERVE: usize = 128;
 /// retransmission.
 pub const LISTEN_BACKLOG: u32 = 1024;
 
+/// A connection gives way to the others (its task yields) once every this many requests: a
+/// client that pipelines requests on a few connections would otherwise keep a worker for
+/// every request hyper has buffered (a 64 kB read holds about 1,500 `GET /state`), and a
+/// health check on a new connection would wait behind all of them. One counter per request,
+/// one yield per this many.
+pub const GIVE_WAY_EVERY: u32 = 16;
+
 /// How long in-flight requests may take to finish after shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -208,10 +215,22 @@ pub async fn serve_with<M, S, B, F>(
             .max_buf_size(MAX_HEAD_BYTES)
             .keep_alive(true);
         let service = TowerToHyperService::new(service_for(client));
+        // Requests answered on this connection since it last gave way ([`GIVE_WAY_EVERY`]).
+        let answered = std::cell::Cell::new(0u32);
         let gate = service_fn(move |request: Request<Incoming>| {
             let now = match refusal(&request) {
                 Some(refused) => Ok(refused.map(Either::Left)),
+                None if answered.get() + 1 >= GIVE_WAY_EVERY => {
+                    answered.set(0);
+                    let reply = service.call(request.map(|_| Empty::new()));
+                    let reply = async move {
+                        tokio::task::yield_now().await;
+                        reply.await.map(|r| r.map(Either::Right))
+                    };
+                    return future::Either::Right(future::Either::Right(reply));
+                }
                 None => {
+                    answered.set(answered.get() + 1);
                     // No body (the refusal saw its end): the service gets an empty one.
                     let mut reply = Box::pin(service.call(request.map(|_| Empty::new())));
                     // Polled once here, so that a reply ready at once (every one but a
@@ -221,9 +240,9 @@ pub async fn serve_with<M, S, B, F>(
                     match reply.as_mut().now_or_never() {
                         Some(reply) => reply.map(|r| r.map(Either::Right)),
                         None => {
-                            return future::Either::Right(
+                            return future::Either::Right(future::Either::Left(
                                 reply.map(|reply| reply.map(|r| r.map(Either::Right))),
-                            );
+                            ));
                         }
                     }
                 }
