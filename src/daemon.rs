@@ -4,11 +4,19 @@
 //! [`Shared`] state, start the poller and the `on_change` runner (and the agent port and the
 //! reload task when asked),
 //! and serve the API on an already bound listener until a shutdown future completes. Nothing is global: tests run several daemons in one process.
+//!
+//! The poll cycle and the peer protocol run on a runtime of their own ([`PollThread`]: a
+//! current-thread runtime in an OS thread of its own, one per daemon): the poller, its peer
+//! client's connections, its database sessions, and the members' connections to this
+//! daemon's API (`/vote`, `/release`, `/wal`). Every other client is served on the caller's
+//! runtime, so an HTTP flood delays neither a cycle nor a vote. The server learns the members'
+//! addresses from the last published membership at each accept ([`server::Clients`]).
 //! A poller that ends by itself (a panic in a cycle) ends the daemon with
 //! [`RunError::PollerDied`], so that the process exits non-zero and its supervisor restarts
 //! it, instead of serving "stale" forever.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -28,6 +36,8 @@ pub enum RunError {
     Db(#[from] DbError),
     #[error("the poll task ended unexpectedly ({0}); stopping so that the service is restarted")]
     PollerDied(String),
+    #[error("cannot start the poll thread: {0}")]
+    PollThread(std::io::Error),
 }
 
 /// What a caller may add to a daemon beyond its configuration.
@@ -65,12 +75,15 @@ where
     F: Future<Output = ()> + Send,
 {
     let db = Db::open(&config.db)?;
+    let poll_thread = PollThread::start(&config.node.node_name).map_err(RunError::PollThread)?;
     let shared = Arc::new(Shared::new(config));
     let (trigger, stop) = shutdown::channel();
     let (on_change, runner) = hooks::channel();
     let hooks = tokio::spawn(runner.run(stop.clone()));
     let poller = Poller::new(shared.clone(), db, options.cycle_hook, on_change);
-    let mut polling = tokio::spawn(poller.run(stop.clone(), options.on_ready));
+    let mut polling = poll_thread
+        .runtime
+        .spawn(poller.run(stop.clone(), options.on_ready));
     if let Some(listener) = options.agent {
         tokio::spawn(agent::serve(listener, shared.clone(), stop.clone()));
     }
@@ -90,8 +103,12 @@ where
             }),
         }
     };
+    let policy = server::Policy {
+        clients: Arc::new(Members(shared.clone())),
+        members_on: Some(poll_thread.runtime.clone()),
+    };
     let app = api::App::new(shared);
-    server::serve(listener, |client| app.service(client), stop_serving).await;
+    server::serve_with(listener, |client| app.service(client), stop_serving, policy).await;
 
     if let Some(why) = died {
         let e = RunError::PollerDied(why);
@@ -103,6 +120,60 @@ where
     // A hook in progress is killed with its process group and reaped.
     let _ = hooks.await;
     Ok(())
+}
+
+/// The runtime of the poll cycle and the peer protocol: a current-thread runtime driven by an
+/// OS thread of its own. Dropping it stops the thread (tasks still on it are dropped).
+struct PollThread {
+    runtime: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl PollThread {
+    fn start(node: &str) -> std::io::Result<PollThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("primgr-poll-{node}"))
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                // A blocking task (a name resolution) is not waited for.
+                runtime.shutdown_background();
+            })?;
+        Ok(PollThread {
+            runtime: handle,
+            _stop: stop,
+        })
+    }
+}
+
+/// What the server asks at each accept: the `http` keys in force, and the members' addresses
+/// as the last published membership lists them (the host of each member's API address when it
+/// is an IP address; a host name is not resolved on the accept path).
+struct Members(Arc<Shared>);
+
+impl server::Clients for Members {
+    fn limits(&self) -> server::Limits {
+        let http = &self.0.config().http;
+        server::Limits {
+            per_client: http.max_connections_per_client as usize,
+            idle_timeout: http.idle_timeout,
+        }
+    }
+
+    fn is_member(&self, ip: IpAddr) -> bool {
+        let snapshot = self.0.store.peek();
+        snapshot.members.iter().any(|m| {
+            let host = m.url.as_ref().ok().and_then(|u| u.host());
+            host.and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
+                .is_some_and(|a| a.to_canonical() == ip)
+        })
+    }
 }
 
 fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {

@@ -247,5 +247,9 @@ async fn serve(source: Source, config: primgr::Config, log_filter: Option<LogFil
         }
         // Already logged with its cause; a non-zero status lets the supervisor restart us.
         Err(primgr::RunError::PollerDied(_)) => ExitCode::FAILURE,
+        Err(e @ primgr::RunError::PollThread(_)) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -186,7 +186,7 @@ impl Poller {
 
     /// Asks the plan's voters for their votes, within `peer_timeout`.
     async fn ask_votes(&self, config: &Config, plan: &Plan) -> Vec<VoterReport> {
-        let client = &self.shared.client;
+        let client = &self.shared.poll_client;
         let (me, sent) = (plan.me.as_str(), plan.sent);
         let voters = plan.voters.iter().map(|name| (name, self.url_of(name)));
         fan_out(
@@ -219,7 +219,7 @@ impl Poller {
             Err(why) => Err(format!("{primary} has no address: {why}")),
             Ok(uri) => self
                 .shared
-                .client
+                .poll_client
                 .ask_wal(&uri, primary, deadline)
                 .await
                 // Observed `age` before it answered, and it answered after the plan's instant.
@@ -283,7 +283,12 @@ impl Poller {
         } else {
             let reply = match self.url_of(holder) {
                 Err(why) => ReleaseReply::Failed(format!("no address: {why}")),
-                Ok(uri) => self.shared.client.ask_release(&uri, holder, deadline).await,
+                Ok(uri) => {
+                    self.shared
+                        .poll_client
+                        .ask_release(&uri, holder, deadline)
+                        .await
+                }
             };
             (ReleaseAnswer::Peer(reply), Instant::now())
         };

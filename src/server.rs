@@ -2,16 +2,22 @@
 //!
 //! Owns how connections are served, not what is answered (that is [`crate::api`]). Every limit
 //! that keeps a misbehaving client from hurting the health checks lives here: a cap on open
-//! connections, a cap on request-head size, a timeout for reading a request head that also
-//! closes idle keep-alive connections, the refusal of request bodies (no endpoint takes one) and
-//! of request targets without a path ([`refusal`]), and a deadline for draining at shutdown.
+//! connections with slots kept for the members ([`MEMBER_RESERVE`]), a cap per client address
+//! (`max_connections_per_client`, [`Clients`]), a cap on request-head size, a timeout for
+//! reading a request head that also closes idle keep-alive connections (`idle_timeout`), the
+//! refusal of request bodies (no endpoint takes one) and of request targets without a path
+//! ([`refusal`]), and a deadline for draining at shutdown. The accounting is per connection
+//! (at accept and at its end), never per request. A member's connections may be served on a
+//! runtime of their own ([`Policy::members_on`]), so that a flood from other clients does not
+//! delay the peer protocol.
 //! What is answered comes in as a tower service per connection (the API's warp filters,
 //! `warp::service(routes)`), run by hyper-util's `TowerToHyperService` behind those limits.
 
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,9 +36,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 use tracing::{debug, warn};
 
-/// A connection that does not send a complete request head within this time is closed. The
-/// same timer runs while a keep-alive connection sits idle between requests, so it is also the
-/// idle timeout. Longer than the peer client's pool idle time ([`crate::peers::POOL_IDLE_TIMEOUT`]).
+/// The default `idle_timeout`: a connection that does not send a complete request head within
+/// this time is closed. The same timer runs while a keep-alive connection sits idle between
+/// requests, so it is also the idle timeout. Longer than the peer client's pool idle time
+/// ([`crate::peers::POOL_IDLE_TIMEOUT`]).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest request head (request line and headers) accepted; a larger one gets 431 and the
@@ -42,11 +49,24 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most connections served at once; past it new connections are closed at once.
 pub const MAX_CONNECTIONS: usize = 4096;
 
+/// Of [`MAX_CONNECTIONS`], the slots only the members' addresses may take: other clients
+/// together hold at most `MAX_CONNECTIONS - MEMBER_RESERVE`, so a member's vote request is
+/// never refused because others hold every slot. A member keeps a few pooled connections to
+/// each peer; 128 is room for a large cluster.
+pub const MEMBER_RESERVE: usize = 128;
+
 /// Length of the kernel's queue of connections not yet accepted ([`bind`]). The default of
 /// the standard library and tokio (128) overflows under a burst of connects; an overflowed
 /// queue drops the SYN of a health check, which then waits a full second for the
 /// retransmission.
 pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// A connection gives way to the others (its task yields) once every this many requests: a
+/// client that pipelines requests on a few connections would otherwise keep a worker for
+/// every request hyper has buffered (a 64 kB read holds about 1,500 `GET /state`), and a
+/// health check on a new connection would wait behind all of them. One counter per request,
+/// one yield per this many.
+pub const GIVE_WAY_EVERY: u32 = 16;
 
 /// How long in-flight requests may take to finish after shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -62,12 +82,58 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Serves on `listener` until `shutdown` completes, then stops accepting, lets in-flight
-/// requests finish (at most [`DRAIN_TIMEOUT`]) and returns. Each connection is answered by the
-/// tower service that `service_for` makes for its client (the API's is
-/// `warp::service(routes)`, see [`crate::api`]), run as a hyper service by hyper-util's
-/// [`TowerToHyperService`]. Requests the server refuses itself ([`refusal`]) never reach it;
-/// those it lets through carry no body, and reach it with an empty one.
+/// What the server asks of the daemon at each accept (never per request): the limits in force
+/// and whether a client address is a member's.
+pub trait Clients: Send + Sync + 'static {
+    /// `max_connections_per_client` and `idle_timeout` in force.
+    fn limits(&self) -> Limits;
+    /// Whether `ip` is a member's address (its peer requests come from it).
+    fn is_member(&self, ip: IpAddr) -> bool;
+}
+
+/// The limits in force for new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most connections one client address holds at once.
+    pub per_client: usize,
+    /// [`IDLE_TIMEOUT`] as configured (`idle_timeout`).
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// The defaults of `max_connections_per_client` and `idle_timeout`.
+    fn default() -> Limits {
+        Limits {
+            per_client: 256,
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// No member known, the default limits: what [`serve`] runs with.
+struct Defaults;
+
+impl Clients for Defaults {
+    fn limits(&self) -> Limits {
+        Limits::default()
+    }
+    fn is_member(&self, _: IpAddr) -> bool {
+        false
+    }
+}
+
+/// How [`serve_with`] admits and places connections.
+pub struct Policy {
+    /// The limits in force and the members' addresses.
+    pub clients: Arc<dyn Clients>,
+    /// Where the members' connections are served: a runtime of their own (the poller's), so a
+    /// flood from other clients delays neither the votes this node gives nor the ones it asks.
+    /// None: on the caller's runtime, like every other connection.
+    pub members_on: Option<tokio::runtime::Handle>,
+}
+
+/// [`serve_with`] with the default limits, no members and every connection on the caller's
+/// runtime.
 pub async fn serve<M, S, B, F>(listener: TcpListener, service_for: M, shutdown: F)
 where
     M: Fn(SocketAddr) -> S,
@@ -80,17 +146,39 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     F: Future<Output = ()> + Send,
 {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(IDLE_TIMEOUT)
-        // Without max_header_size a head that arrives in one read is parsed whatever its size;
-        // max_buf_size only bounds the buffer while a head is still incomplete.
-        .max_header_size(MAX_HEAD_BYTES)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .keep_alive(true);
-    let http = Arc::new(http);
+    let policy = Policy {
+        clients: Arc::new(Defaults),
+        members_on: None,
+    };
+    serve_with(listener, service_for, shutdown, policy).await
+}
+
+/// Serves on `listener` until `shutdown` completes, then stops accepting, lets in-flight
+/// requests finish (at most [`DRAIN_TIMEOUT`]) and returns. Each connection is answered by the
+/// tower service that `service_for` makes for its client (the API's is
+/// `warp::service(routes)`, see [`crate::api`]), run as a hyper service by hyper-util's
+/// [`TowerToHyperService`]. Requests the server refuses itself ([`refusal`]) never reach it;
+/// those it lets through carry no body, and reach it with an empty one. Connections are
+/// admitted by [`ClientAdmission`] under `policy`'s limits, and a member's is served where
+/// `policy` says.
+pub async fn serve_with<M, S, B, F>(
+    listener: TcpListener,
+    service_for: M,
+    shutdown: F,
+    policy: Policy,
+) where
+    M: Fn(SocketAddr) -> S,
+    S: Service<Request<Empty<Bytes>>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: Future<Output = ()> + Send,
+{
     let graceful = GracefulShutdown::new();
-    let mut admit = Admission::new(MAX_CONNECTIONS, "HTTP");
+    let mut admit = ClientAdmission::new(policy.clients);
     tokio::pin!(shutdown);
 
     loop {
@@ -99,11 +187,50 @@ where
             admitted = admit.next(&listener) => admitted,
         };
         let _ = stream.set_nodelay(true);
+        // A member's connection moves to the members' runtime: registered with its reactor
+        // and driven by its thread.
+        let place = policy.members_on.as_ref().filter(|_| slot.member);
+        let stream = match place {
+            None => stream,
+            Some(runtime) => {
+                let moved = stream.into_std().and_then(|std| {
+                    let _entered = runtime.enter();
+                    TcpStream::from_std(std)
+                });
+                match moved {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        debug!("a member's connection could not be moved: {e}");
+                        continue;
+                    }
+                }
+            }
+        };
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(slot.idle_timeout)
+            // Without max_header_size a head that arrives in one read is parsed whatever its
+            // size; max_buf_size only bounds the buffer while a head is still incomplete.
+            .max_header_size(MAX_HEAD_BYTES)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .keep_alive(true);
         let service = TowerToHyperService::new(service_for(client));
+        // Requests answered on this connection since it last gave way ([`GIVE_WAY_EVERY`]).
+        let answered = std::cell::Cell::new(0u32);
         let gate = service_fn(move |request: Request<Incoming>| {
             let now = match refusal(&request) {
                 Some(refused) => Ok(refused.map(Either::Left)),
+                None if answered.get() + 1 >= GIVE_WAY_EVERY => {
+                    answered.set(0);
+                    let reply = service.call(request.map(|_| Empty::new()));
+                    let reply = async move {
+                        tokio::task::yield_now().await;
+                        reply.await.map(|r| r.map(Either::Right))
+                    };
+                    return future::Either::Right(future::Either::Right(reply));
+                }
                 None => {
+                    answered.set(answered.get() + 1);
                     // No body (the refusal saw its end): the service gets an empty one.
                     let mut reply = Box::pin(service.call(request.map(|_| Empty::new())));
                     // Polled once here, so that a reply ready at once (every one but a
@@ -113,9 +240,9 @@ where
                     match reply.as_mut().now_or_never() {
                         Some(reply) => reply.map(|r| r.map(Either::Right)),
                         None => {
-                            return future::Either::Right(
+                            return future::Either::Right(future::Either::Left(
                                 reply.map(|reply| reply.map(|r| r.map(Either::Right))),
-                            );
+                            ));
                         }
                     }
                 }
@@ -123,12 +250,16 @@ where
             future::Either::Left(future::ready(now))
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), gate));
-        tokio::spawn(async move {
+        let served = async move {
             if let Err(e) = conn.await {
                 debug!("connection ended with an error: {e}");
             }
             drop(slot);
-        });
+        };
+        match place {
+            Some(runtime) => drop(runtime.spawn(served)),
+            None => drop(tokio::spawn(served)),
+        }
     }
 
     drop(listener);
@@ -137,6 +268,154 @@ where
         .is_err()
     {
         warn!("some requests were still running when the drain deadline passed");
+    }
+}
+
+/// Admits HTTP connections: at most [`MAX_CONNECTIONS`] in all, of which other clients than
+/// the members hold at most `MAX_CONNECTIONS - MEMBER_RESERVE`, and at most
+/// `max_connections_per_client` per client address. A connection past a limit is closed at
+/// once (logged once until that limit admits again: per address for the per-client limit); a
+/// failing `accept` (out of file descriptors) backs off instead of spinning.
+pub struct ClientAdmission {
+    clients: Arc<dyn Clients>,
+    tally: Arc<Mutex<Tally>>,
+    full_logged: bool,
+}
+
+/// Open connections: by client address, and in all for members and for the others.
+#[derive(Debug, Default)]
+struct Tally {
+    by_address: HashMap<IpAddr, usize>,
+    members: usize,
+    others: usize,
+    /// Addresses whose refusal was logged, until one of their connections is admitted again.
+    logged: HashSet<IpAddr>,
+}
+
+/// An admitted connection's place in the tally, given back when it ends.
+pub struct ClientSlot {
+    tally: Arc<Mutex<Tally>>,
+    ip: IpAddr,
+    /// Whether it is a member's.
+    pub member: bool,
+    /// The idle timeout in force when it was admitted.
+    pub idle_timeout: Duration,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut t = lock(&self.tally);
+        if let Some(n) = t.by_address.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.by_address.remove(&self.ip);
+                t.logged.remove(&self.ip);
+            }
+        }
+        if self.member {
+            t.members -= 1;
+        } else {
+            t.others -= 1;
+        }
+    }
+}
+
+/// The tally's lock (a poisoned one is taken as it is: every statement leaves it consistent).
+fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    tally.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// [`MAX_CONNECTIONS`] open (a member), or `MAX_CONNECTIONS - MEMBER_RESERVE` held by others.
+    Full,
+    /// Its address holds `max_connections_per_client` already.
+    PerClient,
+}
+
+impl ClientAdmission {
+    /// Admission under the limits and members `clients` gives at each accept.
+    pub fn new(clients: Arc<dyn Clients>) -> ClientAdmission {
+        ClientAdmission {
+            clients,
+            tally: Arc::default(),
+            full_logged: false,
+        }
+    }
+
+    /// Takes a slot for a connection from `ip`, or says why not.
+    pub fn admit(&mut self, ip: IpAddr) -> Result<ClientSlot, Refused> {
+        let limits = self.clients.limits();
+        let member = self.clients.is_member(ip);
+        let mut t = lock(&self.tally);
+        let open = t.by_address.get(&ip).copied().unwrap_or(0);
+        let full = if member {
+            t.members + t.others >= MAX_CONNECTIONS
+        } else {
+            t.others >= MAX_CONNECTIONS - MEMBER_RESERVE
+        };
+        if full {
+            return Err(Refused::Full);
+        }
+        if open >= limits.per_client {
+            return Err(Refused::PerClient);
+        }
+        *t.by_address.entry(ip).or_default() += 1;
+        if member {
+            t.members += 1;
+        } else {
+            t.others += 1;
+        }
+        if t.logged.remove(&ip) {
+            debug!(client = %ip, "admitting this client's connections again");
+        }
+        Ok(ClientSlot {
+            tally: Arc::clone(&self.tally),
+            ip,
+            member,
+            idle_timeout: limits.idle_timeout,
+        })
+    }
+
+    /// The next admitted connection, its client, and its slot.
+    pub async fn next(&mut self, listener: &TcpListener) -> (TcpStream, SocketAddr, ClientSlot) {
+        loop {
+            let (stream, client) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!("HTTP: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let ip = client.ip().to_canonical();
+            match self.admit(ip) {
+                Ok(slot) => {
+                    self.full_logged = false;
+                    return (stream, client, slot);
+                }
+                Err(Refused::Full) if !self.full_logged => {
+                    warn!(
+                        "HTTP: {} connections open ({} kept for the members); closing new \
+                         ones until some end",
+                        MAX_CONNECTIONS - MEMBER_RESERVE,
+                        MEMBER_RESERVE
+                    );
+                    self.full_logged = true;
+                }
+                Err(Refused::PerClient) => {
+                    if lock(&self.tally).logged.insert(ip) {
+                        warn!(
+                            client = %ip,
+                            "HTTP: {ip} holds max_connections_per_client connections; closing \
+                             its new ones until some end"
+                        );
+                    }
+                }
+                Err(Refused::Full) => {}
+            }
+        }
     }
 }
 
@@ -235,6 +514,84 @@ mod tests {
         // A reset after the answer is fine; the bytes read so far are kept.
         let _ = read.await.expect("the server closes the connection");
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Admission under the default limits (`max_connections_per_client` 256) with the
+    /// members 10.0.0.11 and 10.0.0.12.
+    struct TwoMembers;
+    impl Clients for TwoMembers {
+        fn limits(&self) -> Limits {
+            Limits::default()
+        }
+        fn is_member(&self, ip: IpAddr) -> bool {
+            ip == IpAddr::from([10, 0, 0, 11]) || ip == IpAddr::from([10, 0, 0, 12])
+        }
+    }
+
+    #[test]
+    fn one_address_cannot_take_the_slots_of_another_nor_the_members() {
+        let mut admit = ClientAdmission::new(Arc::new(TwoMembers));
+        let per_client = Limits::default().per_client;
+        // One address: its own limit, then refused; another address is still admitted.
+        let hog = IpAddr::from([10, 0, 0, 99]);
+        let mut held: Vec<ClientSlot> = (0..per_client)
+            .map(|_| admit.admit(hog).expect("under the per-client limit"))
+            .collect();
+        assert_eq!(admit.admit(hog).err(), Some(Refused::PerClient));
+        let haproxy = IpAddr::from([10, 0, 0, 1]);
+        let check = admit.admit(haproxy).expect("another address is admitted");
+        drop(check);
+        // Many addresses fill the others' share: every further other is refused, members not.
+        let mut n = 0u32;
+        while held.len() < MAX_CONNECTIONS - MEMBER_RESERVE {
+            let ip = IpAddr::from((0x0b00_0000 + n / 200).to_be_bytes());
+            held.push(admit.admit(ip).expect("others below their share"));
+            n += 1;
+        }
+        assert_eq!(admit.admit(haproxy).err(), Some(Refused::Full));
+        let members: Vec<ClientSlot> = (0..MEMBER_RESERVE)
+            .map(|i| {
+                let ip = IpAddr::from([10, 0, 0, 11 + (i % 2) as u8]);
+                admit.admit(ip).expect("members take the reserve")
+            })
+            .collect();
+        assert!(members.iter().all(|m| m.member));
+        assert_eq!(
+            admit.admit(IpAddr::from([10, 0, 0, 11])).err(),
+            Some(Refused::Full),
+            "the cap holds for members too"
+        );
+        // Slots come back when connections end.
+        held.truncate(0);
+        drop(members);
+        let t = lock(&admit.tally);
+        assert_eq!((t.members, t.others, t.by_address.len()), (0, 0, 0));
+        println!(
+            "admission: {per_client} per client, {} for others, {MEMBER_RESERVE} kept for members",
+            MAX_CONNECTIONS - MEMBER_RESERVE
+        );
+    }
+
+    /// The bounds the configuration validates against are this server's and the peer
+    /// client's; the defaults of [`Limits`] are the keys' defaults.
+    #[test]
+    fn the_configurations_bounds_and_defaults_are_the_servers() {
+        assert_eq!(
+            crate::config::MOST_CONNECTIONS_PER_CLIENT as usize,
+            MAX_CONNECTIONS - MEMBER_RESERVE
+        );
+        assert_eq!(
+            crate::config::IDLE_TIMEOUT_FLOOR,
+            crate::peers::POOL_IDLE_TIMEOUT
+        );
+        let c = crate::Config::for_node("n").unwrap();
+        assert_eq!(
+            Limits::default(),
+            Limits {
+                per_client: c.http.max_connections_per_client as usize,
+                idle_timeout: c.http.idle_timeout
+            }
+        );
     }
 
     #[tokio::test]

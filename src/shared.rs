@@ -23,7 +23,11 @@ pub struct Shared {
     loaded: ArcSwap<Loaded>,
     pub store: SnapshotStore,
     pub votes: Votes,
+    /// The request handlers' peer client (`/realPrimary`).
     pub client: PeerClient,
+    /// The poller's own peer client (votes, releases, `/wal`): its connections live on the
+    /// poller's runtime ([`crate::daemon`]), never on the one that serves other clients.
+    pub poll_client: PeerClient,
     /// When the daemon started.
     pub started: Instant,
 }
@@ -54,6 +58,7 @@ impl Shared {
         let started = Instant::now();
         Shared {
             client: PeerClient::new(config.peer.source_address),
+            poll_client: PeerClient::new(config.peer.source_address),
             votes: Votes::new(config.leases.vote_lease, started),
             loaded: ArcSwap::from_pointee(Loaded::new(config)),
             store: SnapshotStore::default(),

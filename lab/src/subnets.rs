@@ -114,6 +114,15 @@ pub const SUBNETS: &[(&str, u8)] = &[
         "operations::shipped_agent_variant_keeps_a_lagging_standby_in_the_pool",
         115,
     ),
+    // tests/flood.rs
+    (
+        "flood::one_address_holding_thousands_of_connections_costs_no_check_and_no_write",
+        170,
+    ),
+    (
+        "flood::a_pipelined_flood_leaves_the_primary_its_200_and_the_cycle_its_deadlines",
+        171,
+    ),
     // the lab's own tests (lab/tests/)
     // tests/check.rs, secrets.rs, alerts.rs
     ("check::every_exit_code_against_a_live_cluster", 121),

@@ -111,3 +111,19 @@ group! {
         on_change_timeout: Duration as Period = "30s";
     }
 }
+
+group! {
+    /// The HTTP API's connections: what one client may hold, how long an idle one stays
+    /// ([`crate::server`]).
+    pub struct HttpSettings, flags HttpFlags {
+        /// Most connections one client address may hold open at once; past it its new
+        /// connections are closed at once. haproxy (one check connection per server and check)
+        /// and the members (a few pooled connections each) stay far below it; it keeps one
+        /// address from taking the slots of every other. Between 1 and 3968 (the server's cap
+        /// of 4096 less the 128 slots kept for the members).
+        max_connections_per_client: u32 as Count = "256";
+        /// A connection that sends no complete request head within this time (a keep-alive
+        /// connection idle between requests included) is closed.
+        idle_timeout: Duration as Period = "10s";
+    }
+}

@@ -24,10 +24,11 @@ mod validate;
 pub use declare::{Change, Fallback, Group, Key};
 pub use file::{Given, Origin, Raw, Settings, Source, TomlError};
 pub use groups::{
-    AgentFlags, AgentSettings, DbFlags, DbSettings, HookFlags, HookSettings, LeaseFlags, Node,
-    NodeFlags, PeerFlags, PeerSettings, Reads, ReadsFlags, Timing, TimingFlags,
+    AgentFlags, AgentSettings, DbFlags, DbSettings, HookFlags, HookSettings, HttpFlags,
+    HttpSettings, LeaseFlags, Node, NodeFlags, PeerFlags, PeerSettings, Reads, ReadsFlags, Timing,
+    TimingFlags,
 };
-pub use validate::parse_peer_url;
+pub use validate::{IDLE_TIMEOUT_FLOOR, MOST_CONNECTIONS_PER_CLIENT, parse_peer_url};
 
 use crate::vote::LeaseRules;
 
@@ -155,6 +156,8 @@ groups! {
     agent: AgentSettings, AgentFlags;
     /// Events out: `on_change`, `on_change_timeout`.
     hooks: HookSettings, HookFlags;
+    /// The HTTP API's connections: `max_connections_per_client`, `idle_timeout`.
+    http: HttpSettings, HttpFlags;
 }
 
 /// Whether `key` is a key of the configuration (the `[peers]` table aside).

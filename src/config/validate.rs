@@ -6,13 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::time::Duration;
 
 use hyper::Uri;
 
 use super::declare::Kind;
 use super::file::{Given, Origin, Raw, Settings};
 use super::{
-    AgentSettings, Config, ConfigError, DbSettings, HookSettings, Node, PeerSettings, Timing,
+    AgentSettings, Config, ConfigError, DbSettings, HookSettings, HttpSettings, Node, PeerSettings,
+    Timing,
 };
 use crate::units::format_millis;
 use crate::vote::LeaseRules;
@@ -103,6 +105,7 @@ pub(super) fn config(settings: &Settings, origin: &Origin) -> Result<Config, Con
     peer(&c.peer, &check)?;
     agent(&c.agent, &check)?;
     hooks(&c.hooks, &check)?;
+    http(&c.http, &check)?;
     Ok(c)
 }
 
@@ -222,6 +225,40 @@ fn hooks(h: &HookSettings, check: &Check) -> Result<(), ConfigError> {
         )),
         None => Ok(()),
     }
+}
+
+/// Largest `max_connections_per_client`: the HTTP server's cap on open connections (4096) less
+/// the slots it keeps for the members (128); the server's unit tests check the sum.
+pub const MOST_CONNECTIONS_PER_CLIENT: u32 = 3968;
+
+/// Shortest `idle_timeout` is above this: the peer client's pool idle time (5 s), so a peer
+/// never reuses a connection this server is closing; the peer client's tests check it.
+pub const IDLE_TIMEOUT_FLOOR: Duration = Duration::from_secs(5);
+
+/// `max_connections_per_client` leaves room for others within the server's cap (less the
+/// members' reserve); `idle_timeout` outlasts the peer client's pool idle time and stays short
+/// enough to free idle slots.
+fn http(h: &HttpSettings, check: &Check) -> Result<(), ConfigError> {
+    let most = MOST_CONNECTIONS_PER_CLIENT;
+    if !(1..=most).contains(&h.max_connections_per_client) {
+        return Err(check.invalid(
+            "max_connections_per_client",
+            format!("must be between 1 and {most} (the server's cap less the members' reserve)"),
+        ));
+    }
+    let floor = IDLE_TIMEOUT_FLOOR;
+    let ceiling = Duration::from_secs(300);
+    if h.idle_timeout <= floor || h.idle_timeout > ceiling {
+        return Err(check.invalid(
+            "idle_timeout",
+            format!(
+                "must be above the peer client's pool idle time ({}) and at most {}",
+                format_millis(floor),
+                format_millis(ceiling)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a peer's API base address: `http://host:port` (a path, if any, is ignored). The
