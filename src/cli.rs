@@ -79,6 +79,12 @@ pub enum Command {
     /// prints one status line with performance data. Exit status: 0 OK, 1 WARNING,
     /// 2 CRITICAL, 3 UNKNOWN (no answer within --timeout, connection refused, bad arguments).
     Check(crate::check::Args),
+    /// Print one fresh peer key line for `peer_key_file` (256 bits from the OS's random
+    /// source) and exit.
+    ///
+    /// `primgr keygen > /etc/primgr/peer.key && chmod 600 /etc/primgr/peer.key`, then copy
+    /// the same file to every node.
+    Keygen,
 }
 
 /// Where the local daemon keeps its state and listens, for `drain` and `undrain`.

@@ -38,6 +38,18 @@ fn main() -> ExitCode {
         Some(Command::Drain { reason, local }) => return drain(local, Some(reason)),
         Some(Command::Undrain { local }) => return drain(local, None),
         Some(Command::Check(args)) => return ExitCode::from(primgr::check::command(args)),
+        Some(Command::Keygen) => {
+            return match primgr::auth::generate_key_line() {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("primgr keygen: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         None => {}
     }
     let (source, config) = match cli.load() {

@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::declare::{
-    Addr, Conninfo, Count, Dir, LogFilter, MaybeAddr, MaybeCommand, MaybeIp, Name, Period,
-    PeriodOrZero, Port, Ratio, Size, group,
+    Addr, Conninfo, Count, Dir, IpList, LogFilter, MaybeAddr, MaybeClusterId, MaybeCommand,
+    MaybeFile, MaybeIp, Name, Period, PeriodOrZero, Port, Ratio, Size, group,
 };
+use crate::auth::ClusterId;
 use crate::vote::LeaseRules;
 
 group! {
@@ -73,6 +74,21 @@ group! {
         peer_port: u16 as Port = "5999";
         /// Local address the peer client binds its sockets to.
         source_address: Option<IpAddr> as MaybeIp = "", restart;
+        /// File of the cluster's peer keys, one `hmac-sha256:` line each (`primgr keygen`);
+        /// the first signs, every one verifies (not set: peers are trusted by address only).
+        ///
+        /// Must be a regular file that only its owner may read (chmod 600). Read at start and
+        /// at each reload (SIGHUP): rotate by adding the new key second on every node, then
+        /// first, then dropping the old one.
+        peer_key_file: Option<PathBuf> as MaybeFile = "";
+        /// The cluster's identity for a repmgr witness: the primary's system identifier
+        /// (not set: a witness learns it from the primary its metadata names).
+        ///
+        /// On a data node it must equal its database's own system identifier.
+        cluster_id: Option<ClusterId> as MaybeClusterId = "";
+        /// More addresses whose peer requests are answered without a key file, besides the
+        /// members' (comma-separated IP addresses; not set: none).
+        peer_allow: Vec<IpAddr> as IpList = "";
     }
 }
 

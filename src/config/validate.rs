@@ -184,6 +184,11 @@ fn peer(p: &PeerSettings, check: &Check) -> Result<(), ConfigError> {
     if p.peer_port == 0 {
         return Err(check.invalid("peer_port", "must be a port (1-65535)"));
     }
+    if let Some(path) = &p.peer_key_file {
+        crate::auth::Keys::load(path).map_err(|e| {
+            check.invalid("peer_key_file", format!("{}: {}", path.display(), e.reason))
+        })?;
+    }
     Ok(())
 }
 
