@@ -514,17 +514,27 @@ impl App {
     /// `/status`: everything the snapshot knows ([`status_json`]).
     fn status(&self, now: Instant) -> (u16, Bytes) {
         let snapshot = self.shared.store.load();
-        let status = status_json(&self.shared.loaded(), &snapshot, now);
+        let mut status = status_json(&self.shared.loaded(), &snapshot, now);
+        let auth = &self.shared.auth;
+        status.cluster_id = auth.cluster().map(|c| c.to_string());
+        status.peer_auth = auth.mode().to_string();
+        status.peer_auth_failures = auth.failures();
+        status.peer_requests_refused = auth.refused();
         (snapshot.served_state(now).code(), json_bytes(&status))
     }
 
     /// `/metrics`: the Prometheus text ([`metrics::render`]).
     fn metrics(&self, now: Instant) -> (u16, Bytes) {
         let snapshot = self.shared.store.load();
+        let auth = &self.shared.auth;
+        let failures = auth.failures();
         let extra = metrics::Extra {
             requests: self.requests.snapshot(),
             voter_failures: &snapshot.voter_failures,
             config_loaded: self.shared.loaded().at,
+            peer_auth: auth.mode(),
+            peer_auth_failures: &failures,
+            peer_requests_refused: auth.refused(),
         };
         (200, metrics::render(&snapshot, &extra, now).into())
     }
@@ -985,6 +995,7 @@ pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Status
         upstream: r.receiver.as_ref().and_then(|w| w.sender.clone()),
     });
     Status {
+        cluster_id: None,
         code: state.code(),
         config: StatusConfig {
             fingerprint: loaded.fingerprint.clone(),
@@ -1013,6 +1024,9 @@ pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Status
         observed_at: snapshot
             .observed_at
             .map(|_| humantime::format_rfc3339_millis(snapshot.observed_at_wall).to_string()),
+        peer_auth: String::new(),
+        peer_auth_failures: Default::default(),
+        peer_requests_refused: 0,
         primary: snapshot.primary.clone(),
         reason: snapshot.served_reason(now),
         replication,

@@ -26,6 +26,8 @@ use crate::{agent, api, hooks, reload, server, shutdown};
 pub enum RunError {
     #[error("conninfo: {0}")]
     Db(#[from] DbError),
+    #[error("{0}")]
+    Keys(#[from] crate::auth::KeyFileError),
     #[error("the poll task ended unexpectedly ({0}); stopping so that the service is restarted")]
     PollerDied(String),
 }
@@ -66,6 +68,7 @@ where
 {
     let db = Db::open(&config.db)?;
     let shared = Arc::new(Shared::new(config));
+    shared.auth.load(&shared.config())?;
     let (trigger, stop) = shutdown::channel();
     let (on_change, runner) = hooks::channel();
     let hooks = tokio::spawn(runner.run(stop.clone()));

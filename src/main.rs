@@ -253,7 +253,7 @@ async fn serve(source: Source, config: primgr::Config, log_filter: Option<LogFil
             info!("stopped");
             ExitCode::SUCCESS
         }
-        Err(e @ primgr::RunError::Db(_)) => {
+        Err(e @ (primgr::RunError::Db(_) | primgr::RunError::Keys(_))) => {
             error!("{e}");
             ExitCode::from(EXIT_CONFIG)
         }

@@ -53,6 +53,11 @@ pub fn apply(shared: &Shared, mut new: Config) -> Applied {
     if new.leases.vote_lease != running.leases.vote_lease {
         shared.votes.book().set_lease(new.leases.vote_lease);
     }
+    // The key file was read by the validation; read again to put it in force (a file that
+    // changed in between is refused and the keys in force stay).
+    if let Err(e) = shared.auth.load(&new) {
+        error!("reload: {e}; the peer keys in force stay");
+    }
     shared.put(new);
     Applied { changed, ignored }
 }

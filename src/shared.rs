@@ -3,13 +3,21 @@
 //! ([`Votes`]), and the peer client.
 //!
 //! Owns the locks of the protocol's state: what `/vote` and
-//! `/release` may change, and the holder's lock the poller publishes under. Nothing here is
-//! global: each daemon has its own.
+//! `/release` may change, and the holder's lock the poller publishes under; and the peer
+//! authentication in force ([`PeerAuth`]: the keys of `peer_key_file`, the replay guard, the
+//! tickets peers gave, the cluster identity, the members' addresses, the counters). Nothing
+//! here is global: each daemon has its own.
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tracing::{info, warn};
+
+use crate::auth::{ClusterId, KeyFileError, Keys, ReplayGuard, TicketBook};
 
 use crate::config::Config;
 use crate::cycle;
@@ -24,6 +32,8 @@ pub struct Shared {
     pub store: SnapshotStore,
     pub votes: Votes,
     pub client: PeerClient,
+    /// Peer authentication: keys, replay guard, tickets, identity, addresses, counters.
+    pub auth: PeerAuth,
     /// When the daemon started.
     pub started: Instant,
 }
@@ -55,6 +65,7 @@ impl Shared {
         Shared {
             client: PeerClient::new(config.peer.source_address),
             votes: Votes::new(config.leases.vote_lease, started),
+            auth: PeerAuth::new(config.leases.vote_lease, started),
             loaded: ArcSwap::from_pointee(Loaded::new(config)),
             store: SnapshotStore::default(),
             started,
@@ -119,5 +130,153 @@ impl Votes {
         let now = Instant::now();
         let answer = cycle::release(&mut holder, &store.peek(), now);
         (answer, now)
+    }
+}
+
+/// The peer authentication of one daemon (see [`crate::auth`] for the rules): the keys in
+/// force (none: address mode), the recipient's replay guard, the tickets peers gave this
+/// node, its cluster identity, the members' addresses (address mode), and what was refused.
+#[derive(Debug)]
+pub struct PeerAuth {
+    keys: ArcSwapOption<Keys>,
+    /// None when the OS's random source failed at start: no state-changing request is
+    /// admitted (safe: no vote, no release).
+    guard: Mutex<Option<ReplayGuard>>,
+    tickets: Mutex<TicketBook>,
+    cluster: Mutex<Option<ClusterId>>,
+    /// The members' addresses, resolved by the poller each cycle.
+    members: ArcSwap<HashSet<IpAddr>>,
+    /// Answers that failed authentication, by peer (`/status`, `/metrics`).
+    failures: Mutex<BTreeMap<String, u64>>,
+    /// Peers whose answers fail authentication now (logged once when it starts and clears).
+    failing: Mutex<BTreeSet<String>>,
+    /// Peer requests refused (401, 403).
+    refused: AtomicU64,
+}
+
+impl PeerAuth {
+    fn new(vote_lease: std::time::Duration, started: Instant) -> PeerAuth {
+        PeerAuth {
+            keys: ArcSwapOption::empty(),
+            guard: Mutex::new(ReplayGuard::new(started, vote_lease).ok()),
+            tickets: Mutex::new(TicketBook::default()),
+            cluster: Mutex::new(None),
+            members: ArcSwap::default(),
+            failures: Mutex::new(BTreeMap::new()),
+            failing: Mutex::new(BTreeSet::new()),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Loads `peer_key_file` of `config` (none: address mode) and puts it in force; the
+    /// ticket lifetime follows `vote_lease`. A refused file changes nothing.
+    pub fn load(&self, config: &Config) -> Result<(), KeyFileError> {
+        let keys = match &config.peer.peer_key_file {
+            Some(path) => Some(Arc::new(Keys::load(path)?)),
+            None => None,
+        };
+        match (&keys, self.keys.load().as_ref()) {
+            (Some(new), Some(old)) if new.ids() != old.ids() => info!("peer keys: now {new}"),
+            (Some(new), None) => info!("peer keys: {new}"),
+            (None, _) => warn!(
+                "no peer_key_file: /vote and /release are answered only from the members' \
+                 addresses and peer_allow, and peers' answers are trusted by address (set \
+                 peer_key_file: see `primgr keygen`)"
+            ),
+            _ => {}
+        }
+        self.keys.store(keys);
+        if let Some(guard) = self.guard().as_mut() {
+            guard.set_lifetime(config.leases.vote_lease);
+        }
+        Ok(())
+    }
+
+    /// The keys in force, if any.
+    pub fn keys(&self) -> Option<Arc<Keys>> {
+        self.keys.load_full()
+    }
+
+    /// `"key"` or `"addresses"`.
+    pub fn mode(&self) -> &'static str {
+        if self.keys.load().is_some() {
+            "key"
+        } else {
+            "addresses"
+        }
+    }
+
+    /// The replay guard.
+    pub fn guard(&self) -> MutexGuard<'_, Option<ReplayGuard>> {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The tickets peers gave this node.
+    pub fn tickets(&self) -> MutexGuard<'_, TicketBook> {
+        self.tickets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This node's cluster identity, when it has one.
+    pub fn cluster(&self) -> Option<ClusterId> {
+        *self.cluster.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the identity ([`crate::auth::cluster_identity`], by the poller).
+    pub fn set_cluster(&self, id: Option<ClusterId>) {
+        *self.cluster.lock().unwrap_or_else(|p| p.into_inner()) = id;
+    }
+
+    /// Whether `ip` is a member's address (address mode).
+    pub fn is_member(&self, ip: IpAddr) -> bool {
+        self.members.load().contains(&ip)
+    }
+
+    /// The members' addresses (by the poller, each cycle).
+    pub fn set_members(&self, members: HashSet<IpAddr>) {
+        if **self.members.load() != members {
+            self.members.store(Arc::new(members));
+        }
+    }
+
+    /// Counts a refused peer request.
+    pub fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Peer requests refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Records whether `peer`'s answer passed authentication (`Err`: why not): counted, and
+    /// logged once when failures start and once when they clear.
+    pub fn answer_checked(&self, peer: &str, outcome: Result<(), &str>) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Err(why) => {
+                *self
+                    .failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(peer.to_string())
+                    .or_default() += 1;
+                if failing.len() < crate::auth::MAX_TICKET_PEERS && failing.insert(peer.into()) {
+                    warn!(peer = %peer, "answers of {peer} fail authentication and count as no answer: {why}");
+                }
+            }
+            Ok(()) => {
+                if failing.remove(peer) {
+                    info!(peer = %peer, "answers of {peer} are authentic again");
+                }
+            }
+        }
+    }
+
+    /// Answers that failed authentication, by peer.
+    pub fn failures(&self) -> BTreeMap<String, u64> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
