@@ -8,7 +8,7 @@
 //! tickets peers gave, the cluster identity, the members' addresses, the counters). Nothing
 //! here is global: each daemon has its own.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,11 +17,11 @@ use std::time::{Instant, SystemTime};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tracing::{info, warn};
 
-use crate::auth::{ClusterId, KeyFileError, Keys, ReplayGuard, TicketBook};
+use crate::auth::{ClusterId, KeyFileError, Keys, ReplayGuard};
 
 use crate::config::Config;
 use crate::cycle;
-use crate::peers::PeerClient;
+use crate::peers::{Answers, PeerClient, Signer};
 use crate::snapshot::SnapshotStore;
 use crate::vote::{Book, Holder, Release};
 
@@ -142,14 +142,11 @@ pub struct PeerAuth {
     /// None when the OS's random source failed at start: no state-changing request is
     /// admitted (safe: no vote, no release).
     guard: Mutex<Option<ReplayGuard>>,
-    tickets: Mutex<TicketBook>,
+    /// The tickets peers gave and the answers that failed authentication.
+    pub answers: Answers,
     cluster: Mutex<Option<ClusterId>>,
     /// The members' addresses, resolved by the poller each cycle.
     members: ArcSwap<HashSet<IpAddr>>,
-    /// Answers that failed authentication, by peer (`/status`, `/metrics`).
-    failures: Mutex<BTreeMap<String, u64>>,
-    /// Peers whose answers fail authentication now (logged once when it starts and clears).
-    failing: Mutex<BTreeSet<String>>,
     /// Peer requests refused (401, 403).
     refused: AtomicU64,
 }
@@ -159,11 +156,9 @@ impl PeerAuth {
         PeerAuth {
             keys: ArcSwapOption::empty(),
             guard: Mutex::new(ReplayGuard::new(started, vote_lease).ok()),
-            tickets: Mutex::new(TicketBook::default()),
+            answers: Answers::default(),
             cluster: Mutex::new(None),
             members: ArcSwap::default(),
-            failures: Mutex::new(BTreeMap::new()),
-            failing: Mutex::new(BTreeSet::new()),
             refused: AtomicU64::new(0),
         }
     }
@@ -197,6 +192,18 @@ impl PeerAuth {
         self.keys.load_full()
     }
 
+    /// The signer of this node's peer requests under `keys` (a daemon's: answers must come
+    /// from the peer asked, to `me`, of this node's cluster).
+    pub fn signer<'a>(&'a self, keys: &'a Keys, me: &'a str) -> Signer<'a> {
+        Signer {
+            keys,
+            me,
+            cluster: self.cluster(),
+            addressed: true,
+            answers: &self.answers,
+        }
+    }
+
     /// `"key"` or `"addresses"`.
     pub fn mode(&self) -> &'static str {
         if self.keys.load().is_some() {
@@ -209,11 +216,6 @@ impl PeerAuth {
     /// The replay guard.
     pub fn guard(&self) -> MutexGuard<'_, Option<ReplayGuard>> {
         self.guard.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The tickets peers gave this node.
-    pub fn tickets(&self) -> MutexGuard<'_, TicketBook> {
-        self.tickets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// This node's cluster identity, when it has one.
@@ -246,37 +248,5 @@ impl PeerAuth {
     /// Peer requests refused so far.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
-    }
-
-    /// Records whether `peer`'s answer passed authentication (`Err`: why not): counted, and
-    /// logged once when failures start and once when they clear.
-    pub fn answer_checked(&self, peer: &str, outcome: Result<(), &str>) {
-        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        match outcome {
-            Err(why) => {
-                *self
-                    .failures
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(peer.to_string())
-                    .or_default() += 1;
-                if failing.len() < crate::auth::MAX_TICKET_PEERS && failing.insert(peer.into()) {
-                    warn!(peer = %peer, "answers of {peer} fail authentication and count as no answer: {why}");
-                }
-            }
-            Ok(()) => {
-                if failing.remove(peer) {
-                    info!(peer = %peer, "answers of {peer} are authentic again");
-                }
-            }
-        }
-    }
-
-    /// Answers that failed authentication, by peer.
-    pub fn failures(&self) -> BTreeMap<String, u64> {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 }
