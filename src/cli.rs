@@ -54,6 +54,10 @@ pub enum Command {
         /// Print a JSON document instead of the table.
         #[arg(long)]
         json: bool,
+        /// The cluster's peer key file: sign every request and accept only answers signed
+        /// with one of its keys (the daemons' `peer_key_file`).
+        #[arg(long, value_name = "FILE")]
+        peer_key_file: Option<PathBuf>,
     },
     /// Take this node out of the read pool (`/replica`, `/read-only`, `/readiness` and the
     /// agent's read answer fail), without stopping anything; `/state` stays as it is.

@@ -16,8 +16,10 @@ use hyper::Uri;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::peers::{PeerClient, fan_out};
+use crate::auth::Keys;
+use crate::peers::{Answers, PeerClient, Signer, fan_out};
 use crate::wire::Status;
+use hyper::Method;
 
 /// Default `--url`: the daemon on this machine.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:5999";
@@ -390,6 +392,21 @@ fn members_of(status: &Status) -> Vec<Listed> {
 /// Asks the daemon at `url` for the members, then every member's `/status` at once; each round
 /// is bounded by `timeout`.
 pub async fn gather(url: &Uri, timeout: Duration) -> ClusterReport {
+    gather_signed(url, timeout, None).await
+}
+
+/// [`gather`], each request signed with `keys` (`--peer-key-file`) and each answer verified:
+/// an answer not signed with the cluster's key is reported as an error, not as a state.
+pub async fn gather_signed(url: &Uri, timeout: Duration, keys: Option<&Keys>) -> ClusterReport {
+    let answers = Answers::default();
+    let signer = keys.map(|keys| Signer {
+        keys,
+        me: "primgr-cluster",
+        cluster: None,
+        addressed: false,
+        answers: &answers,
+    });
+    let signer = signer.as_ref();
     let client = PeerClient::new(None);
     let mut report = ClusterReport {
         url: url.to_string(),
@@ -398,7 +415,10 @@ pub async fn gather(url: &Uri, timeout: Duration) -> ClusterReport {
         nodes: Vec::new(),
     };
     let deadline = tokio::time::Instant::now() + timeout;
-    let first = match client.get(url, "/status", deadline).await {
+    let first = match client
+        .exchange(signer, Method::GET, url, None, "/status", deadline)
+        .await
+    {
         Ok((code, body)) => match Status::read(code, &body) {
             Ok(status) => status,
             Err(_) => {
@@ -430,7 +450,17 @@ pub async fn gather(url: &Uri, timeout: Duration) -> ClusterReport {
             Err(why) => return NodeReport::failed(&m.name, m.site, None, why),
         };
         let address = Some(authority(&uri));
-        match client.get(&uri, "/status", deadline).await {
+        let asked = client
+            .exchange(
+                signer,
+                Method::GET,
+                &uri,
+                Some(&m.name),
+                "/status",
+                deadline,
+            )
+            .await;
+        match asked {
             Ok((code, body)) => NodeReport::from_status(&m.name, m.site, address, code, &body),
             Err(e) => NodeReport::failed(&m.name, m.site, address, e.to_string()),
         }
