@@ -58,6 +58,10 @@ pub enum Command {
         /// with one of its keys (the daemons' `peer_key_file`).
         #[arg(long, value_name = "FILE")]
         peer_key_file: Option<PathBuf>,
+        /// PEM CA certificates of the daemons' TLS certificates (the daemons'
+        /// `tls_ca_file`): ask every daemon over https and verify it against them.
+        #[arg(long, value_name = "FILE")]
+        tls_ca_file: Option<PathBuf>,
     },
     /// Take this node out of the read pool (`/replica`, `/read-only`, `/readiness` and the
     /// agent's read answer fail), without stopping anything; `/state` stays as it is.

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::auth::Keys;
 use crate::peers::{Answers, PeerClient, Signer, fan_out};
+use crate::tls::ClientTls;
 use crate::wire::Status;
 use hyper::Method;
 
@@ -332,7 +333,8 @@ fn one_line(text: &str) -> String {
         .collect()
 }
 
-/// Parses `--url`: `http://HOST:PORT`, or `HOST:PORT` (plain HTTP).
+/// Parses `--url`: `http://HOST:PORT`, `https://HOST:PORT`, or `HOST:PORT` (the scheme of the
+/// requests follows `--tls-ca-file`).
 pub fn parse_url(text: &str) -> Result<Uri, String> {
     let with_scheme = if text.contains("://") {
         text.to_string()
@@ -398,6 +400,17 @@ pub async fn gather(url: &Uri, timeout: Duration) -> ClusterReport {
 /// [`gather`], each request signed with `keys` (`--peer-key-file`) and each answer verified:
 /// an answer not signed with the cluster's key is reported as an error, not as a state.
 pub async fn gather_signed(url: &Uri, timeout: Duration, keys: Option<&Keys>) -> ClusterReport {
+    gather_with(url, timeout, keys, None).await
+}
+
+/// [`gather_signed`], over https when `tls` is given (`--tls-ca-file`): every daemon's
+/// certificate must chain to that CA and name the address asked, or it gives no answer.
+pub async fn gather_with(
+    url: &Uri,
+    timeout: Duration,
+    keys: Option<&Keys>,
+    tls: Option<&ClientTls>,
+) -> ClusterReport {
     let answers = Answers::default();
     let signer = keys.map(|keys| Signer {
         keys,
@@ -407,7 +420,7 @@ pub async fn gather_signed(url: &Uri, timeout: Duration, keys: Option<&Keys>) ->
         answers: &answers,
     });
     let signer = signer.as_ref();
-    let client = PeerClient::new(None);
+    let client = PeerClient::with_tls(None, tls);
     let mut report = ClusterReport {
         url: url.to_string(),
         error: None,

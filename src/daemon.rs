@@ -3,7 +3,8 @@
 //! Owns the wiring of a daemon inside a process: [`run`] / [`run_with`] build its
 //! [`Shared`] state, start the poller and the `on_change` runner (and the agent port and the
 //! reload task when asked),
-//! and serve the API on an already bound listener until a shutdown future completes. Nothing is global: tests run several daemons in one process.
+//! and serve the API (over HTTPS when `tls_cert_file` is set) on an already bound listener
+//! until a shutdown future completes. Nothing is global: tests run several daemons in one process.
 //! A poller that ends by itself (a panic in a cycle) ends the daemon with
 //! [`RunError::PollerDied`], so that the process exits non-zero and its supervisor restarts
 //! it, instead of serving "stale" forever.
@@ -19,6 +20,7 @@ use crate::db::{Db, DbError};
 use crate::poller::{CycleHook, OnReady, Poller};
 use crate::reload::Reloads;
 use crate::shared::Shared;
+use crate::tls::Tls;
 use crate::{agent, api, hooks, reload, server, shutdown};
 
 /// Why a daemon could not start or stopped by itself.
@@ -28,6 +30,8 @@ pub enum RunError {
     Db(#[from] DbError),
     #[error("{0}")]
     Keys(#[from] crate::auth::KeyFileError),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("the poll task ended unexpectedly ({0}); stopping so that the service is restarted")]
     PollerDied(String),
 }
@@ -67,7 +71,12 @@ where
     F: Future<Output = ()> + Send,
 {
     let db = Db::open(&config.db)?;
-    let shared = Arc::new(Shared::new(config));
+    let tls = Tls::load(
+        config.tls.tls_cert_file.as_deref(),
+        config.tls.tls_key_file.as_deref(),
+        config.tls.tls_ca_file.as_deref(),
+    )?;
+    let shared = Arc::new(Shared::with_tls(config, tls));
     shared.auth.load(&shared.config())?;
     let (trigger, stop) = shutdown::channel();
     let (on_change, runner) = hooks::channel();
@@ -93,8 +102,9 @@ where
             }),
         }
     };
+    let tls = shared.tls.server.as_ref().map(|t| t.config());
     let app = api::App::new(shared);
-    server::serve(listener, |client| app.service(client), stop_serving).await;
+    server::serve(listener, tls, |client| app.service(client), stop_serving).await;
 
     if let Some(why) = died {
         let e = RunError::PollerDied(why);

@@ -40,7 +40,16 @@ fn main() -> ExitCode {
             timeout,
             json,
             peer_key_file,
-        }) => return cluster(url, *timeout, *json, peer_key_file.as_deref()),
+            tls_ca_file,
+        }) => {
+            return cluster(
+                url,
+                *timeout,
+                *json,
+                peer_key_file.as_deref(),
+                tls_ca_file.as_deref(),
+            );
+        }
         Some(Command::Drain { reason, local }) => return drain(local, Some(reason)),
         Some(Command::Undrain { local }) => return drain(local, None),
         Some(Command::Check(args)) => return ExitCode::from(primgr::check::command(args)),
@@ -167,7 +176,13 @@ fn drain(local: &Local, reason: Option<&str>) -> ExitCode {
 }
 
 /// `primgr cluster`: prints the table (or JSON) and exits with its status.
-fn cluster(url: &Uri, timeout: Duration, json: bool, key_file: Option<&Path>) -> ExitCode {
+fn cluster(
+    url: &Uri,
+    timeout: Duration,
+    json: bool,
+    key_file: Option<&Path>,
+    ca_file: Option<&Path>,
+) -> ExitCode {
     let keys = match key_file.map(primgr::auth::Keys::load).transpose() {
         Ok(keys) => keys,
         Err(e) => {
@@ -175,10 +190,22 @@ fn cluster(url: &Uri, timeout: Duration, json: bool, key_file: Option<&Path>) ->
             return ExitCode::from(2);
         }
     };
+    let tls = match ca_file.map(primgr::tls::ClientTls::load).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("primgr cluster: --tls-ca-file: {}", e.reason);
+            return ExitCode::from(2);
+        }
+    };
     let Some(runtime) = small_runtime("cluster") else {
         return ExitCode::FAILURE;
     };
-    let report = runtime.block_on(primgr::cluster::gather_signed(url, timeout, keys.as_ref()));
+    let report = runtime.block_on(primgr::cluster::gather_with(
+        url,
+        timeout,
+        keys.as_ref(),
+        tls.as_ref(),
+    ));
     if json {
         println!("{:#}", report.to_json());
     } else if report.error.is_some() {
@@ -266,7 +293,9 @@ async fn serve(source: Source, config: primgr::Config, log_filter: Option<LogFil
             info!("stopped");
             ExitCode::SUCCESS
         }
-        Err(e @ (primgr::RunError::Db(_) | primgr::RunError::Keys(_))) => {
+        Err(
+            e @ (primgr::RunError::Db(_) | primgr::RunError::Keys(_) | primgr::RunError::Tls(_)),
+        ) => {
             error!("{e}");
             ExitCode::from(EXIT_CONFIG)
         }

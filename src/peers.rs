@@ -28,6 +28,7 @@ use futures_util::future::join_all;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::header::{HeaderValue, USER_AGENT};
 use hyper::{Method, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -41,6 +42,7 @@ use crate::auth::{
 use crate::conninfo;
 use crate::db::NodeRow;
 use crate::decide::State;
+use crate::tls::ClientTls;
 use crate::vote::Grant;
 use crate::wire::{self, ReleaseAnswer, StateBody, VoteAnswer, WalAnswer, WalStandby};
 
@@ -147,28 +149,64 @@ impl std::fmt::Debug for Signer<'_> {
     }
 }
 
-/// The HTTP client of one daemon.
+/// The HTTP client of one daemon: plain HTTP, or https verified against `tls_ca_file`.
 #[derive(Clone, Debug)]
 pub struct PeerClient {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Connection,
     user_agent: HeaderValue,
+}
+
+/// The client of one scheme: every peer is asked with the same one.
+#[derive(Clone, Debug)]
+enum Connection {
+    Http(Client<HttpConnector, Empty<Bytes>>),
+    /// https only: a peer's address is asked over TLS whatever scheme it was written with.
+    Https(Client<HttpsConnector<HttpConnector>, Empty<Bytes>>),
 }
 
 impl PeerClient {
     /// A keep-alive client whose connections are made from `source_address` when it is set.
     /// Every request (connect included) is bounded by the deadline its caller gives.
     pub fn new(source_address: Option<IpAddr>) -> PeerClient {
+        PeerClient::with_tls(source_address, None)
+    }
+
+    /// [`PeerClient::new`], over https when `tls` is given: each peer's certificate must
+    /// chain to its CA and name the address asked; a peer that fails the handshake gives no
+    /// answer ([`PeerError::Request`]).
+    pub fn with_tls(source_address: Option<IpAddr>, tls: Option<&ClientTls>) -> PeerClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_local_address(source_address);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(4)
-            .build(connector);
+            .pool_max_idle_per_host(4);
+        let client = match tls {
+            None => Connection::Http(builder.build(connector)),
+            Some(tls) => {
+                // The https connector refuses an http:// URI itself; [`join`] writes https.
+                connector.enforce_http(false);
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config((*tls.config()).clone())
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(connector);
+                Connection::Https(builder.build(https))
+            }
+        };
         PeerClient {
             client,
             user_agent: HeaderValue::from_static(concat!("primgr/", env!("CARGO_PKG_VERSION"))),
+        }
+    }
+
+    /// The scheme of every request: `https` with a CA, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        match self.client {
+            Connection::Http(_) => "http",
+            Connection::Https(_) => "https",
         }
     }
 
@@ -282,7 +320,7 @@ impl PeerClient {
         // In whole milliseconds: it is shown to operators ("no answer within 500ms").
         let left = deadline.saturating_duration_since(Instant::now());
         let budget = Duration::from_millis(((left.as_micros() + 500) / 1000) as u64);
-        let uri = join(base, path)?;
+        let uri = join(self.scheme(), base, path)?;
         let mut request = hyper::Request::new(Empty::new());
         *request.method_mut() = method;
         *request.uri_mut() = uri;
@@ -293,11 +331,11 @@ impl PeerClient {
             request.headers_mut().insert(auth::HEADER, signed);
         }
         let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| PeerError::Request(error_chain(&e)))?;
+            let response = match &self.client {
+                Connection::Http(c) => c.request(request).await,
+                Connection::Https(c) => c.request(request).await,
+            }
+            .map_err(|e| PeerError::Request(error_chain(&e)))?;
             let status = response.status().as_u16();
             let answer = response
                 .headers()
@@ -556,12 +594,14 @@ fn encode(text: &str) -> String {
         .collect()
 }
 
-fn join(base: &Uri, path: &str) -> Result<Uri, PeerError> {
+/// `path` at the peer `base`, in the client's `scheme` (the one the configuration sets,
+/// whatever `base` was written with).
+fn join(scheme: &str, base: &Uri, path: &str) -> Result<Uri, PeerError> {
     let authority = base
         .authority()
         .ok_or_else(|| PeerError::Request(format!("address {base} has no host")))?;
     Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority.as_str())
         .path_and_query(path)
         .build()
@@ -579,14 +619,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The API address of a node: its `[peers]` entry, else `http://<conninfo host>:<peer_port>`.
+/// The API address of a node: its `[peers]` entry, else `<conninfo host>:<peer_port>`, in
+/// `scheme` (the client's, [`PeerClient::scheme`]: `https` when `tls_ca_file` is set).
 pub fn peer_url(
     row: &NodeRow,
     overrides: &BTreeMap<String, Uri>,
     peer_port: u16,
+    scheme: &str,
 ) -> Result<Uri, String> {
     if let Some(uri) = overrides.get(&row.node_name) {
-        return Ok(uri.clone());
+        return join(scheme, uri, "/").map_err(|e| e.to_string());
     }
     let host = conninfo::host(&row.conninfo)?;
     let authority = match host.parse::<IpAddr>() {
@@ -594,7 +636,7 @@ pub fn peer_url(
         _ => format!("{host}:{peer_port}"),
     };
     Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority.as_str())
         .path_and_query("/")
         .build()
@@ -625,21 +667,21 @@ mod tests {
         );
         let r = row("node2", "host=127.0.0.12");
         assert_eq!(
-            peer_url(&r, &overrides, 5999).unwrap().to_string(),
+            peer_url(&r, &overrides, 5999, "http").unwrap().to_string(),
             "http://10.9.9.9:7000/"
         );
         let r = row("node3", "host=127.0.0.13 port=5432");
         assert_eq!(
-            peer_url(&r, &overrides, 5999).unwrap().to_string(),
+            peer_url(&r, &overrides, 5999, "http").unwrap().to_string(),
             "http://127.0.0.13:5999/"
         );
         let r = row("node6", "host=::1");
         assert_eq!(
-            peer_url(&r, &overrides, 6000).unwrap().to_string(),
+            peer_url(&r, &overrides, 6000, "http").unwrap().to_string(),
             "http://[::1]:6000/"
         );
         let r = row("node4", "host=/tmp");
-        assert!(peer_url(&r, &overrides, 5999).is_err());
+        assert!(peer_url(&r, &overrides, 5999, "http").is_err());
     }
 
     /// Only a well-formed vote of the voter asked, for this node, with a lease, is a vote.

@@ -330,11 +330,12 @@ impl Poller {
     /// Rebuilds the membership from the observed rows (addresses follow `[peers]`, which a
     /// reload may change).
     fn update_members(&mut self, config: &Config, obs: &DbObservation) {
+        let scheme = self.shared.client.scheme();
         let members: Vec<Member> = obs
             .nodes
             .iter()
             .map(|n| {
-                let url = peer_url(n, &config.peers, config.peer.peer_port);
+                let url = peer_url(n, &config.peers, config.peer.peer_port, scheme);
                 if let Err(why) = &url {
                     if n.node_name != config.node.node_name {
                         self.log.without_address(&n.node_name, why);

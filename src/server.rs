@@ -5,6 +5,8 @@
 //! connections, a cap on request-head size, a timeout for reading a request head that also
 //! closes idle keep-alive connections, the refusal of request bodies (no endpoint takes one) and
 //! of request targets without a path ([`refusal`]), and a deadline for draining at shutdown.
+//! With TLS (`tls_cert_file`), each connection's handshake comes first, under the same timeout
+//! as a request head, in the connection's own task.
 //! What is answered comes in as a tower service per connection (the API's warp filters,
 //! `warp::service(routes)`), run by hyper-util's `TowerToHyperService` behind those limits.
 
@@ -68,8 +70,20 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// `warp::service(routes)`, see [`crate::api`]), run as a hyper service by hyper-util's
 /// [`TowerToHyperService`]. Requests the server refuses itself ([`refusal`]) never reach it;
 /// those it lets through carry no body, and reach it with an empty one.
-pub async fn serve<M, S, B, F>(listener: TcpListener, service_for: M, shutdown: F)
-where
+///
+/// With `tls` (the listener's configuration, [`crate::tls::ServerTls::config`]) every
+/// admitted connection is served over TLS: its handshake, in the connection's own task and
+/// holding its slot, must end within [`IDLE_TIMEOUT`] (the time a client has for its request
+/// head), or the connection is closed; a client that does not speak TLS (plain HTTP to an
+/// HTTPS port) fails the handshake and is closed. The limits above then apply to what the
+/// client sends inside TLS. The certificate is resolved at each handshake, so a reload's
+/// renewed one applies without a new listener.
+pub async fn serve<M, S, B, F>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    service_for: M,
+    shutdown: F,
+) where
     M: Fn(SocketAddr) -> S,
     S: Service<Request<Empty<Bytes>>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -91,6 +105,7 @@ where
     let http = Arc::new(http);
     let graceful = GracefulShutdown::new();
     let mut admit = Admission::new(MAX_CONNECTIONS, "HTTP");
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
 
     loop {
@@ -122,6 +137,23 @@ where
             };
             future::Either::Left(future::ready(now))
         });
+        if let Some(acceptor) = &tls {
+            let (acceptor, http, watcher) = (acceptor.clone(), http.clone(), graceful.watcher());
+            tokio::spawn(async move {
+                match tokio::time::timeout(IDLE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let conn = http.serve_connection(TokioIo::new(stream), gate);
+                        if let Err(e) = watcher.watch(conn).await {
+                            debug!("connection ended with an error: {e}");
+                        }
+                    }
+                    Ok(Err(e)) => debug!("{client}: TLS handshake failed: {e}"),
+                    Err(_) => debug!("{client}: no TLS handshake within {IDLE_TIMEOUT:?}"),
+                }
+                drop(slot);
+            });
+            continue;
+        }
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), gate));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -259,7 +291,7 @@ mod tests {
             }
         }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, |_| Ok200, async {
+        let server = tokio::spawn(serve(listener, None, |_| Ok200, async {
             let _ = stopped.await;
         }));
 

@@ -5,7 +5,8 @@
 //! Owns the locks of the protocol's state: what `/vote` and
 //! `/release` may change, and the holder's lock the poller publishes under; and the peer
 //! authentication in force ([`PeerAuth`]: the keys of `peer_key_file`, the replay guard, the
-//! tickets peers gave, the cluster identity, the members' addresses, the counters). Nothing
+//! tickets peers gave, the cluster identity, the members' addresses, the counters), and the
+//! TLS files in force ([`crate::tls::Tls`]: the listener's certificate, the peers' CA). Nothing
 //! here is global: each daemon has its own.
 
 use std::collections::HashSet;
@@ -23,6 +24,7 @@ use crate::config::Config;
 use crate::cycle;
 use crate::peers::{Answers, PeerClient, Signer};
 use crate::snapshot::SnapshotStore;
+use crate::tls::Tls;
 use crate::vote::{Book, Holder, Release};
 
 /// What the tasks of one daemon share.
@@ -34,6 +36,8 @@ pub struct Shared {
     pub client: PeerClient,
     /// Peer authentication: keys, replay guard, tickets, identity, addresses, counters.
     pub auth: PeerAuth,
+    /// The listener's certificate and the peers' CA in force (a reload re-reads them).
+    pub tls: Tls,
     /// When the daemon started.
     pub started: Instant,
 }
@@ -59,11 +63,18 @@ impl Loaded {
 }
 
 impl Shared {
-    /// The state of a daemon starting now with `config`.
+    /// The state of a daemon starting now with `config`, without TLS.
     pub fn new(config: Config) -> Shared {
+        Shared::with_tls(config, Tls::default())
+    }
+
+    /// The state of a daemon starting now with `config` and its TLS files loaded (the peer
+    /// client speaks https when `tls` has a CA).
+    pub fn with_tls(config: Config, tls: Tls) -> Shared {
         let started = Instant::now();
         Shared {
-            client: PeerClient::new(config.peer.source_address),
+            client: PeerClient::with_tls(config.peer.source_address, tls.client.as_ref()),
+            tls,
             votes: Votes::new(config.leases.vote_lease, started),
             auth: PeerAuth::new(config.leases.vote_lease, started),
             loaded: ArcSwap::from_pointee(Loaded::new(config)),

@@ -127,3 +127,25 @@ group! {
         on_change_timeout: Duration as Period = "30s";
     }
 }
+
+group! {
+    /// TLS: HTTPS on `listen`, and https to the peers ([`crate::tls`]).
+    pub struct TlsSettings, flags TlsFlags {
+        /// PEM certificate chain (the node's first) served on `listen` over HTTPS, with
+        /// `tls_key_file` (not set: plain HTTP).
+        ///
+        /// Its subject alternative names must hold the addresses that haproxy and the peers
+        /// ask (IP SANs for IP addresses). Re-read at each reload (SIGHUP): a renewed
+        /// certificate applies to the next handshakes, on the same listener.
+        tls_cert_file: Option<PathBuf> as MaybeFile = "", restart;
+        /// PEM private key of `tls_cert_file` (both or neither; not set: plain HTTP).
+        ///
+        /// Must be a regular file that only its owner may read (chmod 600).
+        tls_key_file: Option<PathBuf> as MaybeFile = "", restart;
+        /// PEM CA certificates that the peers' certificates must chain to; set, the peer
+        /// requests use https (not set: plain HTTP to the peers).
+        ///
+        /// Re-read at each reload (SIGHUP).
+        tls_ca_file: Option<PathBuf> as MaybeFile = "", restart;
+    }
+}

@@ -25,7 +25,8 @@ pub use declare::{Change, Fallback, Group, Key};
 pub use file::{Given, Origin, Raw, Settings, Source, TomlError};
 pub use groups::{
     AgentFlags, AgentSettings, DbFlags, DbSettings, HookFlags, HookSettings, LeaseFlags, Node,
-    NodeFlags, PeerFlags, PeerSettings, Reads, ReadsFlags, Timing, TimingFlags,
+    NodeFlags, PeerFlags, PeerSettings, Reads, ReadsFlags, Timing, TimingFlags, TlsFlags,
+    TlsSettings,
 };
 pub use validate::parse_peer_url;
 
@@ -155,6 +156,8 @@ groups! {
     agent: AgentSettings, AgentFlags;
     /// Events out: `on_change`, `on_change_timeout`.
     hooks: HookSettings, HookFlags;
+    /// TLS: `tls_cert_file`, `tls_key_file`, `tls_ca_file`.
+    tls: TlsSettings, TlsFlags;
 }
 
 /// Whether `key` is a key of the configuration (the `[peers]` table aside).
@@ -679,7 +682,13 @@ node1 = "http://127.0.0.11:6000"
             parse_peer_url("http://10.0.0.1:5999").unwrap().to_string(),
             "http://10.0.0.1:5999/"
         );
-        assert!(parse_peer_url("https://x:1").is_err());
+        assert_eq!(
+            parse_peer_url("https://10.0.0.1:5999/x")
+                .unwrap()
+                .to_string(),
+            "https://10.0.0.1:5999/"
+        );
+        assert!(parse_peer_url("ftp://x:1").is_err());
         assert!(parse_peer_url("x:1").is_err());
     }
 
