@@ -218,13 +218,13 @@ impl ClientTls {
     /// client certificate).
     pub fn load(ca_file: &Path) -> Result<ClientTls, TlsError> {
         let swap = Arc::new(VerifierSwap(ArcSwap::new(verifier(ca_file)?)));
-        let mut config = ClientConfig::builder_with_provider(provider())
+        // No ALPN here: the https connector ([`crate::peers`]) offers HTTP/1.1 itself.
+        let config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::new("tls_ca_file", ca_file, e))?
             .dangerous()
             .with_custom_certificate_verifier(swap.clone())
             .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(ClientTls {
             ca_file: ca_file.to_path_buf(),
             swap,

@@ -1,0 +1,303 @@
+//! TLS, in process (no database needed): certificates made here with rcgen (a CA, node
+//! certificates with the loopback address as an IP SAN, an expired one, one of another CA).
+//!
+//! - the API over HTTPS answers `/state`; plain HTTP to the TLS port gets no HTTP answer, and
+//!   the port keeps serving;
+//! - the peer client with `tls_ca_file` gets an answer from a peer whose certificate chains to
+//!   the CA, and none (an error, counted as no answer by every fan-out) from a peer whose
+//!   certificate expired or is signed by another CA;
+//! - a reload (the SIGHUP path, `primgr::reload::reload`) puts a renewed certificate in force
+//!   on the same listener; a bad new certificate refuses the reload and the old one stays.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Uri;
+use primgr::config::{Settings, Source};
+use primgr::peers::PeerClient;
+use primgr::shared::Shared;
+use primgr::tls::{ClientTls, Tls};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A CA: its certificate and key.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn ca(name: &str) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let key = KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("CA");
+    Ca { cert, key }
+}
+
+/// A node certificate for 127.0.0.1 signed by `ca` (PEM certificate, PEM key); `expired`: its
+/// validity ended in 2001.
+fn node_cert(ca: &Ca, expired: bool) -> (String, String) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().expect("ip"))];
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    }
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).expect("signed");
+    (cert.pem(), key.serialize_pem())
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("primgr-tls-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("dir");
+    d
+}
+
+/// Writes a certificate and key pair as `cert.pem` and `key.pem` (0600) in `d`.
+fn write_pair(d: &Path, (cert, key): &(String, String)) -> (PathBuf, PathBuf) {
+    let (c, k) = (d.join("cert.pem"), d.join("key.pem"));
+    std::fs::write(&c, cert).expect("cert");
+    std::fs::write(&k, key).expect("key");
+    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    (c, k)
+}
+
+fn write_ca(d: &Path, ca: &Ca) -> PathBuf {
+    let p = d.join("ca.pem");
+    std::fs::write(&p, ca.cert.pem()).expect("ca");
+    p
+}
+
+/// A daemon's HTTP side (the API's routes, no poller: `/state` answers from an empty
+/// snapshot) on a port-0 listener, with the configuration file at `toml`; its shared state
+/// and where it listens.
+async fn serve(toml: &Path) -> (Arc<Shared>, SocketAddr, Source) {
+    let source = Source {
+        file: Some(toml.to_path_buf()),
+        flags: Settings::default(),
+    };
+    let config = source.load().expect("the configuration loads");
+    let tls = Tls::load(
+        config.tls.tls_cert_file.as_deref(),
+        config.tls.tls_key_file.as_deref(),
+        config.tls.tls_ca_file.as_deref(),
+    )
+    .expect("TLS files load");
+    let shared = Arc::new(Shared::with_tls(config, tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server_tls = shared.tls.server.as_ref().map(|t| t.config());
+    let app = primgr::api::App::new(shared.clone());
+    tokio::spawn(async move {
+        let app = app;
+        primgr::server::serve(
+            listener,
+            server_tls,
+            |client| app.service(client),
+            std::future::pending(),
+        )
+        .await
+    });
+    (shared, addr, source)
+}
+
+fn config_file(d: &Path, cert: &Path, key: &Path, ca: &Path) -> PathBuf {
+    let p = d.join("primgr.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "node_name = \"n1\"\nconninfo = \"host=127.0.0.1 port=1 dbname=x\"\n\
+             tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ntls_ca_file = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            ca.display()
+        ),
+    )
+    .expect("toml");
+    p
+}
+
+fn base(addr: SocketAddr) -> Uri {
+    format!("http://{addr}/").parse().expect("uri")
+}
+
+async fn ask_state(client: &PeerClient, addr: SocketAddr) -> Result<u16, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    client
+        .get(&base(addr), "/state", deadline)
+        .await
+        .map(|(status, _)| status)
+        .map_err(|e| e.to_string())
+}
+
+/// Sends a plain HTTP request and returns what came back before the server closed.
+async fn plain_http(addr: SocketAddr) -> Vec<u8> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = s
+        .write_all(b"GET /state HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(12), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the TLS port closes a plain HTTP connection");
+    out
+}
+
+#[tokio::test]
+async fn https_answers_plain_http_is_closed_and_bad_peer_certificates_are_refused() {
+    let (good_ca, other_ca) = (ca("cluster CA"), ca("another CA"));
+    let d = dir("serve");
+    let ca_file = write_ca(&d, &good_ca);
+    let mut cases = 0;
+
+    // A good node, an expired one, one of another CA: each a daemon's HTTPS port.
+    let mut ports = Vec::new();
+    for (name, pair) in [
+        ("good", node_cert(&good_ca, false)),
+        ("expired", node_cert(&good_ca, true)),
+        ("foreign", node_cert(&other_ca, false)),
+    ] {
+        let nd = dir(name);
+        let (cert, key) = write_pair(&nd, &pair);
+        let (_, addr, _) = serve(&config_file(&nd, &cert, &key, &ca_file)).await;
+        ports.push((name, addr));
+    }
+    let client = PeerClient::with_tls(None, Some(&ClientTls::load(&ca_file).expect("CA")));
+    assert_eq!(client.scheme(), "https");
+    for (name, addr) in &ports {
+        let answer = ask_state(&client, *addr).await;
+        println!("{name}: {answer:?}");
+        match *name {
+            // No poller: the empty snapshot is served as 509 (or 503); any HTTP answer
+            // shows that TLS carried the request.
+            "good" => assert!(
+                matches!(answer, Ok(509 | 503)),
+                "{name}: an answer over HTTPS: {answer:?}"
+            ),
+            "expired" => {
+                let e = answer.expect_err("an expired certificate is refused");
+                assert!(e.to_lowercase().contains("expired"), "{e}");
+            }
+            _ => {
+                let e = answer.expect_err("a certificate of another CA is refused");
+                assert!(e.contains("UnknownIssuer") || e.contains("issuer"), "{e}");
+            }
+        }
+        cases += 1;
+    }
+
+    // Plain HTTP to the TLS port: no HTTP answer, the connection closed; HTTPS still served.
+    let good = ports[0].1;
+    for _ in 0..3 {
+        let back = plain_http(good).await;
+        assert!(
+            !back.starts_with(b"HTTP/"),
+            "no HTTP answer on the TLS port: {:?}",
+            String::from_utf8_lossy(&back)
+        );
+        assert!(matches!(ask_state(&client, good).await, Ok(509 | 503)));
+        cases += 1;
+    }
+
+    // A plain client (no CA) to the TLS port gets no answer either.
+    let plain = PeerClient::new(None);
+    assert_eq!(plain.scheme(), "http");
+    assert!(ask_state(&plain, good).await.is_err());
+    cases += 1;
+    println!("TLS cases checked: {cases}");
+}
+
+#[tokio::test]
+async fn a_reload_renews_the_certificate_on_the_same_listener() {
+    let (good_ca, other_ca) = (ca("cluster CA"), ca("another CA"));
+    let d = dir("reload");
+    let ca_file = write_ca(&d, &good_ca);
+    // Starts with a certificate of another CA: the cluster's clients refuse it.
+    let (cert, key) = write_pair(&d, &node_cert(&other_ca, false));
+    let (shared, addr, source) = serve(&config_file(&d, &cert, &key, &ca_file)).await;
+    let client = PeerClient::with_tls(None, Some(&ClientTls::load(&ca_file).expect("CA")));
+    assert!(ask_state(&client, addr).await.is_err(), "refused before");
+    let before = shared.tls.server.as_ref().and_then(|t| t.certificate());
+
+    // The renewed certificate is written over the same files; SIGHUP's reload reads it.
+    write_pair(&d, &node_cert(&good_ca, false));
+    primgr::reload::reload(&source, &shared, None).expect("the reload applies");
+    let after = shared.tls.server.as_ref().and_then(|t| t.certificate());
+    assert_ne!(before, after, "the certificate in force changed");
+    let answer = ask_state(&client, addr).await;
+    assert!(
+        matches!(answer, Ok(509 | 503)),
+        "the same listener serves the renewed certificate: {answer:?}"
+    );
+
+    // A bad new certificate (not PEM; then a key that is not the certificate's): the reload
+    // is refused naming the key, and the certificate in force stays.
+    std::fs::write(&cert, "not a certificate").expect("write");
+    let e = primgr::reload::reload(&source, &shared, None)
+        .expect_err("refused")
+        .to_string();
+    println!("refused: {e}");
+    assert!(e.contains("`tls_cert_file`"), "{e}");
+    let (good_cert, _) = node_cert(&good_ca, false);
+    let (_, other_key) = node_cert(&good_ca, false);
+    std::fs::write(&cert, good_cert).expect("write");
+    std::fs::write(&key, other_key).expect("write");
+    let e = primgr::reload::reload(&source, &shared, None)
+        .expect_err("refused")
+        .to_string();
+    println!("refused: {e}");
+    assert!(e.contains("`tls_key_file`"), "{e}");
+    assert_eq!(
+        shared.tls.server.as_ref().and_then(|t| t.certificate()),
+        after,
+        "the certificate in force stays"
+    );
+    assert!(matches!(ask_state(&client, addr).await, Ok(509 | 503)));
+    println!("reload cases checked: 4");
+}
+
+/// Both or neither of tls_cert_file and tls_key_file; a key file others may read is refused;
+/// each error names the key.
+#[test]
+fn the_tls_keys_are_validated_naming_the_key() {
+    let good_ca = ca("cluster CA");
+    let d = dir("validate");
+    let (cert, key) = write_pair(&d, &node_cert(&good_ca, false));
+    let load = |lines: &str| {
+        let p = d.join("v.toml");
+        std::fs::write(&p, format!("node_name = \"n1\"\n{lines}")).expect("toml");
+        Source {
+            file: Some(p),
+            flags: Settings::default(),
+        }
+        .load()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    let c = format!("tls_cert_file = \"{}\"\n", cert.display());
+    let k = format!("tls_key_file = \"{}\"\n", key.display());
+    assert!(load(&format!("{c}{k}")).is_ok());
+    let cases = [
+        (c.clone(), "`tls_cert_file`"),
+        (k.clone(), "`tls_key_file`"),
+        (
+            "tls_ca_file = \"/nonexistent/ca.pem\"\n".to_string(),
+            "`tls_ca_file`",
+        ),
+    ];
+    for (lines, key_named) in &cases {
+        let e = load(lines).expect_err("refused");
+        assert!(e.contains(key_named), "{e}");
+    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let e = load(&format!("{c}{k}")).expect_err("a readable key is refused");
+    assert!(e.contains("`tls_key_file`") && e.contains("chmod 600"), "{e}");
+    println!("validation cases checked: {}", cases.len() + 2);
+}
