@@ -766,7 +766,11 @@ mod tests {
             parse_url("db1:6000").unwrap().to_string(),
             "http://db1:6000/"
         );
-        assert!(parse_url("https://db1:5999").is_err());
+        assert_eq!(
+            parse_url("https://db1:5999").unwrap().to_string(),
+            "https://db1:5999/"
+        );
+        assert!(parse_url("ftp://db1:5999").is_err());
         assert!(parse_url("http://").is_err());
         assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_timeout("0s").is_err());

@@ -298,6 +298,9 @@ fn the_tls_keys_are_validated_naming_the_key() {
     }
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let e = load(&format!("{c}{k}")).expect_err("a readable key is refused");
-    assert!(e.contains("`tls_key_file`") && e.contains("chmod 600"), "{e}");
+    assert!(
+        e.contains("`tls_key_file`") && e.contains("chmod 600"),
+        "{e}"
+    );
     println!("validation cases checked: {}", cases.len() + 2);
 }

@@ -329,7 +329,10 @@ mod tests {
                 "listen",
                 "state_dir",
                 "source_address",
-                "agent_listen"
+                "agent_listen",
+                "tls_cert_file",
+                "tls_key_file",
+                "tls_ca_file"
             ]
         );
         println!(
@@ -524,7 +527,7 @@ node1 = "http://127.0.0.11:6000"
         }
         cases.push((format!("[peers]\nnode2 = \"{secret}\"\n"), "peers.node2"));
         cases.push((
-            format!("[peers]\nnode2 = \"https://{secret}:1\"\n"),
+            format!("[peers]\nnode2 = \"ftp://{secret}:1\"\n"),
             "peers.node2",
         ));
         let mut checked = 0;
