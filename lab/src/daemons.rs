@@ -96,6 +96,31 @@ impl DaemonBuilder {
         self
     }
 
+    /// Runs it without the lab's peer key file ([`peer_key_file`]): an in-process daemon with
+    /// no `peer_key_file` (address mode) unless the test sets another; a child without the
+    /// `--peer-key-file` the lab added (the test may add its own).
+    pub fn without_lab_key(mut self) -> Self {
+        let lab = peer_key_file();
+        match &mut self.kind {
+            Kind::InProcess(c, _) => {
+                if c.peer.peer_key_file.as_ref() == Some(&lab) {
+                    c.peer.peer_key_file = None;
+                }
+            }
+            Kind::Process(p) => {
+                let lab = lab.display().to_string();
+                if let Some(i) = p
+                    .args
+                    .windows(2)
+                    .position(|w| w[0] == "--peer-key-file" && w[1] == lab)
+                {
+                    p.args.drain(i..i + 2);
+                }
+            }
+        }
+        self
+    }
+
     /// Appends an argument of a child.
     pub fn arg(self, arg: impl Into<String>) -> Self {
         self.args([arg.into()])
