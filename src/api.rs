@@ -611,7 +611,18 @@ impl App {
             return Ok(Some(verified));
         }
         let refuse_signed = |e: AuthError| {
-            let mut r = refuse(StatusCode::UNAUTHORIZED, e.to_string());
+            let mut r = json_reply(
+                endpoint,
+                401,
+                json_bytes(&ErrorBody {
+                    error: e.to_string(),
+                }),
+            );
+            // Asking again with the fresh ticket of this answer is the protocol's first
+            // round trip with a (re)started peer, not a refusal worth counting.
+            if !e.wants_ticket() {
+                auth.count_refused();
+            }
             self.sign(&mut r, &verified);
             r
         };

@@ -249,6 +249,51 @@ impl PeerClient {
         let Some(signer) = signer else {
             return self.request(method, base, path, deadline).await;
         };
+        self.exchange_signed(signer, method, base, peer, path, deadline)
+            .await
+            .map(|(status, body, _)| (status, body))
+    }
+
+    /// A witness learning its cluster's identity ([`crate::auth::Standing::Witness`]): asks
+    /// `primary` (whom its own metadata names) for a signed `/state` and returns the identity
+    /// its authenticated answer claims. The answer must come from `primary` to this node; the
+    /// cluster is what is learned, so it is not compared.
+    pub async fn learn_cluster(
+        &self,
+        signer: &Signer<'_>,
+        base: &Uri,
+        primary: &str,
+        deadline: Instant,
+    ) -> Result<Option<ClusterId>, PeerError> {
+        let unaddressed = Signer {
+            addressed: false,
+            ..*signer
+        };
+        let (_, _, claims) = self
+            .exchange_signed(
+                &unaddressed,
+                Method::GET,
+                base,
+                Some(primary),
+                "/state",
+                deadline,
+            )
+            .await?;
+        claims
+            .check_peer(primary, signer.me)
+            .map_err(|e| PeerError::Unauthenticated(e.to_string()))?;
+        Ok(claims.cluster)
+    }
+
+    async fn exchange_signed(
+        &self,
+        signer: &Signer<'_>,
+        method: Method,
+        base: &Uri,
+        peer: Option<&str>,
+        path: &str,
+        deadline: Instant,
+    ) -> Result<(u16, Bytes, AnswerClaims), PeerError> {
         let book = peer.unwrap_or("");
         let exchange = Exchange {
             method: method.as_str(),
@@ -303,7 +348,7 @@ impl PeerClient {
                 retried = true;
                 continue;
             }
-            return Ok((status, body));
+            return Ok((status, body, answer));
         }
     }
 

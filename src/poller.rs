@@ -62,6 +62,8 @@ pub struct Poller {
     system_identifier: Option<ClusterId>,
     /// Whether the local metadata lists this node as a witness.
     witness: bool,
+    /// A witness's identity, learned from the primary its metadata names.
+    learned: Option<ClusterId>,
 }
 
 /// Bound on resolving one member's host name (address mode).
@@ -84,6 +86,7 @@ impl Poller {
             lag: Lag::default(),
             system_identifier: None,
             witness: false,
+            learned: None,
         }
     }
 
@@ -141,7 +144,7 @@ impl Poller {
             self.update_members(&config, obs);
             self.update_addresses(&config, obs).await;
         }
-        self.update_identity(&config, &observed);
+        self.update_identity(&config, &observed).await;
 
         let plan = cycle::plan(
             &config.node.node_name,
@@ -395,9 +398,13 @@ impl Poller {
     /// This node's cluster identity ([`crate::auth::cluster_identity`]): a data node's from
     /// its database (the last one observed while the database does not answer), a witness's
     /// from `cluster_id`.
-    fn update_identity(&mut self, config: &Config, observed: &Result<DbObservation, DbError>) {
+    async fn update_identity(
+        &mut self,
+        config: &Config,
+        observed: &Result<DbObservation, DbError>,
+    ) {
+        let me = &config.node.node_name;
         if let Ok(obs) = observed {
-            let me = &config.node.node_name;
             self.witness = obs
                 .nodes
                 .iter()
@@ -405,15 +412,45 @@ impl Poller {
             if let Some(id) = obs.wal.system_identifier {
                 self.system_identifier = Some(ClusterId::from_system_identifier(id));
             }
+            if self.witness && config.peer.cluster_id.is_none() && self.learned.is_none() {
+                self.learned = self.learn_identity(config, obs).await;
+            }
         }
         let standing = if self.witness {
-            auth::Standing::Witness(None)
+            auth::Standing::Witness(self.learned)
         } else {
             auth::Standing::Data(self.system_identifier)
         };
         let identity = auth::cluster_identity(config.peer.cluster_id, standing);
         self.log.identity(&identity);
         self.shared.auth.set_cluster(identity.ok());
+    }
+
+    /// A witness without `cluster_id`: the identity the primary its own metadata names
+    /// reports in a signed answer (None without a key, or until it answers).
+    async fn learn_identity(&self, config: &Config, obs: &DbObservation) -> Option<ClusterId> {
+        let keys = self.shared.auth.keys()?;
+        let primary = obs
+            .nodes
+            .iter()
+            .find(|n| n.active && n.node_type == "primary")?;
+        let url = self.url_of(&primary.node_name).ok()?;
+        let signer = self.shared.auth.signer(&keys, &config.node.node_name);
+        let deadline = tokio::time::Instant::now() + config.timing.peer_timeout;
+        let client = &self.shared.client;
+        match client
+            .learn_cluster(&signer, &url, &primary.node_name, deadline)
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::debug!(
+                    "cluster identity not learned from {}: {e}",
+                    primary.node_name
+                );
+                None
+            }
+        }
     }
 
     /// Counts the vote requests that got no usable answer (`/metrics`).
