@@ -304,3 +304,98 @@ fn the_tls_keys_are_validated_naming_the_key() {
     );
     println!("validation cases checked: {}", cases.len() + 2);
 }
+
+/// The `show stat` rows of haproxy's stats socket: (server, status, check_status).
+async fn haproxy_servers(socket: &Path) -> Vec<(String, String, String)> {
+    let Ok(mut s) = tokio::net::UnixStream::connect(socket).await else {
+        return Vec::new();
+    };
+    let _ = s.write_all(b"show stat\n").await;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or("")
+        .trim_start_matches("# ")
+        .split(',')
+        .collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (Some(sv), Some(st), Some(ck)) = (col("svname"), col("status"), col("check_status")) else {
+        return Vec::new();
+    };
+    lines
+        .map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
+        .filter(|f| f.len() > ck.max(st).max(sv) && f[sv] != "BACKEND" && f[sv] != "FRONTEND")
+        .map(|f| (f[sv].clone(), f[st].clone(), f[ck].clone()))
+        .collect()
+}
+
+/// A real haproxy checks two TLS daemons with `check-ssl verify required ca-file`: the one
+/// whose certificate chains to the CA passes its checks (UP, L7OK), the one whose certificate
+/// another CA signed fails them at the TLS layer (DOWN, L6...). No database here: the daemons
+/// answer `/state` 503, which the check expects; what is shown is the TLS layer of haproxy's
+/// checks. (The lab test with a real primary's 200 is not written yet.)
+#[tokio::test]
+async fn haproxy_check_ssl_verifies_the_certificate() {
+    let (good_ca, other_ca) = (ca("cluster CA"), ca("another CA"));
+    let d = dir("haproxy");
+    let ca_file = write_ca(&d, &good_ca);
+    let mut servers = Vec::new();
+    for (name, pair) in [
+        ("good", node_cert(&good_ca, false)),
+        ("foreign", node_cert(&other_ca, false)),
+    ] {
+        let nd = dir(&format!("haproxy-{name}"));
+        let (cert, key) = write_pair(&nd, &pair);
+        let (_, addr, _) = serve(&config_file(&nd, &cert, &key, &ca_file)).await;
+        servers.push(format!(
+            "    server {name} {addr} check check-ssl verify required ca-file {} inter 100ms \
+             fall 1 rise 1\n",
+            ca_file.display()
+        ));
+    }
+    let socket = d.join("stats.sock");
+    let cfg = d.join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n    stats socket {} mode 600 level admin\n\
+             defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n\
+             \x20   timeout server 5s\n    timeout check 1s\n\
+             backend primgr\n    option httpchk GET /state\n    http-check expect status 503\n{}",
+            socket.display(),
+            servers.concat()
+        ),
+    )
+    .expect("haproxy.cfg");
+    let mut haproxy = tokio::process::Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&cfg)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("haproxy is installed (apt-get install haproxy)");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut polls = 0;
+    let seen = loop {
+        let rows = haproxy_servers(&socket).await;
+        polls += 1;
+        let find = |n: &str| rows.iter().find(|r| r.0 == n).cloned();
+        if let (Some(g), Some(f)) = (find("good"), find("foreign"))
+            && g.1 == "UP"
+            && g.2.starts_with("L7OK")
+            && f.1 == "DOWN"
+            && f.2.starts_with("L6")
+        {
+            break rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "haproxy's view after {polls} polls: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("haproxy's view ({polls} polls): {seen:?}");
+    let _ = haproxy.kill().await;
+}
