@@ -9,6 +9,8 @@
 //! - a reload (the SIGHUP path, `primgr::reload::reload`) puts a renewed certificate in force
 //!   on the same listener; a bad new certificate refuses the reload and the old one stays.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -398,4 +400,104 @@ async fn haproxy_check_ssl_verifies_the_certificate() {
     };
     println!("haproxy's view ({polls} polls): {seen:?}");
     let _ = haproxy.kill().await;
+}
+
+/// The lab (real PostgreSQL and repmgr, 4 nodes): every daemon serves HTTPS with a certificate
+/// for its node's address and asks its peers over https against the CA. node1 gets its 200,
+/// which takes the votes of its site, asked over TLS; `/realPrimary` (a fan-out of `/state`
+/// over TLS) names node1; `primgr cluster --tls-ca-file` finds exactly one primary.
+#[tokio::test]
+async fn real_primary_votes_and_cluster_over_tls() {
+    let lab = primgr_lab::Lab::build(primgr_lab::LabSpec::standard(primgr_lab::subnet_of(
+        "tls::real_primary_votes_and_cluster_over_tls",
+    )))
+    .await
+    .expect("lab builds");
+    let cluster_ca = ca("cluster CA");
+    let d = dir("lab");
+    let ca_file = write_ca(&d, &cluster_ca);
+    let mut files = std::collections::BTreeMap::new();
+    for node in lab.node_names() {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = vec![SanType::IpAddress(lab.addr(&node).into())];
+        let key = KeyPair::generate().expect("key");
+        let cert = params
+            .signed_by(&key, &cluster_ca.cert, &cluster_ca.key)
+            .expect("signed");
+        let nd = dir(&format!("lab-{node}"));
+        files.insert(node, write_pair(&nd, &(cert.pem(), key.serialize_pem())));
+    }
+    let fleet = common::Fleet::start_with(&lab, |node, c| {
+        let (cert, key) = &files[node];
+        c.tls.tls_cert_file = Some(cert.clone());
+        c.tls.tls_key_file = Some(key.clone());
+        c.tls.tls_ca_file = Some(ca_file.clone());
+    })
+    .await;
+    let client = PeerClient::with_tls(None, Some(&ClientTls::load(&ca_file).expect("CA")));
+    let want = [
+        ("node1", 200),
+        ("node2", 202),
+        ("node3", 202),
+        ("node4", 202),
+    ];
+    let start = std::time::Instant::now();
+    let mut polls = 0;
+    loop {
+        let mut seen = Vec::new();
+        for (node, _) in want {
+            seen.push(ask_state(&client, fleet.addr(node)).await);
+        }
+        polls += 1;
+        if seen.iter().zip(want).all(|(s, (_, w))| *s == Ok(w)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "states over https after {polls} polls: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "states over https as expected after {:?} ({polls} polls)",
+        start.elapsed()
+    );
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let (status, body) = client
+        .get(&base(fleet.addr("node3")), "/realPrimary", deadline)
+        .await
+        .expect("/realPrimary over https");
+    let body = String::from_utf8_lossy(&body).into_owned();
+    println!("/realPrimary on node3: {status} {body}");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("node1"), "{body}");
+
+    // A plain-HTTP client gets nothing from these ports.
+    assert!(
+        ask_state(&PeerClient::new(None), fleet.addr("node1"))
+            .await
+            .is_err()
+    );
+
+    let keys = primgr::auth::Keys::load(&primgr_lab::peer_key_file()).ok();
+    let tls = ClientTls::load(&ca_file).expect("CA");
+    let report = primgr::cluster::gather_with(
+        &base(fleet.addr("node2")),
+        Duration::from_secs(3),
+        keys.as_ref(),
+        Some(&tls),
+    )
+    .await;
+    println!("{}", report.render());
+    assert_eq!(report.exit_code(), 0, "{}", report.render());
+    let without = primgr::cluster::gather_with(
+        &base(fleet.addr("node2")),
+        Duration::from_secs(3),
+        keys.as_ref(),
+        None,
+    )
+    .await;
+    assert_ne!(without.exit_code(), 0, "plain HTTP reaches no daemon");
+    println!("lab TLS cases checked: 4");
 }

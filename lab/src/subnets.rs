@@ -10,6 +10,8 @@
 
 /// Every subnet in use, by who uses it.
 pub const SUBNETS: &[(&str, u8)] = &[
+    // tests/tls.rs
+    ("tls::real_primary_votes_and_cluster_over_tls", 145),
     // tests/auth.rs
     (
         "auth::unsigned_forged_and_replayed_peer_requests_get_401_and_change_nothing",
