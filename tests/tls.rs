@@ -499,5 +499,68 @@ async fn real_primary_votes_and_cluster_over_tls() {
     )
     .await;
     assert_ne!(without.exit_code(), 0, "plain HTTP reaches no daemon");
-    println!("lab TLS cases checked: 4");
+
+    // A real haproxy with the shipped configuration, its checks over TLS verified against
+    // the cluster's CA: node1 UP in the write pool after a passed check (L7OK), the standbys
+    // DOWN (202). Then with another CA as its ca-file: every server, node1 included, DOWN at
+    // the TLS layer (L6RSP), whatever it would answer.
+    let other = ca("another CA");
+    let other_file = d.join("other-ca.pem");
+    std::fs::write(&other_file, other.cert.pem()).expect("other CA");
+    for (ca_path, node1_up) in [(&ca_file, true), (&other_file, false)] {
+        let template = common::clients::shipped().replace(
+            "default-server check port 5999",
+            &format!(
+                "default-server check port 5999 check-ssl verify required ca-file {}",
+                ca_path.display()
+            ),
+        );
+        assert_ne!(
+            template,
+            common::clients::shipped(),
+            "the check line is found"
+        );
+        let hp = primgr_lab::haproxy::Haproxy::start(&lab, &template)
+            .await
+            .expect("haproxy starts");
+        let start = std::time::Instant::now();
+        let seen = loop {
+            let rows = hp.servers("postgres_write").await.unwrap_or_default();
+            let node1 = rows.iter().find(|r| r.server == "node1");
+            let done = match node1 {
+                Some(r) if node1_up => {
+                    r.is_up()
+                        && r.check_status.starts_with("L7OK")
+                        && rows
+                            .iter()
+                            .filter(|r| r.server != "node1")
+                            .all(|r| !r.is_up() && r.check_status.starts_with("L7STS"))
+                }
+                Some(_) => rows
+                    .iter()
+                    .all(|r| !r.is_up() && r.check_status.starts_with("L6")),
+                None => false,
+            };
+            if done {
+                break rows;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "haproxy's write pool with {}: {rows:?}",
+                ca_path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let view: Vec<_> = seen
+            .iter()
+            .map(|r| format!("{} {} {}", r.server, r.status, r.check_status))
+            .collect();
+        println!(
+            "haproxy ({}) after {:?}: {view:?}",
+            if node1_up { "cluster CA" } else { "another CA" },
+            start.elapsed()
+        );
+        hp.stop().await.expect("haproxy stops");
+    }
+    println!("lab TLS cases checked: 6");
 }
