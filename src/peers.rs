@@ -720,6 +720,17 @@ mod tests {
             peer_url(&r, &overrides, 5999, "http").unwrap().to_string(),
             "http://127.0.0.13:5999/"
         );
+        // With tls_ca_file the scheme is https, for derived and explicit addresses alike.
+        let r = row("node3", "host=127.0.0.13 port=5432");
+        assert_eq!(
+            peer_url(&r, &overrides, 5999, "https").unwrap().to_string(),
+            "https://127.0.0.13:5999/"
+        );
+        let r = row("node2", "host=127.0.0.12");
+        assert_eq!(
+            peer_url(&r, &overrides, 5999, "https").unwrap().to_string(),
+            "https://10.9.9.9:7000/"
+        );
         let r = row("node6", "host=::1");
         assert_eq!(
             peer_url(&r, &overrides, 6000, "http").unwrap().to_string(),
