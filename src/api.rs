@@ -49,6 +49,7 @@ use tracing::warn;
 use warp::path::FullPath;
 use warp::{Filter, Rejection};
 
+use crate::auth::{self, AnswerClaims, AuthError, Exchange, Keys, RequestClaims};
 use crate::conninfo;
 use crate::cycle;
 use crate::decide::State;
@@ -140,6 +141,21 @@ impl Endpoint {
             Endpoint::ReadOnlySync => "/read-only-sync",
             Endpoint::ReadOnlyQuorum => "/read-only-quorum",
         }
+    }
+
+    /// The endpoints that change state between daemons: authenticated always (a key, else a
+    /// member's address).
+    fn is_peer(self) -> bool {
+        matches!(self, Endpoint::Vote | Endpoint::Release)
+    }
+
+    /// The endpoints whose answers are signed when the request is: what a peer counts or
+    /// reports (`/wal`, `/state` for `/realPrimary`, `/status` for `primgr cluster`).
+    fn signs(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Vote | Endpoint::Release | Endpoint::Wal | Endpoint::State | Endpoint::Status
+        )
     }
 
     /// Which methods the endpoint answers.
@@ -299,21 +315,55 @@ pub fn routes(
     table
         .and(warp::path::full())
         .and(warp::method())
+        // A header lookup; a MAC only for a request that carries the header.
+        .and(warp::header::optional::<String>(auth::HEADER))
         .and_then(
-            move |(endpoint, query): Route, path: FullPath, method: Method| {
+            move |(endpoint, query): Route,
+                  path: FullPath,
+                  method: Method,
+                  signed: Option<String>| {
                 // warp's `end` matches `/state/` like `/state`; the API never has.
                 let path = path.as_str();
                 if path.len() > 1 && path.ends_with('/') {
                     return future::Either::Left(future::ready(Err(warp::reject::not_found())));
                 }
                 let Connection { app, client } = &*answering;
-                app.answer(*client, endpoint, query.as_deref(), method)
+                let request = Asked {
+                    client: *client,
+                    endpoint,
+                    query: query.as_deref(),
+                    method,
+                    path,
+                    signed: signed.as_deref(),
+                };
+                app.answer(request)
             },
         )
         .recover(move |rejection| {
             future::ready(Ok::<_, Infallible>(refusing.app.refused(&rejection)))
         })
         .unify()
+}
+
+/// One request, as the handler sees it.
+struct Asked<'a> {
+    client: SocketAddr,
+    endpoint: Endpoint,
+    /// The query string of the endpoints that take parameters.
+    query: Option<&'a str>,
+    method: Method,
+    /// The path as sent.
+    path: &'a str,
+    /// Its `X-Primgr-Auth` header, if any.
+    signed: Option<&'a str>,
+}
+
+/// A request whose MAC verified under a key in force: what its answer's MAC binds.
+struct Verified {
+    keys: Arc<Keys>,
+    claims: RequestClaims,
+    method: Method,
+    target: String,
 }
 
 /// The app, as one connection's routes see it.
@@ -401,19 +451,33 @@ impl App {
     /// The reply of `endpoint` to `method` from `client` (with the query string of the
     /// endpoints that take parameters), counted; a method the endpoint does not answer is
     /// refused ([`NotAllowed`]).
-    fn answer(
-        self: &Arc<Self>,
-        client: SocketAddr,
-        endpoint: Endpoint,
-        query: Option<&str>,
-        method: Method,
-    ) -> Answer {
+    fn answer(self: &Arc<Self>, request: Asked<'_>) -> Answer {
+        let Asked {
+            client,
+            endpoint,
+            query,
+            ..
+        } = request;
+        let method = request.method.clone();
         let methods = endpoint.methods();
         if !methods.allows(&method) {
             return future::Either::Left(future::ready(Err(warp::reject::custom(NotAllowed(
                 endpoint,
             )))));
         }
+        // Peer authentication: the peer endpoints always, a read only when it is signed
+        // (`/state` without the header goes straight on).
+        let verified = if endpoint.is_peer() || (request.signed.is_some() && endpoint.signs()) {
+            match self.authenticate(&request) {
+                Ok(verified) => verified,
+                Err(reply) => {
+                    self.count(Some(endpoint), &reply);
+                    return future::Either::Left(future::ready(Ok(reply)));
+                }
+            }
+        } else {
+            None
+        };
         let bodyless = method == Method::HEAD || method == Method::OPTIONS;
         // The clock is read before the snapshot is loaded: a 200 is decided at an instant
         // that precedes the publication of any later snapshot (see `vote` on releases).
@@ -474,9 +538,144 @@ impl App {
                 }
             }
         };
-        let reply = json_reply(endpoint, code, if bodyless { Bytes::new() } else { body });
+        let mut reply = json_reply(endpoint, code, if bodyless { Bytes::new() } else { body });
+        if let Some(verified) = &verified {
+            self.sign(&mut reply, verified);
+        }
         self.count(Some(endpoint), &reply);
         future::Either::Left(future::ready(Ok(reply)))
+    }
+
+    /// Whether `request` may be answered: `Ok(Some)` with its verified claims when a key is
+    /// in force (its answer is then signed), `Ok(None)` in address mode from a member's
+    /// address (or a signed read there: answered unsigned); else the refusal (401 with the
+    /// reason, signed when the request itself verified; 403 from a non-member's address in
+    /// address mode), counted. A refusal changes nothing: the replay guard remembers a nonce
+    /// only of a request it admits.
+    fn authenticate(&self, request: &Asked<'_>) -> Result<Option<Verified>, Reply> {
+        let auth = &self.shared.auth;
+        let endpoint = request.endpoint;
+        let refuse = |code: StatusCode, why: String| {
+            auth.count_refused();
+            let mut r = Response::new(json_bytes(&ErrorBody { error: why }));
+            *r.status_mut() = code;
+            let h = r.headers_mut();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        };
+        let Some(keys) = auth.keys() else {
+            if !endpoint.is_peer() {
+                return Ok(None);
+            }
+            let ip = request.client.ip().to_canonical();
+            let config = self.shared.config();
+            if auth.is_member(ip) || config.peer.peer_allow.contains(&ip) {
+                return Ok(None);
+            }
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{ip} is not a member's address: without peer_key_file, {} is answered only \
+                     to the members (repmgr.nodes, [peers]) and peer_allow",
+                    endpoint.name()
+                ),
+            ));
+        };
+        let Some(header) = request.signed else {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                AuthError::Missing.to_string(),
+            ));
+        };
+        let target = match request.query {
+            Some(q) => format!("{}?{q}", request.path),
+            None => request.path.to_string(),
+        };
+        let exchange = Exchange {
+            method: request.method.as_str(),
+            target: &target,
+            body: b"",
+        };
+        let claims = keys
+            .verify_request(header, &exchange)
+            .map_err(|e| refuse(StatusCode::UNAUTHORIZED, e.to_string()))?;
+        let verified = Verified {
+            keys,
+            claims,
+            method: request.method.clone(),
+            target,
+        };
+        if !endpoint.is_peer() {
+            // A read changes nothing: the answer bound to the request's nonce is enough.
+            return Ok(Some(verified));
+        }
+        let refuse_signed = |e: AuthError| {
+            let mut r = json_reply(
+                endpoint,
+                401,
+                json_bytes(&ErrorBody {
+                    error: e.to_string(),
+                }),
+            );
+            // Asking again with the fresh ticket of this answer is the protocol's first
+            // round trip with a (re)started peer, not a refusal worth counting.
+            if !e.wants_ticket() {
+                auth.count_refused();
+            }
+            self.sign(&mut r, &verified);
+            r
+        };
+        let me = self.shared.config().node.node_name.clone();
+        if let Err(e) = verified.claims.addressed(&me, auth.cluster()) {
+            return Err(refuse_signed(e));
+        }
+        // `/vote` without a candidate only says whom the metadata names.
+        let changes =
+            endpoint == Endpoint::Release || !matches!(vote_candidate(request.query), Ok(None));
+        if changes {
+            let admitted = match auth.guard().as_mut() {
+                Some(guard) => guard.admit(&verified.claims, Instant::now()),
+                None => Err(AuthError::Busy(
+                    "the OS's random source failed at start: no ticket".into(),
+                )),
+            };
+            if let Err(e) = admitted {
+                return Err(refuse_signed(e));
+            }
+        }
+        Ok(Some(verified))
+    }
+
+    /// Signs `reply`, the answer to the verified request, with a fresh ticket for its sender.
+    fn sign(&self, reply: &mut Reply, verified: &Verified) {
+        let auth = &self.shared.auth;
+        let sender = &verified.claims.from;
+        let ticket = auth
+            .guard()
+            .as_ref()
+            .map(|g| g.ticket(sender, Instant::now()));
+        let claims = AnswerClaims {
+            from: self.shared.config().node.node_name.clone(),
+            to: sender.clone(),
+            cluster: auth.cluster(),
+            ticket,
+        };
+        let exchange = Exchange {
+            method: verified.method.as_str(),
+            target: &verified.target,
+            body: b"",
+        };
+        let value = verified.keys.sign_answer(
+            &claims,
+            &verified.claims.nonce,
+            &exchange,
+            reply.status().as_u16(),
+            reply.body(),
+        );
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            reply.headers_mut().insert(auth::HEADER, value);
+        }
     }
 
     /// The reply to a refused request, counted: 405 with `Allow` for a method the endpoint
@@ -514,17 +713,27 @@ impl App {
     /// `/status`: everything the snapshot knows ([`status_json`]).
     fn status(&self, now: Instant) -> (u16, Bytes) {
         let snapshot = self.shared.store.load();
-        let status = status_json(&self.shared.loaded(), &snapshot, now);
+        let mut status = status_json(&self.shared.loaded(), &snapshot, now);
+        let auth = &self.shared.auth;
+        status.cluster_id = auth.cluster().map(|c| c.to_string());
+        status.peer_auth = auth.mode().to_string();
+        status.peer_auth_failures = auth.answers.failures();
+        status.peer_requests_refused = auth.refused();
         (snapshot.served_state(now).code(), json_bytes(&status))
     }
 
     /// `/metrics`: the Prometheus text ([`metrics::render`]).
     fn metrics(&self, now: Instant) -> (u16, Bytes) {
         let snapshot = self.shared.store.load();
+        let auth = &self.shared.auth;
+        let failures = auth.answers.failures();
         let extra = metrics::Extra {
             requests: self.requests.snapshot(),
             voter_failures: &snapshot.voter_failures,
             config_loaded: self.shared.loaded().at,
+            peer_auth: auth.mode(),
+            peer_auth_failures: &failures,
+            peer_requests_refused: auth.refused(),
         };
         (200, metrics::render(&snapshot, &extra, now).into())
     }
@@ -718,6 +927,9 @@ impl App {
         let me = &config.node.node_name;
         let own = snapshot.served_state(now);
         let client = &self.shared.client;
+        let keys = self.shared.auth.keys();
+        let signer = keys.as_deref().map(|k| self.shared.auth.signer(k, me));
+        let signer = signer.as_ref();
         let others = snapshot.members.iter().filter(|m| &m.name != me);
         let mut answers = vec![(me.clone(), Ok(own))];
         answers.extend(
@@ -727,7 +939,7 @@ impl App {
                 |m, deadline| async move {
                     let state = match &m.url {
                         Ok(url) => client
-                            .ask_state(url, deadline)
+                            .ask_state(signer, url, &m.name, deadline)
                             .await
                             .map_err(|e| e.to_string()),
                         Err(why) => Err(format!("no address: {why}")),
@@ -985,6 +1197,7 @@ pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Status
         upstream: r.receiver.as_ref().and_then(|w| w.sender.clone()),
     });
     Status {
+        cluster_id: None,
         code: state.code(),
         config: StatusConfig {
             fingerprint: loaded.fingerprint.clone(),
@@ -1013,6 +1226,9 @@ pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Status
         observed_at: snapshot
             .observed_at
             .map(|_| humantime::format_rfc3339_millis(snapshot.observed_at_wall).to_string()),
+        peer_auth: String::new(),
+        peer_auth_failures: Default::default(),
+        peer_requests_refused: 0,
         primary: snapshot.primary.clone(),
         reason: snapshot.served_reason(now),
         replication,

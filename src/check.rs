@@ -705,7 +705,13 @@ pub fn prepare(args: &Args) -> Result<(Check, Uri, Duration), Report> {
     };
     let timeout = parse_timeout(&args.timeout).map_err(|e| bad("bad --timeout", e))?;
     let url = match (&args.url, &args.config) {
-        (Some(url), _) => parse_url(url).map_err(|e| bad("bad --url", e))?,
+        // No TLS client here: an https address is refused rather than asked in plain HTTP.
+        (Some(url), _) => parse_url(url)
+            .and_then(|u| match u.scheme_str() {
+                Some("https") => Err("https is not supported by primgr check".to_string()),
+                _ => Ok(u),
+            })
+            .map_err(|e| bad("bad --url", e))?,
         (None, Some(path)) => listen_url(path).map_err(|e| bad("bad --config", e))?,
         (None, None) => parse_url(crate::cluster::DEFAULT_URL).map_err(|e| bad("--url", e))?,
     };

@@ -54,6 +54,14 @@ pub enum Command {
         /// Print a JSON document instead of the table.
         #[arg(long)]
         json: bool,
+        /// The cluster's peer key file: sign every request and accept only answers signed
+        /// with one of its keys (the daemons' `peer_key_file`).
+        #[arg(long, value_name = "FILE")]
+        peer_key_file: Option<PathBuf>,
+        /// PEM CA certificates of the daemons' TLS certificates (the daemons'
+        /// `tls_ca_file`): ask every daemon over https and verify it against them.
+        #[arg(long, value_name = "FILE")]
+        tls_ca_file: Option<PathBuf>,
     },
     /// Take this node out of the read pool (`/replica`, `/read-only`, `/readiness` and the
     /// agent's read answer fail), without stopping anything; `/state` stays as it is.
@@ -79,6 +87,12 @@ pub enum Command {
     /// prints one status line with performance data. Exit status: 0 OK, 1 WARNING,
     /// 2 CRITICAL, 3 UNKNOWN (no answer within --timeout, connection refused, bad arguments).
     Check(crate::check::Args),
+    /// Print one fresh peer key line for `peer_key_file` (256 bits from the OS's random
+    /// source) and exit.
+    ///
+    /// `primgr keygen > /etc/primgr/peer.key && chmod 600 /etc/primgr/peer.key`, then copy
+    /// the same file to every node.
+    Keygen,
 }
 
 /// Where the local daemon keeps its state and listens, for `drain` and `undrain`.

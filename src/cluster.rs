@@ -16,8 +16,11 @@ use hyper::Uri;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::peers::{PeerClient, fan_out};
+use crate::auth::Keys;
+use crate::peers::{Answers, PeerClient, Signer, fan_out};
+use crate::tls::ClientTls;
 use crate::wire::Status;
+use hyper::Method;
 
 /// Default `--url`: the daemon on this machine.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:5999";
@@ -330,7 +333,8 @@ fn one_line(text: &str) -> String {
         .collect()
 }
 
-/// Parses `--url`: `http://HOST:PORT`, or `HOST:PORT` (plain HTTP).
+/// Parses `--url`: `http://HOST:PORT`, `https://HOST:PORT`, or `HOST:PORT` (the scheme of the
+/// requests follows `--tls-ca-file`).
 pub fn parse_url(text: &str) -> Result<Uri, String> {
     let with_scheme = if text.contains("://") {
         text.to_string()
@@ -390,7 +394,33 @@ fn members_of(status: &Status) -> Vec<Listed> {
 /// Asks the daemon at `url` for the members, then every member's `/status` at once; each round
 /// is bounded by `timeout`.
 pub async fn gather(url: &Uri, timeout: Duration) -> ClusterReport {
-    let client = PeerClient::new(None);
+    gather_signed(url, timeout, None).await
+}
+
+/// [`gather`], each request signed with `keys` (`--peer-key-file`) and each answer verified:
+/// an answer not signed with the cluster's key is reported as an error, not as a state.
+pub async fn gather_signed(url: &Uri, timeout: Duration, keys: Option<&Keys>) -> ClusterReport {
+    gather_with(url, timeout, keys, None).await
+}
+
+/// [`gather_signed`], over https when `tls` is given (`--tls-ca-file`): every daemon's
+/// certificate must chain to that CA and name the address asked, or it gives no answer.
+pub async fn gather_with(
+    url: &Uri,
+    timeout: Duration,
+    keys: Option<&Keys>,
+    tls: Option<&ClientTls>,
+) -> ClusterReport {
+    let answers = Answers::default();
+    let signer = keys.map(|keys| Signer {
+        keys,
+        me: "primgr-cluster",
+        cluster: None,
+        addressed: false,
+        answers: &answers,
+    });
+    let signer = signer.as_ref();
+    let client = PeerClient::with_tls(None, tls);
     let mut report = ClusterReport {
         url: url.to_string(),
         error: None,
@@ -398,7 +428,10 @@ pub async fn gather(url: &Uri, timeout: Duration) -> ClusterReport {
         nodes: Vec::new(),
     };
     let deadline = tokio::time::Instant::now() + timeout;
-    let first = match client.get(url, "/status", deadline).await {
+    let first = match client
+        .exchange(signer, Method::GET, url, None, "/status", deadline)
+        .await
+    {
         Ok((code, body)) => match Status::read(code, &body) {
             Ok(status) => status,
             Err(_) => {
@@ -430,7 +463,17 @@ pub async fn gather(url: &Uri, timeout: Duration) -> ClusterReport {
             Err(why) => return NodeReport::failed(&m.name, m.site, None, why),
         };
         let address = Some(authority(&uri));
-        match client.get(&uri, "/status", deadline).await {
+        let asked = client
+            .exchange(
+                signer,
+                Method::GET,
+                &uri,
+                Some(&m.name),
+                "/status",
+                deadline,
+            )
+            .await;
+        match asked {
             Ok((code, body)) => NodeReport::from_status(&m.name, m.site, address, code, &body),
             Err(e) => NodeReport::failed(&m.name, m.site, address, e.to_string()),
         }
@@ -723,7 +766,11 @@ mod tests {
             parse_url("db1:6000").unwrap().to_string(),
             "http://db1:6000/"
         );
-        assert!(parse_url("https://db1:5999").is_err());
+        assert_eq!(
+            parse_url("https://db1:5999").unwrap().to_string(),
+            "https://db1:5999/"
+        );
+        assert!(parse_url("ftp://db1:5999").is_err());
         assert!(parse_url("http://").is_err());
         assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_timeout("0s").is_err());

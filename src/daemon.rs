@@ -3,7 +3,8 @@
 //! Owns the wiring of a daemon inside a process: [`run`] / [`run_with`] build its
 //! [`Shared`] state, start the poller and the `on_change` runner (and the agent port and the
 //! reload task when asked),
-//! and serve the API on an already bound listener until a shutdown future completes. Nothing is global: tests run several daemons in one process.
+//! and serve the API (over HTTPS when `tls_cert_file` is set) on an already bound listener
+//! until a shutdown future completes. Nothing is global: tests run several daemons in one process.
 //!
 //! The poll cycle and the peer protocol run on a runtime of their own ([`PollThread`]: a
 //! current-thread runtime in an OS thread of its own, one per daemon): the poller, its peer
@@ -27,6 +28,7 @@ use crate::db::{Db, DbError};
 use crate::poller::{CycleHook, OnReady, Poller};
 use crate::reload::Reloads;
 use crate::shared::Shared;
+use crate::tls::Tls;
 use crate::{agent, api, hooks, reload, server, shutdown};
 
 /// Why a daemon could not start or stopped by itself.
@@ -34,6 +36,10 @@ use crate::{agent, api, hooks, reload, server, shutdown};
 pub enum RunError {
     #[error("conninfo: {0}")]
     Db(#[from] DbError),
+    #[error("{0}")]
+    Keys(#[from] crate::auth::KeyFileError),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("the poll task ended unexpectedly ({0}); stopping so that the service is restarted")]
     PollerDied(String),
     #[error("cannot start the poll thread: {0}")]
@@ -76,7 +82,13 @@ where
 {
     let db = Db::open(&config.db)?;
     let poll_thread = PollThread::start(&config.node.node_name).map_err(RunError::PollThread)?;
-    let shared = Arc::new(Shared::new(config));
+    let tls = Tls::load(
+        config.tls.tls_cert_file.as_deref(),
+        config.tls.tls_key_file.as_deref(),
+        config.tls.tls_ca_file.as_deref(),
+    )?;
+    let shared = Arc::new(Shared::with_tls(config, tls));
+    shared.auth.load(&shared.config())?;
     let (trigger, stop) = shutdown::channel();
     let (on_change, runner) = hooks::channel();
     let hooks = tokio::spawn(runner.run(stop.clone()));
@@ -106,6 +118,7 @@ where
     let policy = server::Policy {
         clients: Arc::new(Members(shared.clone())),
         members_on: Some(poll_thread.runtime.clone()),
+        tls: shared.tls.server.as_ref().map(|t| t.config()),
     };
     let app = api::App::new(shared);
     server::serve_with(listener, |client| app.service(client), stop_serving, policy).await;

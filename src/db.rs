@@ -73,6 +73,10 @@ pub struct WalObservation {
     /// A primary's WAL senders (`pg_stat_replication`, read in the same statement): each
     /// standby's `sync_state`. None in recovery, or when the list could not be read.
     pub standbys: Option<Vec<WalStandby>>,
+    /// `pg_control_system().system_identifier`: the streaming-replication cluster's identity
+    /// (shared by a primary and its standbys; [`crate::auth::cluster_identity`]). Read in the
+    /// same statement; None when it could not be read.
+    pub system_identifier: Option<i64>,
 }
 
 /// The WAL receiver (`pg_stat_wal_receiver`). Its details need `pg_read_all_stats`; without
@@ -140,8 +144,9 @@ impl DbError {
 const OBSERVE_SQL: &str = "SELECT r.in_recovery, n.node_id, n.node_name, n.type, n.active, \
      n.location, n.conninfo, r.current_lsn, r.receive_lsn, r.replay_lsn, r.replay_paused, \
      r.replay_age_ms, r.receiver, r.receiver_status, r.latest_end_lsn, r.last_msg_receipt, \
-     r.sender, r.standbys \
+     r.sender, r.standbys, r.system_identifier \
      FROM (SELECT s.in_recovery, \
+             (SELECT c.system_identifier FROM pg_control_system() c) AS system_identifier, \
              CASE WHEN s.in_recovery THEN NULL \
                   ELSE (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8 END AS current_lsn, \
              CASE WHEN s.in_recovery THEN NULL \
@@ -545,6 +550,7 @@ fn parse_rows(rows: &[tokio_postgres::Row]) -> Result<DbObservation, DbError> {
             .ok()
             .flatten()
             .and_then(|json| serde_json::from_str(&json).ok()),
+        system_identifier: first.try_get::<_, Option<i64>>(18).ok().flatten(),
     };
     let in_recovery = first.try_get::<_, bool>(0).map_err(bad)?;
     let mut nodes = Vec::with_capacity(rows.len());

@@ -32,6 +32,8 @@
 //! - [`vote`]: vote leases: the voter's promise book, the candidate's ballot, releases; pure;
 //! - [`auth`]: peer keys, the MACs over requests and answers, replay tickets, the grant
 //!   epochs a release undoes, the cluster identity; pure;
+//! - [`tls`]: the certificate, key and CA files read into rustls' server and client
+//!   configurations, each behind a swap that a reload renews; no sockets;
 //! - [`wire`]: the serde types of every body between processes, for writers and readers alike;
 //! - [`conninfo`]: the host of a conninfo, and the conninfo with its password masked;
 //! - [`units`]: sizes (`16MB`) and durations (`500ms`) as operators write them;
@@ -64,6 +66,7 @@ pub mod server;
 pub mod shared;
 pub mod shutdown;
 pub mod snapshot;
+pub mod tls;
 pub mod units;
 pub mod vote;
 pub mod wire;

@@ -2,6 +2,7 @@
 //! until SIGTERM or SIGINT (telling systemd when it is ready and when it stops) or run a
 //! subcommand. Only wiring: everything else lives in the library.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -34,10 +35,36 @@ fn main() -> ExitCode {
         }
     };
     match &cli.command {
-        Some(Command::Cluster { url, timeout, json }) => return cluster(url, *timeout, *json),
+        Some(Command::Cluster {
+            url,
+            timeout,
+            json,
+            peer_key_file,
+            tls_ca_file,
+        }) => {
+            return cluster(
+                url,
+                *timeout,
+                *json,
+                peer_key_file.as_deref(),
+                tls_ca_file.as_deref(),
+            );
+        }
         Some(Command::Drain { reason, local }) => return drain(local, Some(reason)),
         Some(Command::Undrain { local }) => return drain(local, None),
         Some(Command::Check(args)) => return ExitCode::from(primgr::check::command(args)),
+        Some(Command::Keygen) => {
+            return match primgr::auth::generate_key_line() {
+                Ok(line) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("primgr keygen: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         None => {}
     }
     let (source, config) = match cli.load() {
@@ -149,11 +176,36 @@ fn drain(local: &Local, reason: Option<&str>) -> ExitCode {
 }
 
 /// `primgr cluster`: prints the table (or JSON) and exits with its status.
-fn cluster(url: &Uri, timeout: Duration, json: bool) -> ExitCode {
+fn cluster(
+    url: &Uri,
+    timeout: Duration,
+    json: bool,
+    key_file: Option<&Path>,
+    ca_file: Option<&Path>,
+) -> ExitCode {
+    let keys = match key_file.map(primgr::auth::Keys::load).transpose() {
+        Ok(keys) => keys,
+        Err(e) => {
+            eprintln!("primgr cluster: --peer-key-file: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tls = match ca_file.map(primgr::tls::ClientTls::load).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("primgr cluster: --tls-ca-file: {}", e.reason);
+            return ExitCode::from(2);
+        }
+    };
     let Some(runtime) = small_runtime("cluster") else {
         return ExitCode::FAILURE;
     };
-    let report = runtime.block_on(primgr::cluster::gather(url, timeout));
+    let report = runtime.block_on(primgr::cluster::gather_with(
+        url,
+        timeout,
+        keys.as_ref(),
+        tls.as_ref(),
+    ));
     if json {
         println!("{:#}", report.to_json());
     } else if report.error.is_some() {
@@ -241,7 +293,9 @@ async fn serve(source: Source, config: primgr::Config, log_filter: Option<LogFil
             info!("stopped");
             ExitCode::SUCCESS
         }
-        Err(e @ primgr::RunError::Db(_)) => {
+        Err(
+            e @ (primgr::RunError::Db(_) | primgr::RunError::Keys(_) | primgr::RunError::Tls(_)),
+        ) => {
             error!("{e}");
             ExitCode::from(EXIT_CONFIG)
         }

@@ -83,6 +83,12 @@ pub struct Extra<'a> {
     pub requests: Vec<(&'static str, String, u64)>,
     pub voter_failures: &'a BTreeMap<String, u64>,
     pub config_loaded: SystemTime,
+    /// `"key"` or `"addresses"` ([`crate::shared::PeerAuth::mode`]).
+    pub peer_auth: &'static str,
+    /// Answers of each peer that failed authentication.
+    pub peer_auth_failures: &'a BTreeMap<String, u64>,
+    /// Peer requests refused (401, 403).
+    pub peer_requests_refused: u64,
 }
 
 /// The exposition text.
@@ -180,6 +186,40 @@ pub fn render(s: &Snapshot, extra: &Extra<'_>, now: Instant) -> String {
     }
     family(
         &mut out,
+        "primgr_peer_auth_mode",
+        "gauge",
+        "1 for how peers are authenticated: key (peer_key_file) or addresses.",
+    );
+    for mode in ["key", "addresses"] {
+        let v = u8::from(mode == extra.peer_auth);
+        let _ = writeln!(out, "primgr_peer_auth_mode{{mode=\"{mode}\"}} {v}");
+    }
+    family(
+        &mut out,
+        "primgr_peer_answers_unauthenticated_total",
+        "counter",
+        "Peer answers that failed authentication (counted as no answer).",
+    );
+    for (peer, n) in extra.peer_auth_failures {
+        let _ = writeln!(
+            out,
+            "primgr_peer_answers_unauthenticated_total{{peer=\"{}\"}} {n}",
+            label(peer)
+        );
+    }
+    family(
+        &mut out,
+        "primgr_peer_requests_refused_total",
+        "counter",
+        "Peer requests refused for want of authentication (401) or of a member's address (403).",
+    );
+    let _ = writeln!(
+        out,
+        "primgr_peer_requests_refused_total {}",
+        extra.peer_requests_refused
+    );
+    family(
+        &mut out,
         "primgr_http_requests_total",
         "counter",
         "HTTP requests answered.",
@@ -275,6 +315,9 @@ mod tests {
             requests: Vec::new(),
             voter_failures: &failures,
             config_loaded: SystemTime::UNIX_EPOCH,
+            peer_auth: "key",
+            peer_auth_failures: &failures,
+            peer_requests_refused: 0,
         };
         let before = render(&s, &extra, Instant::now());
         for outcome in ["ok", "failed", "timeout"] {

@@ -9,10 +9,18 @@
 //! cycle, `/realPrimary` and `primgr cluster` all use. Every failure of a peer becomes a value
 //! (an answer that does not vote, a state that is not Primary); nothing here panics or waits
 //! past the deadline, and no response body is read past [`MAX_BODY`].
+//!
+//! With a key in force ([`Signer`]) every request is signed (header [`auth::HEADER`]) and its
+//! answer verified against the request's nonce, the peer asked and the cluster: an answer that
+//! fails is no answer ([`PeerError::Unauthenticated`]), counted by peer and logged once when
+//! failures start and once when they clear ([`Answers`]); the ticket each verified answer
+//! brings is kept for the next state-changing request, and a 401 that brings a new one is
+//! retried once at once ([`auth::worth_retrying`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,14 +28,21 @@ use futures_util::future::join_all;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::header::{HeaderValue, USER_AGENT};
 use hyper::{Method, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
+use tracing::{info, warn};
 
+use crate::auth::{
+    self, AnswerClaims, ClusterId, Exchange, Keys, MAX_TICKET_PEERS, Nonce, RequestClaims,
+    TicketBook,
+};
 use crate::conninfo;
 use crate::db::NodeRow;
 use crate::decide::State;
+use crate::tls::ClientTls;
 use crate::vote::Grant;
 use crate::wire::{self, ReleaseAnswer, StateBody, VoteAnswer, WalAnswer, WalStandby};
 
@@ -50,30 +65,148 @@ pub enum PeerError {
     Body(String),
     #[error("HTTP {0}: {1}")]
     Unexpected(u16, String),
+    #[error("answer not authentic, not counted: {0}")]
+    Unauthenticated(String),
 }
 
-/// The HTTP client of one daemon.
+/// What a requester keeps of its peers' authenticated answers: the latest ticket of each, and
+/// the answers that failed authentication (`/status`, `/metrics`).
+#[derive(Debug, Default)]
+pub struct Answers {
+    tickets: Mutex<TicketBook>,
+    failures: Mutex<BTreeMap<String, u64>>,
+    /// Peers whose answers fail now (logged once when it starts and once when it clears).
+    failing: Mutex<BTreeSet<String>>,
+}
+
+impl Answers {
+    fn ticket(&self, peer: &str) -> Option<auth::Ticket> {
+        self.tickets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(peer)
+    }
+
+    fn learn(&self, peer: &str, answer: &AnswerClaims) {
+        self.tickets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .learn(peer, answer);
+    }
+
+    /// Records whether an answer of `peer` passed authentication (`Err`: why not).
+    pub fn checked(&self, peer: &str, outcome: Result<(), &str>) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Err(why) => {
+                let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+                if failures.contains_key(peer) || failures.len() < MAX_TICKET_PEERS {
+                    *failures.entry(peer.to_string()).or_default() += 1;
+                }
+                if failing.len() < MAX_TICKET_PEERS && failing.insert(peer.to_string()) {
+                    warn!(peer = %peer, "answers of {peer} fail authentication and count as no answer: {why}");
+                }
+            }
+            Ok(()) => {
+                if failing.remove(peer) {
+                    info!(peer = %peer, "answers of {peer} are authentic again");
+                }
+            }
+        }
+    }
+
+    /// Answers that failed authentication, by peer, since the start.
+    pub fn failures(&self) -> BTreeMap<String, u64> {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Who signs the requests and checks the answers: the keys in force, this node, its cluster.
+#[derive(Clone, Copy)]
+pub struct Signer<'a> {
+    pub keys: &'a Keys,
+    /// This node's name (the requests' sender; the answers' recipient).
+    pub me: &'a str,
+    /// This node's cluster: an answer of another cluster is no answer. None for an operator's
+    /// tool (`primgr cluster`), which checks only that the answer is the one to its request.
+    pub cluster: Option<ClusterId>,
+    /// Whether the answers must come from the peer asked, to this node, of this cluster (a
+    /// daemon); an operator's tool knows none of it.
+    pub addressed: bool,
+    pub answers: &'a Answers,
+}
+
+impl std::fmt::Debug for Signer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("keys", self.keys)
+            .field("me", &self.me)
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The HTTP client of one daemon: plain HTTP, or https verified against `tls_ca_file`.
 #[derive(Clone, Debug)]
 pub struct PeerClient {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Connection,
     user_agent: HeaderValue,
+}
+
+/// The client of one scheme: every peer is asked with the same one.
+#[derive(Clone, Debug)]
+enum Connection {
+    Http(Client<HttpConnector, Empty<Bytes>>),
+    /// https only: a peer's address is asked over TLS whatever scheme it was written with.
+    Https(Client<HttpsConnector<HttpConnector>, Empty<Bytes>>),
 }
 
 impl PeerClient {
     /// A keep-alive client whose connections are made from `source_address` when it is set.
     /// Every request (connect included) is bounded by the deadline its caller gives.
     pub fn new(source_address: Option<IpAddr>) -> PeerClient {
+        PeerClient::with_tls(source_address, None)
+    }
+
+    /// [`PeerClient::new`], over https when `tls` is given: each peer's certificate must
+    /// chain to its CA and name the address asked; a peer that fails the handshake gives no
+    /// answer ([`PeerError::Request`]).
+    pub fn with_tls(source_address: Option<IpAddr>, tls: Option<&ClientTls>) -> PeerClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_local_address(source_address);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(4)
-            .build(connector);
+            .pool_max_idle_per_host(4);
+        let client = match tls {
+            None => Connection::Http(builder.build(connector)),
+            Some(tls) => {
+                // The https connector refuses an http:// URI itself; [`join`] writes https.
+                connector.enforce_http(false);
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config((*tls.config()).clone())
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(connector);
+                Connection::Https(builder.build(https))
+            }
+        };
         PeerClient {
             client,
             user_agent: HeaderValue::from_static(concat!("primgr/", env!("CARGO_PKG_VERSION"))),
+        }
+    }
+
+    /// The scheme of every request: `https` with a CA, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        match self.client {
+            Connection::Http(_) => "http",
+            Connection::Https(_) => "https",
         }
     }
 
@@ -96,29 +229,170 @@ impl PeerClient {
         path: &str,
         deadline: Instant,
     ) -> Result<(u16, Bytes), PeerError> {
+        self.send(method, base, path, None, deadline)
+            .await
+            .map(|(status, body, _)| (status, body))
+    }
+
+    /// Sends `method` `path` to `peer` at `base`: signed and its answer verified when a
+    /// `signer` is given (see the module's header), plain otherwise; status and body, by
+    /// `deadline`. `peer` is the node asked (None: unknown, for an operator's tool).
+    pub async fn exchange(
+        &self,
+        signer: Option<&Signer<'_>>,
+        method: Method,
+        base: &Uri,
+        peer: Option<&str>,
+        path: &str,
+        deadline: Instant,
+    ) -> Result<(u16, Bytes), PeerError> {
+        let Some(signer) = signer else {
+            return self.request(method, base, path, deadline).await;
+        };
+        self.exchange_signed(signer, method, base, peer, path, deadline)
+            .await
+            .map(|(status, body, _)| (status, body))
+    }
+
+    /// A witness learning its cluster's identity ([`crate::auth::Standing::Witness`]): asks
+    /// `primary` (whom its own metadata names) for a signed `/state` and returns the identity
+    /// its authenticated answer claims. The answer must come from `primary` to this node; the
+    /// cluster is what is learned, so it is not compared.
+    pub async fn learn_cluster(
+        &self,
+        signer: &Signer<'_>,
+        base: &Uri,
+        primary: &str,
+        deadline: Instant,
+    ) -> Result<Option<ClusterId>, PeerError> {
+        let unaddressed = Signer {
+            addressed: false,
+            ..*signer
+        };
+        let (_, _, claims) = self
+            .exchange_signed(
+                &unaddressed,
+                Method::GET,
+                base,
+                Some(primary),
+                "/state",
+                deadline,
+            )
+            .await?;
+        claims
+            .check_peer(primary, signer.me)
+            .map_err(|e| PeerError::Unauthenticated(e.to_string()))?;
+        Ok(claims.cluster)
+    }
+
+    async fn exchange_signed(
+        &self,
+        signer: &Signer<'_>,
+        method: Method,
+        base: &Uri,
+        peer: Option<&str>,
+        path: &str,
+        deadline: Instant,
+    ) -> Result<(u16, Bytes, AnswerClaims), PeerError> {
+        let book = peer.unwrap_or("");
+        let exchange = Exchange {
+            method: method.as_str(),
+            target: path,
+            body: b"",
+        };
+        let mut retried = false;
+        loop {
+            let ticket = signer.answers.ticket(book);
+            let nonce = Nonce::random().map_err(|e| PeerError::Request(e.to_string()))?;
+            let claims = RequestClaims {
+                from: signer.me.to_string(),
+                to: peer.unwrap_or("-").to_string(),
+                cluster: signer.cluster,
+                nonce,
+                ticket,
+            };
+            let header = signer.keys.sign_request(&claims, &exchange);
+            let header = HeaderValue::from_str(&header)
+                .map_err(|e| PeerError::Request(format!("auth header: {e}")))?;
+            let (status, body, answer) = self
+                .send(method.clone(), base, path, Some(header), deadline)
+                .await?;
+            let verified = match answer.as_deref() {
+                None => Err(format!(
+                    "HTTP {status} without {}: not signed with the cluster's key",
+                    auth::HEADER
+                )),
+                Some(h) => signer
+                    .keys
+                    .verify_answer(h, &nonce, &exchange, status, &body)
+                    .and_then(|a| {
+                        match (signer.addressed, peer) {
+                            (true, Some(p)) => a.check(p, signer.me, signer.cluster)?,
+                            (true, None) => a.check_peer(&a.from, signer.me)?,
+                            (false, _) => {}
+                        }
+                        Ok(a)
+                    })
+                    .map_err(|e| e.to_string()),
+            };
+            let answer = match verified {
+                Ok(a) => a,
+                Err(why) => {
+                    signer.answers.checked(book, Err(&why));
+                    return Err(PeerError::Unauthenticated(why));
+                }
+            };
+            signer.answers.checked(book, Ok(()));
+            signer.answers.learn(book, &answer);
+            if !retried && auth::worth_retrying(status, ticket.as_ref(), &answer) {
+                retried = true;
+                continue;
+            }
+            return Ok((status, body, answer));
+        }
+    }
+
+    /// Sends a body-less request with the auth header `signed` (if any): status, body and
+    /// the answer's auth header, by `deadline`.
+    async fn send(
+        &self,
+        method: Method,
+        base: &Uri,
+        path: &str,
+        signed: Option<HeaderValue>,
+        deadline: Instant,
+    ) -> Result<(u16, Bytes, Option<String>), PeerError> {
         // In whole milliseconds: it is shown to operators ("no answer within 500ms").
         let left = deadline.saturating_duration_since(Instant::now());
         let budget = Duration::from_millis(((left.as_micros() + 500) / 1000) as u64);
-        let uri = join(base, path)?;
+        let uri = join(self.scheme(), base, path)?;
         let mut request = hyper::Request::new(Empty::new());
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         request
             .headers_mut()
             .insert(USER_AGENT, self.user_agent.clone());
+        if let Some(signed) = signed {
+            request.headers_mut().insert(auth::HEADER, signed);
+        }
         let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| PeerError::Request(error_chain(&e)))?;
+            let response = match &self.client {
+                Connection::Http(c) => c.request(request).await,
+                Connection::Https(c) => c.request(request).await,
+            }
+            .map_err(|e| PeerError::Request(error_chain(&e)))?;
             let status = response.status().as_u16();
+            let answer = response
+                .headers()
+                .get(auth::HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let body = Limited::new(response.into_body(), MAX_BODY)
                 .collect()
                 .await
                 .map_err(|e| PeerError::Body(e.to_string()))?
                 .to_bytes();
-            Ok((status, body))
+            Ok((status, body, answer))
         };
         tokio::time::timeout_at(deadline, exchange)
             .await
@@ -129,13 +403,17 @@ impl PeerClient {
     /// this node.
     pub async fn ask_vote(
         &self,
+        signer: Option<&Signer<'_>>,
         base: &Uri,
         voter: &str,
         me: &str,
         deadline: Instant,
     ) -> VoteReply {
         let path = format!("/vote?candidate={}", encode(me));
-        match self.get(base, &path, deadline).await {
+        let answer = self
+            .exchange(signer, Method::GET, base, Some(voter), &path, deadline)
+            .await;
+        match answer {
             Err(e) => VoteReply::Failed(e.to_string()),
             Ok((status, body)) => parse_vote(status, &body, voter, me),
         }
@@ -145,26 +423,51 @@ impl PeerClient {
     /// its WAL senders and how old that observation was when it answered.
     pub async fn ask_wal(
         &self,
+        signer: Option<&Signer<'_>>,
         base: &Uri,
         node: &str,
         deadline: Instant,
     ) -> Result<PrimaryWal, String> {
         let (status, body) = self
-            .get(base, "/wal", deadline)
+            .exchange(signer, Method::GET, base, Some(node), "/wal", deadline)
             .await
             .map_err(|e| e.to_string())?;
         parse_wal(status, &body, node)
     }
 
     /// Asks a node for its state (`/state`).
-    pub async fn ask_state(&self, base: &Uri, deadline: Instant) -> Result<State, PeerError> {
-        let (status, body) = self.get(base, "/state", deadline).await?;
+    pub async fn ask_state(
+        &self,
+        signer: Option<&Signer<'_>>,
+        base: &Uri,
+        node: &str,
+        deadline: Instant,
+    ) -> Result<State, PeerError> {
+        let (status, body) = self
+            .exchange(signer, Method::GET, base, Some(node), "/state", deadline)
+            .await?;
         parse_state(status, &body)
     }
 
     /// Asks `holder` to release the promises made to it (`POST /release`).
-    pub async fn ask_release(&self, base: &Uri, holder: &str, deadline: Instant) -> ReleaseReply {
-        match self.request(Method::POST, base, "/release", deadline).await {
+    pub async fn ask_release(
+        &self,
+        signer: Option<&Signer<'_>>,
+        base: &Uri,
+        holder: &str,
+        deadline: Instant,
+    ) -> ReleaseReply {
+        let answer = self
+            .exchange(
+                signer,
+                Method::POST,
+                base,
+                Some(holder),
+                "/release",
+                deadline,
+            )
+            .await;
+        match answer {
             Err(e) => ReleaseReply::Failed(e.to_string()),
             Ok((status, body)) => parse_release(status, &body, holder),
         }
@@ -336,12 +639,14 @@ fn encode(text: &str) -> String {
         .collect()
 }
 
-fn join(base: &Uri, path: &str) -> Result<Uri, PeerError> {
+/// `path` at the peer `base`, in the client's `scheme` (the one the configuration sets,
+/// whatever `base` was written with).
+fn join(scheme: &str, base: &Uri, path: &str) -> Result<Uri, PeerError> {
     let authority = base
         .authority()
         .ok_or_else(|| PeerError::Request(format!("address {base} has no host")))?;
     Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority.as_str())
         .path_and_query(path)
         .build()
@@ -359,14 +664,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The API address of a node: its `[peers]` entry, else `http://<conninfo host>:<peer_port>`.
+/// The API address of a node: its `[peers]` entry, else `<conninfo host>:<peer_port>`, in
+/// `scheme` (the client's, [`PeerClient::scheme`]: `https` when `tls_ca_file` is set).
 pub fn peer_url(
     row: &NodeRow,
     overrides: &BTreeMap<String, Uri>,
     peer_port: u16,
+    scheme: &str,
 ) -> Result<Uri, String> {
     if let Some(uri) = overrides.get(&row.node_name) {
-        return Ok(uri.clone());
+        return join(scheme, uri, "/").map_err(|e| e.to_string());
     }
     let host = conninfo::host(&row.conninfo)?;
     let authority = match host.parse::<IpAddr>() {
@@ -374,7 +681,7 @@ pub fn peer_url(
         _ => format!("{host}:{peer_port}"),
     };
     Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority.as_str())
         .path_and_query("/")
         .build()
@@ -405,21 +712,32 @@ mod tests {
         );
         let r = row("node2", "host=127.0.0.12");
         assert_eq!(
-            peer_url(&r, &overrides, 5999).unwrap().to_string(),
+            peer_url(&r, &overrides, 5999, "http").unwrap().to_string(),
             "http://10.9.9.9:7000/"
         );
         let r = row("node3", "host=127.0.0.13 port=5432");
         assert_eq!(
-            peer_url(&r, &overrides, 5999).unwrap().to_string(),
+            peer_url(&r, &overrides, 5999, "http").unwrap().to_string(),
             "http://127.0.0.13:5999/"
+        );
+        // With tls_ca_file the scheme is https, for derived and explicit addresses alike.
+        let r = row("node3", "host=127.0.0.13 port=5432");
+        assert_eq!(
+            peer_url(&r, &overrides, 5999, "https").unwrap().to_string(),
+            "https://127.0.0.13:5999/"
+        );
+        let r = row("node2", "host=127.0.0.12");
+        assert_eq!(
+            peer_url(&r, &overrides, 5999, "https").unwrap().to_string(),
+            "https://10.9.9.9:7000/"
         );
         let r = row("node6", "host=::1");
         assert_eq!(
-            peer_url(&r, &overrides, 6000).unwrap().to_string(),
+            peer_url(&r, &overrides, 6000, "http").unwrap().to_string(),
             "http://[::1]:6000/"
         );
         let r = row("node4", "host=/tmp");
-        assert!(peer_url(&r, &overrides, 5999).is_err());
+        assert!(peer_url(&r, &overrides, 5999, "http").is_err());
     }
 
     /// Only a well-formed vote of the voter asked, for this node, with a lease, is a vote.

@@ -17,13 +17,15 @@
 //! it clears, never on every tick. Each publication is handed to the `on_change` runner
 //! ([`crate::hooks`]) without waiting.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use hyper::Uri;
 use tracing::{info, warn};
 
+use crate::auth::{self, ClusterId};
 use crate::config::Config;
 use crate::cycle::{self, Asked, Gathered, Lag, Plan, ReleaseAnswer, Standing};
 use crate::db::{Db, DbError, DbObservation};
@@ -56,7 +58,16 @@ pub struct Poller {
     voter_failures: Arc<BTreeMap<String, u64>>,
     /// Where each publication goes for the `on_change` hook ([`crate::hooks`]).
     on_change: Handoff,
+    /// The local database's system identifier, as last observed.
+    system_identifier: Option<ClusterId>,
+    /// Whether the local metadata lists this node as a witness.
+    witness: bool,
+    /// A witness's identity, learned from the primary its metadata names.
+    learned: Option<ClusterId>,
 }
+
+/// Bound on resolving one member's host name (address mode).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// The shortest time between the starts of two cycles when a lost session wakes the poller.
 pub const WAKE_GAP: Duration = Duration::from_millis(100);
@@ -73,6 +84,9 @@ impl Poller {
             cycles: 0,
             hook,
             lag: Lag::default(),
+            system_identifier: None,
+            witness: false,
+            learned: None,
         }
     }
 
@@ -128,7 +142,9 @@ impl Poller {
         self.log.db(&observed);
         if let Ok(obs) = &observed {
             self.update_members(&config, obs);
+            self.update_addresses(&config, obs).await;
         }
+        self.update_identity(&config, &observed).await;
 
         let plan = cycle::plan(
             &config.node.node_name,
@@ -188,6 +204,9 @@ impl Poller {
     async fn ask_votes(&self, config: &Config, plan: &Plan) -> Vec<VoterReport> {
         let client = &self.shared.poll_client;
         let (me, sent) = (plan.me.as_str(), plan.sent);
+        let keys = self.shared.auth.keys();
+        let signer = keys.as_deref().map(|k| self.shared.auth.signer(k, me));
+        let signer = signer.as_ref();
         let voters = plan.voters.iter().map(|name| (name, self.url_of(name)));
         fan_out(
             config.timing.peer_timeout,
@@ -195,7 +214,7 @@ impl Poller {
             |(name, url), deadline| async move {
                 let (reply, latency) = match &url {
                     Ok(uri) => {
-                        let reply = client.ask_vote(uri, name, me, deadline).await;
+                        let reply = client.ask_vote(signer, uri, name, me, deadline).await;
                         (reply, Some(sent.elapsed()))
                     }
                     Err(why) => (VoteReply::Failed(format!("no address: {why}")), None),
@@ -215,12 +234,16 @@ impl Poller {
     /// latest (this node's clock), or why there is none.
     async fn ask_position(&self, plan: &Plan, deadline: tokio::time::Instant) -> Option<Asked> {
         let primary = plan.position_from.as_deref()?;
+        let keys = self.shared.auth.keys();
+        let signer = keys
+            .as_deref()
+            .map(|k| self.shared.auth.signer(k, &plan.me));
         Some(match self.url_of(primary) {
             Err(why) => Err(format!("{primary} has no address: {why}")),
             Ok(uri) => self
                 .shared
                 .poll_client
-                .ask_wal(&uri, primary, deadline)
+                .ask_wal(signer.as_ref(), &uri, primary, deadline)
                 .await
                 // Observed `age` before it answered, and it answered after the plan's instant.
                 .map(|w| {
@@ -284,9 +307,13 @@ impl Poller {
             let reply = match self.url_of(holder) {
                 Err(why) => ReleaseReply::Failed(format!("no address: {why}")),
                 Ok(uri) => {
-                    self.shared
-                        .poll_client
-                        .ask_release(&uri, holder, deadline)
+                    let keys = self.shared.auth.keys();
+                    let signer = keys
+                        .as_deref()
+                        .map(|k| self.shared.auth.signer(k, &plan.me));
+                    let client = &self.shared.poll_client;
+                    client
+                        .ask_release(signer.as_ref(), &uri, holder, deadline)
                         .await
                 }
             };
@@ -306,11 +333,12 @@ impl Poller {
     /// Rebuilds the membership from the observed rows (addresses follow `[peers]`, which a
     /// reload may change).
     fn update_members(&mut self, config: &Config, obs: &DbObservation) {
+        let scheme = self.shared.client.scheme();
         let members: Vec<Member> = obs
             .nodes
             .iter()
             .map(|n| {
-                let url = peer_url(n, &config.peers, config.peer.peer_port);
+                let url = peer_url(n, &config.peers, config.peer.peer_port, scheme);
                 if let Err(why) = &url {
                     if n.node_name != config.node.node_name {
                         self.log.without_address(&n.node_name, why);
@@ -329,6 +357,99 @@ impl Poller {
             .collect();
         if *self.members != members {
             self.members = Arc::new(members);
+        }
+    }
+
+    /// The members' addresses for address mode (`peer_key_file` not set): the host of every
+    /// row's conninfo and of every `[peers]` entry, resolved now (a name that does not
+    /// resolve within [`RESOLVE_TIMEOUT`] adds nothing this cycle).
+    async fn update_addresses(&mut self, config: &Config, obs: &DbObservation) {
+        if self.shared.auth.keys().is_some() {
+            return;
+        }
+        let hosts: BTreeSet<String> = obs
+            .nodes
+            .iter()
+            .filter_map(|n| conninfo::host(&n.conninfo).ok())
+            .chain(
+                config
+                    .peers
+                    .values()
+                    .filter_map(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string())),
+            )
+            .collect();
+        let mut addresses = HashSet::new();
+        for host in hosts {
+            if let Ok(ip) = host.parse::<IpAddr>() {
+                addresses.insert(ip.to_canonical());
+                continue;
+            }
+            if host.starts_with('/') {
+                continue; // a socket directory: no network address
+            }
+            let lookup = tokio::net::lookup_host((host.as_str(), 0));
+            if let Ok(Ok(found)) = tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                addresses.extend(found.map(|a| a.ip().to_canonical()));
+            }
+        }
+        self.shared.auth.set_members(addresses);
+    }
+
+    /// This node's cluster identity ([`crate::auth::cluster_identity`]): a data node's from
+    /// its database (the last one observed while the database does not answer), a witness's
+    /// from `cluster_id`.
+    async fn update_identity(
+        &mut self,
+        config: &Config,
+        observed: &Result<DbObservation, DbError>,
+    ) {
+        let me = &config.node.node_name;
+        if let Ok(obs) = observed {
+            self.witness = obs
+                .nodes
+                .iter()
+                .any(|n| &n.node_name == me && n.node_type == "witness");
+            if let Some(id) = obs.wal.system_identifier {
+                self.system_identifier = Some(ClusterId::from_system_identifier(id));
+            }
+            if self.witness && config.peer.cluster_id.is_none() && self.learned.is_none() {
+                self.learned = self.learn_identity(config, obs).await;
+            }
+        }
+        let standing = if self.witness {
+            auth::Standing::Witness(self.learned)
+        } else {
+            auth::Standing::Data(self.system_identifier)
+        };
+        let identity = auth::cluster_identity(config.peer.cluster_id, standing);
+        self.log.identity(&identity);
+        self.shared.auth.set_cluster(identity.ok());
+    }
+
+    /// A witness without `cluster_id`: the identity the primary its own metadata names
+    /// reports in a signed answer (None without a key, or until it answers).
+    async fn learn_identity(&self, config: &Config, obs: &DbObservation) -> Option<ClusterId> {
+        let keys = self.shared.auth.keys()?;
+        let primary = obs
+            .nodes
+            .iter()
+            .find(|n| n.active && n.node_type == "primary")?;
+        let url = self.url_of(&primary.node_name).ok()?;
+        let signer = self.shared.auth.signer(&keys, &config.node.node_name);
+        let deadline = tokio::time::Instant::now() + config.timing.peer_timeout;
+        let client = &self.shared.client;
+        match client
+            .learn_cluster(&signer, &url, &primary.node_name, deadline)
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::debug!(
+                    "cluster identity not learned from {}: {e}",
+                    primary.node_name
+                );
+                None
+            }
         }
     }
 
@@ -354,6 +475,7 @@ struct Transitions {
     drain: Option<bool>,
     drain_unreadable: bool,
     position_unknown: bool,
+    identity: Option<Result<ClusterId, auth::IdentityError>>,
 }
 
 impl Transitions {
@@ -392,6 +514,17 @@ impl Transitions {
                 _ => {}
             }
         }
+    }
+
+    fn identity(&mut self, identity: &Result<ClusterId, auth::IdentityError>) {
+        if self.identity.as_ref() == Some(identity) {
+            return;
+        }
+        match identity {
+            Ok(id) => info!("cluster identity: {id}"),
+            Err(e) => warn!("no cluster identity, so no vote is granted or counted: {e}"),
+        }
+        self.identity = Some(identity.clone());
     }
 
     fn lag(&mut self, replication: &Replication) {

@@ -3,11 +3,14 @@
 //! group needs.
 //!
 //! Owns the rule of a reload. Every key takes effect at the next cycle, except those declared
-//! `restart` (`node_name`, `listen`, `state_dir`, `source_address`, `agent_listen`), which keep
+//! `restart` (`node_name`, `listen`, `state_dir`, `source_address`, `agent_listen`, the TLS
+//! files' paths), which keep
 //! their running value and are logged as needing a restart. What a changed key rebuilds: the
 //! log filter (`log_level`, unless `RUST_LOG` decides), the vote book's lease for later
 //! promises (`vote_lease`), and, at the poller's next cycle, the pool when the database group
-//! ([`DbSettings`]) differs from the one the pool was built with ([`follow_pool`]). A bad file
+//! ([`DbSettings`]) differs from the one the pool was built with ([`follow_pool`]); the TLS
+//! files in force are read again (a renewed certificate or CA applies to the next handshakes,
+//! on the same listener; [`crate::tls`]). A bad file
 //! is logged with its key and line (never its values) and changes nothing.
 
 use std::sync::Arc;
@@ -52,6 +55,17 @@ pub fn apply(shared: &Shared, mut new: Config) -> Applied {
     new.keep_restart_only(&running);
     if new.leases.vote_lease != running.leases.vote_lease {
         shared.votes.book().set_lease(new.leases.vote_lease);
+    }
+    // The key file was read by the validation; read again to put it in force (a file that
+    // changed in between is refused and the keys in force stay).
+    if let Err(e) = shared.auth.load(&new) {
+        error!("reload: {e}; the peer keys in force stay");
+    }
+    // The TLS files in force (their paths only a restart changes) are read again: a renewed
+    // certificate applies to the next handshakes on the same listener. The validation read
+    // them; one that changed in between is refused and what is in force stays.
+    for e in shared.tls.reload() {
+        error!("reload: {e}; the TLS file in force stays");
     }
     shared.put(new);
     Applied { changed, ignored }

@@ -10,6 +10,8 @@
 //! (at accept and at its end), never per request. A member's connections may be served on a
 //! runtime of their own ([`Policy::members_on`]), so that a flood from other clients does not
 //! delay the peer protocol.
+//! With TLS (`tls_cert_file`), each connection's handshake comes first, under the same timeout
+//! as a request head, in the connection's own task.
 //! What is answered comes in as a tower service per connection (the API's warp filters,
 //! `warp::service(routes)`), run by hyper-util's `TowerToHyperService` behind those limits.
 
@@ -130,12 +132,23 @@ pub struct Policy {
     /// flood from other clients delays neither the votes this node gives nor the ones it asks.
     /// None: on the caller's runtime, like every other connection.
     pub members_on: Option<tokio::runtime::Handle>,
+    /// The listener's TLS configuration ([`crate::tls::ServerTls::config`]): every admitted
+    /// connection is then served over TLS. Its handshake, in the connection's own task and
+    /// holding its slot, must end within the idle timeout (the time a client has for its
+    /// request head), or the connection is closed; a client that does not speak TLS fails the
+    /// handshake and is closed. The certificate is resolved at each handshake, so a reload's
+    /// renewed one applies without a new listener.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// [`serve_with`] with the default limits, no members and every connection on the caller's
-/// runtime.
-pub async fn serve<M, S, B, F>(listener: TcpListener, service_for: M, shutdown: F)
-where
+/// runtime, over TLS with `tls`.
+pub async fn serve<M, S, B, F>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    service_for: M,
+    shutdown: F,
+) where
     M: Fn(SocketAddr) -> S,
     S: Service<Request<Empty<Bytes>>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -149,6 +162,7 @@ where
     let policy = Policy {
         clients: Arc::new(Defaults),
         members_on: None,
+        tls,
     };
     serve_with(listener, service_for, shutdown, policy).await
 }
@@ -179,6 +193,7 @@ pub async fn serve_with<M, S, B, F>(
 {
     let graceful = GracefulShutdown::new();
     let mut admit = ClientAdmission::new(policy.clients);
+    let tls = policy.tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
 
     loop {
@@ -249,6 +264,28 @@ pub async fn serve_with<M, S, B, F>(
             };
             future::Either::Left(future::ready(now))
         });
+        if let Some(acceptor) = &tls {
+            let (acceptor, http, watcher) = (acceptor.clone(), http.clone(), graceful.watcher());
+            let idle = slot.idle_timeout;
+            let served = async move {
+                match tokio::time::timeout(idle, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let conn = http.serve_connection(TokioIo::new(stream), gate);
+                        if let Err(e) = watcher.watch(conn).await {
+                            debug!("connection ended with an error: {e}");
+                        }
+                    }
+                    Ok(Err(e)) => debug!("{client}: TLS handshake failed: {e}"),
+                    Err(_) => debug!("{client}: no TLS handshake within {idle:?}"),
+                }
+                drop(slot);
+            };
+            match place {
+                Some(runtime) => drop(runtime.spawn(served)),
+                None => drop(tokio::spawn(served)),
+            }
+            continue;
+        }
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), gate));
         let served = async move {
             if let Err(e) = conn.await {
@@ -616,7 +653,7 @@ mod tests {
             }
         }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, |_| Ok200, async {
+        let server = tokio::spawn(serve(listener, None, |_| Ok200, async {
             let _ = stopped.await;
         }));
 

@@ -3,18 +3,28 @@
 //! ([`Votes`]), and the peer client.
 //!
 //! Owns the locks of the protocol's state: what `/vote` and
-//! `/release` may change, and the holder's lock the poller publishes under. Nothing here is
-//! global: each daemon has its own.
+//! `/release` may change, and the holder's lock the poller publishes under; and the peer
+//! authentication in force ([`PeerAuth`]: the keys of `peer_key_file`, the replay guard, the
+//! tickets peers gave, the cluster identity, the members' addresses, the counters), and the
+//! TLS files in force ([`crate::tls::Tls`]: the listener's certificate, the peers' CA). Nothing
+//! here is global: each daemon has its own.
 
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tracing::{info, warn};
+
+use crate::auth::{ClusterId, KeyFileError, Keys, ReplayGuard};
 
 use crate::config::Config;
 use crate::cycle;
-use crate::peers::PeerClient;
+use crate::peers::{Answers, PeerClient, Signer};
 use crate::snapshot::SnapshotStore;
+use crate::tls::Tls;
 use crate::vote::{Book, Holder, Release};
 
 /// What the tasks of one daemon share.
@@ -28,6 +38,10 @@ pub struct Shared {
     /// The poller's own peer client (votes, releases, `/wal`): its connections live on the
     /// poller's runtime ([`crate::daemon`]), never on the one that serves other clients.
     pub poll_client: PeerClient,
+    /// Peer authentication: keys, replay guard, tickets, identity, addresses, counters.
+    pub auth: PeerAuth,
+    /// The listener's certificate and the peers' CA in force (a reload re-reads them).
+    pub tls: Tls,
     /// When the daemon started.
     pub started: Instant,
 }
@@ -53,13 +67,21 @@ impl Loaded {
 }
 
 impl Shared {
-    /// The state of a daemon starting now with `config`.
+    /// The state of a daemon starting now with `config`, without TLS.
     pub fn new(config: Config) -> Shared {
+        Shared::with_tls(config, Tls::default())
+    }
+
+    /// The state of a daemon starting now with `config` and its TLS files loaded (the peer
+    /// client speaks https when `tls` has a CA).
+    pub fn with_tls(config: Config, tls: Tls) -> Shared {
         let started = Instant::now();
         Shared {
-            client: PeerClient::new(config.peer.source_address),
-            poll_client: PeerClient::new(config.peer.source_address),
+            client: PeerClient::with_tls(config.peer.source_address, tls.client.as_ref()),
+            poll_client: PeerClient::with_tls(config.peer.source_address, tls.client.as_ref()),
+            tls,
             votes: Votes::new(config.leases.vote_lease, started),
+            auth: PeerAuth::new(config.leases.vote_lease, started),
             loaded: ArcSwap::from_pointee(Loaded::new(config)),
             store: SnapshotStore::default(),
             started,
@@ -124,5 +146,123 @@ impl Votes {
         let now = Instant::now();
         let answer = cycle::release(&mut holder, &store.peek(), now);
         (answer, now)
+    }
+}
+
+/// The peer authentication of one daemon (see [`crate::auth`] for the rules): the keys in
+/// force (none: address mode), the recipient's replay guard, the tickets peers gave this
+/// node, its cluster identity, the members' addresses (address mode), and what was refused.
+#[derive(Debug)]
+pub struct PeerAuth {
+    keys: ArcSwapOption<Keys>,
+    /// None when the OS's random source failed at start: no state-changing request is
+    /// admitted (safe: no vote, no release).
+    guard: Mutex<Option<ReplayGuard>>,
+    /// The tickets peers gave and the answers that failed authentication.
+    pub answers: Answers,
+    cluster: Mutex<Option<ClusterId>>,
+    /// The members' addresses, resolved by the poller each cycle.
+    members: ArcSwap<HashSet<IpAddr>>,
+    /// Peer requests refused (401, 403).
+    refused: AtomicU64,
+}
+
+impl PeerAuth {
+    fn new(vote_lease: std::time::Duration, started: Instant) -> PeerAuth {
+        PeerAuth {
+            keys: ArcSwapOption::empty(),
+            guard: Mutex::new(ReplayGuard::new(started, vote_lease).ok()),
+            answers: Answers::default(),
+            cluster: Mutex::new(None),
+            members: ArcSwap::default(),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Loads `peer_key_file` of `config` (none: address mode) and puts it in force; the
+    /// ticket lifetime follows `vote_lease`. A refused file changes nothing.
+    pub fn load(&self, config: &Config) -> Result<(), KeyFileError> {
+        let keys = match &config.peer.peer_key_file {
+            Some(path) => Some(Arc::new(Keys::load(path)?)),
+            None => None,
+        };
+        match (&keys, self.keys.load().as_ref()) {
+            (Some(new), Some(old)) if new.ids() != old.ids() => info!("peer keys: now {new}"),
+            (Some(new), None) => info!("peer keys: {new}"),
+            (None, _) => warn!(
+                "no peer_key_file: /vote and /release are answered only from the members' \
+                 addresses and peer_allow, and peers' answers are trusted by address (set \
+                 peer_key_file: see `primgr keygen`)"
+            ),
+            _ => {}
+        }
+        self.keys.store(keys);
+        if let Some(guard) = self.guard().as_mut() {
+            guard.set_lifetime(config.leases.vote_lease);
+        }
+        Ok(())
+    }
+
+    /// The keys in force, if any.
+    pub fn keys(&self) -> Option<Arc<Keys>> {
+        self.keys.load_full()
+    }
+
+    /// The signer of this node's peer requests under `keys` (a daemon's: answers must come
+    /// from the peer asked, to `me`, of this node's cluster).
+    pub fn signer<'a>(&'a self, keys: &'a Keys, me: &'a str) -> Signer<'a> {
+        Signer {
+            keys,
+            me,
+            cluster: self.cluster(),
+            addressed: true,
+            answers: &self.answers,
+        }
+    }
+
+    /// `"key"` or `"addresses"`.
+    pub fn mode(&self) -> &'static str {
+        if self.keys.load().is_some() {
+            "key"
+        } else {
+            "addresses"
+        }
+    }
+
+    /// The replay guard.
+    pub fn guard(&self) -> MutexGuard<'_, Option<ReplayGuard>> {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This node's cluster identity, when it has one.
+    pub fn cluster(&self) -> Option<ClusterId> {
+        *self.cluster.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the identity ([`crate::auth::cluster_identity`], by the poller).
+    pub fn set_cluster(&self, id: Option<ClusterId>) {
+        *self.cluster.lock().unwrap_or_else(|p| p.into_inner()) = id;
+    }
+
+    /// Whether `ip` is a member's address (address mode).
+    pub fn is_member(&self, ip: IpAddr) -> bool {
+        self.members.load().contains(&ip)
+    }
+
+    /// The members' addresses (by the poller, each cycle).
+    pub fn set_members(&self, members: HashSet<IpAddr>) {
+        if **self.members.load() != members {
+            self.members.store(Arc::new(members));
+        }
+    }
+
+    /// Counts a refused peer request.
+    pub fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Peer requests refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 }

@@ -159,6 +159,10 @@ pub struct CheckBody {
 /// module header).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
+    /// The cluster identity this node uses (the system identifier, in decimal), when it has
+    /// one ([`crate::auth::cluster_identity`]).
+    #[serde(default)]
+    pub cluster_id: Option<String>,
     /// The code `/state` answers (the HTTP status of this answer).
     pub code: u16,
     #[serde(default)]
@@ -187,6 +191,15 @@ pub struct Status {
     /// When the snapshot served was observed (RFC 3339, wall clock).
     #[serde(default)]
     pub observed_at: Option<String>,
+    /// How peers are authenticated: `"key"` (`peer_key_file`) or `"addresses"`.
+    #[serde(default)]
+    pub peer_auth: String,
+    /// Answers of each peer that failed authentication (counted as no answer), since start.
+    #[serde(default)]
+    pub peer_auth_failures: std::collections::BTreeMap<String, u64>,
+    /// Peer requests (`/vote`, `/release`, signed reads) refused (401, 403) since start.
+    #[serde(default)]
+    pub peer_requests_refused: u64,
     /// Whom the local metadata names as primary.
     #[serde(default)]
     pub primary: Option<String>,
@@ -664,6 +677,7 @@ mod tests {
 
     fn sample_status() -> Status {
         Status {
+            cluster_id: Some("7319220318244000001".into()),
             code: 200,
             config: StatusConfig {
                 fingerprint: "ab12".into(),
@@ -708,6 +722,9 @@ mod tests {
             }],
             node: "node1".into(),
             observed_at: Some("2026-12-04T10:00:01.500Z".into()),
+            peer_auth: "key".into(),
+            peer_auth_failures: [("node3".to_string(), 2)].into(),
+            peer_requests_refused: 5,
             primary: Some("node1".into()),
             reason: "2 of 3 votes".into(),
             replication: Some(StatusReplication {
@@ -917,7 +934,7 @@ mod tests {
         n += golden(
             &sample_status(),
             concat!(
-                r#"{"code":200,"config":{"fingerprint":"ab12","loaded_at":"2026-12-04T10:00:00.000Z"},"#,
+                r#"{"cluster_id":"7319220318244000001","code":200,"config":{"fingerprint":"ab12","loaded_at":"2026-12-04T10:00:00.000Z"},"#,
                 r#""cycle_ms":3.25,"database":{"conninfo":"host=10.0.0.1 password=***","#,
                 r#""current_lsn":"0/3000060","error":null,"in_recovery":false,"reachable":true,"#,
                 r#""sessions_closed_by_server":2,"wal_senders":[{"name":"node2","#,
@@ -927,7 +944,9 @@ mod tests {
                 r#""max_staleness_ms":10000.0,"members":[{"active":true,"address":null,"#,
                 r#""address_error":"no host","conninfo":"host=/tmp","name":"node2","node_id":2,"#,
                 r#""site":"dc1","type":"standby"}],"node":"node1","#,
-                r#""observed_at":"2026-12-04T10:00:01.500Z","primary":"node1","reason":"2 of 3 votes","#,
+                r#""observed_at":"2026-12-04T10:00:01.500Z","peer_auth":"key","#,
+                r#""peer_auth_failures":{"node3":2},"peer_requests_refused":5,"#,
+                r#""primary":"node1","reason":"2 of 3 votes","#,
                 r#""replication":{"lag_bytes":16,"lag_unknown":null,"last_replay_age_ms":12.5,"#,
                 r#""primary_lsn":"0/10","primary_lsn_from":"the primary's daemon","received_lsn":"0/8","#,
                 r#""receiver_state":"streaming","replay_paused":false,"replayed_lsn":"0/0","#,

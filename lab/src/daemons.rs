@@ -96,6 +96,31 @@ impl DaemonBuilder {
         self
     }
 
+    /// Runs it without the lab's peer key file ([`peer_key_file`]): an in-process daemon with
+    /// no `peer_key_file` (address mode) unless the test sets another; a child without the
+    /// `--peer-key-file` the lab added (the test may add its own).
+    pub fn without_lab_key(mut self) -> Self {
+        let lab = peer_key_file();
+        match &mut self.kind {
+            Kind::InProcess(c, _) => {
+                if c.peer.peer_key_file.as_ref() == Some(&lab) {
+                    c.peer.peer_key_file = None;
+                }
+            }
+            Kind::Process(p) => {
+                let lab = lab.display().to_string();
+                if let Some(i) = p
+                    .args
+                    .windows(2)
+                    .position(|w| w[0] == "--peer-key-file" && w[1] == lab)
+                {
+                    p.args.drain(i..i + 2);
+                }
+            }
+        }
+        self
+    }
+
     /// Appends an argument of a child.
     pub fn arg(self, arg: impl Into<String>) -> Self {
         self.args([arg.into()])
@@ -303,8 +328,12 @@ pub enum Ended {
 impl Daemon {
     /// A daemon in this process, `primgr::run_with(config, ...)` on its own tokio task: its
     /// HTTP API on `config.node.listen` (port 0: any free port, see [`Daemon::addr`]), its agent
-    /// port on `config.agent.agent_listen` when set.
-    pub fn in_process(config: primgr::Config) -> DaemonBuilder {
+    /// port on `config.agent.agent_listen` when set; with the lab's peer key file
+    /// ([`peer_key_file`]) unless the config names one.
+    pub fn in_process(mut config: primgr::Config) -> DaemonBuilder {
+        if config.peer.peer_key_file.is_none() {
+            config.peer.peer_key_file = Some(peer_key_file());
+        }
         DaemonBuilder {
             what: format!("primgr {}", config.node.node_name),
             kind: Kind::InProcess(Box::new(config), None),
@@ -592,6 +621,8 @@ impl Lab {
         Ok(Daemon::process(program)
             .named(format!("daemon of {node}"))
             .args([
+                "--peer-key-file".to_string(),
+                peer_key_file().display().to_string(),
                 "--node-name".to_string(),
                 node.to_string(),
                 "--conninfo".to_string(),
@@ -607,6 +638,35 @@ impl Lab {
             .pid_file(self.daemon_pid_file(node))
             .dir(&self.dir))
     }
+}
+
+/// The peer key file every daemon this process launches shares (`--peer-key-file`): one
+/// fresh key (`primgr::auth::generate_key_line`), mode 0600, written once per process under
+/// the temporary directory. Panics when it cannot be written (no daemon could start).
+pub fn peer_key_file() -> PathBuf {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::env::temp_dir().join(format!("primgr-lab-keys-{}", std::process::id()));
+        let path = dir.join("peer.key");
+        let write = || -> Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            let line = primgr::auth::generate_key_line()?;
+            let _ = std::fs::remove_file(&path);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            writeln!(f, "{line}")?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            panic!("writing the lab's peer key file {}: {e:#}", path.display());
+        }
+        path
+    })
+    .clone()
 }
 
 /// Stops a process that leads its own process group (a primgr daemon, repmgrd): SIGCONT and

@@ -133,7 +133,7 @@ mod teardown;
 pub mod wait;
 
 pub use crate::cmd::ensure_root;
-pub use crate::daemons::{Daemon, DaemonBuilder, Ended};
+pub use crate::daemons::{Daemon, DaemonBuilder, Ended, peer_key_file};
 pub use crate::faults::CutMode;
 pub use crate::http::HttpResponse;
 pub use crate::lab::Lab;

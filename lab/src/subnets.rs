@@ -10,6 +10,18 @@
 
 /// Every subnet in use, by who uses it.
 pub const SUBNETS: &[(&str, u8)] = &[
+    // tests/tls.rs
+    ("tls::real_primary_votes_and_cluster_over_tls", 145),
+    // tests/auth.rs
+    (
+        "auth::unsigned_forged_and_replayed_peer_requests_get_401_and_change_nothing",
+        155,
+    ),
+    (
+        "auth::without_a_key_file_only_the_members_addresses_are_answered",
+        156,
+    ),
+    ("auth::rotating_the_key_loses_no_vote", 157),
     // tests/cluster.rs, api.rs, defects_lab.rs, haproxy.rs
     ("cluster::normal_failover_split_brain_and_rejoin", 31),
     ("cluster::stopped_standby_and_frozen_primary", 32),

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::file::Raw;
+use crate::auth::ClusterId;
 use crate::{conninfo, units};
 
 /// A key, as its declaration gives it (for `--help`, the diff and the tests).
@@ -401,6 +402,85 @@ impl Kind for MaybeCommand {
     }
 }
 
+/// An absolute path of a file, or nothing (`""`); its group checks the file itself.
+pub struct MaybeFile;
+
+impl Kind for MaybeFile {
+    type Value = Option<PathBuf>;
+    const PLACEHOLDER: &'static str = "PATH";
+    fn parse(text: &str) -> Result<Option<PathBuf>, String> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let p = PathBuf::from(text);
+        if p.is_absolute() {
+            Ok(Some(p))
+        } else {
+            Err("must be an absolute path".into())
+        }
+    }
+    fn show(value: &Option<PathBuf>) -> Option<String> {
+        value
+            .as_ref()
+            .and_then(|p| quoted(&p.display().to_string()))
+    }
+}
+
+/// A cluster identity (a PostgreSQL system identifier in decimal), or nothing (`""`).
+pub struct MaybeClusterId;
+
+impl Kind for MaybeClusterId {
+    type Value = Option<ClusterId>;
+    const PLACEHOLDER: &'static str = "ID";
+    fn parse(text: &str) -> Result<Option<ClusterId>, String> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        ClusterId::parse(text).map(Some).map_err(|_| {
+            "not a system identifier (the decimal number of `SELECT system_identifier FROM \
+             pg_control_system()` on the primary)"
+                .to_string()
+        })
+    }
+    fn from_toml(raw: &Raw) -> Result<Option<ClusterId>, String> {
+        match raw {
+            Raw::Text(t) | Raw::Flag(t) => Self::parse(t),
+            Raw::Integer(i) => Self::parse(&i.to_string()),
+            other => Err(format!("must be a string, not {}", other.what())),
+        }
+    }
+    fn show(value: &Option<ClusterId>) -> Option<String> {
+        value.as_ref().and_then(|c| quoted(&c.to_string()))
+    }
+}
+
+/// A comma-separated list of IP addresses (`""`: none).
+pub struct IpList;
+
+impl Kind for IpList {
+    type Value = Vec<IpAddr>;
+    const PLACEHOLDER: &'static str = "IPS";
+    fn parse(text: &str) -> Result<Vec<IpAddr>, String> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .enumerate()
+            .map(|(i, t)| {
+                t.parse().map_err(|_| {
+                    format!(
+                        "item {} is not an IP address like 10.0.0.11 (a comma-separated list)",
+                        i + 1
+                    )
+                })
+            })
+            .collect()
+    }
+    fn show(value: &Vec<IpAddr>) -> Option<String> {
+        let text: Vec<String> = value.iter().map(|a| a.to_string()).collect();
+        quoted(&text.join(","))
+    }
+}
+
 /// A log filter in `tracing`'s env-filter syntax (`info`, `primgr=debug,warn`).
 pub struct LogFilter;
 
@@ -637,6 +717,9 @@ mod tests {
                 MaybeIp::parse(text).err(),
                 Dir::parse(text).err(),
                 MaybeCommand::parse(text).err(),
+                MaybeFile::parse(text).err(),
+                MaybeClusterId::parse(text).err(),
+                IpList::parse(text).err(),
                 LogFilter::parse(text).err(),
             ];
             for e in errors.into_iter().flatten() {
@@ -645,7 +728,7 @@ mod tests {
             }
         }
         assert!(refused >= texts.len() * 10, "{refused}");
-        println!("{refused} refusals by 14 kinds, none repeating the text");
+        println!("{refused} refusals by 17 kinds, none repeating the text");
     }
 
     #[test]

@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::declare::{
-    Addr, Conninfo, Count, Dir, LogFilter, MaybeAddr, MaybeCommand, MaybeIp, Name, Period,
-    PeriodOrZero, Port, Ratio, Size, group,
+    Addr, Conninfo, Count, Dir, IpList, LogFilter, MaybeAddr, MaybeClusterId, MaybeCommand,
+    MaybeFile, MaybeIp, Name, Period, PeriodOrZero, Port, Ratio, Size, group,
 };
+use crate::auth::ClusterId;
 use crate::vote::LeaseRules;
 
 group! {
@@ -73,6 +74,21 @@ group! {
         peer_port: u16 as Port = "5999";
         /// Local address the peer client binds its sockets to.
         source_address: Option<IpAddr> as MaybeIp = "", restart;
+        /// File of the cluster's peer keys, one `hmac-sha256:` line each (`primgr keygen`);
+        /// the first signs, every one verifies (not set: peers are trusted by address only).
+        ///
+        /// Must be a regular file that only its owner may read (chmod 600). Read at start and
+        /// at each reload (SIGHUP): rotate by adding the new key second on every node, then
+        /// first, then dropping the old one.
+        peer_key_file: Option<PathBuf> as MaybeFile = "";
+        /// The cluster's identity for a repmgr witness: the primary's system identifier
+        /// (not set: a witness learns it from the primary its metadata names).
+        ///
+        /// On a data node it must equal its database's own system identifier.
+        cluster_id: Option<ClusterId> as MaybeClusterId = "";
+        /// More addresses whose peer requests are answered without a key file, besides the
+        /// members' (comma-separated IP addresses; not set: none).
+        peer_allow: Vec<IpAddr> as IpList = "";
     }
 }
 
@@ -125,5 +141,27 @@ group! {
         /// A connection that sends no complete request head within this time (a keep-alive
         /// connection idle between requests included) is closed.
         idle_timeout: Duration as Period = "10s";
+    }
+}
+
+group! {
+    /// TLS: HTTPS on `listen`, and https to the peers ([`crate::tls`]).
+    pub struct TlsSettings, flags TlsFlags {
+        /// PEM certificate chain (the node's first) served on `listen` over HTTPS, with
+        /// `tls_key_file` (not set: plain HTTP).
+        ///
+        /// Its subject alternative names must hold the addresses that haproxy and the peers
+        /// ask (IP SANs for IP addresses). Re-read at each reload (SIGHUP): a renewed
+        /// certificate applies to the next handshakes, on the same listener.
+        tls_cert_file: Option<PathBuf> as MaybeFile = "", restart;
+        /// PEM private key of `tls_cert_file` (both or neither; not set: plain HTTP).
+        ///
+        /// Must be a regular file that only its owner may read (chmod 600).
+        tls_key_file: Option<PathBuf> as MaybeFile = "", restart;
+        /// PEM CA certificates that the peers' certificates must chain to; set, the peer
+        /// requests use https (not set: plain HTTP to the peers).
+        ///
+        /// Re-read at each reload (SIGHUP).
+        tls_ca_file: Option<PathBuf> as MaybeFile = "", restart;
     }
 }

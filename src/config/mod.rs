@@ -26,7 +26,7 @@ pub use file::{Given, Origin, Raw, Settings, Source, TomlError};
 pub use groups::{
     AgentFlags, AgentSettings, DbFlags, DbSettings, HookFlags, HookSettings, HttpFlags,
     HttpSettings, LeaseFlags, Node, NodeFlags, PeerFlags, PeerSettings, Reads, ReadsFlags, Timing,
-    TimingFlags,
+    TimingFlags, TlsFlags, TlsSettings,
 };
 pub use validate::{IDLE_TIMEOUT_FLOOR, MOST_CONNECTIONS_PER_CLIENT, parse_peer_url};
 
@@ -158,6 +158,8 @@ groups! {
     hooks: HookSettings, HookFlags;
     /// The HTTP API's connections: `max_connections_per_client`, `idle_timeout`.
     http: HttpSettings, HttpFlags;
+    /// TLS: `tls_cert_file`, `tls_key_file`, `tls_ca_file`.
+    tls: TlsSettings, TlsFlags;
 }
 
 /// Whether `key` is a key of the configuration (the `[peers]` table aside).
@@ -329,7 +331,10 @@ mod tests {
                 "listen",
                 "state_dir",
                 "source_address",
-                "agent_listen"
+                "agent_listen",
+                "tls_cert_file",
+                "tls_key_file",
+                "tls_ca_file"
             ]
         );
         println!(
@@ -524,7 +529,7 @@ node1 = "http://127.0.0.11:6000"
         }
         cases.push((format!("[peers]\nnode2 = \"{secret}\"\n"), "peers.node2"));
         cases.push((
-            format!("[peers]\nnode2 = \"https://{secret}:1\"\n"),
+            format!("[peers]\nnode2 = \"ftp://{secret}:1\"\n"),
             "peers.node2",
         ));
         let mut checked = 0;
@@ -682,7 +687,13 @@ node1 = "http://127.0.0.11:6000"
             parse_peer_url("http://10.0.0.1:5999").unwrap().to_string(),
             "http://10.0.0.1:5999/"
         );
-        assert!(parse_peer_url("https://x:1").is_err());
+        assert_eq!(
+            parse_peer_url("https://10.0.0.1:5999/x")
+                .unwrap()
+                .to_string(),
+            "https://10.0.0.1:5999/"
+        );
+        assert!(parse_peer_url("ftp://x:1").is_err());
         assert!(parse_peer_url("x:1").is_err());
     }
 

@@ -14,7 +14,7 @@ use super::declare::Kind;
 use super::file::{Given, Origin, Raw, Settings};
 use super::{
     AgentSettings, Config, ConfigError, DbSettings, HookSettings, HttpSettings, Node, PeerSettings,
-    Timing,
+    Timing, TlsSettings,
 };
 use crate::units::format_millis;
 use crate::vote::LeaseRules;
@@ -106,6 +106,7 @@ pub(super) fn config(settings: &Settings, origin: &Origin) -> Result<Config, Con
     agent(&c.agent, &check)?;
     hooks(&c.hooks, &check)?;
     http(&c.http, &check)?;
+    tls(&c.tls, &check)?;
     Ok(c)
 }
 
@@ -187,6 +188,11 @@ fn peer(p: &PeerSettings, check: &Check) -> Result<(), ConfigError> {
     if p.peer_port == 0 {
         return Err(check.invalid("peer_port", "must be a port (1-65535)"));
     }
+    if let Some(path) = &p.peer_key_file {
+        crate::auth::Keys::load(path).map_err(|e| {
+            check.invalid("peer_key_file", format!("{}: {}", path.display(), e.reason))
+        })?;
+    }
     Ok(())
 }
 
@@ -261,18 +267,64 @@ fn http(h: &HttpSettings, check: &Check) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Parses a peer's API base address: `http://host:port` (a path, if any, is ignored). The
-/// error never repeats the text.
+/// `tls_cert_file` and `tls_key_file` both or neither; every file set must load (a
+/// certificate with its own key, a key file only its owner may read, CA certificates), so a
+/// reload that names a bad or mismatched file changes nothing.
+fn tls(t: &TlsSettings, check: &Check) -> Result<(), ConfigError> {
+    match (&t.tls_cert_file, &t.tls_key_file) {
+        (Some(_), None) => {
+            return Err(check.invalid("tls_cert_file", "needs tls_key_file too (both or neither)"));
+        }
+        (None, Some(_)) => {
+            return Err(check.invalid("tls_key_file", "needs tls_cert_file too (both or neither)"));
+        }
+        _ => {}
+    }
+    if let Some(key) = &t.tls_key_file {
+        if let Some(why) = private_file_problem(key) {
+            return Err(check.invalid("tls_key_file", format!("{}: {why}", key.display())));
+        }
+    }
+    crate::tls::Tls::load(
+        t.tls_cert_file.as_deref(),
+        t.tls_key_file.as_deref(),
+        t.tls_ca_file.as_deref(),
+    )
+    .map(|_| ())
+    .map_err(|e| check.invalid(e.key, e.reason))
+}
+
+/// Why a secret file is not fit to hold a private key: not a regular file (a symbolic link
+/// to one will do), or readable by others than its owner.
+fn private_file_problem(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("no such file".into()),
+        Err(e) => Some(format!("cannot be read ({})", e.kind())),
+        Ok(m) if !m.is_file() => Some("not a regular file".into()),
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => Some(format!(
+            "others than its owner may access it (mode {:o}): chmod 600",
+            m.permissions().mode() & 0o777
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// Parses a peer's API base address: `http://host:port` or `https://host:port` (a path, if
+/// any, is ignored; the scheme of the requests follows `tls_ca_file`, whichever is written).
+/// The error never repeats the text.
 pub fn parse_peer_url(text: &str) -> Result<Uri, String> {
     let uri: Uri = text
         .parse()
         .map_err(|e| format!("not a URL like http://10.0.0.12:5999 ({e})"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err("must start with http:// (peers speak plain HTTP)".into());
-    }
+    let scheme = match uri.scheme_str() {
+        Some("http") => "http",
+        Some("https") => "https",
+        _ => return Err("must start with http:// or https://".into()),
+    };
     let authority = uri.authority().ok_or("has no host")?;
     Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority.as_str())
         .path_and_query("/")
         .build()
