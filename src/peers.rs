@@ -67,6 +67,8 @@ pub enum PeerError {
     Unexpected(u16, String),
     #[error("answer not authentic, not counted: {0}")]
     Unauthenticated(String),
+    #[error("answer not counted: {0}")]
+    OtherCluster(String),
 }
 
 /// What a requester keeps of its peers' authenticated answers: the latest ticket of each, and
@@ -327,7 +329,7 @@ impl PeerClient {
                     .verify_answer(h, &nonce, &exchange, status, &body)
                     .and_then(|a| {
                         match (signer.addressed, peer) {
-                            (true, Some(p)) => a.check(p, signer.me, signer.cluster)?,
+                            (true, Some(p)) => a.check_peer(p, signer.me)?,
                             (true, None) => a.check_peer(&a.from, signer.me)?,
                             (false, _) => {}
                         }
@@ -344,6 +346,15 @@ impl PeerClient {
             };
             signer.answers.checked(book, Ok(()));
             signer.answers.learn(book, &answer);
+            // Authentic; counted only in this node's cluster (a peer or this node without an
+            // identity yet is no forgery, but its answer counts no more than another
+            // cluster's).
+            if signer.addressed
+                && peer.is_some()
+                && let Err(e) = answer.check(&answer.from, signer.me, signer.cluster)
+            {
+                return Err(PeerError::OtherCluster(e.to_string()));
+            }
             if !retried && auth::worth_retrying(status, ticket.as_ref(), &answer) {
                 retried = true;
                 continue;

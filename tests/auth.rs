@@ -290,7 +290,7 @@ async fn unsigned_forged_and_replayed_peer_requests_get_401_and_change_nothing()
     );
     expect_401(
         send(node3, "GET", "/vote?candidate=node2", Some(&h)).await,
-        "addressed to \"node4\"",
+        "addressed to \\\"node4\\\"",
         "another recipient",
     );
     let foreign = ClusterId(cluster.0 ^ 1);
