@@ -472,7 +472,7 @@ impl App {
                 Ok(verified) => verified,
                 Err(reply) => {
                     self.count(Some(endpoint), &reply);
-                    return future::Either::Left(future::ready(Ok(reply)));
+                    return future::Either::Left(future::ready(Ok(*reply)));
                 }
             }
         } else {
@@ -552,7 +552,7 @@ impl App {
     /// reason, signed when the request itself verified; 403 from a non-member's address in
     /// address mode), counted. A refusal changes nothing: the replay guard remembers a nonce
     /// only of a request it admits.
-    fn authenticate(&self, request: &Asked<'_>) -> Result<Option<Verified>, Reply> {
+    fn authenticate(&self, request: &Asked<'_>) -> Result<Option<Verified>, Box<Reply>> {
         let auth = &self.shared.auth;
         let endpoint = request.endpoint;
         let refuse = |code: StatusCode, why: String| {
@@ -573,20 +573,20 @@ impl App {
             if auth.is_member(ip) || config.peer.peer_allow.contains(&ip) {
                 return Ok(None);
             }
-            return Err(refuse(
+            return Err(Box::new(refuse(
                 StatusCode::FORBIDDEN,
                 format!(
                     "{ip} is not a member's address: without peer_key_file, {} is answered only \
                      to the members (repmgr.nodes, [peers]) and peer_allow",
                     endpoint.name()
                 ),
-            ));
+            )));
         };
         let Some(header) = request.signed else {
-            return Err(refuse(
+            return Err(Box::new(refuse(
                 StatusCode::UNAUTHORIZED,
                 AuthError::Missing.to_string(),
-            ));
+            )));
         };
         let target = match request.query {
             Some(q) => format!("{}?{q}", request.path),
@@ -599,7 +599,7 @@ impl App {
         };
         let claims = keys
             .verify_request(header, &exchange)
-            .map_err(|e| refuse(StatusCode::UNAUTHORIZED, e.to_string()))?;
+            .map_err(|e| Box::new(refuse(StatusCode::UNAUTHORIZED, e.to_string())))?;
         let verified = Verified {
             keys,
             claims,
@@ -628,7 +628,7 @@ impl App {
         };
         let me = self.shared.config().node.node_name.clone();
         if let Err(e) = verified.claims.addressed(&me, auth.cluster()) {
-            return Err(refuse_signed(e));
+            return Err(Box::new(refuse_signed(e)));
         }
         // `/vote` without a candidate only says whom the metadata names.
         let changes =
@@ -641,7 +641,7 @@ impl App {
                 )),
             };
             if let Err(e) = admitted {
-                return Err(refuse_signed(e));
+                return Err(Box::new(refuse_signed(e)));
             }
         }
         Ok(Some(verified))

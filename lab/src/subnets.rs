@@ -126,6 +126,21 @@ pub const SUBNETS: &[(&str, u8)] = &[
         "operations::shipped_agent_variant_keeps_a_lagging_standby_in_the_pool",
         115,
     ),
+    // tests/trust.rs (issue 17: peers that are not the cluster)
+    (
+        "trust::a_flood_of_unauthenticated_releases_and_votes_costs_no_write",
+        160,
+    ),
+    (
+        "trust::an_impostor_at_a_voters_address_is_never_counted",
+        161,
+    ),
+    (
+        "trust::a_daemon_of_another_cluster_at_a_voters_address_is_never_counted",
+        162,
+    ),
+    // the other cluster of the test above (its own initdb, the same node names)
+    ("trust::other_cluster", 163),
     // tests/flood.rs
     (
         "flood::one_address_holding_thousands_of_connections_costs_no_check_and_no_write",
