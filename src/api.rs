@@ -1358,7 +1358,9 @@ mod tests {
     /// unrouted), and a method the endpoint does not answer is 405 with `Allow`.
     #[tokio::test]
     async fn the_routing_table() {
-        let config = crate::Config::for_node("n1").expect("config");
+        let mut config = crate::Config::for_node("n1").expect("config");
+        // No key: the peer endpoints answer the members and `peer_allow` (the test's client).
+        config.peer.peer_allow = vec!["127.0.0.1".parse().expect("ip")];
         let app = App::new(Arc::new(Shared::new(config)));
         let routed = [
             ("/", "/state"),
