@@ -51,7 +51,14 @@ fn read<T: Serialize + DeserializeOwned>(path: &str, status: u16, body: &[u8]) -
 
 #[tokio::test]
 async fn every_answer_is_read_by_the_other_side() {
-    let mut d = Daemon::start(dbless("solo")).await;
+    // Without a key, and this test's client (127.0.0.1) allowed: the bodies are what is
+    // tested here; the authentication of the peer endpoints is tests/auth.rs's.
+    let mut config = dbless("solo");
+    config.peer.peer_allow = vec!["127.0.0.1".parse().expect("ip")];
+    let mut d = Daemon::in_process(config)
+        .without_lab_key()
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let base: hyper::Uri = format!("http://{}/", d.addr).parse().expect("uri");
     let client = PeerClient::new(None);
     let ask = |method: Method, path: &'static str| {
