@@ -6,7 +6,7 @@
 //! and serve the API (over HTTPS when `tls_cert_file` is set) on an already bound listener
 //! until a shutdown future completes. Nothing is global: tests run several daemons in one process.
 //!
-//! The poll cycle and the peer protocol run on a runtime of their own ([`PollThread`]: a
+//! The poll cycle and the peer protocol run on a runtime of their own (`PollThread`: a
 //! current-thread runtime in an OS thread of its own, one per daemon): the poller, its peer
 //! client's connections, its database sessions, and the members' connections to this
 //! daemon's API (`/vote`, `/release`, `/wal`). Every other client is served on the caller's
