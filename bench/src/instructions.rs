@@ -45,6 +45,11 @@ pub(crate) async fn measure(
         ),
     ];
     primgr_args.extend(daemon_args(INTERVAL));
+    // The lab's daemons answer only signed vote requests: this one signs with the same key.
+    primgr_args.extend([
+        "--peer-key-file".to_string(),
+        primgr_lab::peer_key_file().display().to_string(),
+    ]);
     let targets = [
         callgrind::Target {
             label: "primgr",
