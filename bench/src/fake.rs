@@ -28,6 +28,12 @@ pub struct FakePeers {
 
 /// The canned responses of one fake.
 struct Answers {
+    /// This fake's node name (the answers' signer).
+    name: String,
+    /// The lab's peer keys: a vote answer is signed for the request it answers, as a member's
+    /// is (the lab's daemons count no unsigned answer).
+    keys: Option<Arc<primgr::auth::Keys>>,
+    vote_body: String,
     vote: Vec<u8>,
     standby: Vec<u8>,
     not_found: Vec<u8>,
@@ -46,16 +52,20 @@ impl FakePeers {
     /// node for `primary` on `/vote`.
     pub async fn start(peers: &[(String, SocketAddr)], primary: &str) -> Result<FakePeers> {
         let mut tasks = JoinSet::new();
+        let keys = primgr::auth::Keys::load(&primgr_lab::peer_key_file())
+            .map_err(|e| anyhow::anyhow!("fake peer: the lab's key file: {e}"))?;
+        let keys = Arc::new(keys);
         for (name, addr) in peers {
             let addr = *addr;
+            let vote_body = serde_json::json!({
+                "node": name, "vote": primary, "lease_ms": 3000, "exclusive_ms": 600_000
+            })
+            .to_string();
             let answers = Arc::new(Answers {
-                vote: response(
-                    "200 OK",
-                    &serde_json::json!({
-                        "node": name, "vote": primary, "lease_ms": 3000, "exclusive_ms": 600_000
-                    })
-                    .to_string(),
-                ),
+                name: name.clone(),
+                keys: Some(keys.clone()),
+                vote: response("200 OK", &vote_body),
+                vote_body,
                 standby: response("202 Accepted", r#"{"state":"Standby"}"#),
                 not_found: response("404 Not Found", ""),
             });
@@ -80,12 +90,60 @@ impl FakePeers {
 async fn serve(mut stream: TcpStream, answers: Arc<Answers>) {
     let mut buf = Vec::with_capacity(1024);
     while let Ok(Some(end)) = http::read_head(&mut stream, &mut buf, MAX_HEAD).await {
-        let reply = answer(&buf[..end], &answers);
+        let signed = signed_vote(&buf[..end], &answers);
+        let reply = match &signed {
+            Some(reply) => reply.as_slice(),
+            None => answer(&buf[..end], &answers),
+        };
+        let written = stream.write_all(reply).await;
         buf.drain(..end);
-        if stream.write_all(reply).await.is_err() {
+        if written.is_err() {
             return;
         }
     }
+}
+
+/// A `/vote` request that carries an `X-Primgr-Auth` header gets the vote signed for it
+/// (bound to its nonce, method, target and this answer's status and body), as a member's daemon
+/// signs it; None for anything else (the canned answers).
+fn signed_vote(head: &[u8], answers: &Answers) -> Option<Vec<u8>> {
+    let keys = answers.keys.as_ref()?;
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split("\r\n");
+    let mut parts = lines.next()?.split(' ');
+    let method = parts.next()?;
+    let target = parts.next()?;
+    if target.split('?').next() != Some("/vote") {
+        return None;
+    }
+    let header = lines.find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case(primgr::auth::HEADER)
+            .then(|| value.trim())
+    })?;
+    let request = primgr::auth::RequestClaims::parse(header).ok()?;
+    let claims = primgr::auth::AnswerClaims {
+        from: answers.name.clone(),
+        to: request.from.clone(),
+        cluster: request.cluster,
+        ticket: None,
+    };
+    let exchange = primgr::auth::Exchange {
+        method,
+        target,
+        body: b"",
+    };
+    let body = answers.vote_body.as_bytes();
+    let mac = keys.sign_answer(&claims, &request.nonce, &exchange, 200, body);
+    Some(http::response(
+        "200 OK",
+        &format!(
+            "content-type: application/json\r\ncache-control: no-store\r\n{}: {mac}\r\n",
+            primgr::auth::HEADER
+        ),
+        body,
+    ))
 }
 
 /// The canned response for a request head.
@@ -109,6 +167,9 @@ mod tests {
     #[test]
     fn answers_by_path() {
         let a = Answers {
+            name: "fake1".into(),
+            keys: None,
+            vote_body: String::new(),
             vote: b"V".to_vec(),
             standby: b"S".to_vec(),
             not_found: b"N".to_vec(),
