@@ -385,21 +385,31 @@ impl Kind for MaybeCommand {
     type Value = Option<PathBuf>;
     const PLACEHOLDER: &'static str = "PATH";
     fn parse(text: &str) -> Result<Option<PathBuf>, String> {
-        if text.is_empty() {
-            return Ok(None);
-        }
-        let p = PathBuf::from(text);
-        if p.is_absolute() {
-            Ok(Some(p))
-        } else {
-            Err("must be an absolute path to an executable file".into())
-        }
+        maybe_absolute(text, "must be an absolute path to an executable file")
     }
     fn show(value: &Option<PathBuf>) -> Option<String> {
-        value
-            .as_ref()
-            .and_then(|p| quoted(&p.display().to_string()))
+        show_path(value)
     }
+}
+
+/// An absolute path (`why` when `text` is not one), or nothing (`""`).
+fn maybe_absolute(text: &str, why: &str) -> Result<Option<PathBuf>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let p = PathBuf::from(text);
+    if p.is_absolute() {
+        Ok(Some(p))
+    } else {
+        Err(why.into())
+    }
+}
+
+/// A path as the configuration writes it (quoted), or nothing.
+fn show_path(value: &Option<PathBuf>) -> Option<String> {
+    value
+        .as_ref()
+        .and_then(|p| quoted(&p.display().to_string()))
 }
 
 /// An absolute path of a file, or nothing (`""`); its group checks the file itself.
@@ -409,20 +419,10 @@ impl Kind for MaybeFile {
     type Value = Option<PathBuf>;
     const PLACEHOLDER: &'static str = "PATH";
     fn parse(text: &str) -> Result<Option<PathBuf>, String> {
-        if text.is_empty() {
-            return Ok(None);
-        }
-        let p = PathBuf::from(text);
-        if p.is_absolute() {
-            Ok(Some(p))
-        } else {
-            Err("must be an absolute path".into())
-        }
+        maybe_absolute(text, "must be an absolute path")
     }
     fn show(value: &Option<PathBuf>) -> Option<String> {
-        value
-            .as_ref()
-            .and_then(|p| quoted(&p.display().to_string()))
+        show_path(value)
     }
 }
 
