@@ -360,7 +360,9 @@ fn get_state(stream: &mut TcpStream) -> std::io::Result<String> {
 fn binary_holds_max_connections_under_the_units_limit() {
     let unit = unit();
     let limit = soft_limit(service(&unit, "LimitNOFILE"));
-    let connections = primgr::server::MAX_CONNECTIONS;
+    // One client address holds every slot but the members' reserve (with the per-client
+    // limit raised to its ceiling).
+    let connections = primgr::server::MAX_CONNECTIONS - primgr::server::MEMBER_RESERVE;
     let _alone = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     raise_own_open_files(connections);
 
@@ -387,6 +389,8 @@ fn binary_holds_max_connections_under_the_units_limit() {
         ])
         // No database: every answer is 503 Down, which is all this test needs.
         .args([
+            "--max-connections-per-client",
+            "3968",
             "--node-name",
             "node1",
             "--conninfo",
@@ -596,6 +600,7 @@ fn a_held_port_exits_69_and_the_next_start_after_it_is_freed_serves() {
     let dir = scratch_dir("held-port");
     let start = |log: &str| {
         Command::new(env!("CARGO_BIN_EXE_primgr"))
+            .args(["--max-connections-per-client", "3968"])
             .args(["--node-name", "node1", "--listen", &addr.to_string()])
             .args([
                 "--conninfo",
@@ -709,7 +714,9 @@ fn memory_and_tasks_limits_hold_at_the_connection_cap() {
         .parse()
         .expect("TasksMax is a number");
     let limit = soft_limit(service(&unit, "LimitNOFILE"));
-    let connections = primgr::server::MAX_CONNECTIONS;
+    // One client address holds every slot but the members' reserve (with the per-client
+    // limit raised to its ceiling).
+    let connections = primgr::server::MAX_CONNECTIONS - primgr::server::MEMBER_RESERVE;
     let head = primgr::server::MAX_HEAD_BYTES - 1024;
     let _alone = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     raise_own_open_files(connections);
@@ -729,6 +736,7 @@ fn memory_and_tasks_limits_hold_at_the_connection_cap() {
             .arg(format!("--nofile={limit}:{limit}"))
             .arg("--")
             .arg(env!("CARGO_BIN_EXE_primgr"))
+            .args(["--max-connections-per-client", "3968"])
             .args(["--node-name", "node1", "--listen", &addr.to_string()])
             .args([
                 "--conninfo",
