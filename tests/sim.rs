@@ -49,6 +49,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use primgr::auth::{BootId, GrantEpoch};
 use primgr::config::{Config, Origin, Settings};
 use primgr::cycle::{self, Gathered, Plan, ReleaseAnswer, Standing};
 use primgr::db::{DbError, DbObservation, NodeRow};
@@ -381,6 +382,8 @@ enum Ev {
         inc: u32,
         id: u64,
         to: usize,
+        /// The epoch of the sender's grants it undoes (`/release?undoes=`).
+        undoes: GrantEpoch,
     },
     /// The answer as the peer client reads it.
     RelRep {
@@ -1081,7 +1084,13 @@ impl Sim {
                     self.replied(t, n);
                 }
             }
-            Ev::RelReq { from, inc, id, to } => self.answer_release(t, from, inc, id, to),
+            Ev::RelReq {
+                from,
+                inc,
+                id,
+                to,
+                undoes,
+            } => self.answer_release(t, from, inc, id, to, undoes),
             Ev::RelRep {
                 n,
                 inc,
@@ -1226,10 +1235,16 @@ impl Sim {
         } else {
             started
         };
-        let book = Book::new(lease, self.inst(book_start));
-        let holder = Holder::new(self.inst(started));
         let node = &mut self.nodes[j];
         node.inc += 1;
+        // A boot id of its own for every start (the daemon draws it from the OS).
+        let mut boot = [0u8; 16];
+        boot[..8].copy_from_slice(&self.seed.to_be_bytes());
+        boot[8..12].copy_from_slice(&(j as u32).to_be_bytes());
+        boot[12..].copy_from_slice(&node.inc.to_be_bytes());
+        let book = Book::new(lease, self.inst(book_start), BootId::from_bytes(boot));
+        let holder = Holder::new(self.inst(started), lease);
+        let node = &mut self.nodes[j];
         node.seg_start = t;
         node.busy_until = 0;
         let starting = Rc::new(Snapshot::starting());
@@ -1359,12 +1374,13 @@ impl Sim {
                 },
             );
         }
-        match plan.release.as_deref() {
+        match plan.release.as_ref().map(|a| (a.holder.as_str(), a.undoes)) {
             // This node's own holder, as `POST /release` answers.
-            Some(holder) if holder == me => {
+            Some((holder, undoes)) if holder == me => {
                 let d = self.nodes[n].d.as_mut().unwrap();
                 let published = d.published(t);
-                let own = ReleaseAnswer::Own(cycle::release(&mut d.holder, &published, at));
+                let own = cycle::release(&mut d.holder, &published, &me, undoes, at);
+                let own = ReleaseAnswer::Own(own);
                 if let Ok(last_200) = cycle::released(&mut d.book, &plan.rules, &me, &own, at) {
                     self.note(t, |s| {
                         format!(
@@ -1374,7 +1390,7 @@ impl Sim {
                     });
                 }
             }
-            Some(holder) => {
+            Some((holder, undoes)) => {
                 let h = self.index(holder);
                 pending += 1;
                 self.send(
@@ -1386,6 +1402,7 @@ impl Sim {
                         inc,
                         id,
                         to: h,
+                        undoes,
                     },
                 );
             }
@@ -1451,6 +1468,7 @@ impl Sim {
                     to: g.to.clone(),
                     lease: ms_floor(g.lease),
                     exclusive: ms_floor(g.exclusive),
+                    epoch: g.epoch,
                 })
             }
             Some(Ok(g)) if g.to == candidate => VoteReply::Failed("a zero lease".into()),
@@ -1482,13 +1500,22 @@ impl Sim {
 
     /// `POST /release` on `to`, asked by `from`: `cycle::release` against the snapshot `to`
     /// serves now (the holder's lock is free: a publication in progress delayed the request).
-    fn answer_release(&mut self, t: u64, from: usize, inc: u32, id: u64, to: usize) {
+    fn answer_release(
+        &mut self,
+        t: u64,
+        from: usize,
+        inc: u32,
+        id: u64,
+        to: usize,
+        undoes: GrantEpoch,
+    ) {
         let now = self.inst(self.local(to, t));
+        let voter = self.nodes[from].name.clone();
         let reply = match self.nodes[to].d.as_mut() {
             None => ReleaseReply::Failed("not running".into()),
             Some(d) => {
                 let published = d.published(t);
-                match cycle::release(&mut d.holder, &published, now) {
+                match cycle::release(&mut d.holder, &published, &voter, undoes, now) {
                     Release::Released { last_200 } => ReleaseReply::Released {
                         last_200_ago: ms_floor(now.saturating_duration_since(last_200)),
                     },
