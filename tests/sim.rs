@@ -46,11 +46,11 @@
 //! decided just before a pause and sent after it is not); the JSON of the wire (only its whole
 //! milliseconds); TCP (a message lost to a partition is never delivered late; only the
 //! adversary duplicates one); clock rates that change over time (each node keeps one rate per
-//! schedule); timer lateness (deadlines and intervals fire on time); other races inside a daemon (a step of
-//! the poller or a request is atomic, which is what the holder's lock gives the publication;
-//! a pause or stop during a publication takes effect after it); reloads; changes of membership
-//! or site (`repmgr.nodes` always lists the same nodes: two views that disagree on a site's
-//! members need not share a majority).
+//! schedule); timer lateness (deadlines and intervals fire on time); other races inside a
+//! daemon (a step of the poller or a request is atomic, which is what the holder's lock gives
+//! the publication; a pause or stop during a publication takes effect after it); reloads;
+//! changes of membership or site (`repmgr.nodes` always lists the same nodes: two views that
+//! disagree on a site's members need not share a majority).
 //!
 //! `PRIMGR_SIM_SCHEDULES=N` runs N schedules (default 100,000); `PRIMGR_SIM_SEED=S` replays
 //! schedule S and prints its event log (with `PRIMGR_SIM_MUTANT=a|b|c|d|e|f`, under that
