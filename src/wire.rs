@@ -37,6 +37,8 @@ use std::str::FromStr;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::auth::GrantEpoch;
+
 /// Why a reply is not the message its endpoint answers with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("HTTP {status}: {why}")]
@@ -365,9 +367,16 @@ pub enum VoteAnswer {
     Refusal(VoteRefusal),
 }
 
-/// A vote: the voter `node` promises `vote` for `lease_ms` (on its clock).
+/// The query parameter of `POST /release` that names the epoch of the sender's grants it
+/// undoes: `/release?undoes=<boot id>.<n>` ([`GrantEpoch`]).
+pub const RELEASE_UNDOES: &str = "undoes";
+
+/// A vote: the voter `node` promises `vote` for `lease_ms` (on its clock), granted in its
+/// `epoch` (a release it sends later names the epoch it undoes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VoteGrant {
+    /// The voter's epoch when it granted the vote: `<boot id>.<n>`.
+    pub epoch: GrantEpoch,
     /// How long the voter has promised no other node (on its clock).
     pub exclusive_ms: u64,
     /// How long the promise lasts (on the voter's clock); never 0.
@@ -659,6 +668,11 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
+    /// The first epoch of a boot id of zeros: `AAAAAAAAAAAAAAAAAAAAAA.0` on the wire.
+    fn epoch() -> GrantEpoch {
+        GrantEpoch::first(crate::auth::BootId::from_bytes([0; 16]))
+    }
+
     fn text<T: Serialize>(message: &T) -> String {
         serde_json::to_string(message).unwrap()
     }
@@ -847,12 +861,13 @@ mod tests {
         );
         n += golden(
             &VoteGrant {
+                epoch: epoch(),
                 exclusive_ms: 41200,
                 lease_ms: 3000,
                 node: "node3".into(),
                 vote: "node2".into(),
             },
-            r#"{"exclusive_ms":41200,"lease_ms":3000,"node":"node3","vote":"node2"}"#,
+            r#"{"epoch":"AAAAAAAAAAAAAAAAAAAAAA.0","exclusive_ms":41200,"lease_ms":3000,"node":"node3","vote":"node2"}"#,
         );
         n += golden(
             &VoteRefusal {
@@ -992,6 +1007,7 @@ mod tests {
                 state: "Standby".into(),
             }),
             text(&VoteAnswer::Grant(VoteGrant {
+                epoch: epoch(),
                 exclusive_ms: 1,
                 lease_ms: 2,
                 node: "n".into(),
@@ -1046,6 +1062,7 @@ mod tests {
     fn answers_read_back_with_their_status() {
         let votes = [
             VoteAnswer::Grant(VoteGrant {
+                epoch: epoch(),
                 exclusive_ms: 0,
                 lease_ms: 3000,
                 node: "n3".into(),
@@ -1112,7 +1129,7 @@ mod tests {
     #[test]
     fn newer_and_older_peers_are_read() {
         let newer =
-            br#"{"exclusive_ms":0,"lease_ms":3000,"node":"n3","vote":"n1","scope":"cluster"}"#;
+            br#"{"epoch":"AAAAAAAAAAAAAAAAAAAAAA.0","exclusive_ms":0,"lease_ms":3000,"node":"n3","vote":"n1","scope":"cluster"}"#;
         assert!(matches!(
             VoteAnswer::read(200, newer),
             Ok(VoteAnswer::Grant(g)) if g.lease_ms == 3000
@@ -1143,6 +1160,15 @@ mod tests {
                 &br#"{"lease_ms":3000,"exclusive_ms":0,"vote":"n1"}"#[..],
             ),
             (200, br#"{"node":"n3","vote":"n1","exclusive_ms":0}"#),
+            // A grant without its epoch, or with a malformed one, could never be released.
+            (
+                200,
+                br#"{"node":"n3","vote":"n1","lease_ms":3000,"exclusive_ms":0}"#,
+            ),
+            (
+                200,
+                br#"{"epoch":"x.1","node":"n3","vote":"n1","lease_ms":3000,"exclusive_ms":0}"#,
+            ),
             (
                 200,
                 br#"{"node":"n3","vote":"n1","lease_ms":0,"exclusive_ms":0}"#,
@@ -1243,7 +1269,7 @@ mod tests {
         let e = VoteAnswer::read(200, br#"{"node":"n3","vote":"n1"}"#).unwrap_err();
         let text = e.to_string();
         assert!(text.starts_with("HTTP 200: unexpected body "), "{text}");
-        assert!(text.contains("missing field `exclusive_ms`"), "{text}");
+        assert!(text.contains("missing field `epoch`"), "{text}");
         let long = vec![b'x'; 200];
         assert!(describe_body(&long).ends_with("..."));
         assert_eq!(describe_body(b"a\nb"), r#"unexpected body "ab""#);

@@ -617,7 +617,8 @@ async fn serve_impostor(mut conn: TcpStream, name: &str, wrong: Arc<Keys>, serve
                 (
                     200,
                     serde_json::json!({
-                        "exclusive_ms": 600_000, "lease_ms": 600_000, "node": name, "vote": candidate
+                        "epoch": "AAAAAAAAAAAAAAAAAAAAAA.0", "exclusive_ms": 600_000, "lease_ms": 600_000,
+                        "node": name, "vote": candidate
                     }),
                 )
             }
