@@ -493,7 +493,7 @@ mod tests {
                 to: to.into(),
                 lease: L,
                 exclusive,
-                epoch: GrantEpoch::first(boot(name.as_bytes()[1])),
+                epoch: Some(GrantEpoch::first(boot(name.as_bytes()[1]))),
             }),
             latency: Some(latency),
         }

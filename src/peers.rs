@@ -758,7 +758,7 @@ mod tests {
                 to: "n1".into(),
                 lease: Duration::from_secs(3),
                 exclusive: Duration::from_millis(250),
-                epoch: GrantEpoch::first(auth::BootId::from_bytes([0; 16])),
+                epoch: Some(GrantEpoch::first(auth::BootId::from_bytes([0; 16]))),
             })
         );
         // Another voter's answer (two rows reaching one daemon), or this node's own daemon
@@ -827,6 +827,12 @@ mod tests {
                 "{status} {body:?}"
             );
         }
+        // A voter older than epochs (a rolling upgrade): its vote counts, without an epoch.
+        let legacy = br#"{"node":"n3","vote":"n1","lease_ms":3000,"exclusive_ms":250}"#;
+        assert!(matches!(
+            parse_vote(200, legacy, "n3", "n1"),
+            VoteReply::Granted(Grant { epoch: None, .. })
+        ));
     }
 
     #[test]

@@ -111,8 +111,9 @@ pub struct Grant {
     /// How long the voter has promised no node other than `to` (on its clock).
     pub exclusive: Duration,
     /// The voter's epoch when it granted it: a release of the voter naming this epoch or a
-    /// later one (of the same boot) voids it ([`Holder::release`]).
-    pub epoch: GrantEpoch,
+    /// later one (of the same boot) voids it ([`Holder::release`]). None: a voter older than
+    /// epochs (a rolling upgrade); no release voids that vote, it counts until it expires.
+    pub epoch: Option<GrantEpoch>,
 }
 
 /// Why a voter gives no vote.
@@ -278,7 +279,7 @@ impl Book {
             to: to.to_string(),
             lease: self.vote_lease,
             exclusive: now.saturating_duration_since(self.exclusive_since(to)),
-            epoch: self.epoch,
+            epoch: Some(self.epoch),
         }
     }
 
@@ -357,8 +358,8 @@ impl Book {
 pub struct HeldVote {
     /// The node that gave it (this node for its own vote).
     pub voter: String,
-    /// The voter's epoch when it granted it.
-    pub epoch: GrantEpoch,
+    /// The voter's epoch when it granted it (None: a voter older than epochs).
+    pub epoch: Option<GrantEpoch>,
     /// When the request was sent (this node's clock).
     pub sent: Instant,
     /// The vote counts before this instant.
@@ -531,9 +532,13 @@ impl Holder {
         self.fences.set_lease(vote_lease);
     }
 
-    /// Whether `vote` may still be counted: its voter has not released its epoch.
+    /// Whether `vote` may still be counted: its voter has not released its epoch. A vote
+    /// without an epoch (a voter older than epochs) is never released: its voter's releases
+    /// name no epoch and are refused, so it keeps its promise until the vote expires.
     pub fn admits(&self, vote: &HeldVote) -> bool {
-        self.fences.admits(&vote.voter, &vote.epoch)
+        vote.epoch
+            .as_ref()
+            .is_none_or(|e| self.fences.admits(&vote.voter, e))
     }
 
     /// The published window `window` is replaced at `now`: remember until when it could have
@@ -699,7 +704,7 @@ mod tests {
         let mut book = Book::new(L, t0, boot(1));
         let t = t0 + L;
         book.answer(Ok("n1"), t).unwrap();
-        let before = book.answer(Ok("n1"), t + ms(900)).unwrap().epoch;
+        let before = book.answer(Ok("n1"), t + ms(900)).unwrap().epoch.unwrap();
         let asking = book.begin_release(Some("n2"), t + ms(1000)).unwrap();
         assert_eq!((asking.holder.as_str(), asking.undoes), ("n1", before));
         assert_eq!(
@@ -715,7 +720,7 @@ mod tests {
         assert_eq!(book.promise(t + ms(1600)), None);
         let g = book.answer(Ok("n2"), t + ms(1700)).unwrap();
         assert_eq!(g.exclusive, ms(1500));
-        assert_eq!(g.epoch, before.next());
+        assert_eq!(g.epoch, Some(before.next()));
         // The next cycle: nothing to release any more.
         assert_eq!(book.begin_release(Some("n2"), t + ms(2000)), None);
         assert_eq!(
@@ -733,7 +738,7 @@ mod tests {
             to: "n2".into(),
             lease: L,
             exclusive: ms(0),
-            epoch: epoch(3),
+            epoch: Some(epoch(3)),
         };
         let v = r.hold("n3", s, received, &fresh);
         // 3 s × 0.99/1.01 = 2.9406 s after the send (less the rounding margin).
@@ -766,7 +771,7 @@ mod tests {
     fn vote(voter: &str, t: Instant, settled: u64, until: u64) -> HeldVote {
         HeldVote {
             voter: voter.into(),
-            epoch: epoch(voter.as_bytes()[1]),
+            epoch: Some(epoch(voter.as_bytes()[1])),
             sent: t,
             valid_until: t + ms(until),
             settled_at: t + ms(settled),
@@ -846,11 +851,24 @@ mod tests {
         let b = renewing(&previous, &renewed, &holder, t + ms(1500));
         assert_eq!(b.votes, []);
         let later = HeldVote {
-            epoch: epoch(b'3').next(),
+            epoch: Some(epoch(b'3').next()),
             ..renewed.clone()
         };
         let b = renewing(&previous, &later, &holder, t + ms(1500));
         assert_eq!(b.votes, [later]);
+        // A vote of a daemon older than epochs (a rolling upgrade) names none: no release
+        // voids it (that daemon's releases name no epoch and are refused, so its promise runs
+        // to its end), and it counts until it expires.
+        let legacy = HeldVote {
+            epoch: None,
+            ..renewed.clone()
+        };
+        let b = renewing(&previous, &legacy, &holder, t + ms(1500));
+        assert_eq!(b.votes, [legacy.clone()]);
+        assert!(
+            !b.votes[0].counts(legacy.valid_until),
+            "it counts until it expires"
+        );
     }
 
     /// A voter whose metadata names another node withdraws its earlier vote at once: the stale
@@ -932,7 +950,7 @@ mod tests {
         let mut holder = Holder::new(t, L);
         holder.release(None, "n2", epoch(b'2'), t + ms(400));
         let next = HeldVote {
-            epoch: epoch(b'2').next(),
+            epoch: Some(epoch(b'2').next()),
             ..renewed
         };
         let b = renewing(&previous, &next, &holder, t + ms(1100));
@@ -970,7 +988,7 @@ mod tests {
         // Applied again (a replay): nothing changes; a later epoch still counts.
         h.release(None, "n2", e, t0 + ms(3100));
         let next = HeldVote {
-            epoch: e.next(),
+            epoch: Some(e.next()),
             ..v2.clone()
         };
         assert!(!h.admits(&v2) && h.admits(&next));

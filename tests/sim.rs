@@ -2288,8 +2288,10 @@ fn global_fence(d: &mut Daemon, published: &Snapshot, now: Instant) {
                 VoteReply::Granted(g) => Some((&v.name, g.epoch)),
                 _ => None,
             });
-    let all: Vec<(String, GrantEpoch)> =
-        held.chain(received).map(|(v, e)| (v.clone(), e)).collect();
+    let all: Vec<(String, GrantEpoch)> = held
+        .chain(received)
+        .filter_map(|(v, e)| Some((v.clone(), e?)))
+        .collect();
     for (voter, epoch) in all {
         d.holder.release(None, &voter, epoch, now);
     }
@@ -2307,7 +2309,7 @@ impl Sim {
             ..
         } = ev
         {
-            adv.epochs[*voter] = Some(g.epoch);
+            adv.epochs[*voter] = g.epoch.or(adv.epochs[*voter]);
         }
         if adv.tap.len() == TAP {
             adv.tap.remove(0);
@@ -2502,7 +2504,7 @@ impl Sim {
                                 to: self.nodes[from].name.clone(),
                                 lease: long,
                                 exclusive: long,
-                                epoch: adv.epochs[to].unwrap_or(dummy),
+                                epoch: Some(adv.epochs[to].unwrap_or(dummy)),
                             }),
                             mac: Mac::Forged,
                         }),
