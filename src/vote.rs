@@ -864,7 +864,7 @@ mod tests {
             ..renewed.clone()
         };
         let b = renewing(&previous, &legacy, &holder, t + ms(1500));
-        assert_eq!(b.votes, [legacy.clone()]);
+        assert_eq!(b.votes, std::slice::from_ref(&legacy));
         assert!(
             !b.votes[0].counts(legacy.valid_until),
             "it counts until it expires"
