@@ -17,6 +17,8 @@
 //! - [`server`]: connections, limits, protocol-level refusals and draining;
 //! - [`check`]: `primgr check`, a monitoring plugin: one status line and exit status from the
 //!   local daemon's answers;
+//! - [`distance`]: `--check-config`'s distance rule: the round trip to every voter, measured,
+//!   and the `peer_timeout` it rules out;
 //! - [`cluster`]: the `primgr cluster` operator view over every node's `/status`;
 //! - [`control`]: the drain flag (`primgr drain` / `undrain`), local to the node;
 //! - [`shared`]: what one daemon's tasks share (configuration in force, snapshot, votes behind locks);
@@ -55,6 +57,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod db;
 pub mod decide;
+pub mod distance;
 pub mod hooks;
 pub mod metrics;
 pub mod notify;
