@@ -62,7 +62,8 @@ use crate::vote::Release;
 use crate::wire::{
     CheckBody, ErrorBody, RealPrimaryBody, ReleaseAnswer, ReleaseRefusal, Released, Status,
     StatusConfig, StatusDatabase, StatusDrain, StatusHeldVote, StatusMember, StatusReplication,
-    StatusVoter, VoteAnswer, VoteGrant, VoteRefusal, WalAnswer, WalPosition, WalUnknown,
+    StatusVoter, VoteAnswer, VoteGrant, VoteRefusal, VoteRequest, WalAnswer, WalPosition,
+    WalUnknown,
 };
 
 /// A reply of the API (warp turns it into its own response).
@@ -497,8 +498,8 @@ impl App {
             }
             Endpoint::Status => self.status(now),
             Endpoint::Metrics => self.metrics(now),
-            Endpoint::Vote => match vote_candidate(query) {
-                Ok(candidate) => self.vote(candidate.as_deref(), now),
+            Endpoint::Vote => match vote_request(query) {
+                Ok(request) => self.vote(&request, now),
                 Err(why) => (400, json_bytes(&ErrorBody { error: why })),
             },
             Endpoint::Release => self.release(),
@@ -631,8 +632,8 @@ impl App {
             return Err(Box::new(refuse_signed(e)));
         }
         // `/vote` without a candidate only says whom the metadata names.
-        let changes =
-            endpoint == Endpoint::Release || !matches!(vote_candidate(request.query), Ok(None));
+        let changes = endpoint == Endpoint::Release
+            || !matches!(vote_request(request.query), Ok(r) if r.candidate.is_none());
         if changes {
             let admitted = match auth.guard().as_mut() {
                 Some(guard) => guard.admit(&verified.claims, Instant::now()),
@@ -857,22 +858,34 @@ impl App {
 
     /// `/vote?candidate=NAME`: a vote for the candidate when the local metadata names it, and
     /// the promise that goes with it (see [`crate::vote`]); without a candidate, whom the
-    /// metadata names.
-    fn vote(&self, candidate: Option<&str>, now: Instant) -> (u16, Bytes) {
-        let node = self.shared.config().node.node_name.clone();
+    /// metadata names. A candidate of another `vote_scope` gets no vote; the answer carries
+    /// this node's scope.
+    fn vote(&self, request: &VoteRequest, now: Instant) -> (u16, Bytes) {
+        let (node, scope) = {
+            let config = self.shared.config();
+            (config.node.node_name.clone(), config.leases.scope)
+        };
         let snapshot = self.shared.store.peek();
-        let given = cycle::vote(&mut self.shared.votes.book(), candidate, &snapshot, now);
+        let given = cycle::vote(
+            &mut self.shared.votes.book(),
+            request,
+            scope,
+            &snapshot,
+            now,
+        );
         let answer = match given {
             Ok(grant) => VoteAnswer::Grant(VoteGrant {
                 exclusive_ms: grant.exclusive.as_millis() as u64,
                 lease_ms: grant.lease.as_millis() as u64,
                 node,
+                scope,
                 vote: grant.to,
             }),
             Err(no) => VoteAnswer::Refusal(VoteRefusal {
                 ms_left: no.left().map(|d| d.as_millis() as u64),
                 node,
                 reason: no.reason(),
+                scope,
                 vote: (),
                 withdrawn: no.withdraws(),
             }),
@@ -1078,17 +1091,9 @@ fn json_reply(endpoint: Endpoint, code: u16, body: Bytes) -> Reply {
     r
 }
 
-/// The `candidate` of a `/vote` request, if given; any other parameter is an error.
-fn vote_candidate(query: Option<&str>) -> Result<Option<String>, String> {
-    let mut candidate = None;
-    for (key, value) in reads::query_pairs(query)? {
-        match key.as_str() {
-            "candidate" if candidate.is_none() && !value.is_empty() => candidate = Some(value),
-            "candidate" => return Err("candidate: one non-empty node name".into()),
-            other => return Err(format!("unknown parameter {other:?} (known: candidate)")),
-        }
-    }
-    Ok(candidate)
+/// A `/vote` request's parameters (`candidate`, `scope`); any other parameter is an error.
+fn vote_request(query: Option<&str>) -> Result<VoteRequest, String> {
+    VoteRequest::from_pairs(&reads::query_pairs(query)?)
 }
 
 /// 405, with the methods `endpoint` answers.

@@ -38,11 +38,17 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// The timing rules shared by voters and candidates (from the configuration).
+use crate::wire::VoteScope;
+
+/// The rules shared by voters and candidates (from the configuration): the timing, and whose
+/// majority a candidate needs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LeaseRules {
     /// How long a voter's promise lasts on the voter's clock.
     pub vote_lease: Duration,
+    /// Whose majority a candidate needs: its site's or the whole cluster's
+    /// ([`crate::decide::role`] builds the electorate from it).
+    pub scope: VoteScope,
     /// How long a voter must have promised no other node before its vote can make a 200.
     pub handoff_delay: Duration,
     /// ρ: the most any daemon's monotonic clock rate differs from real time (0.01 = 1 %).
@@ -117,6 +123,8 @@ pub enum NoVote {
     Promised { to: String, left: Duration },
     /// Its metadata names another node, and it is asking `to` to release its promise.
     Releasing { to: String },
+    /// The candidate asked with `vote_scope` `asked`, this voter's is `ours`.
+    OtherScope { ours: VoteScope, asked: VoteScope },
 }
 
 impl NoVote {
@@ -137,6 +145,12 @@ impl NoVote {
             NoVote::Releasing { to } => {
                 format!("its metadata names another node: it is asking {to} to release its promise")
             }
+            NoVote::OtherScope { ours, asked } => format!(
+                "this voter's vote_scope is {ours:?}, the candidate's {asked:?}: a majority is \
+                 counted in one scope only (set the same vote_scope on every node)",
+                ours = ours.name(),
+                asked = asked.name()
+            ),
         }
     }
 
@@ -150,7 +164,10 @@ impl NoVote {
     pub fn left(&self) -> Option<Duration> {
         match self {
             NoVote::Starting { left } | NoVote::Promised { left, .. } => Some(*left),
-            NoVote::NamesNobody(_) | NoVote::NamesOther(_) | NoVote::Releasing { .. } => None,
+            NoVote::NamesNobody(_)
+            | NoVote::NamesOther(_)
+            | NoVote::Releasing { .. }
+            | NoVote::OtherScope { .. } => None,
         }
     }
 }
@@ -530,6 +547,7 @@ mod tests {
     fn rules(drift: f64) -> LeaseRules {
         LeaseRules {
             vote_lease: L,
+            scope: VoteScope::Site,
             handoff_delay: D,
             drift,
         }

@@ -56,6 +56,7 @@ use primgr::decide::{self, State};
 use primgr::peers::{ReleaseReply, VoteReply};
 use primgr::snapshot::{Member, SessionWatch, Snapshot, VoterReport};
 use primgr::vote::{Book, Grant, Holder, LeaseRules, Release};
+use primgr::wire::{VoteRequest, VoteScope};
 
 const NS: u64 = 1;
 const MS: u64 = 1_000_000 * NS;
@@ -246,6 +247,7 @@ impl Params {
             // The validation rule, restated: a vote must count longer than the renewal gap.
             let rules = LeaseRules {
                 vote_lease: Duration::from_millis(lease),
+                scope: VoteScope::Site,
                 handoff_delay: Duration::from_millis(handoff),
                 drift,
             };
@@ -1434,9 +1436,14 @@ impl Sim {
     fn answer_vote(&mut self, t: u64, from: usize, inc: u32, id: u64, to: usize) {
         let now = self.inst(self.local(to, t));
         let candidate = self.nodes[from].name.clone();
+        let scope = self.p.config.leases.scope;
         let answer = self.nodes[to].d.as_mut().map(|d| {
             let published = d.published(t);
-            cycle::vote(&mut d.book, Some(&candidate), &published, now)
+            let request = VoteRequest {
+                candidate: Some(candidate.clone()),
+                scope,
+            };
+            cycle::vote(&mut d.book, &request, scope, &published, now)
         });
         // The reasons only matter to the log (formatting them costs time).
         let why = |no: &primgr::vote::NoVote| match self.log {

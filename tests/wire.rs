@@ -16,7 +16,7 @@ use primgr::peers::{self, PeerClient, ReleaseReply, VoteReply};
 use primgr::snapshot::json_bytes;
 use primgr::wire::{
     CheckBody, ErrorBody, PrimaryBody, RealPrimaryBody, ReleaseAnswer, StateBody, Status,
-    VoteAnswer, WalAnswer,
+    VoteAnswer, VoteScope, WalAnswer,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -122,7 +122,7 @@ async fn every_answer_is_read_by_the_other_side() {
     assert!(matches!(answer, VoteAnswer::Refusal(_)), "{answer:?}");
     assert!(
         matches!(
-            peers::parse_vote(code, &body, "solo", "other"),
+            peers::parse_vote(code, &body, "solo", "other", VoteScope::Site),
             VoteReply::Refused(_)
         ),
         "{answer:?}"
