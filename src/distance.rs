@@ -32,10 +32,12 @@ use hyper::Uri;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::db::{Db, DbObservation};
+use crate::db::Db;
+use crate::decide::role;
 use crate::peers::{PeerClient, fan_out, peer_url};
 use crate::tls::ClientTls;
 use crate::units::format_millis;
+use crate::wire::VoteScope;
 
 /// Timed requests per voter (after the one that opens the connection).
 pub const SAMPLES: usize = 5;
@@ -92,6 +94,11 @@ pub fn lease_for(config: &Config, peer_timeout: Duration) -> Duration {
     }
 }
 
+/// A measured time in milliseconds with one decimal (`87.3ms`).
+fn ms(d: Duration) -> String {
+    format!("{:.1}ms", d.as_secs_f64() * 1e3)
+}
+
 /// `d` rounded up to whole 10 ms.
 fn ceil_10ms(d: Duration) -> Duration {
     let ms = d.as_micros().div_ceil(10_000) as u64 * 10;
@@ -122,9 +129,9 @@ pub fn judge(config: &Config, voters: &[Distance]) -> Result<Vec<String>, Refusa
                      max(interval, peer_timeout) + db_timeout + peer_timeout)",
                     v.node,
                     v.url,
-                    format_millis(rtt),
+                    ms(rtt),
                     if k > 3 { "TLS handshake, " } else { "" },
-                    format_millis(need),
+                    ms(need),
                     format_millis(peer_timeout),
                     format_millis(pt),
                     format_millis(lease_for(config, pt)),
@@ -143,10 +150,10 @@ pub fn judge(config: &Config, voters: &[Distance]) -> Result<Vec<String>, Refusa
                      trips {} < peer_timeout {}",
                     v.node,
                     v.url,
-                    format_millis(sorted[sorted.len() / 2]),
-                    format_millis(w),
+                    ms(sorted[sorted.len() / 2]),
+                    ms(w),
                     rtts.len(),
-                    format_millis(w * k),
+                    ms(w * k),
                     format_millis(peer_timeout)
                 )
             }
@@ -156,14 +163,14 @@ pub fn judge(config: &Config, voters: &[Distance]) -> Result<Vec<String>, Refusa
         .collect())
 }
 
-/// The voters of `me` in `obs` whose distance the rule bounds: every other member of the
-/// cluster (data nodes and witnesses, every site), as cluster scope asks them.
-pub fn voters<'a>(obs: &'a DbObservation, me: &str) -> Vec<&'a crate::db::NodeRow> {
-    obs.nodes.iter().filter(|n| n.node_name != me).collect()
+/// Whether `--check-config` measures the distance: in cluster scope, where a candidate's
+/// voters are in every site. (In site scope they share its site.)
+pub fn applies(config: &Config) -> bool {
+    config.leases.scope == VoteScope::Cluster
 }
 
-/// Measures the round trip to every voter of this node (see the module's header); an error
-/// when the database cannot say who they are.
+/// Measures the round trip to every voter of this node, its electorate of `vote_scope` (see
+/// the module's header); an error when the database cannot say who they are.
 pub async fn measure(config: &Config) -> Result<Vec<Distance>, String> {
     let db = Db::open(&config.db).map_err(|e| format!("the database: {e}"))?;
     let obs = db
@@ -176,7 +183,12 @@ pub async fn measure(config: &Config) -> Result<Vec<Distance>, String> {
     };
     let client = PeerClient::with_tls(config.peer.source_address, tls.as_ref());
     let me = config.node.node_name.as_str();
-    let targets: Vec<(String, Result<Uri, String>)> = voters(&obs, me)
+    let role = role(&obs, me, config.leases.scope);
+    if role.own.is_none() {
+        return Err(format!("{me} is not registered in repmgr.nodes"));
+    }
+    let targets: Vec<(String, Result<Uri, String>)> = role
+        .voters
         .into_iter()
         .map(|row| {
             let url = peer_url(row, &config.peers, config.peer.peer_port, client.scheme());
@@ -270,7 +282,7 @@ mod tests {
         // 3 × 160 ms = 480 ms < 500 ms: accepted, one line per voter.
         let lines = judge(&config(500), &voters).expect("480ms < 500ms");
         assert_eq!(lines.len(), 3);
-        assert!(lines[1].contains("voter node3") && lines[1].contains("160ms at most"));
+        assert!(lines[1].contains("voter node3") && lines[1].contains("160.0ms at most"));
         assert!(lines[2].contains("not measured: no answer"));
         // 3 × 160 ms = 480 ms >= 450 ms: refused, naming the key and the voter.
         let r = judge(&config(450), &voters).expect_err("480ms >= 450ms");

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use common::clients::{Attempt, address_book, sample_every, shipped};
 use common::sampler::{Sample, Sampler};
-use common::{DB_TIMEOUT, Daemon, INTERVAL, PEER_TIMEOUT, PRIMGR, settle_bound, timing_flags};
+use common::{Daemon, INTERVAL, PEER_TIMEOUT, PRIMGR, settle_bound, timing_flags};
 use primgr::Config;
 use primgr_lab::delay::{Delay, DelayProxy};
 use primgr_lab::haproxy::{Haproxy, WRITE};
@@ -494,5 +494,247 @@ async fn cluster_scope_never_two_200s_and_the_witness_side_keeps_or_gains_it() {
     );
     drop((hp1, hp2));
     lab.heal_all().await.expect("heal");
+    lab.teardown().await.expect("teardown");
+}
+
+/// Each direction between two sites: 30–80 ms per chunk (a round trip 60–160 ms).
+fn wan() -> Delay {
+    Delay::between(Duration::from_millis(30), Duration::from_millis(80))
+}
+
+/// The site of a node of [`two_sites`].
+fn site_of(node: &str) -> &'static str {
+    if DC1.contains(&node) {
+        "dc1"
+    } else if DC2.contains(&node) {
+        "dc2"
+    } else {
+        "dc3"
+    }
+}
+
+/// The sites apart: one delaying proxy per node, at `127.0.<subnet>.(50 + N)`, in front of
+/// node N's daemon; a daemon of another site asks node N there (a `[peers]` entry).
+struct Distant {
+    proxies: BTreeMap<String, DelayProxy>,
+}
+
+impl Distant {
+    async fn start(lab: &Lab, delay: Delay) -> Distant {
+        let mut proxies = BTreeMap::new();
+        for (i, node) in lab.node_names().into_iter().enumerate() {
+            let at = SocketAddr::from((
+                Ipv4Addr::new(127, 0, lab.subnet(), 51 + i as u8),
+                DAEMON_PORT,
+            ));
+            let p = DelayProxy::start(at, lab.daemon_addr(&node), None, delay)
+                .await
+                .unwrap_or_else(|e| panic!("proxy of {node}: {e:#}"));
+            proxies.insert(node, p);
+        }
+        Distant { proxies }
+    }
+
+    /// `--peer NAME=URL` for every node of another site than `node`: its proxy.
+    fn peer_flags(&self, node: &str) -> Vec<String> {
+        self.proxies
+            .iter()
+            .filter(|(other, _)| site_of(other) != site_of(node))
+            .flat_map(|(other, p)| ["--peer".to_string(), format!("{other}=http://{}", p.addr())])
+            .collect()
+    }
+
+    /// Connections and bytes each proxy carried.
+    fn stats(&self) -> Vec<(String, primgr_lab::delay::ProxyStats)> {
+        self.proxies
+            .iter()
+            .map(|(n, p)| (n.clone(), p.stats()))
+            .collect()
+    }
+}
+
+/// The lab of [`two_sites`] with [`Distant`] sites, every daemon in cluster scope with the
+/// default timings (`interval` 1s, `db_timeout` 1s, `peer_timeout` 500ms, `vote_lease` 3s),
+/// node1 the confirmed primary.
+async fn distant_cluster(test: &str) -> (Lab, Distant, BTreeMap<String, Daemon>) {
+    let lab = two_sites(test).await;
+    let distant = Distant::start(&lab, wan()).await;
+    let mut daemons = BTreeMap::new();
+    for node in lab.node_names() {
+        let d = lab
+            .daemon(&node, PRIMGR)
+            .and_then(|d| {
+                d.args(scope_flags(Some("cluster")))
+                    .args(distant.peer_flags(&node))
+                    .spawn()
+            })
+            .unwrap_or_else(|e| panic!("spawn {node}: {e:#}"));
+        daemons.insert(node, d);
+    }
+    for d in daemons.values_mut() {
+        d.wait_listening(Duration::from_secs(10)).await;
+    }
+    let c = defaults();
+    let within = settle_bound() + c.timing.interval * 4;
+    wait_200s(&lab, &["node1"], within).await;
+    (lab, distant, daemons)
+}
+
+/// A healthy primary in cluster scope, with 30–80 ms each way to every voter of another site
+/// (three of its four voters), keeps its 200 at every sample: `PRIMGR_SCOPE_STEADY_SECS`
+/// seconds (default 120) of node1's `/state` every 50 ms; the vote round trips are read from
+/// node1's `/status` (`voters[].latency_ms`, the time from sending the request to the answer)
+/// once a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_primary_keeps_its_200_with_distant_voters() {
+    let secs: u64 = std::env::var("PRIMGR_SCOPE_STEADY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    let (lab, distant, _daemons) =
+        distant_cluster("scope::a_healthy_primary_keeps_its_200_with_distant_voters").await;
+    let t0 = Instant::now();
+    let sampler = Sampler::start(
+        t0,
+        vec![lab.daemon_addr("node1")],
+        "/state",
+        Duration::from_millis(50),
+        Duration::from_secs(1),
+    );
+    // Vote round trips by voter, and votes granted, from node1's /status once a second.
+    let mut rtts: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut granted: BTreeMap<String, usize> = BTreeMap::new();
+    let mut reads = 0;
+    let end = t0 + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if let Ok(r) =
+            primgr_lab::http::get(lab.daemon_addr("node1"), "/status", Duration::from_secs(1)).await
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.body)
+        {
+            reads += 1;
+            for voter in v["voters"].as_array().into_iter().flatten() {
+                let name = voter["name"].as_str().unwrap_or("?").to_string();
+                if let Some(ms) = voter["latency_ms"].as_f64() {
+                    rtts.entry(name.clone()).or_default().push(ms);
+                }
+                if voter["vote"].as_str() == Some("node1") {
+                    *granted.entry(name).or_default() += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let samples = sampler.stop();
+    let not_200: Vec<&Sample> = samples.iter().filter(|s| s.status != Some(200)).collect();
+    let q = |v: &[f64], q: f64| primgr_lab::stats::quantile(v, q);
+    let distant_rtts: Vec<f64> = rtts
+        .iter()
+        .filter(|(n, _)| site_of(n) != "dc1")
+        .flat_map(|(_, v)| v.iter().copied())
+        .collect();
+    let local = rtts.get("node2").cloned().unwrap_or_default();
+    println!(
+        "distant voters, cluster scope, {}–{} ms each way: {} samples of node1's /state over \
+         {secs} s, {} not 200",
+        wan().min.as_millis(),
+        wan().max.as_millis(),
+        samples.len(),
+        not_200.len()
+    );
+    println!(
+        "vote round trips from {reads} reads of /status: distant voters (node3, node4, witness) \
+         {} votes, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; node2 (same site) p50 {:.2} ms; \
+         votes for node1 by voter {granted:?}",
+        distant_rtts.len(),
+        q(&distant_rtts, 0.5),
+        q(&distant_rtts, 0.99),
+        q(&distant_rtts, 1.0),
+        q(&local, 0.5),
+    );
+    println!("proxies: {:?}", distant.stats());
+    assert!(
+        not_200.is_empty(),
+        "the healthy primary dropped its 200: {:?}",
+        &not_200[..not_200.len().min(5)]
+    );
+    // The distant votes did cross the distance: at least two proxy delays each.
+    assert!(
+        !distant_rtts.is_empty() && q(&distant_rtts, 0.0) >= 60.0,
+        "distant votes did not go through the delaying proxies: {rtts:?}"
+    );
+    for voter in ["node3", "node4", "witness"] {
+        assert!(
+            granted.get(voter).copied().unwrap_or(0) > 0,
+            "{voter} never voted for node1 across the distance: {granted:?}"
+        );
+    }
+    drop(distant);
+    lab.teardown().await.expect("teardown");
+}
+
+/// `primgr --check-config` of node1 as its daemon runs (cluster scope, the proxies as
+/// `[peers]`), with `extra` flags: exit code, stdout, stderr.
+async fn check_config(lab: &Lab, peers: &[String], extra: &[&str]) -> (i32, String, String) {
+    let mut args: Vec<String> = vec![
+        "--check-config".into(),
+        "--node-name".into(),
+        "node1".into(),
+        "--conninfo".into(),
+        format!("{} application_name=primgr", lab.conninfo("node1")),
+        "--source-address".into(),
+        lab.addr("node1").to_string(),
+        "--peer-key-file".into(),
+        primgr_lab::peer_key_file().display().to_string(),
+    ];
+    args.extend(scope_flags(Some("cluster")));
+    args.extend(peers.iter().cloned());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(PRIMGR).args(&args).output(),
+    )
+    .await
+    .expect("--check-config ends within 30 s")
+    .expect("--check-config runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `--check-config` in cluster scope measures the round trip to every voter and refuses a
+/// `peer_timeout` below 3 round trips to the farthest one (exit 64, naming the key and the
+/// voter), accepts one above, and accepts the refused one when the voters are near (no
+/// proxy): the distance is what is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_refuses_a_peer_timeout_the_distance_breaks() {
+    let (lab, distant, _daemons) =
+        distant_cluster("scope::check_config_refuses_a_peer_timeout_the_distance_breaks").await;
+    let far = distant.peer_flags("node1");
+    // 250 ms < 3 × (the largest of 5 round trips of 60–160 ms) unless all five stay under
+    // 84 ms (a chance of about 1 in 60,000).
+    let (code, out, err) = check_config(&lab, &far, &["--peer-timeout", "250ms"]).await;
+    println!("--check-config --peer-timeout 250ms, voters 30–80 ms away each way: exit {code}\n{err}");
+    assert_eq!(code, 64, "refused as a bad configuration: {out}{err}");
+    assert!(err.contains("`peer_timeout`"), "names the key: {err}");
+    assert!(
+        ["voter node3", "voter node4", "voter witness"]
+            .iter()
+            .any(|v| err.contains(v)),
+        "names a distant voter: {err}"
+    );
+    let (code, out, err) = check_config(&lab, &far, &["--peer-timeout", "600ms"]).await;
+    let measured: Vec<&str> = out.lines().filter(|l| l.starts_with("# voter ")).collect();
+    println!("--check-config --peer-timeout 600ms: exit {code}\n{}", measured.join("\n"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(measured.len(), 4, "one line per voter: {out}");
+    // The same refused timing, with the voters near: accepted.
+    let (code, out, err) = check_config(&lab, &[], &["--peer-timeout", "250ms"]).await;
+    let measured: Vec<&str> = out.lines().filter(|l| l.starts_with("# voter ")).collect();
+    println!("--check-config --peer-timeout 250ms, voters near: exit {code}\n{}", measured.join("\n"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(measured.len(), 4, "{out}");
+    drop(distant);
     lab.teardown().await.expect("teardown");
 }
