@@ -64,7 +64,10 @@ pub struct Distance {
 impl Distance {
     /// The largest round trip measured.
     pub fn worst(&self) -> Option<Duration> {
-        self.rtts.as_ref().ok().and_then(|r| r.iter().max().copied())
+        self.rtts
+            .as_ref()
+            .ok()
+            .and_then(|r| r.iter().max().copied())
     }
 }
 
@@ -196,20 +199,24 @@ pub async fn measure(config: &Config) -> Result<Vec<Distance>, String> {
         })
         .collect();
     let client = &client;
-    Ok(fan_out(MEASURE_TIMEOUT, targets, |(node, url), deadline| async move {
-        match url {
-            Err(why) => Distance {
-                node,
-                url: "-".into(),
-                rtts: Err(format!("no address: {why}")),
-            },
-            Ok(uri) => Distance {
-                node,
-                url: uri.to_string(),
-                rtts: round_trips_to(client, &uri, deadline).await,
-            },
-        }
-    })
+    Ok(fan_out(
+        MEASURE_TIMEOUT,
+        targets,
+        |(node, url), deadline| async move {
+            match url {
+                Err(why) => Distance {
+                    node,
+                    url: "-".into(),
+                    rtts: Err(format!("no address: {why}")),
+                },
+                Ok(uri) => Distance {
+                    node,
+                    url: uri.to_string(),
+                    rtts: round_trips_to(client, &uri, deadline).await,
+                },
+            }
+        },
+    )
     .await)
 }
 
@@ -303,14 +310,27 @@ mod tests {
         let c = config(500);
         // Defaults: interval 1s, db_timeout 1s; peer_timeout 500ms → gap 2.5s; the lease's
         // counted part must exceed it: 2.6s counts 2.549s.
-        assert_eq!(lease_for(&c, Duration::from_millis(500)), Duration::from_millis(2600));
-        let gap = Config::renewal_gap(c.timing.interval, c.db.db_timeout, Duration::from_millis(900));
+        assert_eq!(
+            lease_for(&c, Duration::from_millis(500)),
+            Duration::from_millis(2600)
+        );
+        let gap = Config::renewal_gap(
+            c.timing.interval,
+            c.db.db_timeout,
+            Duration::from_millis(900),
+        );
         let lease = lease_for(&c, Duration::from_millis(900));
         let mut rules = c.leases;
         rules.vote_lease = lease;
         assert!(rules.counted_for(lease) > gap);
         assert!(rules.counted_for(lease - Duration::from_millis(100)) <= gap);
         let r = judge(&config(400), &[at("node3", &[150])]).unwrap_err();
-        assert!(r.reason.contains(&format!("vote_lease to at least {}", format_millis(lease_for(&c, Duration::from_millis(460))))), "{r}");
+        assert!(
+            r.reason.contains(&format!(
+                "vote_lease to at least {}",
+                format_millis(lease_for(&c, Duration::from_millis(460)))
+            )),
+            "{r}"
+        );
     }
 }

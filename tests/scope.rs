@@ -133,6 +133,22 @@ async fn wait_200s(lab: &Lab, want: &[&str], within: Duration) -> Duration {
     }
 }
 
+/// Waits until `node` answers 200 (whoever else does); returns how long it took.
+async fn wait_200_on(lab: &Lab, node: &str, within: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let c = codes(lab).await;
+        if c.get(node) == Some(&200) {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < within,
+            "after {within:?} {node} is not 200: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The address of site `n`'s haproxy: `127.0.<subnet>.(100 + n)` (`.100` is the lab's own
 /// proxy address, which no test here uses).
 fn haproxy_address(lab: &Lab, n: u8) -> Ipv4Addr {
@@ -308,18 +324,18 @@ async fn site_scope_gives_two_200s_one_per_site() {
     let (ok1, failed1) = landings(&w1);
     let (ok2, failed2) = landings(&w2);
     let first3 = spans.get("node3").map(|s| s.0).expect("node3 answered 200");
-    let both_after = |ok: &[Landed], node: &str| {
-        ok.iter()
-            .filter(|l| l.0 == node && l.1 >= first3)
-            .count()
-    };
+    let both_after =
+        |ok: &[Landed], node: &str| ok.iter().filter(|l| l.0 == node && l.1 >= first3).count();
     println!(
         "site scope: {} samples of {} daemons every {PERIOD:?}; 200s by node {:?}; cut at \
          {cut:?}, node3 promoted at {promoted:?}, both 200 {both:?} later; overlapping pairs: \
          {}",
         samples.len(),
         names.len(),
-        spans.iter().map(|(n, s)| (n.as_str(), s.2)).collect::<Vec<_>>(),
+        spans
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.2))
+            .collect::<Vec<_>>(),
         overlapping.len()
     );
     println!(
@@ -339,10 +355,20 @@ async fn site_scope_gives_two_200s_one_per_site() {
         ["node1", "node3"],
         "the 200s of site scope"
     );
-    assert_eq!(overlapping.len(), 1, "node1 and node3 at once: {overlapping:?}");
+    assert_eq!(
+        overlapping.len(),
+        1,
+        "node1 and node3 at once: {overlapping:?}"
+    );
     // And writes on both sides after node3's first 200: the data diverges.
-    assert!(both_after(&ok1, "node1") > 0, "no write on node1 after node3's 200");
-    assert!(both_after(&ok2, "node3") > 0, "no write on node3 after its 200");
+    assert!(
+        both_after(&ok1, "node1") > 0,
+        "no write on node1 after node3's 200"
+    );
+    assert!(
+        both_after(&ok2, "node3") > 0,
+        "no write on node3 after its 200"
+    );
     drop((hp1, hp2));
     lab.heal_all().await.expect("heal");
     lab.teardown().await.expect("teardown");
@@ -355,16 +381,17 @@ async fn site_scope_gives_two_200s_one_per_site() {
 /// cycle (an interval, then `peer_timeout`) counts it; one interval more for a loaded machine.
 fn gain_bound() -> Duration {
     let c = defaults();
-    c.leases.vote_lease + c.leases.handoff_delay.mul_f64(1.0 + c.leases.drift) + INTERVAL * 3
+    c.leases.vote_lease
+        + c.leases.handoff_delay.mul_f64(1.0 + c.leases.drift)
+        + INTERVAL * 3
         + PEER_TIMEOUT
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_scope_never_two_200s_and_the_witness_side_keeps_or_gains_it() {
-    let lab = two_sites(
-        "scope::cluster_scope_never_two_200s_and_the_witness_side_keeps_or_gains_it",
-    )
-    .await;
+    let lab =
+        two_sites("scope::cluster_scope_never_two_200s_and_the_witness_side_keeps_or_gains_it")
+            .await;
     let _daemons = start_daemons(&lab, |_| scope_flags(Some("cluster"))).await;
     wait_200s(&lab, &["node1"], settle_bound() + INTERVAL * 4).await;
     let (hp1, hp2) = haproxies(&lab).await;
@@ -394,7 +421,7 @@ async fn cluster_scope_never_two_200s_and_the_witness_side_keeps_or_gains_it() {
                 .await
                 .expect("witness registered against node3");
             let moved = t0.elapsed();
-            wait_200s(&lab, &["node3"], gain_bound() + Duration::from_secs(10)).await;
+            wait_200_on(&lab, "node3", gain_bound() + Duration::from_secs(10)).await;
             let gained = t0.elapsed();
             // Then 3 s of writes on dc2's side.
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -438,7 +465,10 @@ async fn cluster_scope_never_two_200s_and_the_witness_side_keeps_or_gains_it() {
          pairs: {}",
         samples.len(),
         names.len(),
-        spans.iter().map(|(n, s)| (n.as_str(), s.2)).collect::<Vec<_>>(),
+        spans
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.2))
+            .collect::<Vec<_>>(),
         overlapping.len()
     );
     println!(
@@ -715,7 +745,9 @@ async fn check_config_refuses_a_peer_timeout_the_distance_breaks() {
     // 250 ms < 3 × (the largest of 5 round trips of 60–160 ms) unless all five stay under
     // 84 ms (a chance of about 1 in 60,000).
     let (code, out, err) = check_config(&lab, &far, &["--peer-timeout", "250ms"]).await;
-    println!("--check-config --peer-timeout 250ms, voters 30–80 ms away each way: exit {code}\n{err}");
+    println!(
+        "--check-config --peer-timeout 250ms, voters 30–80 ms away each way: exit {code}\n{err}"
+    );
     assert_eq!(code, 64, "refused as a bad configuration: {out}{err}");
     assert!(err.contains("`peer_timeout`"), "names the key: {err}");
     assert!(
@@ -726,13 +758,19 @@ async fn check_config_refuses_a_peer_timeout_the_distance_breaks() {
     );
     let (code, out, err) = check_config(&lab, &far, &["--peer-timeout", "600ms"]).await;
     let measured: Vec<&str> = out.lines().filter(|l| l.starts_with("# voter ")).collect();
-    println!("--check-config --peer-timeout 600ms: exit {code}\n{}", measured.join("\n"));
+    println!(
+        "--check-config --peer-timeout 600ms: exit {code}\n{}",
+        measured.join("\n")
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(measured.len(), 4, "one line per voter: {out}");
     // The same refused timing, with the voters near: accepted.
     let (code, out, err) = check_config(&lab, &[], &["--peer-timeout", "250ms"]).await;
     let measured: Vec<&str> = out.lines().filter(|l| l.starts_with("# voter ")).collect();
-    println!("--check-config --peer-timeout 250ms, voters near: exit {code}\n{}", measured.join("\n"));
+    println!(
+        "--check-config --peer-timeout 250ms, voters near: exit {code}\n{}",
+        measured.join("\n")
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(measured.len(), 4, "{out}");
     drop(distant);

@@ -108,7 +108,9 @@ impl DelayProxy {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("delay proxy: binding {listen}"))?;
-        let addr = listener.local_addr().context("delay proxy: local address")?;
+        let addr = listener
+            .local_addr()
+            .context("delay proxy: local address")?;
         let counters = Arc::new(Counters::default());
         let task = tokio::spawn(accept_loop(
             listener,

@@ -317,7 +317,10 @@ fn with_source(text: &str, address: Ipv4Addr) -> Result<String> {
             added = true;
         }
     }
-    ensure!(added, "the configuration has no `defaults` section to add `source` to");
+    ensure!(
+        added,
+        "the configuration has no `defaults` section to add `source` to"
+    );
     Ok(out)
 }
 
