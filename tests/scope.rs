@@ -59,10 +59,10 @@ fn defaults() -> Config {
 }
 
 /// dc1 {node1, node2}, dc2 {node3, node4}, a witness in dc3; node1 is the primary.
-async fn two_sites(test: &str) -> Lab {
+async fn two_sites(subnet: u8) -> Lab {
     Lab::build(
         LabSpec::new(
-            subnet_of(test),
+            subnet,
             vec![
                 NodeSpec::new("node1", "dc1"),
                 NodeSpec::new("node2", "dc1"),
@@ -294,7 +294,7 @@ fn sample_all(lab: &Lab, t0: Instant) -> (Sampler, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn site_scope_gives_two_200s_one_per_site() {
-    let lab = two_sites("scope::site_scope_gives_two_200s_one_per_site").await;
+    let lab = two_sites(subnet_of("scope::site_scope_gives_two_200s_one_per_site")).await;
     let _daemons = start_daemons(&lab, |_| Vec::new()).await;
     wait_200s(&lab, &["node1"], settle_bound() + INTERVAL * 4).await;
     let (hp1, hp2) = haproxies(&lab).await;
@@ -389,9 +389,10 @@ fn gain_bound() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_scope_never_two_200s_and_the_witness_side_keeps_or_gains_it() {
-    let lab =
-        two_sites("scope::cluster_scope_never_two_200s_and_the_witness_side_keeps_or_gains_it")
-            .await;
+    let lab = two_sites(subnet_of(
+        "scope::cluster_scope_never_two_200s_and_the_witness_side_keeps_or_gains_it",
+    ))
+    .await;
     let _daemons = start_daemons(&lab, |_| scope_flags(Some("cluster"))).await;
     wait_200s(&lab, &["node1"], settle_bound() + INTERVAL * 4).await;
     let (hp1, hp2) = haproxies(&lab).await;
@@ -586,8 +587,8 @@ impl Distant {
 /// The lab of [`two_sites`] with [`Distant`] sites, every daemon in cluster scope with the
 /// default timings (`interval` 1s, `db_timeout` 1s, `peer_timeout` 500ms, `vote_lease` 3s),
 /// node1 the confirmed primary.
-async fn distant_cluster(test: &str) -> (Lab, Distant, BTreeMap<String, Daemon>) {
-    let lab = two_sites(test).await;
+async fn distant_cluster(subnet: u8) -> (Lab, Distant, BTreeMap<String, Daemon>) {
+    let lab = two_sites(subnet).await;
     let distant = Distant::start(&lab, wan()).await;
     let mut daemons = BTreeMap::new();
     for node in lab.node_names() {
@@ -621,8 +622,10 @@ async fn a_healthy_primary_keeps_its_200_with_distant_voters() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
-    let (lab, distant, _daemons) =
-        distant_cluster("scope::a_healthy_primary_keeps_its_200_with_distant_voters").await;
+    let (lab, distant, _daemons) = distant_cluster(subnet_of(
+        "scope::a_healthy_primary_keeps_its_200_with_distant_voters",
+    ))
+    .await;
     let t0 = Instant::now();
     let sampler = Sampler::start(
         t0,
@@ -739,8 +742,10 @@ async fn check_config(lab: &Lab, peers: &[String], extra: &[&str]) -> (i32, Stri
 /// proxy): the distance is what is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_refuses_a_peer_timeout_the_distance_breaks() {
-    let (lab, distant, _daemons) =
-        distant_cluster("scope::check_config_refuses_a_peer_timeout_the_distance_breaks").await;
+    let (lab, distant, _daemons) = distant_cluster(subnet_of(
+        "scope::check_config_refuses_a_peer_timeout_the_distance_breaks",
+    ))
+    .await;
     let far = distant.peer_flags("node1");
     // 250 ms < 3 × (the largest of 5 round trips of 60–160 ms) unless all five stay under
     // 84 ms (a chance of about 1 in 60,000).
