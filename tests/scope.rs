@@ -761,10 +761,13 @@ async fn check_config_refuses_a_peer_timeout_the_distance_breaks() {
             .any(|v| err.contains(v)),
         "names a distant voter: {err}"
     );
-    let (code, out, err) = check_config(&lab, &far, &["--peer-timeout", "600ms"]).await;
+    // 1 s > 3 × 333 ms: room for a loaded machine's scheduling on top of the distance (the
+    // lease rule then wants a shorter db_timeout: 1s + 500ms + 1s = 2.5s < 2.94s counted).
+    let accepted = ["--peer-timeout", "1s", "--db-timeout", "500ms"];
+    let (code, out, err) = check_config(&lab, &far, &accepted).await;
     let measured: Vec<&str> = out.lines().filter(|l| l.starts_with("# voter ")).collect();
     println!(
-        "--check-config --peer-timeout 600ms: exit {code}\n{}",
+        "--check-config --peer-timeout 1s --db-timeout 500ms: exit {code}\n{}",
         measured.join("\n")
     );
     assert_eq!(code, 0, "{out}{err}");
