@@ -250,12 +250,19 @@ pub fn conclude(
         Ballot::default()
     };
     let verdict = decide::verdict(me, rules.scope, observed, &ballot, now);
+    let electorate = match observed {
+        Ok(obs) if plan.candidate && rules.scope == VoteScope::Cluster => {
+            decide::role(obs, me, rules.scope).sites()
+        }
+        _ => Vec::new(),
+    };
     let snapshot = Snapshot {
         observed_at: Some(gathered.started),
         observed_at_wall: gathered.started_wall,
         cycle_time: now.saturating_duration_since(gathered.started),
         verdict,
         ballot,
+        electorate,
         site: plan.site,
         primary: plan.named,
         db: DbStatus::of(observed),

@@ -120,24 +120,20 @@ impl Role<'_> {
         self.voters.len() + 1
     }
 
-    /// The electorate by site, in the order of the sites' names: each site, its members (this
-    /// node included) and how many of them hold a vote in `votes` (names of voters).
-    pub fn by_site<'v>(&self, votes: impl Iterator<Item = &'v str> + Clone) -> Vec<SiteVotes> {
+    /// The electorate by site, in the order of the sites' names: each site and its members'
+    /// names (this node included); empty when this node is not registered.
+    pub fn sites(&self) -> Vec<Site> {
         let Some(own) = self.own else {
             return Vec::new();
         };
-        let mut sites: Vec<SiteVotes> = Vec::new();
+        let mut sites: Vec<Site> = Vec::new();
         for row in std::iter::once(own).chain(self.voters.iter().copied()) {
-            let voted = votes.clone().any(|v| v == row.node_name);
+            let name = row.node_name.clone();
             match sites.iter_mut().find(|s| s.site == row.location) {
-                Some(s) => {
-                    s.members += 1;
-                    s.votes += usize::from(voted);
-                }
-                None => sites.push(SiteVotes {
+                Some(s) => s.members.push(name),
+                None => sites.push(Site {
                     site: row.location.clone(),
-                    members: 1,
-                    votes: usize::from(voted),
+                    members: vec![name],
                 }),
             }
         }
@@ -146,19 +142,49 @@ impl Role<'_> {
     }
 }
 
-/// One site's part of an electorate: its members, and how many hold a vote for the candidate.
+/// One site's part of an electorate: its name and its members' names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    pub site: String,
+    pub members: Vec<String>,
+}
+
+/// One site's part of an electorate with the votes for a candidate: its members, and those of
+/// them whose vote is among the votes counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiteVotes {
     pub site: String,
     pub members: usize,
-    pub votes: usize,
+    /// The members holding a vote, in the order of the site's members.
+    pub voters: Vec<String>,
 }
 
 impl std::fmt::Display for SiteVotes {
     /// `dc1 2/2`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}/{}", self.site, self.votes, self.members)
+        write!(f, "{} {}/{}", self.site, self.voters.len(), self.members)
     }
+}
+
+/// The votes of `voters` (names) counted site by site in `sites`; a name of no site counts
+/// nowhere.
+pub fn by_site<'v>(
+    sites: &[Site],
+    voters: impl Iterator<Item = &'v str> + Clone,
+) -> Vec<SiteVotes> {
+    sites
+        .iter()
+        .map(|s| SiteVotes {
+            site: s.site.clone(),
+            members: s.members.len(),
+            voters: s
+                .members
+                .iter()
+                .filter(|m| voters.clone().any(|v| v == m.as_str()))
+                .cloned()
+                .collect(),
+        })
+        .collect()
 }
 
 /// This node's role in the observed metadata, its electorate that of `scope`.
@@ -232,8 +258,7 @@ pub fn verdict(
         VoteScope::Site => format!("nodes of site {:?}", own.location),
         VoteScope::Cluster => {
             let live = counted.votes.iter().filter(|v| v.live(now));
-            let sites: Vec<String> = role
-                .by_site(live.map(|v| v.voter.as_str()))
+            let sites: Vec<String> = by_site(&role.sites(), live.map(|v| v.voter.as_str()))
                 .iter()
                 .map(SiteVotes::to_string)
                 .collect();
@@ -643,9 +668,12 @@ mod tests {
         );
         assert_eq!(v.state, State::Witness);
         // By site, in the order of the sites' names.
-        let by = role(&obs, "n4", VoteScope::Cluster).by_site(["n1", "n4", "x"].into_iter());
+        let sites = role(&obs, "n4", VoteScope::Cluster).sites();
+        let by = by_site(&sites, ["n1", "n4", "x"].into_iter());
         let shown: Vec<String> = by.iter().map(SiteVotes::to_string).collect();
         assert_eq!(shown, ["dc1 1/2", "dc2 1/2", "dc3 0/1"]);
+        assert_eq!(by[1].voters, ["n4"]);
+        assert!(role(&obs, "ghost", VoteScope::Cluster).sites().is_empty());
     }
 
     #[test]

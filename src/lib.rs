@@ -1,7 +1,8 @@
 //! primgr: tells haproxy and operators which node of a repmgr cluster is the real primary.
 //!
 //! One daemon runs beside each PostgreSQL node. A poll task observes the local database every
-//! `interval`, asks the other nodes of its site for their votes (leased promises), decides a
+//! `interval`, asks the other nodes of its site (of the whole cluster with
+//! `vote_scope = "cluster"`) for their votes (leased promises), decides a
 //! verdict and publishes it as a snapshot; the HTTP handlers only read that snapshot, so a
 //! health check never reaches the database.
 //!

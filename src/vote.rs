@@ -15,9 +15,11 @@
 //! - **Candidate** ([`LeaseRules::hold`], [`Ballot`]). A vote requested at `s` (when the request
 //!   was *sent*, on the candidate's clock) counts until `s + vote_lease·(1−ρ)/(1+ρ)`: with clock
 //!   rates within `1 ± ρ` of real time that ends before the voter's promise does. A candidate
-//!   answers 200 only while a majority of its site holds unexpired votes for it at the moment
-//!   of the request. Any two majorities of a site share a voter, and no voter holds live
-//!   promises to two nodes, so two 200s of one site never overlap.
+//!   answers 200 only while a majority of its electorate (its site, or with
+//!   `vote_scope = "cluster"` every node of the cluster: [`crate::decide::role`]) holds
+//!   unexpired votes for it at the moment of the request. Any two majorities of one electorate
+//!   share a voter, and no voter holds live promises to two nodes, so two 200s of one site (of
+//!   the whole cluster, in cluster scope) never overlap.
 //! - **Handoff**. A vote also *settles*: it counts toward a 200 only once the voter has promised
 //!   no other node for `handoff_delay` (measured conservatively across both clocks). So a new
 //!   primary answers 200 at the earliest `handoff_delay` after the last instant the old one

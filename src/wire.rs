@@ -124,9 +124,23 @@ pub struct RealPrimaryBody {
     /// The one node that answers Primary.
     #[serde(rename = "realPrimary")]
     pub real_primary: Option<String>,
+    /// The `vote_scope` of the node that answers, when it is `cluster` (absent: `site`).
+    #[serde(default, skip_serializing_if = "VoteScope::is_site")]
+    pub scope: VoteScope,
+    /// In cluster scope, what every node answered, site by site.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<RealPrimarySite>,
     /// The nodes that answer Witness (never primaries).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub witnesses: Vec<String>,
+}
+
+/// `/realPrimary` `sites`: one site's nodes and the state each answered (null: no answer).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RealPrimarySite {
+    pub nodes: std::collections::BTreeMap<String, Option<String>>,
+    pub site: String,
 }
 
 /// The health checks `/replica`, `/read-write`, `/read-only`, `/health`, `/liveness`,
@@ -221,12 +235,19 @@ pub struct Status {
     pub version: String,
     #[serde(default)]
     pub vote_lease_ms: f64,
+    /// Whose majority a primary needs (`vote_scope` in force): `site` or `cluster`.
+    #[serde(default)]
+    pub vote_scope: VoteScope,
     /// The voters asked in the last cycle and what they answered.
     #[serde(default)]
     pub voters: Vec<StatusVoter>,
     /// Votes that count now.
     #[serde(default)]
     pub votes: u64,
+    /// In cluster scope, a candidate's electorate site by site with the votes that count now
+    /// (empty in site scope, and when the node is no candidate).
+    #[serde(default)]
+    pub votes_by_site: Vec<StatusSiteVotes>,
     /// Votes needed (0 when the node is no candidate).
     #[serde(default)]
     pub votes_needed: u64,
@@ -339,6 +360,19 @@ pub struct StatusReplication {
     pub sync_unknown: Option<String>,
     /// `host:port` of the upstream.
     pub upstream: Option<String>,
+}
+
+/// `/status` `votes_by_site`: one site of a candidate's electorate (cluster scope).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatusSiteVotes {
+    /// Its nodes in the electorate (this node included when it is of this site).
+    pub members: u64,
+    pub site: String,
+    /// The members whose vote counts now.
+    pub voters: Vec<String>,
+    /// How many: `voters`' length.
+    pub votes: u64,
 }
 
 /// `/status` `voters`: one voter asked in the last cycle.
@@ -876,6 +910,7 @@ mod tests {
             state: "Primary".into(),
             version: "0.1.0".into(),
             vote_lease_ms: 3000.0,
+            vote_scope: VoteScope::Cluster,
             voters: vec![StatusVoter {
                 address: Some("http://10.0.0.2:5999/".into()),
                 error: None,
@@ -884,6 +919,12 @@ mod tests {
                 vote: Some("node1".into()),
             }],
             votes: 2,
+            votes_by_site: vec![StatusSiteVotes {
+                members: 2,
+                site: "dc1".into(),
+                voters: vec!["node1".into(), "node2".into()],
+                votes: 2,
+            }],
             votes_needed: 2,
         }
     }
@@ -1084,8 +1125,9 @@ mod tests {
                 r#""primary_lsn":"0/10","primary_lsn_from":"the primary's daemon","received_lsn":"0/8","#,
                 r#""receiver_state":"streaming","replay_paused":false,"replayed_lsn":"0/0","#,
                 r#""sync_state":"sync","sync_unknown":null,"upstream":"10.0.0.1:5432"},"site":"dc1","snapshot_age_ms":312.4,"state":"Primary","#,
-                r#""version":"0.1.0","vote_lease_ms":3000.0,"voters":[{"address":"http://10.0.0.2:5999/","#,
-                r#""error":null,"latency_ms":1.5,"name":"node2","vote":"node1"}],"votes":2,"votes_needed":2}"#
+                r#""version":"0.1.0","vote_lease_ms":3000.0,"vote_scope":"cluster","voters":[{"address":"http://10.0.0.2:5999/","#,
+                r#""error":null,"latency_ms":1.5,"name":"node2","vote":"node1"}],"votes":2,"#,
+                r#""votes_by_site":[{"members":2,"site":"dc1","voters":["node1","node2"],"votes":2}],"votes_needed":2}"#
             ),
         );
         println!("{n} golden bodies serialized and read back");
@@ -1114,6 +1156,11 @@ mod tests {
                 error: Some("e".into()),
                 primaries: vec!["a".into(), "b".into()],
                 real_primary: None,
+                scope: VoteScope::Cluster,
+                sites: vec![RealPrimarySite {
+                    nodes: [("a".to_string(), Some("Primary".to_string()))].into(),
+                    site: "dc1".into(),
+                }],
                 witnesses: vec!["w".into()],
             }),
             text(&CheckBody {

@@ -26,6 +26,10 @@ pub const SUBNETS: &[(&str, u8)] = &[
     ("cluster::normal_failover_split_brain_and_rejoin", 31),
     ("cluster::stopped_standby_and_frozen_primary", 32),
     (
+        "cluster::cluster_scope_status_metrics_real_primary_and_cluster_view",
+        190,
+    ),
+    (
         "api::simultaneous_real_primary_requests_share_one_fan_out",
         33,
     ),
