@@ -13,7 +13,8 @@
 //!
 //! The [`Lab`] then offers the operations a failover test needs: node operations
 //! ([`Lab::stop`], [`Lab::start`], [`Lab::promote`], [`Lab::follow`], [`Lab::failover`],
-//! [`Lab::rejoin`] with pg_rewind, [`Lab::promote_outside_repmgr`], [`Lab::switchover`]), SQL
+//! [`Lab::rejoin`] with pg_rewind, [`Lab::promote_outside_repmgr`], [`Lab::switchover`],
+//! [`Lab::register_witness`] against a new primary), SQL
 //! ([`Lab::psql`] and the readers built on it: recovery, streaming, [`Lab::upstream_of`], the
 //! metadata's primary, WAL positions, [`Lab::pause_replay`], [`Lab::write_wal`]), faults
 //! ([`Lab::freeze`] = SIGSTOP of the postmaster and its children, [`Lab::freeze_postmaster`],
