@@ -784,3 +784,38 @@ async fn check_config_refuses_a_peer_timeout_the_distance_breaks() {
     drop(distant);
     lab.teardown().await.expect("teardown");
 }
+
+/// Without a database to read the members from, `--check-config` in cluster scope accepts the
+/// configuration and says that nothing was measured (it may run before the cluster does); in
+/// site scope it measures nothing and prints no such line.
+#[test]
+fn check_config_without_a_database_measures_nothing_and_says_so() {
+    let run = |scope: &str| {
+        std::process::Command::new(PRIMGR)
+            .args([
+                "--check-config",
+                "--node-name",
+                "node1",
+                "--conninfo",
+                "host=127.0.0.1 port=1 dbname=repmgr user=repmgr",
+                "--vote-scope",
+                scope,
+            ])
+            .output()
+            .expect("primgr runs")
+    };
+    let cluster = run("cluster");
+    let out = String::from_utf8_lossy(&cluster.stdout);
+    let note: Vec<&str> = out.lines().filter(|l| l.contains("not measured")).collect();
+    println!(
+        "cluster scope, no database: exit {:?}, {note:?}",
+        cluster.status.code()
+    );
+    assert_eq!(cluster.status.code(), Some(0), "{out}");
+    assert_eq!(note.len(), 1, "{out}");
+    assert!(note[0].starts_with("# round trips to the voters not measured: the database"));
+    let site = run("site");
+    let out = String::from_utf8_lossy(&site.stdout);
+    assert_eq!(site.status.code(), Some(0), "{out}");
+    assert!(!out.contains("round trip"), "{out}");
+}
