@@ -33,7 +33,7 @@
 //! reference per connection (warp clones them for every request), and no routing step
 //! allocates (the query string is read only by the endpoints that take parameters).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -60,9 +60,10 @@ use crate::shared::{Loaded, Shared};
 use crate::snapshot::{Snapshot, json_bytes, state_body, sync_text};
 use crate::vote::Release;
 use crate::wire::{
-    self, CheckBody, ErrorBody, RealPrimaryBody, ReleaseAnswer, ReleaseRefusal, Released, Status,
-    StatusConfig, StatusDatabase, StatusDrain, StatusHeldVote, StatusMember, StatusReplication,
-    StatusVoter, VoteAnswer, VoteGrant, VoteRefusal, WalAnswer, WalPosition, WalUnknown,
+    self, CheckBody, ErrorBody, RealPrimaryBody, RealPrimarySite, ReleaseAnswer, ReleaseRefusal,
+    Released, Status, StatusConfig, StatusDatabase, StatusDrain, StatusHeldVote, StatusMember,
+    StatusReplication, StatusSiteVotes, StatusVoter, VoteAnswer, VoteGrant, VoteRefusal,
+    VoteRequest, VoteScope, WalAnswer, WalPosition, WalUnknown,
 };
 
 /// A reply of the API (warp turns it into its own response).
@@ -497,8 +498,8 @@ impl App {
             }
             Endpoint::Status => self.status(now),
             Endpoint::Metrics => self.metrics(now),
-            Endpoint::Vote => match vote_candidate(query) {
-                Ok(candidate) => self.vote(candidate.as_deref(), now),
+            Endpoint::Vote => match vote_request(query) {
+                Ok(request) => self.vote(&request, now),
                 Err(why) => (400, json_bytes(&ErrorBody { error: why })),
             },
             Endpoint::Release => match release_undoes(query) {
@@ -637,8 +638,8 @@ impl App {
             return Err(Box::new(refuse_signed(e)));
         }
         // `/vote` without a candidate only says whom the metadata names.
-        let changes =
-            endpoint == Endpoint::Release || !matches!(vote_candidate(request.query), Ok(None));
+        let changes = endpoint == Endpoint::Release
+            || !matches!(vote_request(request.query), Ok(r) if r.candidate.is_none());
         if changes {
             let admitted = match auth.guard().as_mut() {
                 Some(guard) => guard.admit(&verified.claims, Instant::now()),
@@ -740,6 +741,7 @@ impl App {
             peer_auth: auth.mode(),
             peer_auth_failures: &failures,
             peer_requests_refused: auth.refused(),
+            vote_scope: self.shared.config().leases.scope,
         };
         (200, metrics::render(&snapshot, &extra, now).into())
     }
@@ -863,23 +865,35 @@ impl App {
 
     /// `/vote?candidate=NAME`: a vote for the candidate when the local metadata names it, and
     /// the promise that goes with it (see [`crate::vote`]); without a candidate, whom the
-    /// metadata names.
-    fn vote(&self, candidate: Option<&str>, now: Instant) -> (u16, Bytes) {
-        let node = self.shared.config().node.node_name.clone();
+    /// metadata names. A candidate of another `vote_scope` gets no vote; the answer carries
+    /// this node's scope.
+    fn vote(&self, request: &VoteRequest, now: Instant) -> (u16, Bytes) {
+        let (node, scope) = {
+            let config = self.shared.config();
+            (config.node.node_name.clone(), config.leases.scope)
+        };
         let snapshot = self.shared.store.peek();
-        let given = cycle::vote(&mut self.shared.votes.book(), candidate, &snapshot, now);
+        let given = cycle::vote(
+            &mut self.shared.votes.book(),
+            request,
+            scope,
+            &snapshot,
+            now,
+        );
         let answer = match given {
             Ok(grant) => VoteAnswer::Grant(VoteGrant {
                 epoch: grant.epoch,
                 exclusive_ms: grant.exclusive.as_millis() as u64,
                 lease_ms: grant.lease.as_millis() as u64,
                 node,
+                scope,
                 vote: grant.to,
             }),
             Err(no) => VoteAnswer::Refusal(VoteRefusal {
                 ms_left: no.left().map(|d| d.as_millis() as u64),
                 node,
                 reason: no.reason(),
+                scope,
                 vote: (),
                 withdrawn: no.withdraws(),
             }),
@@ -971,7 +985,15 @@ impl App {
             )
             .await,
         );
-        let found = RealPrimary { answers };
+        let found = RealPrimary {
+            answers,
+            scope: config.leases.scope,
+            sites: snapshot
+                .members
+                .iter()
+                .map(|m| (m.name.clone(), m.location.clone()))
+                .collect(),
+        };
         let primaries = found.primaries();
         if primaries.len() > 1 {
             warn!(
@@ -984,10 +1006,14 @@ impl App {
 }
 
 /// The outcome of a `/realPrimary` fan-out.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RealPrimary {
     /// Each node asked and its state, or why it gave none.
     pub answers: Vec<(String, Result<State, String>)>,
+    /// The `vote_scope` of this node.
+    pub scope: VoteScope,
+    /// Each node's site (its repmgr `location`), as the membership lists it.
+    pub sites: BTreeMap<String, String>,
 }
 
 impl RealPrimary {
@@ -1009,6 +1035,22 @@ impl RealPrimary {
             .collect()
     }
 
+    /// Every answer, site by site (in the order of the sites' names; a node of no known site
+    /// under `""`).
+    fn by_site(&self) -> Vec<RealPrimarySite> {
+        let mut sites: BTreeMap<&str, RealPrimarySite> = BTreeMap::new();
+        for (node, state) in &self.answers {
+            let site = self.sites.get(node).map_or("", String::as_str);
+            let entry = sites.entry(site).or_insert_with(|| RealPrimarySite {
+                nodes: BTreeMap::new(),
+                site: site.to_string(),
+            });
+            let state = state.as_ref().ok().map(|s| s.name().to_string());
+            entry.nodes.insert(node.clone(), state);
+        }
+        sites.into_values().collect()
+    }
+
     /// Status and body: 200 with the one primary, else 503 (listing them when several).
     /// Witnesses are listed as such, never as primaries.
     pub fn reply(&self) -> (u16, Bytes) {
@@ -1024,6 +1066,11 @@ impl RealPrimary {
                 owned(primaries)
             } else {
                 Vec::new()
+            },
+            scope: self.scope,
+            sites: match self.scope {
+                VoteScope::Site => Vec::new(),
+                VoteScope::Cluster => self.by_site(),
             },
             witnesses: owned(self.witnesses()),
         };
@@ -1100,17 +1147,9 @@ fn json_reply(endpoint: Endpoint, code: u16, body: Bytes) -> Reply {
     r
 }
 
-/// The `candidate` of a `/vote` request, if given; any other parameter is an error.
-fn vote_candidate(query: Option<&str>) -> Result<Option<String>, String> {
-    let mut candidate = None;
-    for (key, value) in reads::query_pairs(query)? {
-        match key.as_str() {
-            "candidate" if candidate.is_none() && !value.is_empty() => candidate = Some(value),
-            "candidate" => return Err("candidate: one non-empty node name".into()),
-            other => return Err(format!("unknown parameter {other:?} (known: candidate)")),
-        }
-    }
-    Ok(candidate)
+/// A `/vote` request's parameters (`candidate`, `scope`); any other parameter is an error.
+fn vote_request(query: Option<&str>) -> Result<VoteRequest, String> {
+    VoteRequest::from_pairs(&reads::query_pairs(query)?)
 }
 
 /// The epoch a `/release` undoes: exactly one parameter `undoes=<boot id>.<n>`; anything else
@@ -1278,8 +1317,19 @@ pub fn status_json(loaded: &Loaded, snapshot: &Snapshot, now: Instant) -> Status
         state: state.name().to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         vote_lease_ms: millis(config.leases.vote_lease),
+        vote_scope: config.leases.scope,
         voters,
         votes: snapshot.ballot.counting(now) as u64,
+        votes_by_site: snapshot
+            .votes_by_site(now)
+            .into_iter()
+            .map(|s| StatusSiteVotes {
+                members: s.members as u64,
+                site: s.site,
+                votes: s.voters.len() as u64,
+                voters: s.voters,
+            })
+            .collect(),
         votes_needed: snapshot.ballot.needed as u64,
     }
 }
@@ -1307,6 +1357,7 @@ mod tests {
                 tokio::spawn(async {
                     RealPrimary {
                         answers: vec![("n1".into(), Ok(State::Primary))],
+                        ..RealPrimary::default()
                     }
                 })
             })
@@ -1346,6 +1397,7 @@ mod tests {
                     .into_iter()
                     .map(|(n, s)| (n.to_string(), s))
                     .collect(),
+                ..RealPrimary::default()
             };
             let (code, body) = found.reply();
             (code, serde_json::from_slice::<Value>(&body).unwrap())
@@ -1365,6 +1417,180 @@ mod tests {
             ]),
             (503, json!({"realPrimary": null}))
         );
+    }
+
+    /// Cluster scope: `/realPrimary` says so and lists every answer site by site; in site
+    /// scope its body is the same as before scopes.
+    #[test]
+    fn real_primary_shows_the_scope_and_the_answers_by_site() {
+        let found = RealPrimary {
+            answers: vec![
+                ("n1".into(), Ok(State::Primary)),
+                ("n2".into(), Ok(State::Standby)),
+                ("n3".into(), Ok(State::Unknown)),
+                ("n4".into(), Err("timeout".into())),
+                ("w".into(), Ok(State::Witness)),
+            ],
+            scope: VoteScope::Cluster,
+            sites: [
+                ("n1", "dc1"),
+                ("n2", "dc1"),
+                ("n3", "dc2"),
+                ("n4", "dc2"),
+                ("w", "dc3"),
+            ]
+            .map(|(n, s)| (n.to_string(), s.to_string()))
+            .into(),
+        };
+        let (code, body) = found.reply();
+        assert_eq!(
+            (code, serde_json::from_slice::<Value>(&body).unwrap()),
+            (
+                200,
+                json!({"realPrimary": "n1", "witnesses": ["w"], "scope": "cluster", "sites": [
+                    {"site": "dc1", "nodes": {"n1": "Primary", "n2": "Standby"}},
+                    {"site": "dc2", "nodes": {"n3": "Unknown", "n4": null}},
+                    {"site": "dc3", "nodes": {"w": "Witness"}}
+                ]})
+            )
+        );
+        let site = RealPrimary {
+            scope: VoteScope::Site,
+            ..found
+        };
+        let (_, body) = site.reply();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            json!({"realPrimary": "n1", "witnesses": ["w"]})
+        );
+    }
+
+    /// `/status` says the scope in force and, in cluster scope, a candidate's votes counting
+    /// now site by site (a settling vote is not counted yet; an expired one no more).
+    #[test]
+    fn status_shows_the_scope_and_the_votes_by_site() {
+        use crate::decide::Site;
+        use crate::vote::{Ballot, HeldVote};
+        let mut config = crate::Config::for_node("n3").expect("config");
+        config.leases.scope = VoteScope::Cluster;
+        let loaded = Loaded {
+            fingerprint: config.fingerprint(),
+            config: Arc::new(config),
+            at: std::time::SystemTime::UNIX_EPOCH,
+        };
+        let now = Instant::now();
+        let vote = |voter: &str, settled: i64, until: u64| HeldVote {
+            voter: voter.into(),
+            epoch: Some(crate::auth::GrantEpoch::first(
+                crate::auth::BootId::from_bytes([0; 16]),
+            )),
+            sent: now,
+            valid_until: now + Duration::from_millis(until),
+            settled_at: if settled < 0 {
+                now
+            } else {
+                now + Duration::from_millis(settled as u64)
+            },
+        };
+        let mut snapshot = Snapshot::starting();
+        snapshot.observed_at = Some(now);
+        snapshot.max_staleness = Duration::from_secs(5);
+        snapshot.ballot = Ballot {
+            votes: vec![
+                vote("n3", -1, 3000),
+                vote("n4", -1, 3000),
+                vote("w", 500, 3000),
+                vote("n1", -1, 0),
+            ],
+            needed: 3,
+        };
+        let site = |name: &str, members: &[&str]| Site {
+            site: name.into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+        };
+        snapshot.electorate = vec![
+            site("dc1", &["n1", "n2"]),
+            site("dc2", &["n3", "n4"]),
+            site("dc3", &["w"]),
+        ];
+        let status = status_json(&loaded, &snapshot, now);
+        assert_eq!(status.vote_scope, VoteScope::Cluster);
+        let doc = serde_json::to_value(&status).unwrap();
+        assert_eq!(doc["vote_scope"], "cluster");
+        assert_eq!(
+            doc["votes_by_site"],
+            json!([
+                {"members": 2, "site": "dc1", "voters": [], "votes": 0},
+                {"members": 2, "site": "dc2", "voters": ["n3", "n4"], "votes": 2},
+                {"members": 1, "site": "dc3", "voters": [], "votes": 0}
+            ])
+        );
+        assert_eq!((status.votes, status.votes_needed), (2, 3));
+        // Site scope, or no candidate: no electorate by site.
+        snapshot.electorate.clear();
+        let mut config = (*loaded.config).clone();
+        config.leases.scope = VoteScope::Site;
+        let loaded = Loaded {
+            config: Arc::new(config),
+            ..loaded
+        };
+        let doc = serde_json::to_value(status_json(&loaded, &snapshot, now)).unwrap();
+        assert_eq!(
+            (doc["vote_scope"].clone(), doc["votes_by_site"].clone()),
+            (json!("site"), json!([]))
+        );
+    }
+
+    /// `/vote` through the routing table: a candidate of the other scope gets a 503 that says
+    /// why, in this voter's scope; a bad scope is a 400.
+    #[tokio::test]
+    async fn a_vote_of_the_other_scope_is_refused_and_says_why() {
+        use tower_service::Service as _;
+        let mut config = crate::Config::for_node("n1").expect("config");
+        config.peer.peer_allow = vec!["127.0.0.1".parse().expect("ip")];
+        config.leases.scope = VoteScope::Cluster;
+        let app = App::new(Arc::new(Shared::new(config)));
+        let get = |target: &str| {
+            use http_body_util::BodyExt as _;
+            let request = Request::builder()
+                .uri(target)
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let client: SocketAddr = "127.0.0.1:4000".parse().expect("addr");
+            let reply = app.service(client).call(request);
+            async move {
+                let reply = reply.await.expect("infallible");
+                let code = reply.status().as_u16();
+                let body = reply.into_body().collect().await.expect("body").to_bytes();
+                (code, body)
+            }
+        };
+        let (code, body) = get("/vote?candidate=n2").await;
+        assert_eq!(code, 503);
+        let answer = VoteAnswer::read(503, &body).expect("a refusal");
+        let VoteAnswer::Refusal(r) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(
+            (r.node.as_str(), r.scope, r.withdrawn),
+            ("n1", VoteScope::Cluster, false)
+        );
+        assert!(
+            r.reason
+                .contains("vote_scope is \"cluster\", the candidate's \"site\""),
+            "{}",
+            r.reason
+        );
+        // Its own scope: refused for another reason (the daemon just started).
+        let (code, body) = get("/vote?candidate=n2&scope=cluster").await;
+        let body = String::from_utf8_lossy(&body).to_string();
+        assert_eq!(code, 503);
+        assert!(
+            body.contains("started recently") && body.contains("\"scope\":\"cluster\""),
+            "{body}"
+        );
+        let (code, body) = get("/vote?candidate=n2&scope=galaxy").await;
+        assert_eq!(code, 400, "{body:?}");
     }
 
     /// Sends `method target` through [`routes`] (as the server would, without a body) and

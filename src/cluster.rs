@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::auth::Keys;
 use crate::peers::{Answers, PeerClient, Signer, fan_out};
 use crate::tls::ClientTls;
-use crate::wire::Status;
+use crate::wire::{Status, StatusSiteVotes, VoteScope};
 use hyper::Method;
 
 /// Default `--url`: the daemon on this machine.
@@ -49,10 +49,14 @@ pub struct NodeReport {
     pub state: Option<String>,
     /// Whom its local metadata names as primary.
     pub primary: Option<String>,
-    /// Votes it got from its site, when it held a vote.
+    /// Votes it got from its electorate (its site, or the cluster), when it held a vote.
     pub votes: Option<u64>,
     /// Votes it needed (0 when no vote was held).
     pub votes_needed: Option<u64>,
+    /// Its `vote_scope`: `site` or `cluster` (None when it gave no answer).
+    pub vote_scope: Option<VoteScope>,
+    /// In cluster scope, a candidate's votes by site (empty otherwise).
+    pub votes_by_site: Vec<StatusSiteVotes>,
     /// Age of the poll result it serves, in milliseconds.
     pub snapshot_age_ms: Option<f64>,
     /// Why it is in its state, as it says.
@@ -83,6 +87,8 @@ impl NodeReport {
             primary: None,
             votes: None,
             votes_needed: None,
+            vote_scope: None,
+            votes_by_site: Vec::new(),
             snapshot_age_ms: None,
             reason: None,
             drained: None,
@@ -125,6 +131,8 @@ impl NodeReport {
             primary: status.primary,
             votes: Some(status.votes),
             votes_needed: Some(status.votes_needed),
+            vote_scope: Some(status.vote_scope),
+            votes_by_site: status.votes_by_site,
             snapshot_age_ms: status.snapshot_age_ms,
             reason: Some(status.reason).filter(|r| !r.is_empty()),
             drained: status.drained.map(|d| d.reason),
@@ -184,10 +192,32 @@ impl ClusterReport {
         exit_code(self.error.is_some(), &self.nodes)
     }
 
+    /// The `vote_scope` the nodes that answered report, each scope with its nodes: one entry
+    /// when they agree.
+    pub fn scopes(&self) -> Vec<(VoteScope, Vec<&str>)> {
+        let mut out: Vec<(VoteScope, Vec<&str>)> = Vec::new();
+        for n in &self.nodes {
+            let Some(scope) = n.vote_scope.filter(|_| n.error.is_none()) else {
+                continue;
+            };
+            match out.iter_mut().find(|(s, _)| *s == scope) {
+                Some((_, names)) => names.push(&n.name),
+                None => out.push((scope, vec![&n.name])),
+            }
+        }
+        out
+    }
+
     /// The machine-readable document printed by `--json`: the same facts as the table.
     pub fn to_json(&self) -> Value {
         let primaries = self.primaries();
+        let scopes = self.scopes();
         json!({
+            "vote_scope": match scopes.as_slice() {
+                [(one, _)] => Some(one.name()),
+                _ => None,
+            },
+            "mixed_vote_scopes": scopes.len() > 1,
             "url": self.url,
             "error": self.error,
             "notes": self.notes,
@@ -210,6 +240,10 @@ impl ClusterReport {
         for note in &self.notes {
             out.push_str(&format!("Note: {note}\n"));
         }
+        let scopes = self.scopes();
+        if let [(scope, _)] = scopes.as_slice() {
+            out.push_str(&format!("Vote scope: {scope}\n"));
+        }
         match self.primaries().as_slice() {
             [one] => out.push_str(&format!("Real primary: {one}\n")),
             [] => out.push_str("NO PRIMARY: no node answers 200\n"),
@@ -219,9 +253,37 @@ impl ClusterReport {
                 many.join(", ")
             )),
         }
-        for n in self.nodes.iter().filter(|n| n.code == Some(509)) {
+        for n in self.nodes.iter().filter(|n| !n.votes_by_site.is_empty()) {
+            let sites: Vec<String> = n
+                .votes_by_site
+                .iter()
+                .map(|s| format!("{} {}/{}", s.site, s.votes, s.members))
+                .collect();
             out.push_str(&format!(
-                "Warning: {} is Unknown (509): writable, but its site does not confirm it; \
+                "Votes of {} by site: {}\n",
+                n.name,
+                sites.join(", ")
+            ));
+        }
+        if scopes.len() > 1 {
+            let each: Vec<String> = scopes
+                .iter()
+                .map(|(scope, names)| format!("{scope} on {}", names.join(", ")))
+                .collect();
+            out.push_str(&format!(
+                "Warning: the nodes do not share one vote_scope ({}): a voter refuses a \
+                 candidate of the other scope, and a majority of one scope need not meet one of \
+                 the other; set the same vote_scope on every node\n",
+                each.join("; ")
+            ));
+        }
+        for n in self.nodes.iter().filter(|n| n.code == Some(509)) {
+            let electorate = match n.vote_scope {
+                Some(VoteScope::Cluster) => "the cluster",
+                _ => "its site",
+            };
+            out.push_str(&format!(
+                "Warning: {} is Unknown (509): writable, but {electorate} does not confirm it; \
                  fence it or rejoin it (repmgr node rejoin)\n",
                 n.name
             ));
@@ -496,6 +558,8 @@ mod tests {
             primary: Some(primary.into()),
             votes: Some(votes.0),
             votes_needed: Some(votes.1),
+            vote_scope: Some(VoteScope::Site),
+            votes_by_site: Vec::new(),
             snapshot_age_ms: Some(312.4),
             reason: Some(format!("reason of {name}")),
             drained: None,
@@ -687,6 +751,58 @@ mod tests {
         let none = report(vec![node("node2", 202, "Standby", "node1", (0, 0))]);
         assert!(none.render().contains("NO PRIMARY"));
         assert_eq!(none.exit_code(), 1);
+    }
+
+    /// Cluster scope: the scope is said once, a candidate's votes by site under the table
+    /// (from its `/status`), and nodes that do not share one scope are a warning.
+    #[test]
+    fn the_vote_scope_and_the_votes_by_site_are_shown() {
+        let body = json!({
+            "node": "node3", "site": "dc2", "state": "Unknown", "code": 509,
+            "primary": "node3", "votes": 2, "votes_needed": 3, "vote_scope": "cluster",
+            "votes_by_site": [
+                {"site": "dc1", "members": 2, "votes": 0, "voters": []},
+                {"site": "dc2", "members": 2, "votes": 2, "voters": ["node3", "node4"]},
+                {"site": "dc3", "members": 1, "votes": 0, "voters": []}
+            ]
+        });
+        let node3 = NodeReport::from_status("node3", None, None, 509, body.to_string().as_bytes());
+        assert_eq!(node3.vote_scope, Some(VoteScope::Cluster));
+        let standby = json!({"node": "node4", "code": 202, "state": "Standby",
+            "vote_scope": "cluster"});
+        let node4 =
+            NodeReport::from_status("node4", None, None, 202, standby.to_string().as_bytes());
+        let r = report(vec![node3.clone(), node4, down("node5")]);
+        let text = r.render();
+        assert!(text.contains("Vote scope: cluster\n"), "{text}");
+        assert!(
+            text.contains("Votes of node3 by site: dc1 0/2, dc2 2/2, dc3 0/1\n"),
+            "{text}"
+        );
+        assert!(text.contains("the cluster does not confirm it"), "{text}");
+        assert!(!text.contains("do not share"), "{text}");
+        let doc = r.to_json();
+        assert_eq!(doc["vote_scope"], "cluster");
+        assert_eq!(doc["mixed_vote_scopes"], false);
+        assert_eq!(
+            doc["nodes"][0]["votes_by_site"][1]["voters"],
+            json!(["node3", "node4"])
+        );
+        // One node of site scope among them: said, with who is which.
+        let site = json!({"node": "node1", "code": 200, "state": "Primary"});
+        let node1 = NodeReport::from_status("node1", None, None, 200, site.to_string().as_bytes());
+        assert_eq!(node1.vote_scope, Some(VoteScope::Site), "absent: site");
+        let r = report(vec![node1, node3]);
+        let text = r.render();
+        assert!(
+            text.contains(
+                "Warning: the nodes do not share one vote_scope (site on node1; cluster on node3)"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("Vote scope:"), "{text}");
+        assert_eq!(r.to_json()["mixed_vote_scopes"], true);
+        assert_eq!(r.to_json()["vote_scope"], Value::Null);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::snapshot::{
 use crate::vote::{
     Asking, Ballot, Book, Grant, HeldVote, Holder, LeaseRules, NoVote, Release, Window,
 };
-use crate::wire::WalStandby;
+use crate::wire::{VoteRequest, VoteScope, WalStandby};
 
 /// The requests one cycle sends, and what it needs from its observation to conclude.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,8 +44,8 @@ pub struct Plan {
     /// When the requests are sent (this node's clock): a vote counts from here, so it must be
     /// read before any request goes out.
     pub sent: Instant,
-    /// The voters to ask for their vote (the other nodes of the site, when this node stands
-    /// for election).
+    /// The voters to ask for their vote (the rest of its electorate: the other nodes of its
+    /// site, or of the cluster in cluster scope; when this node stands for election).
     pub voters: Vec<String>,
     /// The holder of a promise this node's book would now give to someone else, to ask for a
     /// release (this node itself when its own metadata moved on), and the epoch of this node's
@@ -59,7 +59,7 @@ pub struct Plan {
     pub site: Option<String>,
     /// Whether this node stands for election (not in recovery, registered, not a witness).
     pub candidate: bool,
-    /// A majority of its site when it stands (0 otherwise).
+    /// A majority of its electorate when it stands (0 otherwise).
     pub needed: usize,
     /// The rules it holds votes by.
     pub rules: LeaseRules,
@@ -73,7 +73,7 @@ pub fn plan(
     book: &mut Book,
     now: Instant,
 ) -> Plan {
-    let role = observed.ok().map(|obs| decide::role(obs, me));
+    let role = observed.ok().map(|obs| decide::role(obs, me, rules.scope));
     let named = observed
         .ok()
         .and_then(DbObservation::named_primary)
@@ -84,7 +84,7 @@ pub fn plan(
         _ => Vec::new(),
     };
     let needed = match &role {
-        Some(r) if r.candidate => decide::majority(r.site_size()),
+        Some(r) if r.candidate => decide::majority(r.electorate_size()),
         _ => 0,
     };
     // A standby asks the daemon of the primary its metadata names where it writes.
@@ -108,13 +108,22 @@ pub fn plan(
 
 /// `/vote?candidate=NAME` at `now`, against the published snapshot: a vote (a promise,
 /// recorded in `book`) when the snapshot names the candidate; without a candidate, whom it
-/// names ([`Book::answer_to`]).
+/// names ([`Book::answer_to`]). A candidate of a scope other than this voter's (`ours`) gets
+/// no vote and the book is left as it is: its majority is of another electorate.
 pub fn vote(
     book: &mut Book,
-    candidate: Option<&str>,
+    request: &VoteRequest,
+    ours: VoteScope,
     published: &Snapshot,
     now: Instant,
 ) -> Result<Grant, NoVote> {
+    let candidate = request.candidate.as_deref();
+    if candidate.is_some() && request.scope != ours {
+        return Err(NoVote::OtherScope {
+            ours,
+            asked: request.scope,
+        });
+    }
     book.answer_to(candidate, published.named(now), now)
 }
 
@@ -249,13 +258,20 @@ pub fn conclude(
     } else {
         Ballot::default()
     };
-    let verdict = decide::verdict(me, observed, &ballot, now);
+    let verdict = decide::verdict(me, rules.scope, observed, &ballot, now);
+    let electorate = match observed {
+        Ok(obs) if plan.candidate && rules.scope == VoteScope::Cluster => {
+            decide::role(obs, me, rules.scope).sites()
+        }
+        _ => Vec::new(),
+    };
     let snapshot = Snapshot {
         observed_at: Some(gathered.started),
         observed_at_wall: gathered.started_wall,
         cycle_time: now.saturating_duration_since(gathered.started),
         verdict,
         ballot,
+        electorate,
         site: plan.site,
         primary: plan.named,
         db: DbStatus::of(observed),
@@ -435,9 +451,18 @@ mod tests {
         crate::auth::BootId::from_bytes([b; 16])
     }
 
+    /// A site-scope candidate's request.
+    fn ask(candidate: &str) -> VoteRequest {
+        VoteRequest {
+            candidate: Some(candidate.into()),
+            scope: VoteScope::Site,
+        }
+    }
+
     fn rules() -> LeaseRules {
         LeaseRules {
             vote_lease: L,
+            scope: VoteScope::Site,
             handoff_delay: ms(2500),
             drift: 0.01,
         }
@@ -518,6 +543,52 @@ mod tests {
         assert_eq!((p.voters.len(), p.named, p.site), (0, None, None));
     }
 
+    /// Cluster scope: a candidate asks every other node, all sites, and needs a majority of
+    /// them all; a voter refuses a candidate of the other scope (without a promise: its book
+    /// is untouched), and an operator's plain `GET /vote` is answered in either scope.
+    #[test]
+    fn cluster_scope_asks_every_node_and_a_voter_refuses_the_other_scope() {
+        let t0 = Instant::now();
+        let mut book = Book::new(L, t0, boot(1));
+        let obs = metadata("n1", false);
+        let cluster = LeaseRules {
+            scope: VoteScope::Cluster,
+            ..rules()
+        };
+        let p = plan("n1", cluster, Ok(&obs), &mut book, t0);
+        assert_eq!(p.voters, ["n2", "n3", "far"]);
+        assert_eq!((p.candidate, p.needed), (true, 3));
+        let t = t0 + L;
+        let published = Snapshot {
+            observed_at: Some(t),
+            primary: Some("n1".into()),
+            db: DbStatus::of(Ok(&metadata("n1", true))),
+            max_staleness: ms(5000),
+            ..Snapshot::starting()
+        };
+        let asked = VoteRequest {
+            scope: VoteScope::Cluster,
+            ..ask("n1")
+        };
+        for (request, ours) in [(&asked, VoteScope::Site), (&ask("n1"), VoteScope::Cluster)] {
+            let no = vote(&mut book, request, ours, &published, t).unwrap_err();
+            assert_eq!(
+                no,
+                NoVote::OtherScope {
+                    ours,
+                    asked: request.scope
+                }
+            );
+            assert!(!no.withdraws() && no.left().is_none());
+            assert!(no.reason().contains("vote_scope"), "{}", no.reason());
+            assert_eq!(book.promise(t), None, "no promise");
+        }
+        let g = vote(&mut book, &asked, VoteScope::Cluster, &published, t).unwrap();
+        assert_eq!(g.to, "n1");
+        let operator = VoteRequest::default();
+        assert!(vote(&mut book, &operator, VoteScope::Cluster, &published, t).is_ok());
+    }
+
     /// The metadata moved from n1 to n2 while this voter's promise to n1 is live: the plan
     /// asks n1 to release, the book refuses n1 meanwhile, and the answer ends the promise.
     #[test]
@@ -532,14 +603,25 @@ mod tests {
             max_staleness: ms(5000),
             ..Snapshot::starting()
         };
-        assert_eq!(vote(&mut book, Some("n1"), &published, t).unwrap().to, "n1");
+        assert_eq!(
+            vote(&mut book, &ask("n1"), VoteScope::Site, &published, t)
+                .unwrap()
+                .to,
+            "n1"
+        );
         let moved = metadata("n2", true);
         let p = plan("n3", rules(), Ok(&moved), &mut book, t + ms(1000));
         let asking = p.release.unwrap();
         assert_eq!(asking.holder, "n1");
         assert_eq!(asking.undoes, GrantEpoch::first(boot(3)));
         assert_eq!(
-            vote(&mut book, Some("n1"), &published, t + ms(1100)),
+            vote(
+                &mut book,
+                &ask("n1"),
+                VoteScope::Site,
+                &published,
+                t + ms(1100)
+            ),
             Err(NoVote::Releasing { to: "n1".into() })
         );
         let refused = ReleaseAnswer::Peer(ReleaseReply::Refused("answers 200".into()));

@@ -1,7 +1,8 @@
 //! primgr: tells haproxy and operators which node of a repmgr cluster is the real primary.
 //!
 //! One daemon runs beside each PostgreSQL node. A poll task observes the local database every
-//! `interval`, asks the other nodes of its site for their votes (leased promises), decides a
+//! `interval`, asks the other nodes of its site (of the whole cluster with
+//! `vote_scope = "cluster"`) for their votes (leased promises), decides a
 //! verdict and publishes it as a snapshot; the HTTP handlers only read that snapshot, so a
 //! health check never reaches the database.
 //!
@@ -17,6 +18,8 @@
 //! - [`server`]: connections, limits, protocol-level refusals and draining;
 //! - [`check`]: `primgr check`, a monitoring plugin: one status line and exit status from the
 //!   local daemon's answers;
+//! - [`distance`]: `--check-config`'s distance rule: the round trip to every voter, measured,
+//!   and the `peer_timeout` it rules out;
 //! - [`cluster`]: the `primgr cluster` operator view over every node's `/status`;
 //! - [`control`]: the drain flag (`primgr drain` / `undrain`), local to the node;
 //! - [`shared`]: what one daemon's tasks share (configuration in force, snapshot, votes behind locks);
@@ -55,6 +58,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod db;
 pub mod decide;
+pub mod distance;
 pub mod hooks;
 pub mod metrics;
 pub mod notify;

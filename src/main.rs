@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     };
     if cli.check_config {
         print!("# configuration is valid\n{config}");
-        return ExitCode::SUCCESS;
+        return check_distance(&config);
     }
 
     // RUST_LOG, when set, wins over `log_level` (and then a reload leaves the filter alone).
@@ -106,6 +106,29 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(serve(source, config, log_filter))
+}
+
+/// `--check-config` in cluster scope: the round trip to every voter against `peer_timeout`
+/// ([`primgr::distance`]); a refusal exits as a bad configuration does.
+fn check_distance(config: &primgr::Config) -> ExitCode {
+    if !primgr::distance::applies(config) {
+        return ExitCode::SUCCESS;
+    }
+    let Some(runtime) = small_runtime("--check-config") else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(primgr::distance::check(config)) {
+        Ok(lines) => {
+            for line in lines {
+                println!("# {line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(refusal) => {
+            eprintln!("primgr: bad configuration: {refusal}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
 }
 
 /// A single-threaded runtime for a subcommand.

@@ -8,7 +8,9 @@
 //! | metric | type | meaning |
 //! |---|---|---|
 //! | `primgr_state{state}` | gauge | 1 for the state `/state` answers now, 0 for the others |
-//! | `primgr_votes` / `primgr_votes_needed` | gauge | votes counting toward a 200 now / a majority of the site |
+//! | `primgr_votes` / `primgr_votes_needed` | gauge | votes counting toward a 200 now / a majority of the electorate (the site, or the cluster in cluster scope) |
+//! | `primgr_vote_scope{scope}` | gauge | 1 for the `vote_scope` in force (`site`, `cluster`), 0 for the other |
+//! | `primgr_site_votes{site}` / `primgr_site_members{site}` | gauge | cluster scope, a candidate: votes counting now / members of its electorate, site by site |
 //! | `primgr_cycle_duration_seconds` | gauge | how long the last poll cycle took |
 //! | `primgr_snapshot_age_seconds` | gauge | age of the poll result served |
 //! | `primgr_database_up` | gauge | 1 when the last cycle observed the local database |
@@ -30,6 +32,7 @@ use std::time::{Instant, SystemTime};
 use crate::decide::State;
 use crate::hooks::Outcome;
 use crate::snapshot::Snapshot;
+use crate::wire::VoteScope;
 
 /// The codes counted per endpoint (anything else counts as `other`).
 const CODES: [u16; 10] = [200, 202, 400, 404, 405, 409, 413, 500, 503, 509];
@@ -89,6 +92,8 @@ pub struct Extra<'a> {
     pub peer_auth_failures: &'a BTreeMap<String, u64>,
     /// Peer requests refused (401, 403).
     pub peer_requests_refused: u64,
+    /// The `vote_scope` in force.
+    pub vote_scope: VoteScope,
 }
 
 /// The exposition text.
@@ -114,9 +119,43 @@ pub fn render(s: &Snapshot, extra: &Extra<'_>, now: Instant) -> String {
     gauge(
         &mut out,
         "primgr_votes_needed",
-        "A majority of the site (0 when not a candidate).",
+        "A majority of the electorate: the site, or the cluster in cluster scope (0 when not a \
+         candidate).",
         s.ballot.needed as f64,
     );
+    family(
+        &mut out,
+        "primgr_vote_scope",
+        "gauge",
+        "1 for the vote_scope in force: site or cluster.",
+    );
+    for scope in VoteScope::ALL {
+        let v = u8::from(scope == extra.vote_scope);
+        let _ = writeln!(out, "primgr_vote_scope{{scope=\"{scope}\"}} {v}");
+    }
+    let by_site = s.votes_by_site(now);
+    if !by_site.is_empty() {
+        family(
+            &mut out,
+            "primgr_site_votes",
+            "gauge",
+            "Cluster scope: votes counting toward a 200 now, by site of the voter.",
+        );
+        for site in &by_site {
+            let (name, n) = (label(&site.site), site.voters.len());
+            let _ = writeln!(out, "primgr_site_votes{{site=\"{name}\"}} {n}");
+        }
+        family(
+            &mut out,
+            "primgr_site_members",
+            "gauge",
+            "Cluster scope: the members of the electorate, by site.",
+        );
+        for site in &by_site {
+            let (name, n) = (label(&site.site), site.members);
+            let _ = writeln!(out, "primgr_site_members{{site=\"{name}\"}} {n}");
+        }
+    }
     gauge(
         &mut out,
         "primgr_cycle_duration_seconds",
@@ -314,6 +353,7 @@ mod tests {
             peer_auth: "key",
             peer_auth_failures: &failures,
             peer_requests_refused: 0,
+            vote_scope: VoteScope::Site,
         };
         let before = render(&s, &extra, Instant::now());
         for outcome in ["ok", "failed", "timeout"] {
@@ -330,6 +370,67 @@ mod tests {
             after.contains("\nprimgr_hook_last_duration_seconds 1.5\n"),
             "{after}"
         );
+    }
+
+    /// The scope in force is one of two gauges at 1; in cluster scope a candidate's votes and
+    /// members by site follow, and in site scope they are absent.
+    #[test]
+    fn the_vote_scope_and_the_votes_by_site() {
+        use crate::decide::Site;
+        use crate::vote::{Ballot, HeldVote};
+        let now = Instant::now();
+        let mut s = Snapshot::starting();
+        s.ballot = Ballot {
+            votes: ["n3", "n4"]
+                .map(|v| HeldVote {
+                    voter: v.into(),
+                    epoch: None,
+                    sent: now,
+                    valid_until: now + std::time::Duration::from_secs(3),
+                    settled_at: now,
+                })
+                .into(),
+            needed: 3,
+        };
+        let failures = BTreeMap::new();
+        let mut extra = Extra {
+            requests: Vec::new(),
+            voter_failures: &failures,
+            config_loaded: SystemTime::UNIX_EPOCH,
+            peer_auth: "key",
+            peer_auth_failures: &failures,
+            peer_requests_refused: 0,
+            vote_scope: VoteScope::Site,
+        };
+        let text = render(&s, &extra, now);
+        assert!(
+            text.contains("primgr_vote_scope{scope=\"site\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("primgr_vote_scope{scope=\"cluster\"} 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("primgr_site_votes"), "{text}");
+        extra.vote_scope = VoteScope::Cluster;
+        s.electorate = [("dc1", vec!["n1", "n2"]), ("dc2", vec!["n3", "n4"])]
+            .map(|(site, members)| Site {
+                site: site.into(),
+                members: members.into_iter().map(String::from).collect(),
+            })
+            .into();
+        let text = render(&s, &extra, now);
+        for line in [
+            "primgr_vote_scope{scope=\"cluster\"} 1",
+            "primgr_votes 2",
+            "primgr_votes_needed 3",
+            "primgr_site_votes{site=\"dc1\"} 0",
+            "primgr_site_votes{site=\"dc2\"} 2",
+            "primgr_site_members{site=\"dc1\"} 2",
+            "primgr_site_members{site=\"dc2\"} 2",
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "{line}: {text}");
+        }
     }
 
     #[test]

@@ -44,7 +44,9 @@ use crate::db::NodeRow;
 use crate::decide::State;
 use crate::tls::ClientTls;
 use crate::vote::Grant;
-use crate::wire::{self, ReleaseAnswer, StateBody, VoteAnswer, WalAnswer, WalStandby};
+use crate::wire::{
+    self, ReleaseAnswer, StateBody, VoteAnswer, VoteRequest, VoteScope, WalAnswer, WalStandby,
+};
 
 /// Largest response body read from a peer; anything longer is an error, not a vote.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -410,23 +412,34 @@ impl PeerClient {
             .unwrap_or(Err(PeerError::Timeout(budget)))
     }
 
-    /// Asks a voter for its vote (`GET /vote?candidate=<me>`); `voter` is the node asked, `me`
-    /// this node.
+    /// Asks a voter for its vote (`GET /vote?candidate=<me>`, and `&scope=cluster` in cluster
+    /// scope); `voter` is the node asked, `me` this node, `scope` its `vote_scope`.
     pub async fn ask_vote(
         &self,
         signer: Option<&Signer<'_>>,
         base: &Uri,
         voter: &str,
         me: &str,
+        scope: VoteScope,
         deadline: Instant,
     ) -> VoteReply {
-        let path = format!("/vote?candidate={}", encode(me));
+        let request = VoteRequest {
+            candidate: Some(me.to_string()),
+            scope,
+        };
         let answer = self
-            .exchange(signer, Method::GET, base, Some(voter), &path, deadline)
+            .exchange(
+                signer,
+                Method::GET,
+                base,
+                Some(voter),
+                &request.target(),
+                deadline,
+            )
             .await;
         match answer {
             Err(e) => VoteReply::Failed(e.to_string()),
-            Ok((status, body)) => parse_vote(status, &body, voter, me),
+            Ok((status, body)) => parse_vote(status, &body, voter, me, scope),
         }
     }
 
@@ -514,10 +527,12 @@ pub enum VoteReply {
     Failed(String),
 }
 
-/// Reads a `/vote` answer of `voter`, asked by `me`. Only a well-formed answer that names the
-/// voter asked (not this node, not another) is a vote: two rows whose addresses reach the same
-/// daemon, or an address that leads back to this node, never count twice.
-pub fn parse_vote(status: u16, body: &[u8], voter: &str, me: &str) -> VoteReply {
+/// Reads a `/vote` answer of `voter`, asked by `me` in `scope`. Only a well-formed answer that
+/// names the voter asked (not this node, not another) is a vote: two rows whose addresses reach
+/// the same daemon, or an address that leads back to this node, never count twice. An answer
+/// of another scope (a voter configured with another `vote_scope`, or older than scopes when
+/// this node's is `cluster`) counts as no answer, and says why.
+pub fn parse_vote(status: u16, body: &[u8], voter: &str, me: &str, scope: VoteScope) -> VoteReply {
     let answer = match VoteAnswer::read(status, body) {
         Ok(answer) => answer,
         Err(e) => return VoteReply::Failed(e.to_string()),
@@ -526,6 +541,17 @@ pub fn parse_vote(status: u16, body: &[u8], voter: &str, me: &str) -> VoteReply 
     if node != voter || voter == me {
         return VoteReply::Failed(format!(
             "this address answers as node {node:?}, not as voter {voter:?}: not counted"
+        ));
+    }
+    if answer.scope() != scope {
+        let reason = match &answer {
+            VoteAnswer::Refusal(r) if !r.reason.is_empty() => format!(" ({})", r.reason),
+            _ => String::new(),
+        };
+        return VoteReply::Failed(format!(
+            "voter {voter} answers in vote_scope {:?}, this node's is {:?}: not counted{reason}",
+            answer.scope().name(),
+            scope.name()
         ));
     }
     match answer {
@@ -635,18 +661,6 @@ pub fn parse_state(status: u16, body: &[u8]) -> Result<State, PeerError> {
     }
 }
 
-/// Percent-encodes a query value (everything but unreserved characters).
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            b => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// `path` at the peer `base`, in the client's `scheme` (the one the configuration sets,
 /// whatever `base` was written with).
 fn join(scheme: &str, base: &Uri, path: &str) -> Result<Uri, PeerError> {
@@ -748,12 +762,41 @@ mod tests {
         assert!(peer_url(&r, &overrides, 5999, "http").is_err());
     }
 
+    /// An answer of the other scope is no answer, whatever it says, and says why; an answer
+    /// without a scope (a voter older than scopes) is of site scope.
+    #[test]
+    fn a_vote_of_another_scope_is_not_counted() {
+        let site = br#"{"node":"n3","vote":"n1","lease_ms":3000,"exclusive_ms":250}"#;
+        let cluster =
+            br#"{"node":"n3","vote":"n1","lease_ms":3000,"exclusive_ms":250,"scope":"cluster"}"#;
+        let refused = br#"{"node":"n3","vote":null,"reason":"this voter's vote_scope is \"site\"","scope":"site"}"#;
+        assert!(matches!(
+            parse_vote(200, cluster, "n3", "n1", VoteScope::Cluster),
+            VoteReply::Granted(g) if g.to == "n1"
+        ));
+        assert!(matches!(
+            parse_vote(200, site, "n3", "n1", VoteScope::Site),
+            VoteReply::Granted(_)
+        ));
+        for (status, body, scope) in [
+            (200, &site[..], VoteScope::Cluster),
+            (200, &cluster[..], VoteScope::Site),
+            (503, &refused[..], VoteScope::Cluster),
+        ] {
+            let reply = parse_vote(status, body, "n3", "n1", scope);
+            assert!(
+                matches!(&reply, VoteReply::Failed(w) if w.contains("vote_scope") && w.contains("not counted")),
+                "{reply:?}"
+            );
+        }
+    }
+
     /// Only a well-formed vote of the voter asked, for this node, with a lease, is a vote.
     #[test]
     fn vote_answers() {
         let granted = br#"{"epoch":"AAAAAAAAAAAAAAAAAAAAAA.0","node":"n3","vote":"n1","lease_ms":3000,"exclusive_ms":250}"#;
         assert_eq!(
-            parse_vote(200, granted, "n3", "n1"),
+            parse_vote(200, granted, "n3", "n1", VoteScope::Site),
             VoteReply::Granted(Grant {
                 to: "n1".into(),
                 lease: Duration::from_secs(3),
@@ -765,16 +808,16 @@ mod tests {
         // reached through an alias: not counted.
         for (voter, me) in [("n2", "n1"), ("n3", "n3")] {
             assert!(
-                matches!(parse_vote(200, granted, voter, me), VoteReply::Failed(w) if w.contains("answers as node")),
+                matches!(parse_vote(200, granted, voter, me, VoteScope::Site), VoteReply::Failed(w) if w.contains("answers as node")),
                 "{voter} {me}"
             );
         }
         assert!(matches!(
-            parse_vote(200, br#"{"epoch":"AAAAAAAAAAAAAAAAAAAAAA.0","node":"n3","vote":"n2","lease_ms":3000,"exclusive_ms":0}"#, "n3", "n1"),
+            parse_vote(200, br#"{"epoch":"AAAAAAAAAAAAAAAAAAAAAA.0","node":"n3","vote":"n2","lease_ms":3000,"exclusive_ms":0}"#, "n3", "n1", VoteScope::Site),
             VoteReply::Withdrawn(w) if w.contains("n2")
         ));
         assert!(matches!(
-            parse_vote(503, br#"{"node":"n3","vote":null,"reason":"promised to n2"}"#, "n3", "n1"),
+            parse_vote(503, br#"{"node":"n3","vote":null,"reason":"promised to n2"}"#, "n3", "n1", VoteScope::Site),
             VoteReply::Refused(w) if w.contains("promised to n2")
         ));
         // Its metadata names another node: the vote it gave before is withdrawn.
@@ -783,13 +826,20 @@ mod tests {
                 503,
                 br#"{"node":"n3","vote":null,"reason":"its metadata names n2","withdrawn":true}"#,
                 "n3",
-                "n1"
+                "n1",
+                VoteScope::Site
             ),
             VoteReply::Withdrawn(w) if w.contains("names n2")
         ));
         // A refusal without a reason (or `withdrawn`, from a voter older than withdrawals).
         assert_eq!(
-            parse_vote(503, br#"{"node":"n3","vote":null}"#, "n3", "n1"),
+            parse_vote(
+                503,
+                br#"{"node":"n3","vote":null}"#,
+                "n3",
+                "n1",
+                VoteScope::Site
+            ),
             VoteReply::Refused("no vote".into())
         );
         // Anything but `true` is not a withdrawal: a malformed flag makes no answer at all.
@@ -798,7 +848,8 @@ mod tests {
                 503,
                 br#"{"node":"n3","vote":null,"withdrawn":"yes"}"#,
                 "n3",
-                "n1"
+                "n1",
+                VoteScope::Site
             ),
             VoteReply::Failed(_)
         ));
@@ -823,14 +874,17 @@ mod tests {
             (200, b"\xff\xfe"),
         ] {
             assert!(
-                matches!(parse_vote(status, body, "n3", "n1"), VoteReply::Failed(_)),
+                matches!(
+                    parse_vote(status, body, "n3", "n1", VoteScope::Site),
+                    VoteReply::Failed(_)
+                ),
                 "{status} {body:?}"
             );
         }
         // A voter older than epochs (a rolling upgrade): its vote counts, without an epoch.
         let legacy = br#"{"node":"n3","vote":"n1","lease_ms":3000,"exclusive_ms":250}"#;
         assert!(matches!(
-            parse_vote(200, legacy, "n3", "n1"),
+            parse_vote(200, legacy, "n3", "n1", VoteScope::Site),
             VoteReply::Granted(Grant { epoch: None, .. })
         ));
     }

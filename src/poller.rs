@@ -214,7 +214,9 @@ impl Poller {
             |(name, url), deadline| async move {
                 let (reply, latency) = match &url {
                     Ok(uri) => {
-                        let reply = client.ask_vote(signer, uri, name, me, deadline).await;
+                        let reply = client
+                            .ask_vote(signer, uri, name, me, plan.rules.scope, deadline)
+                            .await;
                         (reply, Some(sent.elapsed()))
                     }
                     Err(why) => (VoteReply::Failed(format!("no address: {why}")), None),

@@ -148,7 +148,8 @@ mod tests {
     }
 
     /// A reload reads the same file with the same flags over it; what a restart applies stays
-    /// and is reported; a new `vote_lease` reaches the book; a bad file changes nothing.
+    /// and is reported; a new `vote_lease` reaches the book; a new `vote_scope` is in force (the
+    /// next cycle and the next vote read it there); a bad file changes nothing.
     #[test]
     fn a_reload_loads_again_diffs_and_swaps() {
         let path = file(
@@ -167,7 +168,7 @@ mod tests {
         std::fs::write(
             &path,
             "node_name = \"n1\"\nlisten = \"127.0.0.1:6000\"\ninterval = \"700ms\"\n\
-             vote_lease = \"4s\"\npeer_timeout = \"900ms\"\n",
+             vote_lease = \"4s\"\npeer_timeout = \"900ms\"\nvote_scope = \"cluster\"\n",
         )
         .expect("write");
         let applied = reload(&source, &shared, None).expect("reloads");
@@ -181,13 +182,15 @@ mod tests {
             [
                 "interval: 1s → 700ms",
                 "max_staleness: 4s 800ms → 4s 200ms",
-                "vote_lease: 3s → 4s"
+                "vote_lease: 3s → 4s",
+                "vote_scope: site → cluster"
             ],
             "the flag still wins over the file's peer_timeout"
         );
         let now = shared.config();
         assert_eq!(now.timing.interval, Duration::from_millis(700));
         assert_eq!(now.timing.peer_timeout, Duration::from_millis(400));
+        assert_eq!(now.leases.scope, crate::wire::VoteScope::Cluster);
         assert_eq!(now.node.listen, before.config.node.listen);
         assert_ne!(shared.loaded().fingerprint, before.fingerprint);
         let promise = shared

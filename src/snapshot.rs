@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::conninfo;
 use crate::db::{DbError, DbObservation, Losses, Receiver};
-use crate::decide::{State, Verdict};
+use crate::decide::{self, Site, SiteVotes, State, Verdict};
 use crate::hooks::{self, Facts, Tally};
 use crate::peers::VoteReply;
 use crate::vote::Ballot;
@@ -296,6 +296,9 @@ pub struct Snapshot {
     pub verdict: Verdict,
     /// The votes this node holds (`needed` is 0 when it is not a candidate).
     pub ballot: Ballot,
+    /// In cluster scope, a candidate's electorate site by site (every member's name); empty
+    /// otherwise (site scope, or no candidate).
+    pub electorate: Vec<Site>,
     /// This node's site (its `location`), when its row was found.
     pub site: Option<String>,
     /// The active primary named by the local metadata.
@@ -400,6 +403,7 @@ impl Snapshot {
                 window: None,
             },
             ballot: Ballot::default(),
+            electorate: Vec::new(),
             site: None,
             primary: None,
             db: DbStatus::UNKNOWN,
@@ -414,6 +418,12 @@ impl Snapshot {
             session: SessionWatch::default(),
             hooks: Arc::default(),
         }
+    }
+
+    /// In cluster scope, a candidate's votes counting at `now`, site by site (empty otherwise).
+    pub fn votes_by_site(&self, now: Instant) -> Vec<SiteVotes> {
+        let counting = self.ballot.votes.iter().filter(|v| v.counts(now));
+        decide::by_site(&self.electorate, counting.map(|v| v.voter.as_str()))
     }
 
     /// What an `on_change` hook is told of this snapshot, published by node `me` listening on

@@ -15,9 +15,11 @@
 //! - **Candidate** ([`LeaseRules::hold`], [`Ballot`]). A vote requested at `s` (when the request
 //!   was *sent*, on the candidate's clock) counts until `s + vote_lease·(1−ρ)/(1+ρ)`: with clock
 //!   rates within `1 ± ρ` of real time that ends before the voter's promise does. A candidate
-//!   answers 200 only while a majority of its site holds unexpired votes for it at the moment
-//!   of the request. Any two majorities of a site share a voter, and no voter holds live
-//!   promises to two nodes, so two 200s of one site never overlap.
+//!   answers 200 only while a majority of its electorate (its site, or with
+//!   `vote_scope = "cluster"` every node of the cluster: [`crate::decide::role`]) holds
+//!   unexpired votes for it at the moment of the request. Any two majorities of one electorate
+//!   share a voter, and no voter holds live promises to two nodes, so two 200s of one site (of
+//!   the whole cluster, in cluster scope) never overlap.
 //! - **Handoff**. A vote also *settles*: it counts toward a 200 only once the voter has promised
 //!   no other node for `handoff_delay` (measured conservatively across both clocks). So a new
 //!   primary answers 200 at the earliest `handoff_delay` after the last instant the old one
@@ -44,12 +46,17 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::auth::{BootId, Fences, GrantEpoch};
+use crate::wire::VoteScope;
 
-/// The timing rules shared by voters and candidates (from the configuration).
+/// The rules shared by voters and candidates (from the configuration): the timing, and whose
+/// majority a candidate needs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LeaseRules {
     /// How long a voter's promise lasts on the voter's clock.
     pub vote_lease: Duration,
+    /// Whose majority a candidate needs: its site's or the whole cluster's
+    /// ([`crate::decide::role`] builds the electorate from it).
+    pub scope: VoteScope,
     /// How long a voter must have promised no other node before its vote can make a 200.
     pub handoff_delay: Duration,
     /// ρ: the most any daemon's monotonic clock rate differs from real time (0.01 = 1 %).
@@ -129,6 +136,8 @@ pub enum NoVote {
     Promised { to: String, left: Duration },
     /// Its metadata names another node, and it is asking `to` to release its promise.
     Releasing { to: String },
+    /// The candidate asked with `vote_scope` `asked`, this voter's is `ours`.
+    OtherScope { ours: VoteScope, asked: VoteScope },
 }
 
 impl NoVote {
@@ -149,6 +158,12 @@ impl NoVote {
             NoVote::Releasing { to } => {
                 format!("its metadata names another node: it is asking {to} to release its promise")
             }
+            NoVote::OtherScope { ours, asked } => format!(
+                "this voter's vote_scope is {ours:?}, the candidate's {asked:?}: a majority is \
+                 counted in one scope only (set the same vote_scope on every node)",
+                ours = ours.name(),
+                asked = asked.name()
+            ),
         }
     }
 
@@ -162,7 +177,10 @@ impl NoVote {
     pub fn left(&self) -> Option<Duration> {
         match self {
             NoVote::Starting { left } | NoVote::Promised { left, .. } => Some(*left),
-            NoVote::NamesNobody(_) | NoVote::NamesOther(_) | NoVote::Releasing { .. } => None,
+            NoVote::NamesNobody(_)
+            | NoVote::NamesOther(_)
+            | NoVote::Releasing { .. }
+            | NoVote::OtherScope { .. } => None,
         }
     }
 }
@@ -588,6 +606,7 @@ mod tests {
     fn rules(drift: f64) -> LeaseRules {
         LeaseRules {
             vote_lease: L,
+            scope: VoteScope::Site,
             handoff_delay: D,
             drift,
         }

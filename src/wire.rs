@@ -126,9 +126,23 @@ pub struct RealPrimaryBody {
     /// The one node that answers Primary.
     #[serde(rename = "realPrimary")]
     pub real_primary: Option<String>,
+    /// The `vote_scope` of the node that answers, when it is `cluster` (absent: `site`).
+    #[serde(default, skip_serializing_if = "VoteScope::is_site")]
+    pub scope: VoteScope,
+    /// In cluster scope, what every node answered, site by site.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<RealPrimarySite>,
     /// The nodes that answer Witness (never primaries).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub witnesses: Vec<String>,
+}
+
+/// `/realPrimary` `sites`: one site's nodes and the state each answered (null: no answer).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RealPrimarySite {
+    pub nodes: std::collections::BTreeMap<String, Option<String>>,
+    pub site: String,
 }
 
 /// The health checks `/replica`, `/read-write`, `/read-only`, `/health`, `/liveness`,
@@ -223,12 +237,19 @@ pub struct Status {
     pub version: String,
     #[serde(default)]
     pub vote_lease_ms: f64,
+    /// Whose majority a primary needs (`vote_scope` in force): `site` or `cluster`.
+    #[serde(default)]
+    pub vote_scope: VoteScope,
     /// The voters asked in the last cycle and what they answered.
     #[serde(default)]
     pub voters: Vec<StatusVoter>,
     /// Votes that count now.
     #[serde(default)]
     pub votes: u64,
+    /// In cluster scope, a candidate's electorate site by site with the votes that count now
+    /// (empty in site scope, and when the node is no candidate).
+    #[serde(default)]
+    pub votes_by_site: Vec<StatusSiteVotes>,
     /// Votes needed (0 when the node is no candidate).
     #[serde(default)]
     pub votes_needed: u64,
@@ -343,6 +364,19 @@ pub struct StatusReplication {
     pub upstream: Option<String>,
 }
 
+/// `/status` `votes_by_site`: one site of a candidate's electorate (cluster scope).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatusSiteVotes {
+    /// Its nodes in the electorate (this node included when it is of this site).
+    pub members: u64,
+    pub site: String,
+    /// The members whose vote counts now.
+    pub voters: Vec<String>,
+    /// How many: `voters`' length.
+    pub votes: u64,
+}
+
 /// `/status` `voters`: one voter asked in the last cycle.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -358,6 +392,122 @@ pub struct StatusVoter {
 
 // ---------------------------------------------------------------------------------------------
 // Between daemons.
+
+/// Whose majority a candidate needs (`vote_scope`): its own site's (`site`, the default), or
+/// the whole cluster's (`cluster`). It travels in the vote request (`scope=cluster`) and in the
+/// answer (`"scope":"cluster"`); absent, it is `site`, so the bodies and requests of site scope
+/// are those of daemons older than scopes, byte for byte. A voter refuses a candidate of the
+/// other scope and a candidate counts no answer of the other scope: a majority is only a
+/// majority of one electorate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VoteScope {
+    /// A majority of the candidate's site (its repmgr `location`).
+    #[default]
+    Site,
+    /// A majority of every node of the cluster, all sites together.
+    Cluster,
+}
+
+impl VoteScope {
+    /// Both scopes.
+    pub const ALL: [VoteScope; 2] = [VoteScope::Site, VoteScope::Cluster];
+
+    /// As the configuration, the query and the bodies write it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            VoteScope::Site => "site",
+            VoteScope::Cluster => "cluster",
+        }
+    }
+
+    /// Whether it is the default, `site` (left out of requests and bodies).
+    pub fn is_site(&self) -> bool {
+        *self == VoteScope::Site
+    }
+}
+
+impl fmt::Display for VoteScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for VoteScope {
+    type Err = String;
+    fn from_str(text: &str) -> Result<VoteScope, String> {
+        VoteScope::ALL
+            .into_iter()
+            .find(|s| s.name() == text)
+            .ok_or_else(|| "must be \"site\" or \"cluster\"".to_string())
+    }
+}
+
+/// `GET /vote?candidate=NAME&scope=cluster`: a candidate's request for a vote (its query).
+/// Without a candidate, an operator's question: whom the voter's metadata names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VoteRequest {
+    pub candidate: Option<String>,
+    /// The candidate's `vote_scope`; `scope` absent from the query is `site`.
+    pub scope: VoteScope,
+}
+
+impl VoteRequest {
+    /// The request target as a candidate sends it (and signs it: the MAC binds the target, so
+    /// the scope is authenticated with the candidate). `scope` is sent only in cluster scope:
+    /// a voter older than scopes refuses an unknown parameter, which in site scope would turn
+    /// a rolling upgrade into an outage, and in cluster scope is the refusal wanted.
+    pub fn target(&self) -> String {
+        let mut target = "/vote".to_string();
+        let mut sep = '?';
+        if let Some(c) = &self.candidate {
+            target.push_str(&format!("{sep}candidate={}", encode_component(c)));
+            sep = '&';
+        }
+        if !self.scope.is_site() {
+            target.push_str(&format!("{sep}scope={}", self.scope));
+        }
+        target
+    }
+
+    /// Reads the (decoded) query parameters: `candidate` (one non-empty name) and `scope`
+    /// (`site` or `cluster`), each at most once; anything else is an error.
+    pub fn from_pairs(pairs: &[(String, String)]) -> Result<VoteRequest, String> {
+        let mut request = VoteRequest::default();
+        let mut scope = None;
+        for (key, value) in pairs {
+            match key.as_str() {
+                "candidate" if request.candidate.is_none() && !value.is_empty() => {
+                    request.candidate = Some(value.clone());
+                }
+                "candidate" => return Err("candidate: one non-empty node name".into()),
+                "scope" if scope.is_none() => {
+                    scope = Some(value.parse().map_err(|e| format!("scope: {e}"))?);
+                }
+                "scope" => return Err("scope: given twice".into()),
+                other => {
+                    return Err(format!(
+                        "unknown parameter {other:?} (known: candidate, scope)"
+                    ));
+                }
+            }
+        }
+        request.scope = scope.unwrap_or_default();
+        Ok(request)
+    }
+}
+
+/// Percent-encoding of a query component: unreserved characters as they are.
+pub fn encode_component(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
 
 /// `/vote?candidate=NAME`: a grant (200) or a refusal (503).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -387,6 +537,9 @@ pub struct VoteGrant {
     pub lease_ms: u64,
     /// The voter.
     pub node: String,
+    /// The voter's `vote_scope` (absent: `site`).
+    #[serde(default, skip_serializing_if = "VoteScope::is_site")]
+    pub scope: VoteScope,
     /// The candidate voted for.
     pub vote: String,
 }
@@ -401,6 +554,9 @@ pub struct VoteRefusal {
     pub node: String,
     #[serde(default)]
     pub reason: String,
+    /// The voter's `vote_scope` (absent: `site`).
+    #[serde(default, skip_serializing_if = "VoteScope::is_site")]
+    pub scope: VoteScope,
     /// Always null: a refusal votes for nobody (a refusal that names a node is no refusal).
     pub vote: (),
     /// Absent from voters older than withdrawals: false.
@@ -422,6 +578,14 @@ impl VoteAnswer {
         match self {
             VoteAnswer::Grant(g) => &g.node,
             VoteAnswer::Refusal(r) => &r.node,
+        }
+    }
+
+    /// The voter's `vote_scope`.
+    pub fn scope(&self) -> VoteScope {
+        match self {
+            VoteAnswer::Grant(g) => g.scope,
+            VoteAnswer::Refusal(r) => r.scope,
         }
     }
 
@@ -764,6 +928,7 @@ mod tests {
             state: "Primary".into(),
             version: "0.1.0".into(),
             vote_lease_ms: 3000.0,
+            vote_scope: VoteScope::Cluster,
             voters: vec![StatusVoter {
                 address: Some("http://10.0.0.2:5999/".into()),
                 error: None,
@@ -772,6 +937,12 @@ mod tests {
                 vote: Some("node1".into()),
             }],
             votes: 2,
+            votes_by_site: vec![StatusSiteVotes {
+                members: 2,
+                site: "dc1".into(),
+                voters: vec!["node1".into(), "node2".into()],
+                votes: 2,
+            }],
             votes_needed: 2,
         }
     }
@@ -869,6 +1040,7 @@ mod tests {
                 exclusive_ms: 41200,
                 lease_ms: 3000,
                 node: "node3".into(),
+                scope: VoteScope::Site,
                 vote: "node2".into(),
             },
             r#"{"epoch":"AAAAAAAAAAAAAAAAAAAAAA.0","exclusive_ms":41200,"lease_ms":3000,"node":"node3","vote":"node2"}"#,
@@ -878,6 +1050,7 @@ mod tests {
                 ms_left: Some(1200),
                 node: "node3".into(),
                 reason: "promised to node1 for 1.2s more".into(),
+                scope: VoteScope::Site,
                 vote: (),
                 withdrawn: false,
             },
@@ -888,6 +1061,7 @@ mod tests {
                 ms_left: None,
                 node: "node3".into(),
                 reason: "its metadata names node2".into(),
+                scope: VoteScope::Site,
                 vote: (),
                 withdrawn: true,
             },
@@ -970,8 +1144,9 @@ mod tests {
                 r#""primary_lsn":"0/10","primary_lsn_from":"the primary's daemon","received_lsn":"0/8","#,
                 r#""receiver_state":"streaming","replay_paused":false,"replayed_lsn":"0/0","#,
                 r#""sync_state":"sync","sync_unknown":null,"upstream":"10.0.0.1:5432"},"site":"dc1","snapshot_age_ms":312.4,"state":"Primary","#,
-                r#""version":"0.1.0","vote_lease_ms":3000.0,"voters":[{"address":"http://10.0.0.2:5999/","#,
-                r#""error":null,"latency_ms":1.5,"name":"node2","vote":"node1"}],"votes":2,"votes_needed":2}"#
+                r#""version":"0.1.0","vote_lease_ms":3000.0,"vote_scope":"cluster","voters":[{"address":"http://10.0.0.2:5999/","#,
+                r#""error":null,"latency_ms":1.5,"name":"node2","vote":"node1"}],"votes":2,"#,
+                r#""votes_by_site":[{"members":2,"site":"dc1","voters":["node1","node2"],"votes":2}],"votes_needed":2}"#
             ),
         );
         println!("{n} golden bodies serialized and read back");
@@ -1000,6 +1175,11 @@ mod tests {
                 error: Some("e".into()),
                 primaries: vec!["a".into(), "b".into()],
                 real_primary: None,
+                scope: VoteScope::Cluster,
+                sites: vec![RealPrimarySite {
+                    nodes: [("a".to_string(), Some("Primary".to_string()))].into(),
+                    site: "dc1".into(),
+                }],
                 witnesses: vec!["w".into()],
             }),
             text(&CheckBody {
@@ -1015,12 +1195,14 @@ mod tests {
                 exclusive_ms: 1,
                 lease_ms: 2,
                 node: "n".into(),
+                scope: VoteScope::Site,
                 vote: "m".into(),
             })),
             text(&VoteAnswer::Refusal(VoteRefusal {
                 ms_left: None,
                 node: "n".into(),
                 reason: "r".into(),
+                scope: VoteScope::Site,
                 vote: (),
                 withdrawn: true,
             })),
@@ -1070,12 +1252,14 @@ mod tests {
                 exclusive_ms: 0,
                 lease_ms: 3000,
                 node: "n3".into(),
+                scope: VoteScope::Site,
                 vote: "n1".into(),
             }),
             VoteAnswer::Refusal(VoteRefusal {
                 ms_left: Some(5),
                 node: "n3".into(),
                 reason: "promised to n2".into(),
+                scope: VoteScope::Site,
                 vote: (),
                 withdrawn: false,
             }),
@@ -1313,5 +1497,89 @@ mod tests {
             assert!(bad.parse::<AgentLine>().is_err(), "{bad:?}");
         }
         println!("{} agent lines written and read back", lines.len());
+    }
+
+    /// The scope on the wire: absent in site scope (the bodies and targets of daemons older
+    /// than scopes), `scope=cluster` in the query and `"scope":"cluster"` in the answer
+    /// otherwise; read back the same; a bad scope is an error naming the parameter.
+    #[test]
+    fn the_vote_scope_travels_in_the_request_and_the_answer() {
+        let site = VoteRequest {
+            candidate: Some("node 1".into()),
+            scope: VoteScope::Site,
+        };
+        assert_eq!(site.target(), "/vote?candidate=node%201");
+        let cluster = VoteRequest {
+            scope: VoteScope::Cluster,
+            ..site.clone()
+        };
+        assert_eq!(cluster.target(), "/vote?candidate=node%201&scope=cluster");
+        let pairs = |q: &[(&str, &str)]| -> Vec<(String, String)> {
+            q.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            VoteRequest::from_pairs(&pairs(&[("candidate", "node 1")])),
+            Ok(site.clone())
+        );
+        for q in [
+            &[("candidate", "node 1"), ("scope", "cluster")][..],
+            &[("scope", "cluster"), ("candidate", "node 1")],
+        ] {
+            assert_eq!(VoteRequest::from_pairs(&pairs(q)), Ok(cluster.clone()));
+        }
+        assert_eq!(
+            VoteRequest::from_pairs(&pairs(&[("candidate", "node 1"), ("scope", "site")])),
+            Ok(site)
+        );
+        assert_eq!(
+            VoteRequest::from_pairs(&[]),
+            Ok(VoteRequest::default()),
+            "an operator's GET /vote"
+        );
+        for (bad, why) in [
+            (&[("scope", "world")][..], "scope: must be"),
+            (&[("scope", "site"), ("scope", "site")], "given twice"),
+            (&[("candidate", "")], "candidate"),
+            (&[("site", "dc1")], "unknown parameter \"site\""),
+        ] {
+            let e = VoteRequest::from_pairs(&pairs(bad)).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        let grant = VoteGrant {
+            epoch: Some(epoch()),
+            exclusive_ms: 1,
+            lease_ms: 3000,
+            node: "node3".into(),
+            scope: VoteScope::Cluster,
+            vote: "node1".into(),
+        };
+        golden(
+            &grant,
+            r#"{"epoch":"AAAAAAAAAAAAAAAAAAAAAA.0","exclusive_ms":1,"lease_ms":3000,"node":"node3","scope":"cluster","vote":"node1"}"#,
+        );
+        let refusal = VoteRefusal {
+            ms_left: None,
+            node: "node3".into(),
+            reason: "r".into(),
+            scope: VoteScope::Cluster,
+            vote: (),
+            withdrawn: false,
+        };
+        golden(
+            &refusal,
+            r#"{"ms_left":null,"node":"node3","reason":"r","scope":"cluster","vote":null,"withdrawn":false}"#,
+        );
+        let bad = br#"{"exclusive_ms":1,"lease_ms":3000,"node":"n3","scope":"galaxy","vote":"n1"}"#;
+        assert!(
+            VoteAnswer::read(200, bad).is_err(),
+            "an unknown scope fails closed"
+        );
+        for s in VoteScope::ALL {
+            assert_eq!(s.name().parse::<VoteScope>(), Ok(s));
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+        }
+        println!("vote requests and answers of both scopes written and read back");
     }
 }

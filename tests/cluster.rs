@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{DB_TIMEOUT, Fleet, INTERVAL, settle_bound};
+use primgr::wire::VoteScope;
 use primgr_lab::{Lab, LabSpec, StopMode, subnet_of};
 use serde_json::json;
 
@@ -239,5 +240,104 @@ async fn stopped_standby_and_frozen_primary() {
     let t = fleet.wait_codes(&[("node1", 200)], settle_bound()).await;
     println!("thawed primary -> 200 after {t:?}");
 
+    lab.teardown().await.expect("teardown");
+}
+
+/// `vote_scope = "cluster"` on node1–3 (dc1) and, to see a mismatch, `site` on node4 (dc2):
+/// node1 holds a majority of the whole cluster (3 of 4: dc1's three; node4 refuses a candidate
+/// of the other scope and says why), and `/status`, `/metrics`, `/realPrimary` and
+/// `primgr cluster` show the scope and the votes by site as an operator reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_scope_status_metrics_real_primary_and_cluster_view() {
+    let lab = Lab::build(LabSpec::standard(subnet_of(
+        "cluster::cluster_scope_status_metrics_real_primary_and_cluster_view",
+    )))
+    .await
+    .expect("lab builds");
+    let fleet = Fleet::start_with(&lab, |node, c| {
+        if node != "node4" {
+            c.leases.scope = VoteScope::Cluster;
+        }
+    })
+    .await;
+    fleet.wait_normal().await;
+    let status = fleet
+        .wait_json("node1", "/status", settle_bound(), |s| s["votes"] == 3)
+        .await;
+    assert_eq!(status["vote_scope"], "cluster", "{status}");
+    assert_eq!(status["votes_needed"], 3, "a majority of 4: {status}");
+    assert_eq!(
+        status["votes_by_site"],
+        json!([
+            {"members": 3, "site": "dc1", "voters": ["node1", "node2", "node3"], "votes": 3},
+            {"members": 1, "site": "dc2", "voters": [], "votes": 0}
+        ]),
+        "{status}"
+    );
+    let node4 = status["voters"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "node4"))
+        .cloned()
+        .unwrap_or_default();
+    let why = node4["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("vote_scope") && why.contains("not counted"),
+        "{node4}"
+    );
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nodes of the cluster (dc1 3/3, dc2 0/1)"),
+        "{status}"
+    );
+    let (_, standby) = fleet.json("node4", "/status").await;
+    assert_eq!(standby["vote_scope"], "site", "{standby}");
+
+    let metrics = fleet.get("node1", "/metrics").await.expect("metrics").body;
+    for line in [
+        "primgr_vote_scope{scope=\"cluster\"} 1",
+        "primgr_site_votes{site=\"dc1\"} 3",
+        "primgr_site_votes{site=\"dc2\"} 0",
+        "primgr_site_members{site=\"dc2\"} 1",
+    ] {
+        assert!(metrics.contains(&format!("{line}\n")), "{line}:\n{metrics}");
+    }
+
+    let (code, real) = fleet.json("node2", "/realPrimary").await;
+    assert_eq!(code, 200, "{real}");
+    assert_eq!(real["realPrimary"], "node1");
+    assert_eq!(real["scope"], "cluster");
+    assert_eq!(
+        real["sites"],
+        json!([
+            {"site": "dc1", "nodes": {"node1": "Primary", "node2": "Standby", "node3": "Standby"}},
+            {"site": "dc2", "nodes": {"node4": "Standby"}}
+        ])
+    );
+    let (_, site) = fleet.json("node4", "/realPrimary").await;
+    assert_eq!(
+        site,
+        json!({"realPrimary": "node1"}),
+        "site scope: as before"
+    );
+
+    let url = format!("http://{}", fleet.addr("node1"))
+        .parse()
+        .expect("url");
+    let report = primgr::cluster::gather(&url, Duration::from_secs(3)).await;
+    let text = report.render();
+    println!("{text}");
+    assert!(
+        text.contains("Votes of node1 by site: dc1 3/3, dc2 0/1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "do not share one vote_scope (cluster on node1, node2, node3; site on node4)"
+        ),
+        "{text}"
+    );
+    assert_eq!(report.exit_code(), 0, "{text}");
     lab.teardown().await.expect("teardown");
 }

@@ -55,6 +55,11 @@
 //! `PRIMGR_SIM_SCHEDULES=N` runs N schedules (default 100,000); `PRIMGR_SIM_SEED=S` replays
 //! schedule S and prints its event log (with `PRIMGR_SIM_MUTANT=a|b|c|d|e|f`, under that
 //! mutant); `PRIMGR_SIM_ADVERSARY=off` runs without the adversary (to measure its cost).
+//!
+//! Cluster scope (`vote_scope = "cluster"`) has its own section at the end: two and three sites,
+//! partitions between sites, the invariants cluster-wide, and mutant (s), a site majority
+//! accepted in cluster scope (`PRIMGR_SIM_CLUSTER_SCHEDULES=N`; replay with
+//! `PRIMGR_SIM_SCOPE=cluster PRIMGR_SIM_SEED=S`, and `PRIMGR_SIM_MUTANT=s`).
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -70,6 +75,7 @@ use primgr::decide::{self, State};
 use primgr::peers::{ReleaseReply, VoteReply};
 use primgr::snapshot::{Member, SessionWatch, Snapshot, VoterReport};
 use primgr::vote::{Book, Grant, Holder, LeaseRules, Release};
+use primgr::wire::{VoteRequest, VoteScope};
 
 const NS: u64 = 1;
 const MS: u64 = 1_000_000 * NS;
@@ -154,6 +160,9 @@ enum Mutant {
     /// (f) An answer that fails authentication (forged, or a replay bound to another request)
     /// is counted.
     ForgedAnswer,
+    /// (s) Cluster scope: candidates accept a majority of their own site (they plan and decide
+    /// in site scope while every voter answers in cluster scope).
+    SiteMajority,
 }
 
 impl Mutant {
@@ -165,6 +174,7 @@ impl Mutant {
             Ok("d") => Mutant::UnauthenticatedRelease,
             Ok("e") => Mutant::GlobalFence,
             Ok("f") => Mutant::ForgedAnswer,
+            Ok("s") => Mutant::SiteMajority,
             _ => Mutant::None,
         }
     }
@@ -271,6 +281,7 @@ impl Params {
             // The validation rule, restated: a vote must count longer than the renewal gap.
             let rules = LeaseRules {
                 vote_lease: Duration::from_millis(lease),
+                scope: VoteScope::Site,
                 handoff_delay: Duration::from_millis(handoff),
                 drift,
             };
@@ -598,6 +609,11 @@ enum Kind {
 struct Stats {
     schedules: u64,
     sites: [u64; 2],
+    /// Cluster scope: schedules of 2 + 2 + a witness, of 3 + 2; partitions between sites;
+    /// failovers (live stretch → first 200, ns) that began while sites were cut apart.
+    cluster_topologies: [u64; 2],
+    site_cuts: u64,
+    cut_failover: Vec<u64>,
     witnesses: u64,
     events: u64,
     publications: u64,
@@ -640,6 +656,10 @@ impl Stats {
     fn merge(&mut self, o: Stats) {
         self.schedules += o.schedules;
         self.sites[0] += o.sites[0];
+        self.cluster_topologies[0] += o.cluster_topologies[0];
+        self.cluster_topologies[1] += o.cluster_topologies[1];
+        self.site_cuts += o.site_cuts;
+        self.cut_failover.extend(o.cut_failover);
         self.sites[1] += o.sites[1];
         self.witnesses += o.witnesses;
         self.events += o.events;
@@ -708,8 +728,13 @@ struct Sim {
     rng: Rng,
     base: Instant,
     nodes: Vec<Node>,
-    /// Size of the main site (nodes 0..n); the last node is of another site.
+    /// Size of the main site (nodes 0..n); the last node is of another site. In cluster scope
+    /// every node (the electorate is the whole cluster).
     n: usize,
+    /// Cluster scope ([`Sim::new_cluster`]): sites cut apart, one electorate for all.
+    cluster: bool,
+    /// Cluster scope: (cut, heal) of each partition between sites.
+    site_cuts: Vec<(u64, u64)>,
     world: World,
     acts: Vec<(u64, Act)>,
     queue: Queue,
@@ -803,6 +828,8 @@ impl Sim {
             base,
             nodes,
             n,
+            cluster: false,
+            site_cuts: Vec::new(),
             world,
             acts: Vec::new(),
             queue: Queue::default(),
@@ -817,21 +844,28 @@ impl Sim {
             adv: None,
         };
         sim.generate();
-        if adversary_on() {
-            let mut rng = Rng::new(seed ^ 0xad7e_5a21_0000_0000);
-            let gap = rng.pick(&[20 * MS, 100 * MS, 500 * MS, 2 * SEC]);
-            let first = rng.range(0, gap);
-            sim.adv = Some(Adversary {
-                rng,
-                gap,
-                tap: Vec::new(),
-                epochs: vec![None; total],
-                acted: Vec::new(),
-                counts: AdvCounts::default(),
-            });
-            sim.push(first, Ev::Adversary);
-        }
+        sim.arm_adversary();
         sim
+    }
+
+    /// The adversary of this schedule (unless `PRIMGR_SIM_ADVERSARY=off`): how often it acts
+    /// is drawn from the seed, and its first act is queued.
+    fn arm_adversary(&mut self) {
+        if !adversary_on() {
+            return;
+        }
+        let mut rng = Rng::new(self.seed ^ 0xad7e_5a21_0000_0000);
+        let gap = rng.pick(&[20 * MS, 100 * MS, 500 * MS, 2 * SEC]);
+        let first = rng.range(0, gap);
+        self.adv = Some(Adversary {
+            rng,
+            gap,
+            tap: Vec::new(),
+            epochs: vec![None; self.n],
+            acted: Vec::new(),
+            counts: AdvCounts::default(),
+        });
+        self.push(first, Ev::Adversary);
     }
 
     fn note(&mut self, t: u64, f: impl FnOnce(&Sim) -> String) {
@@ -893,11 +927,15 @@ impl Sim {
         };
         let mut cur = 0;
         while t + 4 * SEC < self.end {
-            match self.rng.below(100) {
-                0..=44 => cur = self.failover(t, cur, None),
-                45..=64 => cur = self.cutoff(t, cur),
-                65..=74 => cur = self.failover(t, cur, Some(2)),
-                _ => {}
+            if self.cluster {
+                cur = self.cluster_fault(t, cur);
+            } else {
+                match self.rng.below(100) {
+                    0..=44 => cur = self.failover(t, cur, None),
+                    45..=64 => cur = self.cutoff(t, cur),
+                    65..=74 => cur = self.failover(t, cur, Some(2)),
+                    _ => {}
+                }
             }
             t += self.rng.range(settle / 2, 2 * settle);
         }
@@ -915,7 +953,8 @@ impl Sim {
         let candidates: Vec<usize> = (0..self.n)
             .filter(|&j| j != old && !self.nodes[j].witness)
             .collect();
-        let new = if old < self.n && self.rng.chance(0.03) || candidates.is_empty() {
+        let new = if !self.cluster && old < self.n && self.rng.chance(0.03) || candidates.is_empty()
+        {
             self.n
         } else {
             self.rng.pick(&candidates)
@@ -1471,7 +1510,7 @@ impl Sim {
                 }
                 .to_string(),
                 active: true,
-                location: if node.site == 0 { "dc1" } else { "dc2" }.to_string(),
+                location: format!("dc{}", node.site + 1),
                 conninfo: format!("host=10.0.0.{}", j + 1),
             })
             .collect();
@@ -1596,9 +1635,14 @@ impl Sim {
     fn answer_vote(&mut self, t: u64, from: usize, inc: u32, id: u64, to: usize, via: Via) {
         let now = self.inst(self.local(to, t));
         let candidate = self.nodes[from].name.clone();
+        let scope = self.p.config.leases.scope;
         let answer = self.nodes[to].d.as_mut().map(|d| {
             let published = d.published(t);
-            cycle::vote(&mut d.book, Some(&candidate), &published, now)
+            let request = VoteRequest {
+                candidate: Some(candidate.clone()),
+                scope,
+            };
+            cycle::vote(&mut d.book, &request, scope, &published, now)
         });
         // The reasons only matter to the log (formatting them costs time).
         let why = |no: &primgr::vote::NoVote| match self.log {
@@ -1948,7 +1992,12 @@ impl Sim {
             sim_ns: self.end as u128,
             ..Stats::default()
         };
-        st.sites[usize::from(self.n == 5)] += 1;
+        if self.cluster {
+            st.cluster_topologies[usize::from(self.nodes.iter().all(|x| !x.witness))] += 1;
+            st.site_cuts += self.site_cuts.len() as u64;
+        } else {
+            st.sites[usize::from(self.n == 5)] += 1;
+        }
         if let Some(adv) = &self.adv {
             st.adv = adv.counts;
         }
@@ -1957,12 +2006,14 @@ impl Sim {
             st.with_200 += 1;
         }
         let d = self.p.handoff;
+        // Cluster scope: one electorate, every node in one group.
+        let cluster = self.cluster;
         for site in 0..2 {
             let mut ivs: Vec<(u64, u64, usize)> = self
                 .nodes
                 .iter()
                 .enumerate()
-                .filter(|(_, x)| x.site == site)
+                .filter(|(_, x)| if cluster { site == 0 } else { x.site == site })
                 .flat_map(|(j, x)| x.iv.iter().map(move |&(a, b)| (a, b, j)))
                 .collect();
             ivs.sort();
@@ -2089,6 +2140,9 @@ impl Sim {
                         }
                     }
                     st.failover_ratio.push(took as f64 / spec as f64);
+                    if p.defaults && self.site_cuts.iter().any(|&(a, b)| a <= h0 && h0 < b) {
+                        st.cut_failover.push(took);
+                    }
                     st.over_spec += u64::from(took > spec);
                     if took > bound {
                         st.liveness += 1;
@@ -2549,15 +2603,29 @@ impl Sim {
 // Running many schedules
 
 fn run_one(seed: u64, mutant: Mutant, base: Instant, log: bool) -> (Stats, Option<Vec<String>>) {
-    let mut sim = Sim::new(seed, mutant, base, log);
+    run_one_in(VoteScope::Site, seed, mutant, base, log)
+}
+
+/// [`run_one`] in `scope` (cluster scope: [`Sim::new_cluster`]).
+fn run_one_in(
+    scope: VoteScope,
+    seed: u64,
+    mutant: Mutant,
+    base: Instant,
+    log: bool,
+) -> (Stats, Option<Vec<String>>) {
+    let mut sim = match scope {
+        VoteScope::Site => Sim::new(seed, mutant, base, log),
+        VoteScope::Cluster => Sim::new_cluster(seed, mutant, base, log),
+    };
     sim.run();
     let st = sim.check();
     if let Some(log) = sim.log.as_mut() {
         for x in &sim.nodes {
             log.push(format!(
-                "{} ({}, rate {:+} ppm): 200 in {:?}",
+                "{} (dc{}, rate {:+} ppm): 200 in {:?}",
                 x.name,
-                if x.site == 0 { "dc1" } else { "dc2" },
+                x.site + 1,
                 x.clock.num as i64 - DEN as i64,
                 x.iv.iter()
                     .map(|&(a, b)| format!("[{}, {})", secs(a), secs(b)))
@@ -2570,6 +2638,16 @@ fn run_one(seed: u64, mutant: Mutant, base: Instant, log: bool) -> (Stats, Optio
 
 /// Runs schedules `0..count` on every core; with `stop_at_first`, until a safety violation.
 fn run_many(count: u64, mutant: Mutant, stop_at_first: bool) -> (Stats, Option<u64>) {
+    run_many_in(VoteScope::Site, count, mutant, stop_at_first)
+}
+
+/// [`run_many`] in `scope`.
+fn run_many_in(
+    scope: VoteScope,
+    count: u64,
+    mutant: Mutant,
+    stop_at_first: bool,
+) -> (Stats, Option<u64>) {
     let base = Instant::now();
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
@@ -2587,7 +2665,7 @@ fn run_many(count: u64, mutant: Mutant, stop_at_first: bool) -> (Stats, Option<u
                         {
                             break;
                         }
-                        let (st, _) = run_one(seed, mutant, base, false);
+                        let (st, _) = run_one_in(scope, seed, mutant, base, false);
                         if caught_by(mutant, &st) {
                             found.fetch_min(seed, std::sync::atomic::Ordering::Relaxed);
                         }
@@ -2846,4 +2924,349 @@ fn mutant_global_fence_is_caught() {
 #[test]
 fn mutant_forged_answer_counted_is_caught() {
     caught(Mutant::ForgedAnswer);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster scope (`vote_scope = "cluster"`, issue 19)
+//
+// Two topologies: dc1 {n1, n2}, dc2 {n3, n4} and a witness `w` in dc3; dc1 {n1, n2, n3},
+// dc2 {n4, n5}. Every node is of the one electorate (`Sim::n` is the whole cluster), so the
+// invariants above hold cluster-wide: no two 200s anywhere overlap, a new 200 anywhere comes
+// `handoff_delay` after the last, the node a majority of the cluster makes live gets its 200
+// within the failover bound, a healthy cluster's primary keeps it, a primary cut off from
+// every node loses it within `vote_lease + interval`. Faults besides those of site scope:
+// partitions between sites (each site on one side, the witness's site on one side, on both or
+// on neither), often with a promotion on the other side whose metadata reaches the first side
+// only after the heal while the old primary stays read-write naming itself (a split brain, the
+// case `site` scope cannot help); a node cut off from its own site; failovers across sites.
+//
+// `PRIMGR_SIM_CLUSTER_SCHEDULES=N` runs N schedules (default `CLUSTER_CI_SCHEDULES`);
+// `PRIMGR_SIM_SEED=S PRIMGR_SIM_SCOPE=cluster` replays one with its log.
+
+/// Cluster-scope schedules in CI (the 100,000-schedule run is reported in docs/guarantees.md).
+const CLUSTER_CI_SCHEDULES: u64 = 30_000;
+
+fn cluster_schedules() -> u64 {
+    std::env::var("PRIMGR_SIM_CLUSTER_SCHEDULES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(CLUSTER_CI_SCHEDULES)
+}
+
+impl Params {
+    /// [`Params::draw`] in cluster scope; under mutant (s) candidates hold votes in site scope.
+    fn draw_cluster(rng: &mut Rng, mutant: Mutant) -> Params {
+        let mut p = Params::draw(rng, mutant);
+        p.config.leases.scope = VoteScope::Cluster;
+        p.held.scope = if mutant == Mutant::SiteMajority {
+            VoteScope::Site
+        } else {
+            VoteScope::Cluster
+        };
+        p
+    }
+}
+
+impl Sim {
+    /// A cluster-scope schedule: one of the two topologies, every node's daemon running.
+    fn new_cluster(seed: u64, mutant: Mutant, base: Instant, log: bool) -> Sim {
+        let mut rng = Rng::new(seed ^ 0x0c10_57e2);
+        let p = Params::draw_cluster(&mut rng, mutant);
+        // (name, site, witness)
+        let layout: &[(&str, usize, bool)] = if rng.chance(0.5) {
+            &[
+                ("n1", 0, false),
+                ("n2", 0, false),
+                ("n3", 1, false),
+                ("n4", 1, false),
+                ("w", 2, true),
+            ]
+        } else {
+            &[
+                ("n1", 0, false),
+                ("n2", 0, false),
+                ("n3", 0, false),
+                ("n4", 1, false),
+                ("n5", 1, false),
+            ]
+        };
+        let total = layout.len();
+        let scale = (p.lease + p.handoff + 2 * p.interval).max(7500 * MS);
+        let end = rng.range(2 * scale, 7 * scale / 2);
+        let nodes = layout
+            .iter()
+            .map(|&(name, site, witness)| {
+                let k = match rng.below(10) {
+                    0..=3 => -(p.ppm as i64),
+                    4..=7 => p.ppm as i64,
+                    _ => rng.range(0, 2 * p.ppm) as i64 - p.ppm as i64,
+                };
+                Node {
+                    name: name.to_string(),
+                    site,
+                    witness,
+                    clock: Clock {
+                        off: rng.range(100 * SEC, 1000 * SEC),
+                        num: (DEN as i64 + k) as u64,
+                    },
+                    d: None,
+                    inc: 0,
+                    deferred: Vec::new(),
+                    busy_until: 0,
+                    seg_start: 0,
+                    iv: Vec::new(),
+                    obs: None,
+                }
+            })
+            .collect();
+        let world = World {
+            down: vec![0; total],
+            paused: vec![0; total],
+            db_down: vec![0; total],
+            hang: vec![0; total],
+            in_recovery: layout
+                .iter()
+                .enumerate()
+                .map(|(j, l)| j != 0 && !l.2)
+                .collect(),
+            view: vec![0; total],
+            nobody: vec![0; total],
+            cut: vec![vec![0; total]; total],
+            slow: 0,
+        };
+        let mut sim = Sim {
+            seed,
+            p,
+            mutant,
+            rng,
+            base,
+            nodes,
+            n: total,
+            cluster: true,
+            site_cuts: Vec::new(),
+            world,
+            acts: Vec::new(),
+            queue: Queue::default(),
+            end,
+            members: Arc::new(Vec::new()),
+            timeline: Vec::new(),
+            moved: Vec::new(),
+            cutoffs: Vec::new(),
+            log: log.then(Vec::new),
+            events: 0,
+            publications: 0,
+            adv: None,
+        };
+        sim.generate();
+        sim.arm_adversary();
+        sim
+    }
+
+    /// One fault of a cluster-scope schedule at `t`; returns the primary after it.
+    fn cluster_fault(&mut self, t: u64, cur: usize) -> usize {
+        match self.rng.below(100) {
+            0..=39 => self.site_partition(t, cur),
+            40..=59 => self.failover(t, cur, None),
+            60..=69 => self.cutoff(t, cur),
+            70..=79 => {
+                self.cut_from_site(t);
+                cur
+            }
+            80..=87 => self.failover(t, cur, Some(2)),
+            _ => cur,
+        }
+    }
+
+    /// The sites are cut apart at `t` until a heal: each site on side A or B (the primary's
+    /// site on A), the witness's site on one side, on both (it reaches every node) or on neither
+    /// (cut off from all). Often a node on B is promoted meanwhile: B's metadata names it at
+    /// once, A's only after the heal, and the old primary stays read-write naming itself until
+    /// then, when it is demoted, or not at all (a split brain that outlives the cut).
+    fn site_partition(&mut self, t: u64, cur: usize) -> usize {
+        let sites = 1 + self.nodes.iter().map(|x| x.site).max().unwrap_or(0);
+        let home = self.nodes[cur].site;
+        // 0: side A, 1: side B, 2: both, 3: neither.
+        let mut side = vec![0u8; sites];
+        for (s, x) in side.iter_mut().enumerate() {
+            *x = if s == home {
+                0
+            } else if s == 2 {
+                self.rng.pick(&[0u8, 1, 2, 3])
+            } else {
+                1
+            };
+        }
+        if sites == 2 && self.rng.chance(0.2) {
+            // The primary's site on B: A is the other one (the same cut, seen from there).
+            side.swap(0, 1);
+        }
+        let least = self.p.lease + self.p.interval;
+        let heal = t + self.rng.range(least + 500 * MS, least + 12 * SEC);
+        let total = self.nodes.len();
+        let site_of: Vec<usize> = self.nodes.iter().map(|x| x.site).collect();
+        let of = |j: usize| side[site_of[j]];
+        for a in 0..total {
+            for b in 0..total {
+                let (sa, sb) = (of(a), of(b));
+                let cut = a != b
+                    && site_of[a] != site_of[b]
+                    && (sa == 3 || sb == 3 || (sa < 2 && sb < 2 && sa != sb));
+                if cut {
+                    self.act(t, Act::Cut(a, b, true));
+                    self.act(heal, Act::Cut(a, b, false));
+                }
+            }
+        }
+        self.site_cuts.push((t, heal));
+        // The primary cut off from a majority of the cluster loses its 200 as one cut off
+        // from every node does.
+        let with_primary = (0..total)
+            .filter(|&j| {
+                j == cur || site_of[j] == home || {
+                    let s = of(j);
+                    s == 2 || (s < 2 && s == of(cur))
+                }
+            })
+            .count();
+        if with_primary < decide::majority(total) {
+            self.cutoffs.push((t, heal, cur));
+        }
+        if !self.rng.chance(0.7) {
+            return cur;
+        }
+        // A promotion on the other side of the cut, the metadata moving with it there only.
+        let there: Vec<usize> = (0..total)
+            .filter(|&j| !self.nodes[j].witness && of(j) != of(cur) && of(j) < 2)
+            .collect();
+        let Some(&new) = there.get(self.rng.below(there.len().max(1) as u64) as usize) else {
+            return cur;
+        };
+        let tf = t + self.rng.range(0, 3 * SEC);
+        self.act(tf, Act::Recovery(new, false));
+        self.act(tf, Act::View(new, new));
+        for j in 0..total {
+            if j == new {
+                continue;
+            }
+            let reach = of(j) == of(new) || of(j) == 2;
+            let at = if reach {
+                tf + self.rng.range(0, 2 * SEC)
+            } else {
+                heal + self.rng.range(0, 3 * SEC)
+            };
+            if j == cur {
+                if self.rng.chance(0.7) {
+                    self.act(at, Act::Recovery(cur, true));
+                    self.act(at, Act::View(cur, new));
+                }
+                continue;
+            }
+            self.act(at, Act::View(j, new));
+        }
+        new
+    }
+
+    /// A node (not the witness) cut off from the other nodes of its own site for a while.
+    fn cut_from_site(&mut self, t: u64) {
+        let total = self.nodes.len();
+        let j = self.rng.below(total as u64) as usize;
+        let heal = t + self.rng.range(300 * MS, 8 * SEC);
+        for k in 0..total {
+            if k != j && self.nodes[k].site == self.nodes[j].site {
+                for (a, b) in [(j, k), (k, j)] {
+                    self.act(t, Act::Cut(a, b, true));
+                    self.act(heal, Act::Cut(a, b, false));
+                }
+            }
+        }
+    }
+}
+
+fn report_cluster(st: &mut Stats, elapsed: Duration) {
+    println!(
+        "cluster scope: {} schedules of 2 + 2 + a witness, {} of 3 + 2; {} partitions between sites",
+        st.cluster_topologies[0], st.cluster_topologies[1], st.site_cuts
+    );
+    report(st, elapsed);
+    println!(
+        "   majority side's first 200, live stretch begun while the sites were cut apart, \
+         defaults: {}",
+        dist_ns(&mut st.cut_failover)
+    );
+}
+
+/// Cluster scope, the real code: no two 200s anywhere in the cluster overlap, no handoff
+/// violation, the side with a majority of the cluster gets its 200 within the bound.
+#[test]
+fn cluster_scope_simulation_finds_no_violation() {
+    let replay = std::env::var("PRIMGR_SIM_SCOPE").as_deref() == Ok("cluster");
+    if let Some(seed) = std::env::var("PRIMGR_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|_| replay)
+    {
+        let mutant = Mutant::from_env();
+        let (mut st, log) = run_one_in(VoteScope::Cluster, seed, mutant, Instant::now(), true);
+        for line in log.unwrap() {
+            println!("{line}");
+        }
+        report_cluster(&mut st, Duration::ZERO);
+        assert_eq!(st.violations.len(), 0, "seed {seed} under {mutant:?}");
+        return;
+    }
+    let started = Instant::now();
+    let (mut st, _) = run_many_in(VoteScope::Cluster, cluster_schedules(), Mutant::None, false);
+    report_cluster(&mut st, started.elapsed());
+    let defaults = Params::new(Config::for_node("n1").unwrap(), Mutant::None, true);
+    let (_, bound) = defaults.failover_bounds();
+    println!(
+        "   the bound, from the timing (defaults): max(interval, db_timeout + peer_timeout) × 2 \
+         + db_timeout + (vote_lease + handoff_delay·(1+ρ))/(1−ρ) + peer_timeout = {}",
+        secs(bound)
+    );
+    assert!(
+        st.with_200 * 2 > st.schedules,
+        "too few schedules with a 200"
+    );
+    assert!(
+        st.site_cuts > 0 && !st.cut_failover.is_empty(),
+        "no partition between sites"
+    );
+    assert_eq!(st.overlaps, 0, "overlapping 200s in the cluster");
+    assert_eq!(st.handoffs, 0, "handoff violations");
+    assert_eq!(st.liveness, 0, "liveness violations");
+}
+
+/// Mutant (s), a site majority accepted in cluster scope, is caught: two sites cut apart each
+/// answer 200.
+#[test]
+fn mutant_site_majority_in_cluster_scope_is_caught() {
+    let started = Instant::now();
+    let mutant = Mutant::SiteMajority;
+    let (rate, mut first) = run_many_in(VoteScope::Cluster, RATE_SCHEDULES, mutant, false);
+    if first.is_none() {
+        first = run_many_in(VoteScope::Cluster, cluster_schedules(), mutant, true).1;
+    }
+    let Some(seed) = first else {
+        panic!("{mutant:?} not caught in {} schedules", cluster_schedules());
+    };
+    let (one, _) = run_one_in(VoteScope::Cluster, seed, mutant, Instant::now(), false);
+    let (overlap, handoff) = rate.bad_schedules();
+    println!(
+        "{mutant:?}: first caught by schedule {seed} ({:.1}s); of the first {} schedules, {} \
+         with an overlap, {} with a handoff violation; at {seed}: {}",
+        started.elapsed().as_secs_f64(),
+        rate.schedules,
+        overlap,
+        handoff,
+        one.violations
+            .iter()
+            .find(|v| v.1 == Kind::Overlap)
+            .map_or("", |v| v.2.as_str())
+    );
+    assert!(
+        overlap > 0,
+        "the mutant makes no overlap in {} schedules",
+        rate.schedules
+    );
 }

@@ -15,7 +15,8 @@ use primgr::cluster::NodeReport;
 use primgr::peers::{self, PeerClient, VoteReply};
 use primgr::snapshot::json_bytes;
 use primgr::wire::{
-    CheckBody, ErrorBody, PrimaryBody, RealPrimaryBody, StateBody, Status, VoteAnswer, WalAnswer,
+    CheckBody, ErrorBody, PrimaryBody, RealPrimaryBody, StateBody, Status, VoteAnswer, VoteScope,
+    WalAnswer,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -121,7 +122,7 @@ async fn every_answer_is_read_by_the_other_side() {
     assert!(matches!(answer, VoteAnswer::Refusal(_)), "{answer:?}");
     assert!(
         matches!(
-            peers::parse_vote(code, &body, "solo", "other"),
+            peers::parse_vote(code, &body, "solo", "other", VoteScope::Site),
             VoteReply::Refused(_)
         ),
         "{answer:?}"

@@ -13,7 +13,8 @@
 //!
 //! The [`Lab`] then offers the operations a failover test needs: node operations
 //! ([`Lab::stop`], [`Lab::start`], [`Lab::promote`], [`Lab::follow`], [`Lab::failover`],
-//! [`Lab::rejoin`] with pg_rewind, [`Lab::promote_outside_repmgr`], [`Lab::switchover`]), SQL
+//! [`Lab::rejoin`] with pg_rewind, [`Lab::promote_outside_repmgr`], [`Lab::switchover`],
+//! [`Lab::register_witness`] against a new primary), SQL
 //! ([`Lab::psql`] and the readers built on it: recovery, streaming, [`Lab::upstream_of`], the
 //! metadata's primary, WAL positions, [`Lab::pause_replay`], [`Lab::write_wal`]), faults
 //! ([`Lab::freeze`] = SIGSTOP of the postmaster and its children, [`Lab::freeze_postmaster`],
@@ -24,7 +25,8 @@
 //! held through one handle, [`Daemon`]; every test takes its subnet from one table,
 //! [`SUBNETS`] ([`subnet_of`]). Beside the lab, the crate holds the one copy of
 //! what the tests and the benchmark share: the raw HTTP exchange ([`http`]), bounded waits
-//! ([`wait`]), `/proc` readers ([`procfs`]), quantiles ([`stats`]) and text tables ([`table`]);
+//! ([`wait`]), `/proc` readers ([`procfs`]), quantiles ([`stats`]), text tables ([`table`]) and
+//! a delaying TCP proxy that puts distance between sites ([`delay`]);
 //! [`haproxy`] runs the shipped `contrib/haproxy.cfg`, rendered for the lab's addresses, in
 //! front of a lab, and [`dashboard`] is what the demo binary shows.
 //!
@@ -47,6 +49,7 @@
 //! wait.rs            bounded waits on a condition or a listening address; join_all
 //! http.rs            the raw HTTP/1.1 exchange, client and fake-server side
 //! stats.rs           quantiles and median of numbers and durations; figures
+//! delay.rs           a delaying TCP proxy: distance between sites (no netem on this kernel)
 //! table.rs           text tables with aligned columns
 //! dashboard.rs       what the demo shows (nodes, daemons, haproxy, how to reach things)
 //! haproxy/mod.rs     haproxy in front of a lab: the process and its stats socket
@@ -116,6 +119,7 @@ mod build;
 mod cmd;
 mod daemons;
 pub mod dashboard;
+pub mod delay;
 mod faults;
 mod firewall;
 pub mod haproxy;

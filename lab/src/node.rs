@@ -1,6 +1,7 @@
 //! Node operations: `pg_ctl` start/stop, `repmgr standby promote` / `standby follow` /
 //! `node rejoin`, a whole failover, a promotion outside repmgr (`pg_ctl promote`), `repmgr
-//! standby switchover` (through a fake `ssh` that runs repmgr's remote commands locally), and
+//! standby switchover` (through a fake `ssh` that runs repmgr's remote commands locally), a
+//! witness registered again against a new primary, and
 //! the runners for `pg_ctl` and `repmgr` as the `postgres` user.
 
 use std::fmt::Write as _;
@@ -13,7 +14,7 @@ use anyhow::{Context, Result};
 use crate::cmd::Run;
 use crate::lab::{Lab, Node, T_WAIT, lock, pg_bin, s};
 use crate::procfs;
-use crate::spec::StopMode;
+use crate::spec::{PG_PORT, StopMode};
 use crate::teardown::rejoin_logs;
 use crate::wait::wait_for;
 
@@ -95,6 +96,38 @@ impl Lab {
             .run()
             .await?;
         self.wait_streaming(node).await
+    }
+
+    /// Registers the witness again against `primary` (`repmgr witness register --force -h
+    /// <primary>`), as repmgrd on a witness does after a failover: it copies `repmgr.nodes` from
+    /// `primary`, so the witness's own metadata names the new primary. Run as the `postgres`
+    /// user, like every repmgr command of the lab.
+    pub async fn register_witness(&self, primary: &str) -> Result<()> {
+        let witness = self
+            .witness()
+            .ok_or_else(|| anyhow::anyhow!("the lab has no witness"))?
+            .to_string();
+        let w = self.node(&witness)?;
+        let p = self.try_addr(primary)?;
+        self.repmgr(
+            &w,
+            &[
+                "-h".into(),
+                p.to_string(),
+                "-p".into(),
+                PG_PORT.to_string(),
+                "-U".into(),
+                "repmgr".into(),
+                "-d".into(),
+                "repmgr".into(),
+                "witness".into(),
+                "register".into(),
+                "--force".into(),
+            ],
+        )
+        .run()
+        .await?;
+        Ok(())
     }
 
     /// A failover as an operator runs it: the node `old_primary` stopped hard (`pg_ctl stop -m

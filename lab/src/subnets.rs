@@ -26,6 +26,10 @@ pub const SUBNETS: &[(&str, u8)] = &[
     ("cluster::normal_failover_split_brain_and_rejoin", 31),
     ("cluster::stopped_standby_and_frozen_primary", 32),
     (
+        "cluster::cluster_scope_status_metrics_real_primary_and_cluster_view",
+        190,
+    ),
+    (
         "api::simultaneous_real_primary_requests_share_one_fan_out",
         33,
     ),
@@ -149,6 +153,20 @@ pub const SUBNETS: &[(&str, u8)] = &[
     (
         "flood::a_pipelined_flood_leaves_the_primary_its_200_and_the_cycle_its_deadlines",
         171,
+    ),
+    // tests/scope.rs (issue 19: two sites cut apart, vote_scope, latency between sites)
+    ("scope::site_scope_gives_two_200s_one_per_site", 180),
+    (
+        "scope::cluster_scope_never_two_200s_and_the_witness_side_keeps_or_gains_it",
+        181,
+    ),
+    (
+        "scope::a_healthy_primary_keeps_its_200_with_distant_voters",
+        182,
+    ),
+    (
+        "scope::check_config_refuses_a_peer_timeout_the_distance_breaks",
+        183,
     ),
     // the lab's own tests (lab/tests/)
     // tests/check.rs, secrets.rs, alerts.rs

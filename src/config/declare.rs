@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::file::Raw;
 use crate::auth::ClusterId;
+use crate::wire::VoteScope;
 use crate::{conninfo, units};
 
 /// A key, as its declaration gives it (for `--help`, the diff and the tests).
@@ -293,6 +294,20 @@ impl Kind for PeriodOrZero {
     }
     fn show(value: &Duration) -> Option<String> {
         quoted(&units::format_duration(*value))
+    }
+}
+
+/// A vote scope: `"site"` or `"cluster"` ([`VoteScope`]).
+pub struct Scope;
+
+impl Kind for Scope {
+    type Value = VoteScope;
+    const PLACEHOLDER: &'static str = "SCOPE";
+    fn parse(text: &str) -> Result<VoteScope, String> {
+        text.parse()
+    }
+    fn show(value: &VoteScope) -> Option<String> {
+        quoted(value.name())
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::declare::{
     Addr, Conninfo, Count, Dir, IpList, LogFilter, MaybeAddr, MaybeClusterId, MaybeCommand,
-    MaybeFile, MaybeIp, Name, Period, PeriodOrZero, Port, Ratio, Size, group,
+    MaybeFile, MaybeIp, Name, Period, PeriodOrZero, Port, Ratio, Scope, Size, group,
 };
 use crate::auth::ClusterId;
 use crate::vote::LeaseRules;
@@ -60,6 +60,14 @@ group! {
     keys of LeaseRules, flags LeaseFlags {
         /// Length of a vote's promise, on the voter's clock.
         vote_lease => vote_lease: Period = "3s";
+        /// Whose majority a primary needs: "site" (its own site's, the repmgr `location`) or
+        /// "cluster" (every node of every site: one primary for the whole cluster).
+        ///
+        /// Every node must use the same scope: a voter refuses a candidate of the other
+        /// scope. The electorate is every row of `repmgr.nodes`, witnesses and inactive nodes
+        /// included (in site scope, those of the candidate's site). A reload (SIGHUP) applies
+        /// it from the next cycle and the next vote answered.
+        vote_scope => scope: Scope = "site";
         /// Wait after another node's last possible 200 before answering 200 ("0s": none).
         handoff_delay => handoff_delay: PeriodOrZero = "2500ms";
         /// Bound on monotonic clock rate differences, ρ (0.01 = 1 %).

@@ -146,7 +146,7 @@ groups! {
     db: DbSettings, DbFlags;
     /// The poll cycle's clock: `interval`, `peer_timeout`, `max_staleness`.
     timing: Timing, TimingFlags;
-    /// Vote leases: `vote_lease`, `handoff_delay`, `clock_drift`.
+    /// Vote leases: `vote_lease`, `vote_scope`, `handoff_delay`, `clock_drift`.
     leases: LeaseRules, LeaseFlags;
     /// The peers' addresses: `peer_port`, `source_address`.
     peer: PeerSettings, PeerFlags;
@@ -277,6 +277,7 @@ mod tests {
         assert_eq!(c.timing.max_staleness, Duration::from_secs(5));
         assert!(c.peers.is_empty());
         assert_eq!(c.leases.vote_lease, Duration::from_secs(3));
+        assert_eq!(c.leases.scope, crate::wire::VoteScope::Site);
         assert_eq!(c.leases.handoff_delay, Duration::from_millis(2500));
         assert_eq!(c.leases.drift, 0.01);
         assert_eq!(c.node.state_dir, PathBuf::from("/var/lib/primgr"));
@@ -364,6 +365,7 @@ peer_timeout = "250ms"
 source_address = "127.0.0.12"
 max_staleness = "20s"
 vote_lease = "4s"
+vote_scope = "cluster"
 handoff_delay = "3s"
 clock_drift = 0.05
 state_dir = "/run/primgr-test"
@@ -392,6 +394,7 @@ node1 = "http://127.0.0.11:6000"
             (Duration::from_secs(4), Duration::from_secs(3))
         );
         assert_eq!(c.leases.drift, 0.05);
+        assert_eq!(c.leases.scope, crate::wire::VoteScope::Cluster);
         assert_eq!(c.reads.readiness_lag, 1 << 30);
         assert_eq!(
             c.agent.agent_listen,
@@ -426,6 +429,9 @@ node1 = "http://127.0.0.11:6000"
             ("interval = \"0s\"", "interval"),
             ("handoff_delay = \"5ms\"", "handoff_delay"),
             ("clock_drift = 0.5", "clock_drift"),
+            ("vote_scope = \"world\"", "vote_scope"),
+            ("vote_scope = \"Cluster\"", "vote_scope"),
+            ("vote_scope = 1", "vote_scope"),
             ("clock_drift = -0.01", "clock_drift"),
             ("clock_drift = nan", "clock_drift"),
             ("state_dir = \"relative/dir\"", "state_dir"),
@@ -651,12 +657,14 @@ node1 = "http://127.0.0.11:6000"
         let mut flags = Settings::default();
         flags.set_flag("max_connections_in_pool", "7".to_string());
         flags.set_flag("clock_drift", "0.02".to_string());
+        flags.set_flag("vote_scope", "cluster".to_string());
         let c = Settings::default()
             .or_flag("node_name", "n")
             .overlay(flags)
             .validate(&Origin::Defaults)
             .unwrap();
         assert_eq!((c.db.max_connections_in_pool, c.leases.drift), (7, 0.02));
+        assert_eq!(c.leases.scope, crate::wire::VoteScope::Cluster);
     }
 
     /// `--peer` flags merge into the file's `[peers]` entry by entry.

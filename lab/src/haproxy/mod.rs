@@ -6,7 +6,9 @@
 //! [`STOP_GRACE`] (haproxy can take ~1.5 s) and then SIGKILLs. The pid is also written to
 //! `<lab dir>/daemon-haproxy.pid` in the lab's daemon pid-file format, so the lab's teardown and
 //! leftover cleanup (`Lab::build`, `primgr-lab down`) stop a haproxy left behind by a crashed
-//! process too. What the demo shows of it is in `dashboard.rs`.
+//! process too. [`Haproxy::start_site`] runs one more instance per site (its own files, its
+//! own address, and its checks and connections leaving from that address, so the lab's cuts
+//! separate it from another site's nodes). What the demo shows of it is in `dashboard.rs`.
 
 pub mod config;
 pub mod stat;
@@ -54,6 +56,33 @@ impl Haproxy {
     /// `haproxy -db -f` and returns once its stats socket answers (within 15 s; fails early with
     /// the log tail if haproxy exits, e.g. because a port is taken).
     pub async fn start(lab: &Lab, template: &str) -> Result<Haproxy> {
+        Haproxy::launch(lab, template, None).await
+    }
+
+    /// A second (third...) haproxy of one site of the lab, as a deployment with one haproxy per
+    /// datacenter has: [`Haproxy::start`] with its files named after `site`
+    /// (`<lab dir>/haproxy-<site>.cfg`, `.sock`, `.log`, `daemon-haproxy-<site>.pid`), its
+    /// listeners bound to `address` instead of the lab's proxy address, and one line added to
+    /// `defaults`, `source <address>`, so that its health checks and its connections to the
+    /// servers leave from that address: the lab's address cuts ([`Lab::cut`]) then separate it
+    /// from the nodes of another site as they separate the nodes.
+    pub async fn start_site(
+        lab: &Lab,
+        template: &str,
+        site: &str,
+        address: Ipv4Addr,
+    ) -> Result<Haproxy> {
+        ensure!(
+            !site.is_empty()
+                && site
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+            "bad site name {site:?} for a haproxy's files"
+        );
+        Haproxy::launch(lab, template, Some((site, address))).await
+    }
+
+    async fn launch(lab: &Lab, template: &str, site: Option<(&str, Ipv4Addr)>) -> Result<Haproxy> {
         let dir = lab.dir();
         let nodes: Vec<(String, Ipv4Addr)> = lab
             .node_names()
@@ -63,14 +92,21 @@ impl Haproxy {
                 (n, a)
             })
             .collect();
-        let socket = dir.join("haproxy.sock");
-        let rendered = render(template, &nodes, proxy_address(lab.subnet()), &socket)?;
-        let config = dir.join("haproxy.cfg");
+        let (stem, proxy) = match site {
+            Some((site, address)) => (format!("haproxy-{site}"), address),
+            None => ("haproxy".to_string(), proxy_address(lab.subnet())),
+        };
+        let socket = dir.join(format!("{stem}.sock"));
+        let mut rendered = render(template, &nodes, proxy, &socket)?;
+        if site.is_some() {
+            rendered.text = with_source(&rendered.text, proxy)?;
+        }
+        let config = dir.join(format!("{stem}.cfg"));
         std::fs::write(&config, &rendered.text)
             .with_context(|| format!("writing {}", config.display()))?;
         check_config(&config).await?;
         let _ = std::fs::remove_file(&socket);
-        let log = dir.join("haproxy.log");
+        let log = dir.join(format!("{stem}.log"));
         let (out, err) = crate::daemons::append_to(&log)?;
         let child = std::process::Command::new(tool("haproxy"))
             .arg("-db")
@@ -84,7 +120,7 @@ impl Haproxy {
             .spawn()
             .context("starting haproxy")?;
         let pid = i32::try_from(child.id()).context("haproxy pid")?;
-        let pid_file = dir.join("daemon-haproxy.pid");
+        let pid_file = dir.join(format!("daemon-{stem}.pid"));
         let mut hp = Haproxy {
             child: Some(child),
             pid,
@@ -269,6 +305,25 @@ impl Haproxy {
     }
 }
 
+/// `text` with `source <address>` as the first line of its `defaults` section.
+fn with_source(text: &str, address: Ipv4Addr) -> Result<String> {
+    let mut out = String::with_capacity(text.len() + 40);
+    let mut added = false;
+    for line in text.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if !added && line.split('#').next().unwrap_or("").trim() == "defaults" {
+            out.push_str(&format!("    source {address}\n"));
+            added = true;
+        }
+    }
+    ensure!(
+        added,
+        "the configuration has no `defaults` section to add `source` to"
+    );
+    Ok(out)
+}
+
 impl Drop for Haproxy {
     fn drop(&mut self) {
         let Some(mut child) = self.child.take() else {
@@ -284,5 +339,31 @@ impl Drop for Haproxy {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_site_instance_leaves_from_its_own_address() {
+        let r = render(
+            SHIPPED_CONFIG,
+            &[("node1".into(), crate::node_address(9, 1))],
+            Ipv4Addr::new(127, 0, 9, 101),
+            Path::new("/lab/haproxy-dc1.sock"),
+        )
+        .unwrap();
+        let text = with_source(&r.text, Ipv4Addr::new(127, 0, 9, 101)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines.iter().position(|l| *l == "defaults").unwrap();
+        assert_eq!(lines[at + 1], "    source 127.0.9.101");
+        assert_eq!(text.matches("source 127.0.9.101").count(), 1);
+        assert_eq!(
+            r.listeners[WRITE],
+            "127.0.9.101:5000".parse::<SocketAddr>().unwrap()
+        );
+        assert!(with_source("global\n", Ipv4Addr::LOCALHOST).is_err());
     }
 }
