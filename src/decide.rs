@@ -16,9 +16,9 @@
 //! overlap; leaving out the inactive rows would let the electorate shrink on one side of a
 //! partition (repmgr marks the old primary inactive where it promotes a new one, and only
 //! there), and two majorities of two different electorates need not share anyone. An inactive
-//! node that is really gone costs a vote, as a stopped node does; `repmgr node unregister`
-//! (or `repmgr standby unregister`) takes it out of the electorate on every node at once,
-//! which is the operator's act of changing the membership.
+//! node that is really gone costs a vote, as a stopped node does; `repmgr primary unregister`,
+//! `repmgr standby unregister` or `repmgr witness unregister` (repmgr 5.3) takes it out of the
+//! electorate on every node at once, which is the operator's act of changing the membership.
 
 use crate::db::{DbError, DbObservation, NodeRow};
 use crate::vote::{Ballot, Window};
