@@ -49,7 +49,7 @@ use tracing::warn;
 use warp::path::FullPath;
 use warp::{Filter, Rejection};
 
-use crate::auth::{self, AnswerClaims, AuthError, Exchange, Keys, RequestClaims};
+use crate::auth::{self, AnswerClaims, AuthError, Exchange, GrantEpoch, Keys, RequestClaims};
 use crate::conninfo;
 use crate::cycle;
 use crate::decide::State;
@@ -60,7 +60,7 @@ use crate::shared::{Loaded, Shared};
 use crate::snapshot::{Snapshot, json_bytes, state_body, sync_text};
 use crate::vote::Release;
 use crate::wire::{
-    CheckBody, ErrorBody, RealPrimaryBody, RealPrimarySite, ReleaseAnswer, ReleaseRefusal,
+    self, CheckBody, ErrorBody, RealPrimaryBody, RealPrimarySite, ReleaseAnswer, ReleaseRefusal,
     Released, Status, StatusConfig, StatusDatabase, StatusDrain, StatusHeldVote, StatusMember,
     StatusReplication, StatusSiteVotes, StatusVoter, VoteAnswer, VoteGrant, VoteRefusal,
     VoteRequest, VoteScope, WalAnswer, WalPosition, WalUnknown,
@@ -280,7 +280,7 @@ pub fn routes(
         // Between daemons: the vote, its release, the primary's WAL position.
         first_of![
             with_query(exactly!("vote"), Vote),
-            at(exactly!("release"), Release),
+            with_query(exactly!("release"), Release),
             at(exactly!("wal"), Wal),
         ],
         // Patroni's health checks (see `reads`).
@@ -502,7 +502,13 @@ impl App {
                 Ok(request) => self.vote(&request, now),
                 Err(why) => (400, json_bytes(&ErrorBody { error: why })),
             },
-            Endpoint::Release => self.release(),
+            Endpoint::Release => match release_undoes(query) {
+                Ok(undoes) => match self.release_sender(client, verified.as_ref()) {
+                    Ok(voter) => self.release(&voter, undoes),
+                    Err(why) => (403, json_bytes(&ErrorBody { error: why })),
+                },
+                Err(why) => (400, json_bytes(&ErrorBody { error: why })),
+            },
             Endpoint::Wal => self.wal(now),
             Endpoint::ReadWrite => self.read_write(now),
             Endpoint::Health => self.health(now),
@@ -876,6 +882,7 @@ impl App {
         );
         let answer = match given {
             Ok(grant) => VoteAnswer::Grant(VoteGrant {
+                epoch: grant.epoch,
                 exclusive_ms: grant.exclusive.as_millis() as u64,
                 lease_ms: grant.lease.as_millis() as u64,
                 node,
@@ -894,11 +901,26 @@ impl App {
         (answer.status(), json_bytes(&answer))
     }
 
-    /// `POST /release`: void every vote requested before now, unless this node answers 200 or
-    /// is about to; say when it last could have.
-    fn release(&self) -> (u16, Bytes) {
+    /// Who sent a `/release`: the authenticated sender (key mode), or the one member whose
+    /// address the request came from (address mode; no member, or several, at that address:
+    /// refused, and why).
+    fn release_sender(
+        &self,
+        client: SocketAddr,
+        verified: Option<&Verified>,
+    ) -> Result<String, String> {
+        match verified {
+            Some(v) => Ok(v.claims.from.clone()),
+            None => self.shared.auth.member_at(client.ip().to_canonical()),
+        }
+    }
+
+    /// `POST /release?undoes=EPOCH` from `voter`: void the votes `voter` granted in that epoch
+    /// or earlier (no other voter's), unless this node answers 200 or is about to; say when it
+    /// last could have.
+    fn release(&self, voter: &str, undoes: GrantEpoch) -> (u16, Bytes) {
         let node = self.shared.config().node.node_name.clone();
-        let (answer, now) = self.shared.votes.release(&self.shared.store);
+        let (answer, now) = self.shared.votes.release(&self.shared.store, voter, undoes);
         let answer = match answer {
             Release::Released { last_200 } => ReleaseAnswer::Released(Released {
                 last_200_ms: now.saturating_duration_since(last_200).as_millis() as u64,
@@ -1128,6 +1150,25 @@ fn json_reply(endpoint: Endpoint, code: u16, body: Bytes) -> Reply {
 /// A `/vote` request's parameters (`candidate`, `scope`); any other parameter is an error.
 fn vote_request(query: Option<&str>) -> Result<VoteRequest, String> {
     VoteRequest::from_pairs(&reads::query_pairs(query)?)
+}
+
+/// The epoch a `/release` undoes: exactly one parameter `undoes=<boot id>.<n>`; anything else
+/// (none, another parameter, a malformed epoch) is an error and the release changes nothing.
+fn release_undoes(query: Option<&str>) -> Result<GrantEpoch, String> {
+    let key = wire::RELEASE_UNDOES;
+    let usage = || {
+        format!(
+            "a release names the epoch of the sender's grants it undoes: /release?{key}=<boot \
+             id>.<n>, as its vote answers gave it"
+        )
+    };
+    match reads::query_pairs(query)?.as_slice() {
+        [(k, v)] if k == key => GrantEpoch::parse(v)
+            .ok_or_else(|| format!("{key}: {v:?} is not a grant epoch; {}", usage())),
+        [] => Err(format!("no {key}: {}", usage())),
+        [(k, _)] => Err(format!("unknown parameter {k:?} (known: {key})")),
+        _ => Err(format!("one parameter only: {}", usage())),
+    }
 }
 
 /// 405, with the methods `endpoint` answers.
@@ -1440,6 +1481,7 @@ mod tests {
         let now = Instant::now();
         let vote = |voter: &str, settled: i64, until: u64| HeldVote {
             voter: voter.into(),
+            epoch: None,
             sent: now,
             valid_until: now + Duration::from_millis(until),
             settled_at: if settled < 0 {
@@ -1608,7 +1650,32 @@ mod tests {
             assert!(code != 404 && code != 405, "GET {target}: {code}");
             assert_eq!(counted, name, "GET {target}");
         }
-        let (code, _, counted) = ask(&app, Method::POST, "/release").await;
+        // A release names the epoch it undoes, exactly; without a key, its sender is the one
+        // member at the request's address (a `peer_allow` address names nobody).
+        let epoch = "AAAAAAAAAAAAAAAAAAAAAA.0";
+        for bad in [
+            "/release".to_string(),
+            "/release?undoes=x.1".into(),
+            format!("/release?undoes={epoch}&undoes={epoch}"),
+            format!("/release?undo={epoch}"),
+        ] {
+            let (code, _, counted) = ask(&app, Method::POST, &bad).await;
+            assert_eq!((code, counted.as_str()), (400, "/release"), "{bad}");
+        }
+        let target = format!("/release?undoes={epoch}");
+        let (code, _, _) = ask(&app, Method::POST, &target).await;
+        assert_eq!(code, 403, "a peer_allow address is no member's");
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        let both = ["n2".to_string(), "n3".to_string()];
+        app.shared
+            .auth
+            .set_members([(ip, both.iter().cloned().collect())].into());
+        let (code, _, _) = ask(&app, Method::POST, &target).await;
+        assert_eq!(code, 403, "two members at one address: ambiguous");
+        app.shared
+            .auth
+            .set_members([(ip, both[..1].iter().cloned().collect())].into());
+        let (code, _, counted) = ask(&app, Method::POST, &target).await;
         assert_eq!(
             (code, counted.as_str()),
             (200, "/release"),

@@ -1118,6 +1118,23 @@ impl fmt::Debug for GrantEpoch {
     }
 }
 
+/// On the wire (a vote's `epoch`), its text form.
+impl serde::Serialize for GrantEpoch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// From its text form; anything else is an error (the vote is then no vote).
+impl<'de> serde::Deserialize<'de> for GrantEpoch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<GrantEpoch, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        GrantEpoch::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom("not a grant epoch (`<boot id>.<n>`, base64url and decimal)")
+        })
+    }
+}
+
 /// Why a holder did not record a release (it then refuses it: the voter keeps its promise).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("too many releases to remember: {0}")]

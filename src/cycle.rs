@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::auth::GrantEpoch;
 use crate::db::{DbError, DbObservation};
 use crate::decide::{self, Verdict};
 use crate::peers::{ReleaseReply, VoteReply};
@@ -30,7 +31,9 @@ use crate::snapshot::{
     DbStatus, Drain, Member, PrimaryPosition, Replication, SessionWatch, Snapshot, VoterReport,
     standby_sync,
 };
-use crate::vote::{Ballot, Book, Grant, HeldVote, Holder, LeaseRules, NoVote, Release, Window};
+use crate::vote::{
+    Asking, Ballot, Book, Grant, HeldVote, Holder, LeaseRules, NoVote, Release, Window,
+};
 use crate::wire::{VoteRequest, VoteScope, WalStandby};
 
 /// The requests one cycle sends, and what it needs from its observation to conclude.
@@ -45,9 +48,9 @@ pub struct Plan {
     /// site, or of the cluster in cluster scope; when this node stands for election).
     pub voters: Vec<String>,
     /// The holder of a promise this node's book would now give to someone else, to ask for a
-    /// release (this node itself when its own metadata moved on). Until the next cycle's plan
-    /// the book gives it no vote.
-    pub release: Option<String>,
+    /// release (this node itself when its own metadata moved on), and the epoch of this node's
+    /// grants it undoes. Until the next cycle's plan the book gives it no vote.
+    pub release: Option<Asking>,
     /// The primary a standby asks where it writes (`/wal`).
     pub position_from: Option<String>,
     /// The active primary the metadata names.
@@ -124,13 +127,19 @@ pub fn vote(
     book.answer_to(candidate, published.named(now), now)
 }
 
-/// `POST /release` at `now`, against the published snapshot: void every vote requested before
-/// now unless the snapshot's window allows a 200 now or later ([`Holder::release`]). The
-/// caller holds the holder's lock, which the poller publishes under, so `published` is the
-/// newest snapshot. The one release path: `/release`, this node's own holder in a cycle, and
-/// the simulation.
-pub fn release(holder: &mut Holder, published: &Snapshot, now: Instant) -> Release {
-    holder.release(published.verdict.window, now)
+/// `POST /release?undoes=EPOCH` from the authenticated `voter` at `now`, against the published
+/// snapshot: void that voter's votes of `undoes` and earlier (of the same boot), unless the
+/// snapshot's window allows a 200 now or later ([`Holder::release`]). The caller holds the
+/// holder's lock, which the poller publishes under, so `published` is the newest snapshot.
+/// The one release path: `/release`, this node's own holder in a cycle, and the simulation.
+pub fn release(
+    holder: &mut Holder,
+    published: &Snapshot,
+    voter: &str,
+    undoes: GrantEpoch,
+    now: Instant,
+) -> Release {
+    holder.release(published.verdict.window, voter, undoes, now)
 }
 
 /// The answer to a cycle's release request.
@@ -438,6 +447,10 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn boot(b: u8) -> crate::auth::BootId {
+        crate::auth::BootId::from_bytes([b; 16])
+    }
+
     /// A site-scope candidate's request.
     fn ask(candidate: &str) -> VoteRequest {
         VoteRequest {
@@ -505,6 +518,7 @@ mod tests {
                 to: to.into(),
                 lease: L,
                 exclusive,
+                epoch: Some(GrantEpoch::first(boot(name.as_bytes()[1]))),
             }),
             latency: Some(latency),
         }
@@ -513,7 +527,7 @@ mod tests {
     #[test]
     fn a_primary_asks_its_site_and_a_standby_asks_where_its_primary_writes() {
         let t0 = Instant::now();
-        let mut book = Book::new(L, t0);
+        let mut book = Book::new(L, t0, boot(3));
         let obs = metadata("n1", false);
         let p = plan("n1", rules(), Ok(&obs), &mut book, t0 + ms(10));
         assert_eq!(p.voters, ["n2", "n3"], "its site, not dc2");
@@ -535,7 +549,7 @@ mod tests {
     #[test]
     fn cluster_scope_asks_every_node_and_a_voter_refuses_the_other_scope() {
         let t0 = Instant::now();
-        let mut book = Book::new(L, t0);
+        let mut book = Book::new(L, t0, boot(1));
         let obs = metadata("n1", false);
         let cluster = LeaseRules {
             scope: VoteScope::Cluster,
@@ -581,7 +595,7 @@ mod tests {
     fn a_moved_view_asks_the_holder_to_release_and_its_answer_ends_the_promise() {
         let t0 = Instant::now();
         let t = t0 + L;
-        let mut book = Book::new(L, t0);
+        let mut book = Book::new(L, t0, boot(3));
         let published = Snapshot {
             observed_at: Some(t),
             primary: Some("n1".into()),
@@ -597,7 +611,9 @@ mod tests {
         );
         let moved = metadata("n2", true);
         let p = plan("n3", rules(), Ok(&moved), &mut book, t + ms(1000));
-        assert_eq!(p.release.as_deref(), Some("n1"));
+        let asking = p.release.unwrap();
+        assert_eq!(asking.holder, "n1");
+        assert_eq!(asking.undoes, GrantEpoch::first(boot(3)));
         assert_eq!(
             vote(
                 &mut book,
@@ -622,24 +638,25 @@ mod tests {
     #[test]
     fn release_refuses_inside_the_published_window_and_grants_after_it() {
         let t0 = Instant::now();
-        let mut holder = Holder::new(t0);
+        let mut holder = Holder::new(t0, L);
+        let e = GrantEpoch::first(boot(2));
         let mut published = Snapshot::starting();
         published.verdict.window = Some(Window {
             from: t0 + ms(100),
             until: t0 + ms(2000),
         });
         assert!(matches!(
-            release(&mut holder, &published, t0 + ms(500)),
+            release(&mut holder, &published, "n2", e, t0 + ms(500)),
             Release::Refused(_)
         ));
         assert_eq!(
-            release(&mut holder, &published, t0 + ms(2500)),
+            release(&mut holder, &published, "n2", e, t0 + ms(2500)),
             Release::Released {
                 last_200: t0 + ms(2000)
             }
         );
         // Its own holder: the same path, the instant on the same clock.
-        let mut book = Book::new(L, t0);
+        let mut book = Book::new(L, t0, boot(3));
         let answer = ReleaseAnswer::Own(Release::Released { last_200: t0 });
         assert_eq!(
             released(&mut book, &rules(), "n1", &answer, t0 + ms(10)),
@@ -652,8 +669,8 @@ mod tests {
     #[test]
     fn conclude_counts_votes_from_the_send_and_adds_its_own() {
         let t0 = Instant::now();
-        let mut book = Book::new(L, t0);
-        let holder = Holder::new(t0);
+        let mut book = Book::new(L, t0, boot(3));
+        let holder = Holder::new(t0, L);
         let obs = metadata("n1", false);
         // Long after the start: its own vote needs no handoff either.
         let sent = t0 + ms(60_000);
@@ -811,7 +828,7 @@ mod tests {
     #[test]
     fn publish_stores_then_retires_at_an_instant_read_after_the_store() {
         let t0 = Instant::now();
-        let mut holder = Holder::new(t0);
+        let mut holder = Holder::new(t0, L);
         let w = Window {
             from: t0,
             until: t0 + ms(3000),
@@ -838,7 +855,7 @@ mod tests {
         assert_eq!(verdict.state, State::Standby);
         assert_eq!(*order.borrow(), ["store Standby", "clock"]);
         assert_eq!(
-            holder.release(None, t0 + ms(1500)),
+            holder.release(None, "n2", GrantEpoch::first(boot(2)), t0 + ms(1500)),
             Release::Released {
                 last_200: t0 + ms(1000)
             }

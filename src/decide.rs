@@ -333,6 +333,9 @@ mod tests {
     fn vote(voter: &str, t: Instant) -> HeldVote {
         HeldVote {
             voter: voter.into(),
+            epoch: Some(crate::auth::GrantEpoch::first(
+                crate::auth::BootId::from_bytes([1; 16]),
+            )),
             sent: t,
             valid_until: t + Duration::from_secs(3),
             settled_at: t,

@@ -31,11 +31,11 @@
 //! - [`db`]: the pool and the single query that observes the local database;
 //! - [`config`]: settings by group, each key declared once; the file and flags, validation;
 //! - [`vote`]: vote leases: the voter's promise book, the candidate's ballot, releases; pure;
-//! - [`auth`]: peer keys, the MACs over requests and answers, replay tickets, the grant
-//!   epochs a release undoes, the cluster identity; pure;
 //! - [`tls`]: the certificate, key and CA files read into rustls' server and client
 //!   configurations, each behind a swap that a reload renews; no sockets;
 //! - [`wire`]: the serde types of every body between processes, for writers and readers alike;
+//! - [`auth`]: peer keys, the MACs over requests and answers, replay tickets, the grant
+//!   epochs a release undoes, the cluster identity; pure;
 //! - [`conninfo`]: the host of a conninfo, and the conninfo with its password masked;
 //! - [`units`]: sizes (`16MB`) and durations (`500ms`) as operators write them;
 //! - [`shutdown`]: signals and the stop token; [`notify`]: systemd readiness (sd_notify).

@@ -210,19 +210,13 @@ pub fn render(s: &Snapshot, extra: &Extra<'_>, now: Instant) -> String {
         "1 while an operator has drained this node.",
         f64::from(u8::from(s.drained.is_some())),
     );
-    family(
+    counters_by(
         &mut out,
         "primgr_voter_failures_total",
-        "counter",
         "Vote requests that got no usable answer.",
+        "voter",
+        extra.voter_failures,
     );
-    for (voter, n) in extra.voter_failures {
-        let _ = writeln!(
-            out,
-            "primgr_voter_failures_total{{voter=\"{}\"}} {n}",
-            label(voter)
-        );
-    }
     family(
         &mut out,
         "primgr_peer_auth_mode",
@@ -233,19 +227,13 @@ pub fn render(s: &Snapshot, extra: &Extra<'_>, now: Instant) -> String {
         let v = u8::from(mode == extra.peer_auth);
         let _ = writeln!(out, "primgr_peer_auth_mode{{mode=\"{mode}\"}} {v}");
     }
-    family(
+    counters_by(
         &mut out,
         "primgr_peer_answers_unauthenticated_total",
-        "counter",
         "Peer answers that failed authentication (counted as no answer).",
+        "peer",
+        extra.peer_auth_failures,
     );
-    for (peer, n) in extra.peer_auth_failures {
-        let _ = writeln!(
-            out,
-            "primgr_peer_answers_unauthenticated_total{{peer=\"{}\"}} {n}",
-            label(peer)
-        );
-    }
     family(
         &mut out,
         "primgr_peer_requests_refused_total",
@@ -303,6 +291,14 @@ pub fn render(s: &Snapshot, extra: &Extra<'_>, now: Instant) -> String {
         );
     }
     out
+}
+
+/// A counter family with one sample per peer, labelled `key` with the peer's name.
+fn counters_by(out: &mut String, name: &str, help: &str, key: &str, by: &BTreeMap<String, u64>) {
+    family(out, name, "counter", help);
+    for (peer, n) in by {
+        let _ = writeln!(out, "{name}{{{key}=\"{}\"}} {n}", label(peer));
+    }
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -388,6 +384,7 @@ mod tests {
             votes: ["n3", "n4"]
                 .map(|v| HeldVote {
                     voter: v.into(),
+                    epoch: None,
                     sent: now,
                     valid_until: now + std::time::Duration::from_secs(3),
                     settled_at: now,

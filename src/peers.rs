@@ -36,8 +36,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::auth::{
-    self, AnswerClaims, ClusterId, Exchange, Keys, MAX_TICKET_PEERS, Nonce, RequestClaims,
-    TicketBook,
+    self, AnswerClaims, ClusterId, Exchange, GrantEpoch, Keys, MAX_TICKET_PEERS, Nonce,
+    RequestClaims, TicketBook,
 };
 use crate::conninfo;
 use crate::db::NodeRow;
@@ -473,23 +473,19 @@ impl PeerClient {
         parse_state(status, &body)
     }
 
-    /// Asks `holder` to release the promises made to it (`POST /release`).
+    /// Asks `holder` to release the promises this node made to it up to its epoch `undoes`
+    /// (`POST /release?undoes=EPOCH`; the query is bound by the request's MAC).
     pub async fn ask_release(
         &self,
         signer: Option<&Signer<'_>>,
         base: &Uri,
         holder: &str,
+        undoes: GrantEpoch,
         deadline: Instant,
     ) -> ReleaseReply {
+        let path = format!("/release?{}={undoes}", wire::RELEASE_UNDOES);
         let answer = self
-            .exchange(
-                signer,
-                Method::POST,
-                base,
-                Some(holder),
-                "/release",
-                deadline,
-            )
+            .exchange(signer, Method::POST, base, Some(holder), &path, deadline)
             .await;
         match answer {
             Err(e) => ReleaseReply::Failed(e.to_string()),
@@ -563,6 +559,7 @@ pub fn parse_vote(status: u16, body: &[u8], voter: &str, me: &str, scope: VoteSc
             to: g.vote,
             lease: Duration::from_millis(g.lease_ms),
             exclusive: Duration::from_millis(g.exclusive_ms),
+            epoch: g.epoch,
         }),
         VoteAnswer::Grant(g) => VoteReply::Withdrawn(format!("votes for {}", g.vote)),
         VoteAnswer::Refusal(r) => {
@@ -797,13 +794,14 @@ mod tests {
     /// Only a well-formed vote of the voter asked, for this node, with a lease, is a vote.
     #[test]
     fn vote_answers() {
-        let granted = br#"{"node":"n3","vote":"n1","lease_ms":3000,"exclusive_ms":250}"#;
+        let granted = br#"{"epoch":"AAAAAAAAAAAAAAAAAAAAAA.0","node":"n3","vote":"n1","lease_ms":3000,"exclusive_ms":250}"#;
         assert_eq!(
             parse_vote(200, granted, "n3", "n1", VoteScope::Site),
             VoteReply::Granted(Grant {
                 to: "n1".into(),
                 lease: Duration::from_secs(3),
                 exclusive: Duration::from_millis(250),
+                epoch: Some(GrantEpoch::first(auth::BootId::from_bytes([0; 16]))),
             })
         );
         // Another voter's answer (two rows reaching one daemon), or this node's own daemon
@@ -815,7 +813,7 @@ mod tests {
             );
         }
         assert!(matches!(
-            parse_vote(200, br#"{"node":"n3","vote":"n2","lease_ms":3000,"exclusive_ms":0}"#, "n3", "n1", VoteScope::Site),
+            parse_vote(200, br#"{"epoch":"AAAAAAAAAAAAAAAAAAAAAA.0","node":"n3","vote":"n2","lease_ms":3000,"exclusive_ms":0}"#, "n3", "n1", VoteScope::Site),
             VoteReply::Withdrawn(w) if w.contains("n2")
         ));
         assert!(matches!(
@@ -883,6 +881,12 @@ mod tests {
                 "{status} {body:?}"
             );
         }
+        // A voter older than epochs (a rolling upgrade): its vote counts, without an epoch.
+        let legacy = br#"{"node":"n3","vote":"n1","lease_ms":3000,"exclusive_ms":250}"#;
+        assert!(matches!(
+            parse_vote(200, legacy, "n3", "n1", VoteScope::Site),
+            VoteReply::Granted(Grant { epoch: None, .. })
+        ));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! it clears, never on every tick. Each publication is handed to the `on_change` runner
 //! ([`crate::hooks`]) without waiting.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -298,12 +298,13 @@ impl Poller {
     /// node's own holder when it is this node, as `/release` answers), and ends the promise
     /// when it did.
     async fn release(&self, plan: &Plan, deadline: tokio::time::Instant) {
-        let Some(holder) = plan.release.as_deref() else {
+        let Some(asking) = plan.release.as_ref() else {
             return;
         };
+        let holder = asking.holder.as_str();
         let votes = &self.shared.votes;
         let (answer, now) = if holder == plan.me {
-            let (own, now) = votes.release(&self.shared.store);
+            let (own, now) = votes.release(&self.shared.store, &plan.me, asking.undoes);
             (ReleaseAnswer::Own(own), now)
         } else {
             let reply = match self.url_of(holder) {
@@ -315,7 +316,7 @@ impl Poller {
                         .map(|k| self.shared.auth.signer(k, &plan.me));
                     let client = &self.shared.poll_client;
                     client
-                        .ask_release(signer.as_ref(), &uri, holder, deadline)
+                        .ask_release(signer.as_ref(), &uri, holder, asking.undoes, deadline)
                         .await
                 }
             };
@@ -364,26 +365,31 @@ impl Poller {
 
     /// The members' addresses for address mode (`peer_key_file` not set): the host of every
     /// row's conninfo and of every `[peers]` entry, resolved now (a name that does not
-    /// resolve within [`RESOLVE_TIMEOUT`] adds nothing this cycle).
+    /// resolve within [`RESOLVE_TIMEOUT`] adds nothing this cycle), with the members at each
+    /// address (a `/release` from an address names its sender).
     async fn update_addresses(&mut self, config: &Config, obs: &DbObservation) {
         if self.shared.auth.keys().is_some() {
             return;
         }
-        let hosts: BTreeSet<String> = obs
-            .nodes
-            .iter()
-            .filter_map(|n| conninfo::host(&n.conninfo).ok())
-            .chain(
-                config
-                    .peers
-                    .values()
-                    .filter_map(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string())),
-            )
-            .collect();
-        let mut addresses = HashSet::new();
-        for host in hosts {
+        let mut hosts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for n in &obs.nodes {
+            if let Ok(host) = conninfo::host(&n.conninfo) {
+                hosts.entry(host).or_default().insert(n.node_name.clone());
+            }
+        }
+        for (name, uri) in &config.peers {
+            if let Some(host) = uri.host() {
+                let host = host.trim_matches(['[', ']']).to_string();
+                hosts.entry(host).or_default().insert(name.clone());
+            }
+        }
+        let mut addresses: HashMap<IpAddr, BTreeSet<String>> = HashMap::new();
+        for (host, names) in hosts {
             if let Ok(ip) = host.parse::<IpAddr>() {
-                addresses.insert(ip.to_canonical());
+                addresses
+                    .entry(ip.to_canonical())
+                    .or_default()
+                    .extend(names);
                 continue;
             }
             if host.starts_with('/') {
@@ -391,7 +397,10 @@ impl Poller {
             }
             let lookup = tokio::net::lookup_host((host.as_str(), 0));
             if let Ok(Ok(found)) = tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
-                addresses.extend(found.map(|a| a.ip().to_canonical()));
+                for a in found {
+                    let at = addresses.entry(a.ip().to_canonical()).or_default();
+                    at.extend(names.iter().cloned());
+                }
             }
         }
         self.shared.auth.set_members(addresses);

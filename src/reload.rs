@@ -54,7 +54,7 @@ pub fn apply(shared: &Shared, mut new: Config) -> Applied {
         running.changes(&new).into_iter().partition(|c| c.restart);
     new.keep_restart_only(&running);
     if new.leases.vote_lease != running.leases.vote_lease {
-        shared.votes.book().set_lease(new.leases.vote_lease);
+        shared.votes.set_lease(new.leases.vote_lease);
     }
     // The key file was read by the validation; read again to put it in force (a file that
     // changed in between is refused and the keys in force stay).

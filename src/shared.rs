@@ -9,7 +9,7 @@
 //! TLS files in force ([`crate::tls::Tls`]: the listener's certificate, the peers' CA). Nothing
 //! here is global: each daemon has its own.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tracing::{info, warn};
 
-use crate::auth::{ClusterId, KeyFileError, Keys, ReplayGuard};
+use crate::auth::{BootId, ClusterId, GrantEpoch, KeyFileError, Keys, ReplayGuard};
 
 use crate::config::Config;
 use crate::cycle;
@@ -118,11 +118,24 @@ pub struct Votes {
 }
 
 impl Votes {
-    /// The votes of a daemon that started at `started`.
+    /// The votes of a daemon that started at `started`. Its grants' boot id comes from the
+    /// OS's random source; were it to fail, from the wall clock and the process id (a boot id
+    /// shared with another process of this node would only void more of its grants after a
+    /// release: never fewer).
     pub fn new(vote_lease: std::time::Duration, started: Instant) -> Votes {
+        let boot = BootId::random().unwrap_or_else(|_| {
+            let mut bytes = [0u8; 16];
+            let wall = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64;
+            bytes[..8].copy_from_slice(&wall.to_be_bytes());
+            bytes[8..12].copy_from_slice(&std::process::id().to_be_bytes());
+            BootId::from_bytes(bytes)
+        });
         Votes {
-            book: Mutex::new(Book::new(vote_lease, started)),
-            holder: Mutex::new(Holder::new(started)),
+            book: Mutex::new(Book::new(vote_lease, started, boot)),
+            holder: Mutex::new(Holder::new(started, vote_lease)),
         }
     }
 
@@ -141,11 +154,23 @@ impl Votes {
     /// poller when it is its own holder; with the instant it was decided at. The holder's lock
     /// first: the poller publishes under it, so the snapshot read here is the newest and no
     /// vote requested before now can be published after.
-    pub fn release(&self, store: &SnapshotStore) -> (Release, Instant) {
+    pub fn release(
+        &self,
+        store: &SnapshotStore,
+        voter: &str,
+        undoes: GrantEpoch,
+    ) -> (Release, Instant) {
         let mut holder = self.holder();
         let now = Instant::now();
-        let answer = cycle::release(&mut holder, &store.peek(), now);
+        let answer = cycle::release(&mut holder, &store.peek(), voter, undoes, now);
         (answer, now)
+    }
+
+    /// A reload's new `vote_lease`: the book's later promises, and how long the holder
+    /// remembers releases (never shorter than before).
+    pub fn set_lease(&self, vote_lease: std::time::Duration) {
+        self.holder().set_lease(vote_lease);
+        self.book().set_lease(vote_lease);
     }
 }
 
@@ -161,8 +186,8 @@ pub struct PeerAuth {
     /// The tickets peers gave and the answers that failed authentication.
     pub answers: Answers,
     cluster: Mutex<Option<ClusterId>>,
-    /// The members' addresses, resolved by the poller each cycle.
-    members: ArcSwap<HashSet<IpAddr>>,
+    /// The members' addresses, resolved by the poller each cycle, with the members at each.
+    members: ArcSwap<HashMap<IpAddr, BTreeSet<String>>>,
     /// Peer requests refused (401, 403).
     refused: AtomicU64,
 }
@@ -246,11 +271,35 @@ impl PeerAuth {
 
     /// Whether `ip` is a member's address (address mode).
     pub fn is_member(&self, ip: IpAddr) -> bool {
-        self.members.load().contains(&ip)
+        self.members.load().contains_key(&ip)
     }
 
-    /// The members' addresses (by the poller, each cycle).
-    pub fn set_members(&self, members: HashSet<IpAddr>) {
+    /// The member whose address `ip` is (address mode: a release's sender), or why none can be
+    /// told: no member has it (a `peer_allow` address), or several have it.
+    pub fn member_at(&self, ip: IpAddr) -> Result<String, String> {
+        let members = self.members.load();
+        let names = members.get(&ip).map(|n| n.iter().collect::<Vec<_>>());
+        match names.as_deref() {
+            Some([one]) => Ok((*one).clone()),
+            Some(several) if !several.is_empty() => Err(format!(
+                "{ip} is the address of {} members ({}): without peer_key_file a release must \
+                 come from the one address of one member, to void only what that member granted",
+                several.len(),
+                several
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            _ => Err(format!(
+                "{ip} is no member's own address (peer_allow): without peer_key_file a release \
+                 must come from its member's address, to void only what that member granted"
+            )),
+        }
+    }
+
+    /// The members' addresses with the members at each (by the poller, each cycle).
+    pub fn set_members(&self, members: HashMap<IpAddr, BTreeSet<String>>) {
         if **self.members.load() != members {
             self.members.store(Arc::new(members));
         }

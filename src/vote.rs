@@ -26,11 +26,16 @@
 //!   could have, which covers haproxy's time to take the old one out of its write pool; a
 //!   continuing primary, whose voters have named it all along, needs no handoff.
 //! - **Release** ([`Holder`]). A node that no longer answers 200 (its database stopped, or its
-//!   site names another node) can release the promises made to it: it voids every vote it
-//!   requested before that instant and tells the voter when it last could have answered 200.
-//!   The voter then ends the promise at once, and the new primary only waits out the handoff,
-//!   not a lease that nobody uses any more. While it asks ([`Book::begin_release`]), the voter
-//!   gives the holder no vote, so the promise it ends is one the holder no longer counts.
+//!   site names another node) can release the promises made to it. A release comes from one
+//!   voter (authenticated: `crate::auth`) and names an **epoch** of that voter's grants
+//!   ([`crate::auth::GrantEpoch`]: its boot and how many releases it began): the holder voids
+//!   exactly that voter's votes of that boot granted in that epoch or earlier, no other
+//!   voter's, no later grant ([`crate::auth::Fences`]), and tells the voter when it last could
+//!   have answered 200. The voter then ends the promise at once, and the new primary only waits
+//!   out the handoff, not a lease that nobody uses any more. When it begins to ask
+//!   ([`Book::begin_release`]) the voter moves to the next epoch and, until its next cycle,
+//!   gives the holder no vote, so the promise it ends is one the holder no longer counts. A
+//!   release replayed or delivered late voids nothing its sender had not asked to void.
 //!
 //! Why no promise survives a restart: keeping them would need a durable write before every
 //! answer and a clock base that survives the process; abstaining for `vote_lease` after a start
@@ -40,6 +45,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::auth::{BootId, Fences, GrantEpoch};
 use crate::wire::VoteScope;
 
 /// The rules shared by voters and candidates (from the configuration): the timing, and whose
@@ -82,6 +88,7 @@ impl LeaseRules {
             .saturating_sub(grant.exclusive);
         HeldVote {
             voter: voter.to_string(),
+            epoch: grant.epoch,
             sent,
             valid_until: sent + self.counted_for(lease),
             settled_at: received.max(sent) + wait,
@@ -110,6 +117,10 @@ pub struct Grant {
     pub lease: Duration,
     /// How long the voter has promised no node other than `to` (on its clock).
     pub exclusive: Duration,
+    /// The voter's epoch when it granted it: a release of the voter naming this epoch or a
+    /// later one (of the same boot) voids it ([`Holder::release`]). None: a voter older than
+    /// epochs (a rolling upgrade); no release voids that vote, it counts until it expires.
+    pub epoch: Option<GrantEpoch>,
 }
 
 /// Why a voter gives no vote.
@@ -197,18 +208,35 @@ pub struct Book {
     /// The node this voter's poller asks to release its promise in the current cycle
     /// ([`Book::begin_release`]): it gets no vote meanwhile.
     releasing: Option<String>,
+    /// The epoch of the grants it makes now: its boot, and how many releases it began.
+    epoch: GrantEpoch,
+}
+
+/// A release a voter asks for: of the promises made to `holder`, the grants of `undoes` and
+/// every earlier epoch of the same boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asking {
+    pub holder: String,
+    pub undoes: GrantEpoch,
 }
 
 impl Book {
-    /// The book of a daemon that started at `started`.
-    pub fn new(vote_lease: Duration, started: Instant) -> Book {
+    /// The book of a daemon that started at `started`, whose process is `boot` (a random id,
+    /// new at every start: [`BootId::random`]).
+    pub fn new(vote_lease: Duration, started: Instant, boot: BootId) -> Book {
         Book {
             vote_lease,
             accepting_from: started + vote_lease,
             promise: None,
             ended: BTreeMap::new(),
             releasing: None,
+            epoch: GrantEpoch::first(boot),
         }
+    }
+
+    /// The epoch of the grants it makes now.
+    pub fn epoch(&self) -> GrantEpoch {
+        self.epoch
     }
 
     /// Sets the length of later promises (a reload); promises already made keep theirs.
@@ -269,6 +297,7 @@ impl Book {
             to: to.to_string(),
             lease: self.vote_lease,
             exclusive: now.saturating_duration_since(self.exclusive_since(to)),
+            epoch: Some(self.epoch),
         }
     }
 
@@ -306,15 +335,21 @@ impl Book {
 
     /// [`Book::to_release`] at the start of a poll cycle, whose answer the poller then asks for
     /// a release: from now until the next cycle's call, this voter gives that node no vote.
+    /// The release undoes the grants of the epoch in force until now (and every earlier one);
+    /// the book moves to the next epoch, so a grant it makes from now on is not undone by it
+    /// (nor by any replay of it).
     ///
     /// Its published view may still name the holder (the poller publishes the new one at the
     /// end of the cycle), and the holder, once released, may ask again before the answer to the
     /// release arrives here. A vote granted then would answer a request sent after the release,
     /// which the holder counts, and the answer to the release would end the promise under it:
     /// this voter could then vote for another node while the holder answers 200 on its vote.
-    pub fn begin_release(&mut self, named: Option<&str>, now: Instant) -> Option<String> {
+    pub fn begin_release(&mut self, named: Option<&str>, now: Instant) -> Option<Asking> {
         self.releasing = self.to_release(named, now).map(String::from);
-        self.releasing.clone()
+        let holder = self.releasing.clone()?;
+        let undoes = self.epoch;
+        self.epoch = undoes.next();
+        Some(Asking { holder, undoes })
     }
 
     /// `holder` released the promises made to it; it could have answered 200 at the latest at
@@ -341,6 +376,8 @@ impl Book {
 pub struct HeldVote {
     /// The node that gave it (this node for its own vote).
     pub voter: String,
+    /// The voter's epoch when it granted it (None: a voter older than epochs).
+    pub epoch: Option<GrantEpoch>,
     /// When the request was sent (this node's clock).
     pub sent: Instant,
     /// The vote counts before this instant.
@@ -387,7 +424,7 @@ impl Window {
 impl Ballot {
     /// The ballot a cycle publishes at `now`: the votes `granted` in this cycle, plus the
     /// votes of `previous` that were not renewed and are still live (the voter's promise
-    /// stands until it expires), less every vote the `holder` has voided by a release, and
+    /// stands until it expires), less every vote its voter released ([`Holder::admits`]), and
     /// less the votes of the voters `withdrawn`: those that answered in this cycle that their
     /// metadata names another node ([`NoVote::withdraws`]).
     ///
@@ -412,11 +449,11 @@ impl Ballot {
         let kept: Vec<&HeldVote> = previous
             .votes
             .iter()
-            .filter(|v| v.live(now) && holder.admits(v.sent))
+            .filter(|v| v.live(now) && holder.admits(v))
             .filter(|v| !withdrawn.contains(&v.voter.as_str()))
             .collect();
         let mut votes = granted;
-        votes.retain(|v| holder.admits(v.sent));
+        votes.retain(|v| holder.admits(v));
         for v in &mut votes {
             if let Some(old) = kept.iter().find(|o| o.voter == v.voter) {
                 v.settled_at = v.settled_at.min(old.settled_at);
@@ -474,13 +511,14 @@ impl Ballot {
     }
 }
 
-/// The candidate side of a release: which requests still count, and when this node last could
+/// The candidate side of a release: which votes still count, and when this node last could
 /// have answered 200.
 #[derive(Debug, Clone)]
 pub struct Holder {
     started: Instant,
-    /// Votes requested before this instant are void (set by the latest release).
-    fence: Option<Instant>,
+    /// The grants each voter released ([`Fences`]): only the sender's own, of the epochs it
+    /// named.
+    fences: Fences,
     /// The latest instant at which a window already replaced could have answered 200.
     last_200: Option<Instant>,
 }
@@ -488,27 +526,37 @@ pub struct Holder {
 /// The outcome of a request to release.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Release {
-    /// Released: every vote requested before now is void; 200 was possible at the latest at
-    /// `last_200` (this node's clock).
+    /// Released: every vote of the sender granted in the epoch it named or earlier is void;
+    /// 200 was possible at the latest at `last_200` (this node's clock).
     Released { last_200: Instant },
     /// Not released, and why (this node answers 200, or is about to).
     Refused(String),
 }
 
 impl Holder {
-    /// The holder of a daemon that started at `started`. Whatever an earlier process answered,
-    /// it answered before this one started.
-    pub fn new(started: Instant) -> Holder {
+    /// The holder of a daemon that started at `started`, whose votes count at most
+    /// `vote_lease` after their request. Whatever an earlier process answered, it answered
+    /// before this one started.
+    pub fn new(started: Instant, vote_lease: Duration) -> Holder {
         Holder {
             started,
-            fence: None,
+            fences: Fences::new(vote_lease),
             last_200: None,
         }
     }
 
-    /// Whether a vote requested at `sent` may still be counted.
-    pub fn admits(&self, sent: Instant) -> bool {
-        self.fence.is_none_or(|f| sent >= f)
+    /// Sets the lease (a reload): fences are remembered at least as long as votes may count.
+    pub fn set_lease(&mut self, vote_lease: Duration) {
+        self.fences.set_lease(vote_lease);
+    }
+
+    /// Whether `vote` may still be counted: its voter has not released its epoch. A vote
+    /// without an epoch (a voter older than epochs) is never released: its voter's releases
+    /// name no epoch and are refused, so it keeps its promise until the vote expires.
+    pub fn admits(&self, vote: &HeldVote) -> bool {
+        vote.epoch
+            .as_ref()
+            .is_none_or(|e| self.fences.admits(&vote.voter, e))
     }
 
     /// The published window `window` is replaced at `now`: remember until when it could have
@@ -520,9 +568,16 @@ impl Holder {
         }
     }
 
-    /// Releases every vote requested before `now`, unless the published `current` window
-    /// allows a 200 now or later.
-    pub fn release(&mut self, current: Option<Window>, now: Instant) -> Release {
+    /// `voter` asks to release the grants it made in `undoes` or earlier (same boot): voids
+    /// exactly those, unless the published `current` window allows a 200 now or later. No
+    /// other voter's vote, and no later grant of this one, is touched.
+    pub fn release(
+        &mut self,
+        current: Option<Window>,
+        voter: &str,
+        undoes: GrantEpoch,
+        now: Instant,
+    ) -> Release {
         if let Some(w) = current {
             if w.contains(now) {
                 return Release::Refused("answers 200".into());
@@ -531,8 +586,10 @@ impl Holder {
                 return Release::Refused("handing off: about to answer 200".into());
             }
         }
+        if let Err(full) = self.fences.release(voter, undoes, now) {
+            return Release::Refused(full.to_string());
+        }
         self.retire(current, now);
-        self.fence = Some(self.fence.map_or(now, |f| f.max(now)));
         Release::Released {
             last_200: self.last_200.unwrap_or(self.started).max(self.started),
         }
@@ -559,10 +616,19 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn boot(b: u8) -> BootId {
+        BootId::from_bytes([b; 16])
+    }
+
+    /// The first epoch of voter `b`'s process.
+    fn epoch(b: u8) -> GrantEpoch {
+        GrantEpoch::first(boot(b))
+    }
+
     #[test]
     fn a_voter_abstains_for_a_lease_after_it_starts() {
         let t0 = Instant::now();
-        let mut book = Book::new(L, t0);
+        let mut book = Book::new(L, t0, boot(1));
         let e = book.answer(Ok("n1"), t0 + ms(2999)).unwrap_err();
         assert_eq!(e, NoVote::Starting { left: ms(1) });
         let g = book.answer(Ok("n1"), t0 + L).unwrap();
@@ -580,7 +646,7 @@ mod tests {
     #[test]
     fn a_vote_is_promised_only_to_the_candidate_that_asked() {
         let t0 = Instant::now();
-        let mut book = Book::new(L, t0);
+        let mut book = Book::new(L, t0, boot(1));
         let t = t0 + L;
         book.answer_to(Some("n1"), Ok("n1"), t).unwrap();
         assert_eq!(
@@ -603,7 +669,7 @@ mod tests {
     #[test]
     fn a_live_promise_to_one_node_refuses_every_other() {
         let t0 = Instant::now();
-        let mut book = Book::new(L, t0);
+        let mut book = Book::new(L, t0, boot(1));
         let t = t0 + L;
         book.answer(Ok("n1"), t).unwrap();
         // Renewed at t+1s: the promise now runs to t+4s.
@@ -633,7 +699,7 @@ mod tests {
     #[test]
     fn a_release_ends_the_promise_at_the_holders_last_200() {
         let t0 = Instant::now();
-        let mut book = Book::new(L, t0);
+        let mut book = Book::new(L, t0, boot(1));
         let t = t0 + L;
         book.answer(Ok("n1"), t).unwrap();
         // n1 says its last 200 was at t+200ms; the promise would run to t+3s.
@@ -654,19 +720,26 @@ mod tests {
     #[test]
     fn a_voter_asking_for_a_release_gives_the_holder_no_vote() {
         let t0 = Instant::now();
-        let mut book = Book::new(L, t0);
+        let mut book = Book::new(L, t0, boot(1));
         let t = t0 + L;
         book.answer(Ok("n1"), t).unwrap();
-        let holder = book.begin_release(Some("n2"), t + ms(1000));
-        assert_eq!(holder.as_deref(), Some("n1"));
+        let before = book.answer(Ok("n1"), t + ms(900)).unwrap().epoch.unwrap();
+        let asking = book.begin_release(Some("n2"), t + ms(1000)).unwrap();
+        assert_eq!((asking.holder.as_str(), asking.undoes), ("n1", before));
+        assert_eq!(
+            book.epoch(),
+            before.next(),
+            "later grants are of the next epoch"
+        );
         let no = book.answer(Ok("n1"), t + ms(1500)).unwrap_err();
         assert_eq!(no, NoVote::Releasing { to: "n1".into() });
         assert_eq!(no.left(), None);
-        assert_eq!(book.promise(t + ms(1500)), Some(("n1", t + L)));
+        assert_eq!(book.promise(t + ms(1500)), Some(("n1", t + ms(900) + L)));
         book.release("n1", t + ms(200), t + ms(1600));
         assert_eq!(book.promise(t + ms(1600)), None);
         let g = book.answer(Ok("n2"), t + ms(1700)).unwrap();
         assert_eq!(g.exclusive, ms(1500));
+        assert_eq!(g.epoch, Some(before.next()));
         // The next cycle: nothing to release any more.
         assert_eq!(book.begin_release(Some("n2"), t + ms(2000)), None);
         assert_eq!(
@@ -684,6 +757,7 @@ mod tests {
             to: "n2".into(),
             lease: L,
             exclusive: ms(0),
+            epoch: Some(epoch(3)),
         };
         let v = r.hold("n3", s, received, &fresh);
         // 3 s × 0.99/1.01 = 2.9406 s after the send (less the rounding margin).
@@ -716,6 +790,7 @@ mod tests {
     fn vote(voter: &str, t: Instant, settled: u64, until: u64) -> HeldVote {
         HeldVote {
             voter: voter.into(),
+            epoch: Some(epoch(voter.as_bytes()[1])),
             sent: t,
             valid_until: t + ms(until),
             settled_at: t + ms(settled),
@@ -767,7 +842,7 @@ mod tests {
             needed: 2,
         };
         let renewed = vote("n3", t + ms(1500), 0, 3000);
-        let holder = Holder::new(t);
+        let holder = Holder::new(t, L);
         let b = renewing(&previous, &renewed, &holder, t + ms(1500));
         // n3 renewed, n1 carried, n2 expired.
         let voters: Vec<&str> = b.votes.iter().map(|v| v.voter.as_str()).collect();
@@ -780,11 +855,39 @@ mod tests {
                 ..renewed.clone()
             }
         );
-        // A release at 1 s voids every vote requested before it.
-        let mut holder = Holder::new(t);
-        holder.release(None, t + ms(1000));
+        // n1's release voids n1's votes only: n3's renewal and nothing else of n2 or n3.
+        let mut holder = Holder::new(t, L);
+        holder.release(None, "n1", epoch(b'1'), t + ms(1000));
         let b = renewing(&previous, &renewed, &holder, t + ms(1500));
-        assert_eq!(b.votes, [renewed]);
+        let settled = HeldVote {
+            settled_at: t,
+            ..renewed.clone()
+        };
+        assert_eq!(b.votes, [settled]);
+        // n3's release of its first epoch voids its renewal too; a grant of its next epoch
+        // (made after it began to ask) counts.
+        holder.release(None, "n3", epoch(b'3'), t + ms(1000));
+        let b = renewing(&previous, &renewed, &holder, t + ms(1500));
+        assert_eq!(b.votes, []);
+        let later = HeldVote {
+            epoch: Some(epoch(b'3').next()),
+            ..renewed.clone()
+        };
+        let b = renewing(&previous, &later, &holder, t + ms(1500));
+        assert_eq!(b.votes, [later]);
+        // A vote of a daemon older than epochs (a rolling upgrade) names none: no release
+        // voids it (that daemon's releases name no epoch and are refused, so its promise runs
+        // to its end), and it counts until it expires.
+        let legacy = HeldVote {
+            epoch: None,
+            ..renewed.clone()
+        };
+        let b = renewing(&previous, &legacy, &holder, t + ms(1500));
+        assert_eq!(b.votes, std::slice::from_ref(&legacy));
+        assert!(
+            !b.votes[0].counts(legacy.valid_until),
+            "it counts until it expires"
+        );
     }
 
     /// A voter whose metadata names another node withdraws its earlier vote at once: the stale
@@ -798,7 +901,7 @@ mod tests {
             needed: 2,
         };
         let own = vote("n1", t + ms(1000), 0, 3000);
-        let holder = Holder::new(t);
+        let holder = Holder::new(t, L);
         let now = t + ms(1000);
         let silent = Ballot::next(&previous, vec![own.clone()], &[], &holder, 2, now);
         assert_eq!(
@@ -815,10 +918,10 @@ mod tests {
             "no majority left: no 200 from now on"
         );
         // A release is then granted at once: nothing in the window answers 200 any more.
-        let mut holder = Holder::new(t);
+        let mut holder = Holder::new(t, L);
         holder.retire(silent.window(t), now);
         assert!(matches!(
-            holder.release(moved.window(now), now),
+            holder.release(moved.window(now), "n2", epoch(b'2'), now),
             Release::Released { last_200 } if last_200 == now
         ));
         // The refusals that withdraw, and those that do not.
@@ -853,7 +956,7 @@ mod tests {
             settled_at: t + ms(1200),
             ..vote("n2", t + ms(500), 0, 3000)
         };
-        let holder = Holder::new(t);
+        let holder = Holder::new(t, L);
         let b = renewing(&previous, &renewed, &holder, t + ms(1100));
         assert_eq!(b.votes[0].settled_at, t + ms(1000));
         assert_eq!(b.votes[0].valid_until, renewed.valid_until);
@@ -861,50 +964,65 @@ mod tests {
         // Once the previous vote expired, or was voided by a release, the renewal stands alone.
         let b = renewing(&previous, &renewed, &holder, t + ms(3000));
         assert_eq!(b.votes, std::slice::from_ref(&renewed));
-        let mut holder = Holder::new(t);
-        holder.release(None, t + ms(400));
-        let b = renewing(&previous, &renewed, &holder, t + ms(1100));
-        assert_eq!(b.votes, [renewed]);
+        // n2's release voids n2's earlier vote (and nothing of n1's): a renewal of its next
+        // epoch (granted after it began to ask) settles by itself.
+        let mut holder = Holder::new(t, L);
+        holder.release(None, "n2", epoch(b'2'), t + ms(400));
+        let next = HeldVote {
+            epoch: Some(epoch(b'2').next()),
+            ..renewed
+        };
+        let b = renewing(&previous, &next, &holder, t + ms(1100));
+        assert_eq!(b.votes, [next, previous.votes[0].clone()]);
     }
 
     #[test]
     fn a_holder_releases_only_when_it_cannot_answer_200() {
         let t0 = Instant::now();
-        let mut h = Holder::new(t0);
+        let e = epoch(b'2');
+        let mut h = Holder::new(t0, L);
         let w = Window {
             from: t0 + ms(1000),
             until: t0 + ms(4000),
         };
         assert!(matches!(
-            h.release(Some(w), t0 + ms(500)),
+            h.release(Some(w), "n2", e, t0 + ms(500)),
             Release::Refused(_)
         ));
         assert!(matches!(
-            h.release(Some(w), t0 + ms(2000)),
+            h.release(Some(w), "n2", e, t0 + ms(2000)),
             Release::Refused(_)
         ));
-        assert!(h.admits(t0));
+        let v2 = vote("n2", t0, 0, 3000);
+        assert!(h.admits(&v2), "a refused release voids nothing");
         // The window was replaced at 2.5 s by a snapshot without one.
         h.retire(Some(w), t0 + ms(2500));
         assert_eq!(
-            h.release(None, t0 + ms(3000)),
+            h.release(None, "n2", e, t0 + ms(3000)),
             Release::Released {
                 last_200: t0 + ms(2500)
             }
         );
-        assert!(!h.admits(t0 + ms(2999)) && h.admits(t0 + ms(3000)));
+        assert!(!h.admits(&v2) && h.admits(&vote("n3", t0, 0, 3000)));
+        // Applied again (a replay): nothing changes; a later epoch still counts.
+        h.release(None, "n2", e, t0 + ms(3100));
+        let next = HeldVote {
+            epoch: Some(e.next()),
+            ..v2.clone()
+        };
+        assert!(!h.admits(&v2) && h.admits(&next));
         // A window that expired by itself: released, last 200 at its end.
-        let mut h = Holder::new(t0);
+        let mut h = Holder::new(t0, L);
         assert_eq!(
-            h.release(Some(w), t0 + ms(5000)),
+            h.release(Some(w), "n2", e, t0 + ms(5000)),
             Release::Released {
                 last_200: t0 + ms(4000)
             }
         );
         // Never a 200 since the start: an earlier process may have answered until then.
-        let mut h = Holder::new(t0);
+        let mut h = Holder::new(t0, L);
         assert_eq!(
-            h.release(None, t0 + ms(100)),
+            h.release(None, "n2", e, t0 + ms(100)),
             Release::Released { last_200: t0 }
         );
     }

@@ -37,6 +37,8 @@ use std::str::FromStr;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::auth::GrantEpoch;
+
 /// Why a reply is not the message its endpoint answers with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("HTTP {status}: {why}")]
@@ -515,9 +517,20 @@ pub enum VoteAnswer {
     Refusal(VoteRefusal),
 }
 
-/// A vote: the voter `node` promises `vote` for `lease_ms` (on its clock).
+/// The query parameter of `POST /release` that names the epoch of the sender's grants it
+/// undoes: `/release?undoes=<boot id>.<n>` ([`GrantEpoch`]).
+pub const RELEASE_UNDOES: &str = "undoes";
+
+/// A vote: the voter `node` promises `vote` for `lease_ms` (on its clock), granted in its
+/// `epoch` (a release it sends later names the epoch it undoes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VoteGrant {
+    /// The voter's epoch when it granted the vote: `<boot id>.<n>`. Absent from the votes of
+    /// a daemon older than epochs (during a rolling upgrade): such a vote counts, and no
+    /// release voids it (that daemon's releases name no epoch and are refused, so it keeps
+    /// its promise to the end: slower, never unsafe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<GrantEpoch>,
     /// How long the voter has promised no other node (on its clock).
     pub exclusive_ms: u64,
     /// How long the promise lasts (on the voter's clock); never 0.
@@ -823,6 +836,11 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
+    /// The first epoch of a boot id of zeros: `AAAAAAAAAAAAAAAAAAAAAA.0` on the wire.
+    fn epoch() -> GrantEpoch {
+        GrantEpoch::first(crate::auth::BootId::from_bytes([0; 16]))
+    }
+
     fn text<T: Serialize>(message: &T) -> String {
         serde_json::to_string(message).unwrap()
     }
@@ -1018,13 +1036,14 @@ mod tests {
         );
         n += golden(
             &VoteGrant {
+                epoch: Some(epoch()),
                 exclusive_ms: 41200,
                 lease_ms: 3000,
                 node: "node3".into(),
                 scope: VoteScope::Site,
                 vote: "node2".into(),
             },
-            r#"{"exclusive_ms":41200,"lease_ms":3000,"node":"node3","vote":"node2"}"#,
+            r#"{"epoch":"AAAAAAAAAAAAAAAAAAAAAA.0","exclusive_ms":41200,"lease_ms":3000,"node":"node3","vote":"node2"}"#,
         );
         n += golden(
             &VoteRefusal {
@@ -1172,6 +1191,7 @@ mod tests {
                 state: "Standby".into(),
             }),
             text(&VoteAnswer::Grant(VoteGrant {
+                epoch: Some(epoch()),
                 exclusive_ms: 1,
                 lease_ms: 2,
                 node: "n".into(),
@@ -1228,6 +1248,7 @@ mod tests {
     fn answers_read_back_with_their_status() {
         let votes = [
             VoteAnswer::Grant(VoteGrant {
+                epoch: Some(epoch()),
                 exclusive_ms: 0,
                 lease_ms: 3000,
                 node: "n3".into(),
@@ -1296,10 +1317,16 @@ mod tests {
     #[test]
     fn newer_and_older_peers_are_read() {
         let newer =
-            br#"{"exclusive_ms":0,"lease_ms":3000,"node":"n3","vote":"n1","scope":"cluster"}"#;
+            br#"{"epoch":"AAAAAAAAAAAAAAAAAAAAAA.0","exclusive_ms":0,"lease_ms":3000,"node":"n3","vote":"n1","scope":"cluster"}"#;
         assert!(matches!(
             VoteAnswer::read(200, newer),
             Ok(VoteAnswer::Grant(g)) if g.lease_ms == 3000
+        ));
+        // A voter older than epochs: a grant without one.
+        let no_epoch = br#"{"exclusive_ms":0,"lease_ms":3000,"node":"n3","vote":"n1"}"#;
+        assert!(matches!(
+            VoteAnswer::read(200, no_epoch),
+            Ok(VoteAnswer::Grant(g)) if g.epoch.is_none()
         ));
         // A voter older than withdrawals: no `withdrawn`, a refusal.
         let older = br#"{"ms_left":null,"node":"n3","reason":"r","vote":null}"#;
@@ -1319,7 +1346,7 @@ mod tests {
                 .lag_bytes,
             Some(None)
         );
-        let mut n = 5;
+        let mut n = 6;
         // What a reader acts on is required; a wrong type or status is an error.
         for (status, body) in [
             (
@@ -1327,6 +1354,12 @@ mod tests {
                 &br#"{"lease_ms":3000,"exclusive_ms":0,"vote":"n1"}"#[..],
             ),
             (200, br#"{"node":"n3","vote":"n1","exclusive_ms":0}"#),
+            // A grant with a malformed epoch could never be released (one without an epoch,
+            // of a daemon older than epochs, is read: see below).
+            (
+                200,
+                br#"{"epoch":"x.1","node":"n3","vote":"n1","lease_ms":3000,"exclusive_ms":0}"#,
+            ),
             (
                 200,
                 br#"{"node":"n3","vote":"n1","lease_ms":0,"exclusive_ms":0}"#,
@@ -1515,6 +1548,7 @@ mod tests {
             assert!(e.contains(why), "{bad:?}: {e}");
         }
         let grant = VoteGrant {
+            epoch: None,
             exclusive_ms: 1,
             lease_ms: 3000,
             node: "node3".into(),

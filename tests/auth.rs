@@ -314,7 +314,13 @@ async fn unsigned_forged_and_replayed_peer_requests_get_401_and_change_nothing()
     // request is admitted once; the same bytes again are a replay.
     for (addr, to, method, target) in [
         (node3, "node3", "GET", "/vote?candidate=node2"),
-        (node1, "node1", "POST", "/release"),
+        // The epoch a release undoes is in its query, bound by the MAC like a candidate.
+        (
+            node1,
+            "node1",
+            "POST",
+            "/release?undoes=AAAAAAAAAAAAAAAAAAAAAA.0",
+        ),
     ] {
         let (h, nonce) = signed(&keys, "node2", to, Some(cluster), None, method, target);
         let r = send(addr, method, target, Some(&h)).await;

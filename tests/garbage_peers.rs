@@ -152,8 +152,9 @@ async fn serve(
         asked.fetch_add(1, Ordering::SeqCst);
     }
     // The fake has named node1 for ten minutes: its vote settles at once.
-    let vote =
-        format!(r#"{{"node":"{name}","vote":"node1","lease_ms":3000,"exclusive_ms":600000}}"#);
+    let vote = format!(
+        r#"{{"epoch":"AAAAAAAAAAAAAAAAAAAAAA.0","node":"{name}","vote":"node1","lease_ms":3000,"exclusive_ms":600000}}"#
+    );
     let vote = vote.as_str();
     match mode {
         Mode::Good if primary => s.write_all(&response("200 OK", "", vote)).await?,
@@ -182,7 +183,7 @@ async fn serve(
         }
         Mode::Impostor => {
             // A perfect vote, of another voter.
-            let body = r#"{"node":"node9","vote":"node1","lease_ms":3000,"exclusive_ms":600000}"#;
+            let body = r#"{"epoch":"AAAAAAAAAAAAAAAAAAAAAA.0","node":"node9","vote":"node1","lease_ms":3000,"exclusive_ms":600000}"#;
             s.write_all(&response("200 OK", "", body)).await?
         }
         Mode::ServerError => s.write_all(&response("500 Internal Server Error", "", vote)).await?,

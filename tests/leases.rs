@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::clients::{Attempt, address_book, sample_every, shipped};
-use common::sampler::{Sample, Sampler};
+use common::sampler::{Sample, Sampler, two_hundreds};
 use common::{Daemon, Fleet, settle_bound};
 use primgr::Config;
 use primgr_lab::haproxy::{Haproxy, WRITE};
@@ -159,16 +159,6 @@ async fn race(lab: &Lab) -> Instant {
         .await
         .expect("repmgr standby follow node3");
     Instant::now()
-}
-
-/// 200 intervals of one target: (start of the first 200 sample, end of the last), and every
-/// 200 sample as (start, end).
-fn two_hundreds(samples: &[Sample], target: usize) -> Vec<(Duration, Duration)> {
-    samples
-        .iter()
-        .filter(|s| s.target == target && s.status == Some(200))
-        .map(|s| (s.at, s.at + s.latency))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,24 +24,37 @@
 //! primary keeps its 200, a new primary gets it within a bound, a primary cut off from its site
 //! loses it within `vote_lease + interval`).
 //!
+//! An adversary on the network acts in every schedule ([`Adversary`]): at random instants (one
+//! every 20 ms to 2 s on average, drawn per schedule) it sends releases and vote requests in
+//! any member's name without the key, replays any message it saw (requests admitted with no
+//! freshness rule: more than the real network allows), and answers requests in progress in the
+//! voter's or holder's name without its key. The same invariants hold with it; the summary
+//! counts its actions, what was refused, and the healthy stretches checked while it acted.
+//! Messages carry their MAC as a fact (genuine and bound to a request, or forged): the
+//! cryptography itself is `src/auth.rs`'s, tested there and in `tests/auth.rs`.
+//!
 //! Planted bugs, each of which a test asserts is caught: (a) the driver takes the instant the
 //! votes were requested when the replies are in (the lease counted from the answer); (b) a
-//! restarted daemon's book grants at once; (c) candidates hold votes without a handoff. Bugs in
-//! `vote.rs` or `cycle.rs` themselves (the rounding margin, the order of publication and
-//! retirement) are caught by `simulation_finds_no_violation` when planted there.
+//! restarted daemon's book grants at once; (c) candidates hold votes without a handoff; (d) a
+//! release that fails authentication is applied; (e) a release voids every voter's votes (the
+//! rule before releases named their epoch); (f) an answer that fails authentication is counted.
+//! (d) and (e) only withhold 200s, so a liveness violation catches them. Bugs in `vote.rs` or
+//! `cycle.rs` themselves (the rounding margin, the order of publication and retirement) are
+//! caught by `simulation_finds_no_violation` when planted there.
 //!
 //! Not modelled: haproxy and its checks (an answer is the served state at one instant; a 200
 //! decided just before a pause and sent after it is not); the JSON of the wire (only its whole
-//! milliseconds); TCP (a message lost to a partition is never delivered late, none is
-//! duplicated); clock rates that change over time (each node keeps one rate per schedule);
-//! timer lateness (deadlines and intervals fire on time); other races inside a daemon (a step of
-//! the poller or a request is atomic, which is what the holder's lock gives the publication;
-//! a pause or stop during a publication takes effect after it); reloads; changes of membership
-//! or site (`repmgr.nodes` always lists the same nodes: two views that disagree on a site's
-//! members need not share a majority).
+//! milliseconds); TCP (a message lost to a partition is never delivered late; only the
+//! adversary duplicates one); clock rates that change over time (each node keeps one rate per
+//! schedule); timer lateness (deadlines and intervals fire on time); other races inside a
+//! daemon (a step of the poller or a request is atomic, which is what the holder's lock gives
+//! the publication; a pause or stop during a publication takes effect after it); reloads;
+//! changes of membership or site (`repmgr.nodes` always lists the same nodes: two views that
+//! disagree on a site's members need not share a majority).
 //!
 //! `PRIMGR_SIM_SCHEDULES=N` runs N schedules (default 100,000); `PRIMGR_SIM_SEED=S` replays
-//! schedule S and prints its event log (with `PRIMGR_SIM_MUTANT=a|b|c`, under that mutant).
+//! schedule S and prints its event log (with `PRIMGR_SIM_MUTANT=a|b|c|d|e|f`, under that
+//! mutant); `PRIMGR_SIM_ADVERSARY=off` runs without the adversary (to measure its cost).
 //!
 //! Cluster scope (`vote_scope = "cluster"`) has its own section at the end: two and three sites,
 //! partitions between sites, the invariants cluster-wide, and mutant (s), a site majority
@@ -54,6 +67,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use primgr::auth::{BootId, GrantEpoch};
 use primgr::config::{Config, Origin, Settings};
 use primgr::cycle::{self, Gathered, Plan, ReleaseAnswer, Standing};
 use primgr::db::{DbError, DbObservation, NodeRow};
@@ -138,6 +152,14 @@ enum Mutant {
     RestartGrantsAtOnce,
     /// (c) Candidates hold votes with `handoff_delay` 0 (invariant 2 checks the configured one).
     NoHandoff,
+    /// (d) A `/release` that fails authentication (the adversary's, in a member's name) is
+    /// applied as if that member had sent it.
+    UnauthenticatedRelease,
+    /// (e) A release voids every voter's votes (the old global fence), not only its sender's.
+    GlobalFence,
+    /// (f) An answer that fails authentication (forged, or a replay bound to another request)
+    /// is counted.
+    ForgedAnswer,
     /// (s) Cluster scope: candidates accept a majority of their own site (they plan and decide
     /// in site scope while every voter answers in cluster scope).
     SiteMajority,
@@ -149,6 +171,9 @@ impl Mutant {
             Ok("a") => Mutant::LeaseFromAnswer,
             Ok("b") => Mutant::RestartGrantsAtOnce,
             Ok("c") => Mutant::NoHandoff,
+            Ok("d") => Mutant::UnauthenticatedRelease,
+            Ok("e") => Mutant::GlobalFence,
+            Ok("f") => Mutant::ForgedAnswer,
             Ok("s") => Mutant::SiteMajority,
             _ => Mutant::None,
         }
@@ -378,6 +403,7 @@ enum Ev {
         inc: u32,
         id: u64,
         to: usize,
+        via: Via,
     },
     /// The answer as the peer client reads it.
     VoteRep {
@@ -386,12 +412,16 @@ enum Ev {
         id: u64,
         voter: usize,
         reply: VoteReply,
+        mac: Mac,
     },
     RelReq {
         from: usize,
         inc: u32,
         id: u64,
         to: usize,
+        /// The epoch of the sender's grants it undoes (`/release?undoes=`).
+        undoes: GrantEpoch,
+        via: Via,
     },
     /// The answer as the peer client reads it.
     RelRep {
@@ -400,7 +430,33 @@ enum Ev {
         id: u64,
         holder: usize,
         reply: ReleaseReply,
+        mac: Mac,
     },
+    /// The adversary acts.
+    Adversary,
+}
+
+/// Who put a request on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// The sender's daemon, signed with the cluster's key.
+    Daemon,
+    /// The adversary, replaying the bytes of a request a daemon sent earlier: its MAC is
+    /// genuine. The answer goes to the adversary (it holds the connection).
+    Replay,
+    /// The adversary, in the name of `from`, without the key: its MAC fails.
+    Forged,
+}
+
+/// An answer's MAC: genuine and bound to the nonce of the request (the requester's
+/// incarnation and cycle) it answered, or forged. The requester counts an answer only when its
+/// MAC is genuine and bound to the request it is waiting for (`PeerClient::exchange_signed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mac {
+    Bound(u32, u64),
+    Forged,
+    /// Sent by the adversary: a replay of a genuine answer, bound to its original request.
+    Replayed(u32, u64),
 }
 
 impl Ev {
@@ -413,6 +469,7 @@ impl Ev {
             | Ev::VoteRep { n, .. }
             | Ev::RelRep { n, .. } => n,
             Ev::VoteReq { to, .. } | Ev::RelReq { to, .. } => to,
+            Ev::Adversary => usize::MAX,
         }
     }
 }
@@ -485,6 +542,8 @@ struct Cycle {
     pending: usize,
     /// The voters' answers so far.
     voters: Vec<VoterReport>,
+    /// Whether the release asked for was answered (a second answer to it is not read).
+    released_answered: bool,
     waiting: bool,
 }
 
@@ -585,6 +644,11 @@ struct Stats {
     healthy_200_ns: u128,
     /// Schedules with at least one 200 (so the protocol is not trivially safe).
     with_200: u64,
+    /// What the adversary did, and what was refused.
+    adv: AdvCounts,
+    /// Healthy stretches checked during which the adversary acted, and its actions in them.
+    healthy_attacked: u64,
+    healthy_attacks: u64,
     violations: Vec<(u64, Kind, String)>,
 }
 
@@ -618,6 +682,9 @@ impl Stats {
         self.healthy_ns += o.healthy_ns;
         self.healthy_200_ns += o.healthy_200_ns;
         self.with_200 += o.with_200;
+        self.adv.merge(o.adv);
+        self.healthy_attacked += o.healthy_attacked;
+        self.healthy_attacks += o.healthy_attacks;
         self.violations.extend(o.violations);
     }
 
@@ -682,6 +749,8 @@ struct Sim {
     log: Option<Vec<String>>,
     events: u64,
     publications: u64,
+    /// The adversary on the network (every schedule unless `PRIMGR_SIM_ADVERSARY=off`).
+    adv: Option<Adversary>,
 }
 
 fn ms_floor(d: Duration) -> Duration {
@@ -772,8 +841,23 @@ impl Sim {
             log: log.then(Vec::new),
             events: 0,
             publications: 0,
+            adv: None,
         };
         sim.generate();
+        if adversary_on() {
+            let mut rng = Rng::new(seed ^ 0xad7e_5a21_0000_0000);
+            let gap = rng.pick(&[20 * MS, 100 * MS, 500 * MS, 2 * SEC]);
+            let first = rng.range(0, gap);
+            sim.adv = Some(Adversary {
+                rng,
+                gap,
+                tap: Vec::new(),
+                epochs: vec![None; total],
+                acted: Vec::new(),
+                counts: AdvCounts::default(),
+            });
+            sim.push(first, Ev::Adversary);
+        }
         sim
     }
 
@@ -1057,15 +1141,45 @@ impl Sim {
     }
 
     fn dispatch(&mut self, t: u64, ev: Ev) {
-        // Messages cut at delivery are lost; a paused daemon takes what arrives later.
+        if let Ev::Adversary = ev {
+            self.adversary_acts(t);
+            return;
+        }
+        // Messages cut at delivery are lost (the adversary's own reach every node); a paused
+        // daemon takes what arrives later.
         let link = match ev {
-            Ev::VoteReq { from, to, .. } | Ev::RelReq { from, to, .. } => Some((from, to)),
-            Ev::VoteRep { n, voter, .. } => Some((voter, n)),
-            Ev::RelRep { n, holder, .. } => Some((holder, n)),
+            Ev::VoteReq {
+                from,
+                to,
+                via: Via::Daemon,
+                ..
+            }
+            | Ev::RelReq {
+                from,
+                to,
+                via: Via::Daemon,
+                ..
+            } => Some((from, to)),
+            Ev::VoteRep {
+                n,
+                voter,
+                mac: Mac::Bound(..),
+                ..
+            } => Some((voter, n)),
+            Ev::RelRep {
+                n,
+                holder,
+                mac: Mac::Bound(..),
+                ..
+            } => Some((holder, n)),
             _ => None,
         };
         if link.is_some_and(|(a, b)| self.world.cut[a][b] > 0) {
             return;
+        }
+        // The adversary taps every message that crosses the network.
+        if link.is_some() && self.adv.is_some() {
+            self.tap(&ev);
         }
         let n = ev.target();
         // While its poller publishes, a node's `/release` waits for the holder's lock, and the
@@ -1080,6 +1194,7 @@ impl Sim {
             return;
         }
         match ev {
+            Ev::Adversary => {}
             Ev::Cycle { n, inc } => {
                 if self.nodes[n].inc == inc && self.nodes[n].d.is_some() {
                     self.cycle_start(t, n);
@@ -1095,15 +1210,31 @@ impl Sim {
                     self.decide(t, n);
                 }
             }
-            Ev::VoteReq { from, inc, id, to } => self.answer_vote(t, from, inc, id, to),
+            Ev::VoteReq {
+                via: Via::Forged,
+                from,
+                to,
+                ..
+            } => self.refuse_forged(t, from, to, "/vote"),
+            Ev::VoteReq {
+                from,
+                inc,
+                id,
+                to,
+                via,
+            } => self.answer_vote(t, from, inc, id, to, via),
             Ev::VoteRep {
                 n,
                 inc,
                 id,
                 voter,
                 reply,
+                mac,
             } => {
-                if self.receiving(t, n, inc, id) {
+                if !self.counts_answer(n, inc, id, mac) {
+                    return;
+                }
+                if self.receiving(t, n, inc, id) && !self.answered(n, voter) {
                     let received = self.inst(self.local(n, t));
                     let name = self.nodes[voter].name.clone();
                     let c = self.cycle_mut(n);
@@ -1113,15 +1244,35 @@ impl Sim {
                     self.replied(t, n);
                 }
             }
-            Ev::RelReq { from, inc, id, to } => self.answer_release(t, from, inc, id, to),
+            Ev::RelReq {
+                via: Via::Forged,
+                from,
+                to,
+                ..
+            } if self.mutant != Mutant::UnauthenticatedRelease => {
+                self.refuse_forged(t, from, to, "/release")
+            }
+            Ev::RelReq {
+                from,
+                inc,
+                id,
+                to,
+                undoes,
+                via,
+            } => self.answer_release(t, from, inc, id, to, undoes, via),
             Ev::RelRep {
                 n,
                 inc,
                 id,
                 holder,
                 reply,
+                mac,
             } => {
-                if self.receiving(t, n, inc, id) {
+                if !self.counts_answer(n, inc, id, mac) {
+                    return;
+                }
+                if self.receiving(t, n, inc, id) && !self.cycle(n).released_answered {
+                    self.cycle_mut(n).released_answered = true;
                     let now = self.inst(self.local(n, t));
                     let name = self.nodes[holder].name.clone();
                     let rules = self.cycle(n).plan.as_ref().unwrap().rules;
@@ -1258,10 +1409,16 @@ impl Sim {
         } else {
             started
         };
-        let book = Book::new(lease, self.inst(book_start));
-        let holder = Holder::new(self.inst(started));
         let node = &mut self.nodes[j];
         node.inc += 1;
+        // A boot id of its own for every start (the daemon draws it from the OS).
+        let mut boot = [0u8; 16];
+        boot[..8].copy_from_slice(&self.seed.to_be_bytes());
+        boot[8..12].copy_from_slice(&(j as u32).to_be_bytes());
+        boot[12..].copy_from_slice(&node.inc.to_be_bytes());
+        let book = Book::new(lease, self.inst(book_start), BootId::from_bytes(boot));
+        let holder = Holder::new(self.inst(started), lease);
+        let node = &mut self.nodes[j];
         node.seg_start = t;
         node.busy_until = 0;
         let starting = Rc::new(Snapshot::starting());
@@ -1314,6 +1471,7 @@ impl Sim {
             deadline: 0,
             pending: 0,
             voters: Vec::new(),
+            released_answered: false,
             waiting: false,
         });
         let done = self.nodes[n].clock.real(start + latency).max(t);
@@ -1388,15 +1546,17 @@ impl Sim {
                     inc,
                     id,
                     to: v,
+                    via: Via::Daemon,
                 },
             );
         }
-        match plan.release.as_deref() {
+        match plan.release.as_ref().map(|a| (a.holder.as_str(), a.undoes)) {
             // This node's own holder, as `POST /release` answers.
-            Some(holder) if holder == me => {
+            Some((holder, undoes)) if holder == me => {
                 let d = self.nodes[n].d.as_mut().unwrap();
                 let published = d.published(t);
-                let own = ReleaseAnswer::Own(cycle::release(&mut d.holder, &published, at));
+                let own = cycle::release(&mut d.holder, &published, &me, undoes, at);
+                let own = ReleaseAnswer::Own(own);
                 if let Ok(last_200) = cycle::released(&mut d.book, &plan.rules, &me, &own, at) {
                     self.note(t, |s| {
                         format!(
@@ -1406,7 +1566,7 @@ impl Sim {
                     });
                 }
             }
-            Some(holder) => {
+            Some((holder, undoes)) => {
                 let h = self.index(holder);
                 pending += 1;
                 self.send(
@@ -1418,6 +1578,8 @@ impl Sim {
                         inc,
                         id,
                         to: h,
+                        undoes,
+                        via: Via::Daemon,
                     },
                 );
             }
@@ -1463,7 +1625,7 @@ impl Sim {
 
     /// `/vote` on `to`, asked by `from`: `cycle::vote` against the snapshot `to` serves now,
     /// read as the peer client reads the answer.
-    fn answer_vote(&mut self, t: u64, from: usize, inc: u32, id: u64, to: usize) {
+    fn answer_vote(&mut self, t: u64, from: usize, inc: u32, id: u64, to: usize, via: Via) {
         let now = self.inst(self.local(to, t));
         let candidate = self.nodes[from].name.clone();
         let scope = self.p.config.leases.scope;
@@ -1488,6 +1650,7 @@ impl Sim {
                     to: g.to.clone(),
                     lease: ms_floor(g.lease),
                     exclusive: ms_floor(g.exclusive),
+                    epoch: g.epoch,
                 })
             }
             Some(Ok(g)) if g.to == candidate => VoteReply::Failed("a zero lease".into()),
@@ -1513,22 +1676,44 @@ impl Sim {
             id,
             voter: to,
             reply,
+            mac: Mac::Bound(inc, id),
         };
-        self.send(t, to, from, ev);
+        if via == Via::Daemon {
+            self.send(t, to, from, ev);
+        } else {
+            // A replayed request: the adversary holds the connection and keeps the answer.
+            self.tap(&ev);
+        }
     }
 
     /// `POST /release` on `to`, asked by `from`: `cycle::release` against the snapshot `to`
     /// serves now (the holder's lock is free: a publication in progress delayed the request).
-    fn answer_release(&mut self, t: u64, from: usize, inc: u32, id: u64, to: usize) {
+    #[allow(clippy::too_many_arguments)]
+    fn answer_release(
+        &mut self,
+        t: u64,
+        from: usize,
+        inc: u32,
+        id: u64,
+        to: usize,
+        undoes: GrantEpoch,
+        via: Via,
+    ) {
         let now = self.inst(self.local(to, t));
+        let voter = self.nodes[from].name.clone();
         let reply = match self.nodes[to].d.as_mut() {
             None => ReleaseReply::Failed("not running".into()),
             Some(d) => {
                 let published = d.published(t);
-                match cycle::release(&mut d.holder, &published, now) {
-                    Release::Released { last_200 } => ReleaseReply::Released {
-                        last_200_ago: ms_floor(now.saturating_duration_since(last_200)),
-                    },
+                match cycle::release(&mut d.holder, &published, &voter, undoes, now) {
+                    Release::Released { last_200 } => {
+                        if self.mutant == Mutant::GlobalFence {
+                            global_fence(d, &published, now);
+                        }
+                        ReleaseReply::Released {
+                            last_200_ago: ms_floor(now.saturating_duration_since(last_200)),
+                        }
+                    }
                     Release::Refused(why) => ReleaseReply::Refused(why),
                 }
             }
@@ -1550,8 +1735,13 @@ impl Sim {
             id,
             holder: to,
             reply,
+            mac: Mac::Bound(inc, id),
         };
-        self.send(t, to, from, ev);
+        if via == Via::Daemon {
+            self.send(t, to, from, ev);
+        } else {
+            self.tap(&ev);
+        }
     }
 
     /// How long one step of a publication takes (real ns): often nothing, sometimes up to a
@@ -1801,6 +1991,9 @@ impl Sim {
         } else {
             st.sites[usize::from(self.n == 5)] += 1;
         }
+        if let Some(adv) = &self.adv {
+            st.adv = adv.counts;
+        }
         st.witnesses += u64::from(self.nodes.iter().any(|x| x.witness));
         if self.nodes.iter().any(|x| !x.iv.is_empty()) {
             st.with_200 += 1;
@@ -1995,6 +2188,11 @@ impl Sim {
             }
             st.healthy_stretches += 1;
             st.healthy_ns += (h1 - from) as u128;
+            if let Some(adv) = &self.adv {
+                let attacks = adv.acted.iter().filter(|&&a| from <= a && a < h1).count() as u64;
+                st.healthy_attacks += attacks;
+                st.healthy_attacked += u64::from(attacks > 0);
+            }
             let pieces: Vec<(u64, u64)> = self.nodes[pr]
                 .iv
                 .iter()
@@ -2055,6 +2253,342 @@ impl Sim {
                 ));
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The adversary on the network
+
+/// Whether schedules have the adversary (`PRIMGR_SIM_ADVERSARY=off` runs them without, to
+/// measure what it costs).
+fn adversary_on() -> bool {
+    std::env::var("PRIMGR_SIM_ADVERSARY").as_deref() != Ok("off")
+}
+
+/// The most messages the adversary remembers (the latest ones).
+const TAP: usize = 64;
+
+/// A host on the network without the cluster's key. It sees every message that crosses the
+/// network (a tap, not a gate: it cannot keep one from arriving, which is a cut, a fault of its
+/// own), and at random instants, one every `gap` on average, it
+/// - sends `/release` to any daemon in any member's name, naming the latest grant epoch of
+///   that member it saw (a forged MAC);
+/// - sends `/vote?candidate=` to any daemon in any member's name (a forged MAC);
+/// - replays any message it saw: a request to its recipient (a genuine MAC, admitted with no
+///   freshness rule at all: more than the real network allows, where a replay needs a fresh
+///   ticket and an unseen nonce; it keeps the answer), or an answer to its requester's request
+///   in progress (a genuine MAC bound to the request it answered);
+/// - answers a request in progress in the voter's or holder's name (a forged MAC): a vote with
+///   a 10-minute lease and exclusivity, or "released" with a last 200 ten minutes ago.
+///
+/// The daemon's rules, as the sim applies them: a request whose MAC fails gets 401 and changes
+/// nothing (`api.rs`'s `authenticate`); an answer counts only when its MAC is genuine and bound
+/// to the request waited for (`PeerClient::exchange_signed`), else it is no answer and the
+/// requester keeps waiting for the real one.
+struct Adversary {
+    rng: Rng,
+    /// Mean time between two actions (real ns), drawn per schedule.
+    gap: u64,
+    /// The messages it saw, the latest last.
+    tap: Vec<Ev>,
+    /// The latest grant epoch it saw of each node.
+    epochs: Vec<Option<GrantEpoch>>,
+    /// When it acted (real ns).
+    acted: Vec<u64>,
+    counts: AdvCounts,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct AdvCounts {
+    actions: u64,
+    forged_releases: u64,
+    forged_votes: u64,
+    replayed_requests: u64,
+    replayed_answers: u64,
+    forged_answers: u64,
+    /// Requests refused for their MAC (401), and answers not counted for theirs.
+    refused: u64,
+    not_counted: u64,
+}
+
+impl AdvCounts {
+    fn merge(&mut self, o: AdvCounts) {
+        self.actions += o.actions;
+        self.forged_releases += o.forged_releases;
+        self.forged_votes += o.forged_votes;
+        self.replayed_requests += o.replayed_requests;
+        self.replayed_answers += o.replayed_answers;
+        self.forged_answers += o.forged_answers;
+        self.refused += o.refused;
+        self.not_counted += o.not_counted;
+    }
+}
+
+/// Mutant (e): the holder's release voids every vote it holds or received in the cycle in
+/// progress, of every voter (what a release did before releases named their epoch).
+fn global_fence(d: &mut Daemon, published: &Snapshot, now: Instant) {
+    let held = published.ballot.votes.iter().map(|v| (&v.voter, v.epoch));
+    let received =
+        d.c.iter()
+            .flat_map(|c| &c.voters)
+            .filter_map(|v| match &v.reply {
+                VoteReply::Granted(g) => Some((&v.name, g.epoch)),
+                _ => None,
+            });
+    let all: Vec<(String, GrantEpoch)> = held
+        .chain(received)
+        .filter_map(|(v, e)| Some((v.clone(), e?)))
+        .collect();
+    for (voter, epoch) in all {
+        d.holder.release(None, &voter, epoch, now);
+    }
+}
+
+impl Sim {
+    /// The adversary sees `ev` cross the network.
+    fn tap(&mut self, ev: &Ev) {
+        let Some(adv) = self.adv.as_mut() else {
+            return;
+        };
+        if let Ev::VoteRep {
+            voter,
+            reply: VoteReply::Granted(g),
+            ..
+        } = ev
+        {
+            adv.epochs[*voter] = g.epoch.or(adv.epochs[*voter]);
+        }
+        if adv.tap.len() == TAP {
+            adv.tap.remove(0);
+        }
+        adv.tap.push(ev.clone());
+    }
+
+    /// A request whose MAC fails: 401, nothing changes.
+    fn refuse_forged(&mut self, t: u64, from: usize, to: usize, endpoint: &str) {
+        if let Some(adv) = self.adv.as_mut() {
+            adv.counts.refused += 1;
+        }
+        self.note(t, |s| {
+            format!(
+                "{} refuses {endpoint} in {}'s name without the key (401)",
+                s.nodes[to].name, s.nodes[from].name
+            )
+        });
+    }
+
+    /// Whether node `n` counts an answer with `mac` to its request `(inc, id)`: only a genuine
+    /// MAC bound to that request (or anything, under mutant (f)).
+    fn counts_answer(&mut self, n: usize, inc: u32, id: u64, mac: Mac) -> bool {
+        let bound = match mac {
+            Mac::Bound(i, d) | Mac::Replayed(i, d) => (i, d) == (inc, id),
+            Mac::Forged => false,
+        };
+        if bound || self.mutant == Mutant::ForgedAnswer {
+            return true;
+        }
+        if let Some(adv) = self.adv.as_mut() {
+            adv.counts.not_counted += 1;
+        }
+        let _ = n;
+        false
+    }
+
+    /// Whether `voter` already answered node `n`'s cycle in progress.
+    fn answered(&self, n: usize, voter: usize) -> bool {
+        let name = &self.nodes[voter].name;
+        self.cycle(n).voters.iter().any(|v| &v.name == name)
+    }
+
+    /// The adversary's action at `t`, and its next.
+    fn adversary_acts(&mut self, t: u64) {
+        let Some(mut adv) = self.adv.take() else {
+            return;
+        };
+        let total = self.nodes.len() as u64;
+        adv.acted.push(t);
+        adv.counts.actions += 1;
+        let dummy = GrantEpoch::first(BootId::from_bytes([0; 16]));
+        let ev = match adv.rng.below(100) {
+            0..=24 => {
+                let h = adv.rng.below(total) as usize;
+                let v = (h + 1 + adv.rng.below(total - 1) as usize) % total as usize;
+                adv.counts.forged_releases += 1;
+                Some(Ev::RelReq {
+                    from: v,
+                    inc: 0,
+                    id: 0,
+                    to: h,
+                    undoes: adv.epochs[v].unwrap_or(dummy),
+                    via: Via::Forged,
+                })
+            }
+            25..=39 => {
+                let v = adv.rng.below(total) as usize;
+                let c = (v + 1 + adv.rng.below(total - 1) as usize) % total as usize;
+                adv.counts.forged_votes += 1;
+                Some(Ev::VoteReq {
+                    from: c,
+                    inc: 0,
+                    id: 0,
+                    to: v,
+                    via: Via::Forged,
+                })
+            }
+            40..=74 if !adv.tap.is_empty() => {
+                let i = adv.rng.below(adv.tap.len() as u64) as usize;
+                match adv.tap[i].clone() {
+                    Ev::VoteReq {
+                        via: Via::Daemon, ..
+                    }
+                    | Ev::RelReq {
+                        via: Via::Daemon, ..
+                    } => {
+                        adv.counts.replayed_requests += 1;
+                        Some(match adv.tap[i].clone() {
+                            Ev::VoteReq {
+                                from, inc, id, to, ..
+                            } => Ev::VoteReq {
+                                from,
+                                inc,
+                                id,
+                                to,
+                                via: Via::Replay,
+                            },
+                            Ev::RelReq {
+                                from,
+                                inc,
+                                id,
+                                to,
+                                undoes,
+                                ..
+                            } => Ev::RelReq {
+                                from,
+                                inc,
+                                id,
+                                to,
+                                undoes,
+                                via: Via::Replay,
+                            },
+                            _ => unreachable!(),
+                        })
+                    }
+                    // An answer, to the request its requester has in progress now.
+                    Ev::VoteRep {
+                        n,
+                        voter,
+                        reply,
+                        mac: Mac::Bound(i0, d0),
+                        ..
+                    } => {
+                        adv.counts.replayed_answers += 1;
+                        let (inc, id) = self.in_progress(n);
+                        Some(Ev::VoteRep {
+                            n,
+                            inc,
+                            id,
+                            voter,
+                            reply,
+                            mac: Mac::Replayed(i0, d0),
+                        })
+                    }
+                    Ev::RelRep {
+                        n,
+                        holder,
+                        reply,
+                        mac: Mac::Bound(i0, d0),
+                        ..
+                    } => {
+                        adv.counts.replayed_answers += 1;
+                        let (inc, id) = self.in_progress(n);
+                        Some(Ev::RelRep {
+                            n,
+                            inc,
+                            id,
+                            holder,
+                            reply,
+                            mac: Mac::Replayed(i0, d0),
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            _ => {
+                // Answers, in the name of the one asked, a request it saw lately.
+                let recent: Vec<&Ev> = adv
+                    .tap
+                    .iter()
+                    .rev()
+                    .filter(|e| {
+                        matches!(
+                            e,
+                            Ev::VoteReq {
+                                via: Via::Daemon,
+                                ..
+                            } | Ev::RelReq {
+                                via: Via::Daemon,
+                                ..
+                            }
+                        )
+                    })
+                    .take(8)
+                    .collect();
+                if recent.is_empty() {
+                    None
+                } else {
+                    let pick = recent[adv.rng.below(recent.len() as u64) as usize].clone();
+                    adv.counts.forged_answers += 1;
+                    let long = Duration::from_secs(600);
+                    match pick {
+                        Ev::VoteReq {
+                            from, inc, id, to, ..
+                        } => Some(Ev::VoteRep {
+                            n: from,
+                            inc,
+                            id,
+                            voter: to,
+                            reply: VoteReply::Granted(Grant {
+                                to: self.nodes[from].name.clone(),
+                                lease: long,
+                                exclusive: long,
+                                epoch: Some(adv.epochs[to].unwrap_or(dummy)),
+                            }),
+                            mac: Mac::Forged,
+                        }),
+                        Ev::RelReq {
+                            from, inc, id, to, ..
+                        } => Some(Ev::RelRep {
+                            n: from,
+                            inc,
+                            id,
+                            holder: to,
+                            reply: ReleaseReply::Released { last_200_ago: long },
+                            mac: Mac::Forged,
+                        }),
+                        _ => None,
+                    }
+                }
+            }
+        };
+        // Its messages take a moment too.
+        let delay = adv.rng.range(0, self.p.peer_timeout / 2);
+        let next = t + 1 + adv.rng.range(0, 2 * adv.gap);
+        self.adv = Some(adv);
+        if let Some(ev) = ev {
+            self.push(t + delay, ev);
+        }
+        self.push(next, Ev::Adversary);
+    }
+
+    /// Node `n`'s incarnation and the id of its cycle in progress (0 when none).
+    fn in_progress(&self, n: usize) -> (u32, u64) {
+        let node = &self.nodes[n];
+        let id = node
+            .d
+            .as_ref()
+            .and_then(|d| d.c.as_ref())
+            .map_or(0, |c| c.id);
+        (node.inc, id)
     }
 }
 
@@ -2125,7 +2659,7 @@ fn run_many_in(
                             break;
                         }
                         let (st, _) = run_one_in(scope, seed, mutant, base, false);
-                        if st.safety_violations() > 0 {
+                        if caught_by(mutant, &st) {
                             found.fetch_min(seed, std::sync::atomic::Ordering::Relaxed);
                         }
                         total.merge(st);
@@ -2232,9 +2766,30 @@ fn report(st: &mut Stats, elapsed: Duration) {
         dist_f(&mut st.cutoff_ratio)
     );
     println!(
-        "   healthy stretches checked: {}, 200 for {:.4} of their time",
+        "   healthy stretches checked (every daemon, database and link of the site up, no slow \
+         network, one read-write primary that every node names, the others standbys or the \
+         witness; from vote_lease·(1+ρ)/(1−ρ) + a cycle + interval after the stretch began, \
+         its primary's 200 must never break): {}, 200 for {:.4} of their time",
         st.healthy_stretches,
         st.healthy_200_ns as f64 / st.healthy_ns.max(1) as f64
+    );
+    let a = &st.adv;
+    println!(
+        "4. adversary: {} actions ({} releases and {} vote requests in a member's name without \
+         the key, {} requests and {} answers replayed, {} answers forged in a voter's or \
+         holder's name); requests refused for their MAC: {}, answers not counted: {}; healthy \
+         stretches checked while it acted: {} ({} actions in them), every one of them kept \
+         its 200 unless counted in 3.",
+        a.actions,
+        a.forged_releases,
+        a.forged_votes,
+        a.replayed_requests,
+        a.replayed_answers,
+        a.forged_answers,
+        a.refused,
+        a.not_counted,
+        st.healthy_attacked,
+        st.healthy_attacks
     );
     st.violations.sort_by_key(|v| v.0);
     for (seed, kind, what) in st.violations.iter().take(10) {
@@ -2280,6 +2835,17 @@ fn simulation_finds_no_violation() {
 /// Schedules on which each mutant's detection rate is measured.
 const RATE_SCHEDULES: u64 = 1000;
 
+/// Whether a schedule's outcome catches `mutant`: a safety violation (an overlap, a handoff
+/// short of `handoff_delay`); for the mutants that only cost 200s (d, e: more votes voided than
+/// released), any violation, liveness included (a healthy primary's 200 lost, a new primary's
+/// 200 later than the bound).
+fn caught_by(mutant: Mutant, st: &Stats) -> bool {
+    match mutant {
+        Mutant::UnauthenticatedRelease | Mutant::GlobalFence => !st.violations.is_empty(),
+        _ => st.safety_violations() > 0,
+    }
+}
+
 fn caught(mutant: Mutant) {
     let started = Instant::now();
     let (rate, mut first) = run_many(RATE_SCHEDULES.min(schedules()), mutant, false);
@@ -2291,17 +2857,32 @@ fn caught(mutant: Mutant) {
     };
     let (one, _) = run_one(seed, mutant, Instant::now(), false);
     let (overlap, handoff) = rate.bad_schedules();
+    let liveness = {
+        let mut seeds: Vec<u64> = rate
+            .violations
+            .iter()
+            .filter(|v| v.1 == Kind::Liveness)
+            .map(|v| v.0)
+            .collect();
+        seeds.dedup();
+        seeds.len()
+    };
+    let found = one
+        .violations
+        .iter()
+        .find(|v| v.1 != Kind::Liveness)
+        .or(one.violations.first())
+        .map_or("", |v| v.2.as_str());
     println!(
-        "{mutant:?}: first caught by schedule {seed} ({:.1}s); of the first {} schedules, {} \
-         with an overlap, {} with a handoff violation; at {seed}: {}",
+        "{mutant:?}: first caught by schedule {seed} (PRIMGR_SIM_SEED={seed}), within the first \
+         {} schedules ({:.1}s); of the first {} schedules, {} with an overlap, {} with a \
+         handoff violation, {} with a liveness violation; at {seed}: {found}",
+        seed + 1,
         started.elapsed().as_secs_f64(),
         rate.schedules,
         overlap,
         handoff,
-        one.violations
-            .iter()
-            .find(|v| v.1 != Kind::Liveness)
-            .map_or("", |v| v.2.as_str())
+        liveness,
     );
 }
 
@@ -2318,6 +2899,24 @@ fn mutant_restart_granting_at_once_is_caught() {
 #[test]
 fn mutant_missing_handoff_is_caught() {
     caught(Mutant::NoHandoff);
+}
+
+/// (d): the adversary's releases in a member's name, without the key, accepted.
+#[test]
+fn mutant_unauthenticated_release_is_caught() {
+    caught(Mutant::UnauthenticatedRelease);
+}
+
+/// (e): a release voids every voter's votes, not only its sender's.
+#[test]
+fn mutant_global_fence_is_caught() {
+    caught(Mutant::GlobalFence);
+}
+
+/// (f): an answer that fails authentication counted.
+#[test]
+fn mutant_forged_answer_counted_is_caught() {
+    caught(Mutant::ForgedAnswer);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2449,8 +3048,24 @@ impl Sim {
             log: log.then(Vec::new),
             events: 0,
             publications: 0,
+            adv: None,
         };
         sim.generate();
+        // The adversary of site scope, in cluster scope too.
+        if adversary_on() {
+            let mut rng = Rng::new(seed ^ 0xad7e_5a21_0c10_57e2);
+            let gap = rng.pick(&[20 * MS, 100 * MS, 500 * MS, 2 * SEC]);
+            let first = rng.range(0, gap);
+            sim.adv = Some(Adversary {
+                rng,
+                gap,
+                tap: Vec::new(),
+                epochs: vec![None; total],
+                acted: Vec::new(),
+                counts: AdvCounts::default(),
+            });
+            sim.push(first, Ev::Adversary);
+        }
         sim
     }
 

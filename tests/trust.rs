@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::clients::{Attempt, address_book, sample_every, shipped};
-use common::sampler::{Sample, Sampler};
+use common::sampler::{Sample, Sampler, two_hundreds};
 use common::{Daemon, PRIMGR, settle_bound, timing_flags};
 use primgr::auth::{AnswerClaims, Exchange, Keys, Nonce, RequestClaims};
 use primgr_lab::haproxy::{Haproxy, WRITE};
@@ -149,15 +149,6 @@ fn node3_in_status(status: &Value) -> (bool, Option<u64>) {
             .any(|h| h["voter"] == "node3" && h["counts"] == true)
     });
     (counted, status["peer_auth_failures"]["node3"].as_u64())
-}
-
-/// Every 200 sample of `target`, as (start, end).
-fn two_hundreds(samples: &[Sample], target: usize) -> Vec<(Duration, Duration)> {
-    samples
-        .iter()
-        .filter(|s| s.target == target && s.status == Some(200))
-        .map(|s| (s.at, s.at + s.latency))
-        .collect()
 }
 
 /// 200 samples of target 1 that overlap in time a 200 sample of target 0 (two 200s at once).
@@ -626,7 +617,8 @@ async fn serve_impostor(mut conn: TcpStream, name: &str, wrong: Arc<Keys>, serve
                 (
                     200,
                     serde_json::json!({
-                        "exclusive_ms": 600_000, "lease_ms": 600_000, "node": name, "vote": candidate
+                        "epoch": "AAAAAAAAAAAAAAAAAAAAAA.0", "exclusive_ms": 600_000, "lease_ms": 600_000,
+                        "node": name, "vote": candidate
                     }),
                 )
             }
@@ -699,38 +691,12 @@ async fn an_impostor_at_a_voters_address_is_never_counted() {
     let wrong = Keys::parse(&key_line()).expect("a key line");
     let (served, imp) = impostor(lab.daemon_addr("node3"), "node3", wrong).await;
 
-    let t0 = Instant::now();
-    let sampler = Sampler::start(
-        t0,
-        vec![lab.daemon_addr("node1"), lab.daemon_addr("node2")],
-        "/state",
-        PERIOD,
-        Duration::from_secs(1),
-    );
-    // node2 promoted (node3's and node4's databases follow it), node1 back read-write without
-    // a rejoin: its metadata still names itself.
-    lab.failover("node1", "node2").await.expect("failover");
-    let promoted = sampler.now();
-    lab.start("node1").await.expect("start node1");
-    assert_eq!(
-        lab.psql("node1", "SELECT pg_is_in_recovery()")
-            .await
-            .expect("psql node1"),
-        "f",
-        "node1 is read-write (split brain)"
-    );
-    let stale = sampler.now();
-    // Watched until node1 has been back for settle_bound (a vote settles, a handoff passes,
-    // haproxy would follow) and 3 s more.
-    let until = stale + settle_bound() + Duration::from_secs(3);
-    let watch = watch_status(
-        &lab,
-        &["node1", "node2"],
-        until + Duration::from_secs(30),
-        || sampler.now() >= until,
-    )
-    .await;
-    let samples = sampler.stop();
+    let Split {
+        samples,
+        promoted,
+        stale,
+        watch,
+    } = split_brain(&lab).await;
     imp.abort();
 
     let both = overlapping(&samples);
@@ -785,6 +751,56 @@ async fn an_impostor_at_a_voters_address_is_never_counted() {
     );
     drop(daemons);
     lab.teardown().await.expect("teardown");
+}
+
+/// What [`split_brain`] saw.
+struct Split {
+    /// `/state` of node1 (target 0) and node2 (target 1) every [`PERIOD`].
+    samples: Vec<Sample>,
+    /// When node2 had been promoted, and when node1 was back read-write (sampler time).
+    promoted: Duration,
+    stale: Duration,
+    /// `/status` of node1 and node2 over the same time.
+    watch: StatusWatch,
+}
+
+/// node2 promoted (node3's and node4's databases follow it) and node1 back read-write without
+/// a rejoin (its metadata still names itself), sampled from before the failover until node1
+/// has been back for `settle_bound` (a vote settles, a handoff passes, haproxy would follow)
+/// and 3 s more.
+async fn split_brain(lab: &Lab) -> Split {
+    let sampler = Sampler::start(
+        Instant::now(),
+        vec![lab.daemon_addr("node1"), lab.daemon_addr("node2")],
+        "/state",
+        PERIOD,
+        Duration::from_secs(1),
+    );
+    lab.failover("node1", "node2").await.expect("failover");
+    let promoted = sampler.now();
+    lab.start("node1").await.expect("start node1");
+    assert_eq!(
+        lab.psql("node1", "SELECT pg_is_in_recovery()")
+            .await
+            .expect("psql node1"),
+        "f",
+        "node1 is read-write (split brain)"
+    );
+    let stale = sampler.now();
+    let until = stale + settle_bound() + Duration::from_secs(3);
+    let watch = watch_status(
+        lab,
+        &["node1", "node2"],
+        until + Duration::from_secs(30),
+        || sampler.now() >= until,
+    )
+    .await;
+    Split {
+        samples: sampler.stop(),
+        promoted,
+        stale,
+        watch,
+    }
 }
 
 /// `primgr_peer_answers_unauthenticated_total{peer="node3"}` in `/metrics` of `node`.
@@ -888,26 +904,12 @@ async fn a_daemon_of_another_cluster_at_a_voters_address_is_never_counted() {
     normal.print("another cluster, normal");
 
     // Phase 2: node2 promoted, node1 stale; the foreign daemon's metadata names node1.
-    let t0 = Instant::now();
-    let sampler = Sampler::start(
-        t0,
-        vec![lab.daemon_addr("node1"), lab.daemon_addr("node2")],
-        "/state",
-        PERIOD,
-        Duration::from_secs(1),
-    );
-    lab.failover("node1", "node2").await.expect("failover");
-    lab.start("node1").await.expect("start node1");
-    let stale = sampler.now();
-    let until = stale + settle_bound() + Duration::from_secs(3);
-    let split = watch_status(
-        &lab,
-        &["node1", "node2"],
-        until + Duration::from_secs(30),
-        || sampler.now() >= until,
-    )
-    .await;
-    let samples = sampler.stop();
+    let Split {
+        samples,
+        stale,
+        watch: split,
+        ..
+    } = split_brain(&lab).await;
     let both = overlapping(&samples);
     let node1_stale = two_hundreds(&samples, 0)
         .iter()

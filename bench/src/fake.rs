@@ -58,7 +58,8 @@ impl FakePeers {
         for (name, addr) in peers {
             let addr = *addr;
             let vote_body = serde_json::json!({
-                "node": name, "vote": primary, "lease_ms": 3000, "exclusive_ms": 600_000
+                "node": name, "vote": primary, "lease_ms": 3000, "exclusive_ms": 600_000,
+                "epoch": "AAAAAAAAAAAAAAAAAAAAAA.0"
             })
             .to_string();
             let answers = Arc::new(Answers {

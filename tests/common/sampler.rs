@@ -208,3 +208,12 @@ fn raise_priority() {
         .stderr(std::process::Stdio::null())
         .status();
 }
+
+/// Every 200 sample of `target`, as (start, end): when it was sent and when its answer came.
+pub fn two_hundreds(samples: &[Sample], target: usize) -> Vec<(Duration, Duration)> {
+    samples
+        .iter()
+        .filter(|s| s.target == target && s.status == Some(200))
+        .map(|s| (s.at, s.at + s.latency))
+        .collect()
+}
