@@ -2932,6 +2932,7 @@ fn mutant_forged_answer_counted_is_caught() {
 // on neither), often with a promotion on the other side whose metadata reaches the first side
 // only after the heal while the old primary stays read-write naming itself (a split brain, the
 // case `site` scope cannot help); a node cut off from its own site; failovers across sites.
+// The adversary of site scope acts in these schedules too.
 //
 // `PRIMGR_SIM_CLUSTER_SCHEDULES=N` runs N schedules (default `CLUSTER_CI_SCHEDULES`);
 // `PRIMGR_SIM_SEED=S PRIMGR_SIM_SCOPE=cluster` replays one with its log.
