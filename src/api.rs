@@ -1481,9 +1481,7 @@ mod tests {
         let now = Instant::now();
         let vote = |voter: &str, settled: i64, until: u64| HeldVote {
             voter: voter.into(),
-            epoch: Some(crate::auth::GrantEpoch::first(
-                crate::auth::BootId::from_bytes([0; 16]),
-            )),
+            epoch: None,
             sent: now,
             valid_until: now + Duration::from_millis(until),
             settled_at: if settled < 0 {

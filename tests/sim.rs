@@ -844,28 +844,21 @@ impl Sim {
             adv: None,
         };
         sim.generate();
-        sim.arm_adversary();
-        sim
-    }
-
-    /// The adversary of this schedule (unless `PRIMGR_SIM_ADVERSARY=off`): how often it acts
-    /// is drawn from the seed, and its first act is queued.
-    fn arm_adversary(&mut self) {
-        if !adversary_on() {
-            return;
+        if adversary_on() {
+            let mut rng = Rng::new(seed ^ 0xad7e_5a21_0000_0000);
+            let gap = rng.pick(&[20 * MS, 100 * MS, 500 * MS, 2 * SEC]);
+            let first = rng.range(0, gap);
+            sim.adv = Some(Adversary {
+                rng,
+                gap,
+                tap: Vec::new(),
+                epochs: vec![None; total],
+                acted: Vec::new(),
+                counts: AdvCounts::default(),
+            });
+            sim.push(first, Ev::Adversary);
         }
-        let mut rng = Rng::new(self.seed ^ 0xad7e_5a21_0000_0000);
-        let gap = rng.pick(&[20 * MS, 100 * MS, 500 * MS, 2 * SEC]);
-        let first = rng.range(0, gap);
-        self.adv = Some(Adversary {
-            rng,
-            gap,
-            tap: Vec::new(),
-            epochs: vec![None; self.n],
-            acted: Vec::new(),
-            counts: AdvCounts::default(),
-        });
-        self.push(first, Ev::Adversary);
+        sim
     }
 
     fn note(&mut self, t: u64, f: impl FnOnce(&Sim) -> String) {
@@ -2939,6 +2932,7 @@ fn mutant_forged_answer_counted_is_caught() {
 // on neither), often with a promotion on the other side whose metadata reaches the first side
 // only after the heal while the old primary stays read-write naming itself (a split brain, the
 // case `site` scope cannot help); a node cut off from its own site; failovers across sites.
+// The adversary of site scope acts in these schedules too.
 //
 // `PRIMGR_SIM_CLUSTER_SCHEDULES=N` runs N schedules (default `CLUSTER_CI_SCHEDULES`);
 // `PRIMGR_SIM_SEED=S PRIMGR_SIM_SCOPE=cluster` replays one with its log.
@@ -3058,7 +3052,21 @@ impl Sim {
             adv: None,
         };
         sim.generate();
-        sim.arm_adversary();
+        // The adversary of site scope, in cluster scope too.
+        if adversary_on() {
+            let mut rng = Rng::new(seed ^ 0xad7e_5a21_0c10_57e2);
+            let gap = rng.pick(&[20 * MS, 100 * MS, 500 * MS, 2 * SEC]);
+            let first = rng.range(0, gap);
+            sim.adv = Some(Adversary {
+                rng,
+                gap,
+                tap: Vec::new(),
+                epochs: vec![None; total],
+                acted: Vec::new(),
+                counts: AdvCounts::default(),
+            });
+            sim.push(first, Ev::Adversary);
+        }
         sim
     }
 
