@@ -844,21 +844,28 @@ impl Sim {
             adv: None,
         };
         sim.generate();
-        if adversary_on() {
-            let mut rng = Rng::new(seed ^ 0xad7e_5a21_0000_0000);
-            let gap = rng.pick(&[20 * MS, 100 * MS, 500 * MS, 2 * SEC]);
-            let first = rng.range(0, gap);
-            sim.adv = Some(Adversary {
-                rng,
-                gap,
-                tap: Vec::new(),
-                epochs: vec![None; total],
-                acted: Vec::new(),
-                counts: AdvCounts::default(),
-            });
-            sim.push(first, Ev::Adversary);
-        }
+        sim.arm_adversary(seed ^ 0xad7e_5a21_0000_0000, total);
         sim
+    }
+
+    /// The adversary of this schedule (unless `PRIMGR_SIM_ADVERSARY=off`), drawn from `seed`:
+    /// how often it acts, among `total` nodes; its first act is queued.
+    fn arm_adversary(&mut self, seed: u64, total: usize) {
+        if !adversary_on() {
+            return;
+        }
+        let mut rng = Rng::new(seed);
+        let gap = rng.pick(&[20 * MS, 100 * MS, 500 * MS, 2 * SEC]);
+        let first = rng.range(0, gap);
+        self.adv = Some(Adversary {
+            rng,
+            gap,
+            tap: Vec::new(),
+            epochs: vec![None; total],
+            acted: Vec::new(),
+            counts: AdvCounts::default(),
+        });
+        self.push(first, Ev::Adversary);
     }
 
     fn note(&mut self, t: u64, f: impl FnOnce(&Sim) -> String) {
@@ -3053,20 +3060,7 @@ impl Sim {
         };
         sim.generate();
         // The adversary of site scope, in cluster scope too.
-        if adversary_on() {
-            let mut rng = Rng::new(seed ^ 0xad7e_5a21_0c10_57e2);
-            let gap = rng.pick(&[20 * MS, 100 * MS, 500 * MS, 2 * SEC]);
-            let first = rng.range(0, gap);
-            sim.adv = Some(Adversary {
-                rng,
-                gap,
-                tap: Vec::new(),
-                epochs: vec![None; total],
-                acted: Vec::new(),
-                counts: AdvCounts::default(),
-            });
-            sim.push(first, Ev::Adversary);
-        }
+        sim.arm_adversary(seed ^ 0xad7e_5a21_0c10_57e2, total);
         sim
     }
 
