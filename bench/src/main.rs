@@ -38,6 +38,7 @@
 //   opts.rs           command line
 //   report.rs         the summary lines, the machine, the printed report
 //   throughput.rs     1. /state under wrk, primgr and the baseline alternating
+//   allocations.rs    1. heap allocations per /state, in-process (the global allocator)
 //   instructions.rs   1. instructions per /state under callgrind (noise-free part of 1)
 //   transactions.rs   2. database transactions per health check
 //   memory.rs         3. resident memory after the load
@@ -47,11 +48,14 @@
 //   callgrind.rs      valgrind's callgrind around a server
 //   pgstat.rs         pg_stat_database and statement-log counts of a window
 //   fake.rs           fake peers for measurement 5
+//   hello.rs          the baseline's server (also the `baseline` binary's)
 // Shared with the tests (one copy in primgr-lab): statistics (`stats`), tables (`table`),
 // /proc readers (`procfs`), the raw HTTP exchange (`http`), bounded waits (`wait`).
 
+mod allocations;
 mod callgrind;
 mod fake;
+mod hello;
 mod instructions;
 mod memory;
 mod opts;
@@ -77,6 +81,10 @@ use primgr_lab::{DAEMON_PORT, Lab, LabSpec};
 use crate::opts::{Opts, USAGE};
 use crate::report::{Findings, Machine, Outcome, render, write_report};
 use crate::wrk::{Mode, Wrk};
+
+/// Counts the allocations of the servers measured in-process ([`allocations`]).
+#[global_allocator]
+static ALLOCATOR: allocations::Counting = allocations::Counting;
 
 /// Daemon settings of the whole run (the poll-cycle measurement changes node1's interval).
 const INTERVAL: &str = "1s";
@@ -236,6 +244,8 @@ async fn measure(o: &Opts, lab: &Lab, wrk: &Wrk, machine: &Machine) -> Result<Ou
 
     if o.runs(1) {
         throughput::measure(o, wrk, &servers, &mut f).await?;
+        // Blocking (a client thread and two runtimes of its own): off this runtime's workers.
+        tokio::task::block_in_place(|| allocations::measure(&mut f))?;
     }
     if o.runs(2) {
         progress("2. database transactions per health check ...");
