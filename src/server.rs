@@ -157,7 +157,7 @@ pub trait Direct: Send + Sync + 'static {
     /// The reply to a request without a body (the server refused any other) for `method
     /// uri` with `headers`, received at `now` (read before anything else of the request), or
     /// None when the service answers it.
-    fn answer(
+    fn answer_now(
         &self,
         method: &Method,
         uri: &Uri,
@@ -371,7 +371,7 @@ pub async fn serve_with<M, S, B, F>(
             let direct = match refusal(&request) {
                 Some(refused) => Some(refused),
                 None => direct.as_ref().and_then(|d| {
-                    d.answer(request.method(), request.uri(), request.headers(), now)
+                    d.answer_now(request.method(), request.uri(), request.headers(), now)
                 }),
             };
             if let Some(reply) = direct {

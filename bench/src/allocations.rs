@@ -137,7 +137,8 @@ pub(crate) struct Counted {
 /// Measurement 1, allocations of primgr's server and of the baseline's.
 pub(crate) fn measure(f: &mut Findings) -> Result<()> {
     progress("1. allocations per /state, in-process ...");
-    let primgr = count_primgr()?;
+    let primgr = count_primgr(true)?;
+    let through_warp = count_primgr(false)?;
     let baseline = count_baseline()?;
     f.lines.push(
         Line::new(
@@ -159,8 +160,9 @@ pub(crate) fn measure(f: &mut Findings) -> Result<()> {
     Ok(())
 }
 
-/// primgr's server (the library's, as the daemon runs it) against a fixed snapshot.
-fn count_primgr() -> Result<Counted> {
+/// primgr's server (the library's, as the daemon runs it) against a fixed snapshot; with
+/// `direct` false, without the health check's direct answer (every request through warp).
+fn count_primgr(direct: bool) -> Result<Counted> {
     let runtime = counted_runtime()?;
     let config = primgr::Config::for_node("node1").context("a default configuration")?;
     let shared = Arc::new(Shared::new(config));
@@ -174,7 +176,7 @@ fn count_primgr() -> Result<Counted> {
         clients: Arc::new(NoMembers),
         members_on: None,
         tls: None,
-        direct: Some(app.clone()),
+        direct: direct.then(|| app.clone() as Arc<dyn primgr::server::Direct>),
     };
     let server = runtime.spawn(async move {
         primgr::server::serve_with(

@@ -11,11 +11,14 @@
 //! (`--interval 1s --peer-timeout 500ms`), starts `baseline` (the smallest hyper server that
 //! answers `GET /state` with the same status, headers and body as node1's daemon), and measures:
 //!
-//! 1. `GET /state` with wrk at 64 and at 4 keep-alive connections and with a new connection per
-//!    request (16 connections sending `Connection: close`), alternating primgr and the baseline
-//!    over several rounds; ratios per round and their median, and each server's CPU time per
-//!    request; then, when valgrind is installed, the user-space instructions per request of
-//!    each under callgrind (a figure the machine's other load does not move);
+//! 1. `GET /state` as an outsider measures it: `wrk -t2` at 64 keep-alive connections (a full
+//!    run also at 4, and with a new connection per request: 16 connections sending
+//!    `Connection: close`), primgr and the baseline one after the other over 5 rounds,
+//!    alternating which goes first, each server's CPU per request from `/proc/PID/stat` over
+//!    its run; req/s, CPU µs per request and p99 of each, medians and spread, and the ratios;
+//!    the heap allocations per request of both servers, counted in-process
+//!    (`allocations.rs`); then, when valgrind is installed, the user-space instructions per
+//!    request of each under callgrind (figures the machine's other load does not move);
 //! 2. database transactions per health check: `pg_stat_database` of `repmgr` over a window under
 //!    load, minus the background of the poller over an idle window, with the daemon's
 //!    connections ended at every window edge so that PostgreSQL 15 reports their counts, and
