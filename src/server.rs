@@ -168,7 +168,7 @@ pub trait Direct: Send + Sync + 'static {
 
 /// When a connection last began a request, for its idle deadline: a connection that sends no
 /// complete request head within the idle timeout of its start or of its last request's start
-/// is closed (by [`idle_deadline`], one timer per connection). hyper's own
+/// is closed (by the server's `idle_deadline`, one timer per connection). hyper's own
 /// `header_read_timeout` arms a new timer for every request head (an allocation and two
 /// updates of the runtime's timer wheel per request); this is a store per request and one
 /// timer per connection, re-armed only when it fires. A request still being answered (a
@@ -192,7 +192,7 @@ impl Activity {
         }
     }
 
-    /// A request began at `now`: a load and a store (one task writes, the connection's).
+    /// A request began at `now`: one relaxed store (only the connection's task writes).
     fn began(&self, now: Instant) {
         let nanos = now.saturating_duration_since(self.start).as_nanos() as u64;
         self.last.store(nanos, Ordering::Relaxed);

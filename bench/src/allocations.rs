@@ -157,6 +157,10 @@ pub(crate) fn measure(f: &mut Findings) -> Result<()> {
             primgr.per_connection, baseline.per_connection
         ),
     ));
+    f.lines.push(Line::new(
+        "1 heap allocations per /state through warp's filters (no direct answer), keep-alive",
+        format!("{:.2}", through_warp.keep_alive),
+    ));
     Ok(())
 }
 
