@@ -81,7 +81,7 @@ const STATE_PATHS: [&str; 2] = ["/state", "/"];
 
 /// The health check in front of warp ([`crate::server::Direct`]): `GET`, `HEAD` and `OPTIONS`
 /// of `/state` and `/` (whatever their query string, as the route ignores it) without an
-/// `X-Primgr-Auth` header, answered as [`App::answer`] answers them through [`routes`]: the
+/// `X-Primgr-Auth` header, answered as the API answers them through [`routes`]: the
 /// same status, headers and body, decided at the request's `now` against the snapshot, the
 /// same counter. Everything else, a signed `/state` (whose answer is signed) included, goes to
 /// warp. It spares the health check warp's filters (routing, the boxed response body, the
