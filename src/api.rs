@@ -24,14 +24,22 @@
 //! admission, head limits, timeouts and protocol-level refusals (bodies, targets without a
 //! path), which never reach the filters.
 //!
-//! What warp costs on the health check, measured with `contrib/bench` (callgrind, user-space
-//! instructions per `GET /state` at 4 keep-alive connections, and throughput against a bare
-//! hyper server): see the figures in docs/benchmarks or the commit that brought warp back.
-//! The filters are built so that a `/state` request costs as little as warp allows: the path
-//! segments are zero-sized types (nothing copied into each request's future), `/state` is
-//! the first route tried and matches at the first `or`, the filters' closures hold one
-//! reference per connection (warp clones them for every request), and no routing step
-//! allocates (the query string is read only by the endpoints that take parameters).
+//! ## The health check in front of warp
+//! `GET`, `HEAD` and `OPTIONS` of `/state` and `/` without an `X-Primgr-Auth` header are
+//! answered in front of the filters: [`App`] is the server's [`crate::server::Direct`], which
+//! the server asks first on every request (after its own refusals), and which answers those
+//! from the snapshot exactly as [`routes`] does (the same status, headers and body, the lease
+//! window checked at the request's instant, the same counter; `the_direct_health_check_
+//! answers_as_warp_does` compares them). Every other request, a signed `/state` included,
+//! goes to warp, which still routes every path, `/state` among them. What the filters cost
+//! the health check (user-space instructions under callgrind, heap allocations) and what it
+//! costs in front of them, against a bare hyper server, is in docs/benchmarks.md.
+//! The filters are built so that a request that does reach them costs as little as warp
+//! allows: the path segments are zero-sized types (nothing copied into each request's
+//! future), `/state` is the first route tried and matches at the first `or`, the filters'
+//! closures hold one reference per connection (warp clones them for every request), and no
+//! routing step allocates (the query string is read only by the endpoints that take
+//! parameters).
 
 use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
@@ -68,6 +76,44 @@ use crate::wire::{
 
 /// A reply of the API (warp turns it into its own response).
 pub type Reply = Response<Bytes>;
+
+/// The path of the health check, and `/`, which answers the same.
+const STATE_PATHS: [&str; 2] = ["/state", "/"];
+
+/// The health check in front of warp ([`crate::server::Direct`]): `GET`, `HEAD` and `OPTIONS`
+/// of `/state` and `/` (whatever their query string, as the route ignores it) without an
+/// `X-Primgr-Auth` header, answered as the API answers them through [`routes`]: the
+/// same status, headers and body, decided at the request's `now` against the snapshot, the
+/// same counter. Everything else, a signed `/state` (whose answer is signed) included, goes to
+/// warp. It spares the health check warp's filters (routing, the boxed response body, the
+/// header lookups of every route): what that saves is in docs/benchmarks.md.
+impl crate::server::Direct for App {
+    fn answer_now(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &hyper::HeaderMap,
+        now: Instant,
+    ) -> Option<Response<http_body_util::Full<Bytes>>> {
+        if !STATE_PATHS.contains(&uri.path()) || !Endpoint::State.methods().allows(method) {
+            return None;
+        }
+        const SIGNED: hyper::header::HeaderName =
+            hyper::header::HeaderName::from_static(auth::HEADER);
+        if headers.contains_key(SIGNED) {
+            return None;
+        }
+        let (code, body) = self.state(now);
+        let bodyless = method != Method::GET;
+        let reply = json_reply(
+            Endpoint::State,
+            code,
+            if bodyless { Bytes::new() } else { body },
+        );
+        self.count(Some(Endpoint::State), &reply);
+        Some(reply.map(http_body_util::Full::new))
+    }
+}
 
 /// The endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1718,6 +1764,135 @@ mod tests {
             routed.len() + 2,
             unrouted.len(),
             refused.len()
+        );
+    }
+
+    /// The health check answered in front of warp ([`crate::server::Direct`]) is warp's
+    /// answer: for `/state`, `/` and `/state?x=1`, by GET, HEAD and OPTIONS, in each served
+    /// state (a Primary in its window, the same Primary after its window, a Standby, a
+    /// starting node), the same status, headers and body, counted in the same row; whatever
+    /// else (another method, path or a signed request) is left to warp.
+    #[tokio::test]
+    async fn the_direct_health_check_answers_as_warp_does() {
+        use crate::server::Direct as _;
+        use crate::vote::Window;
+        use http_body_util::BodyExt as _;
+        use tower_service::Service as _;
+
+        let app = App::new(Arc::new(Shared::new(
+            crate::Config::for_node("n1").expect("config"),
+        )));
+        let client: SocketAddr = "127.0.0.1:4000".parse().expect("addr");
+        let t0 = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let mut primary = Snapshot::starting();
+        primary.observed_at = Some(t0);
+        primary.max_staleness = 2 * hour;
+        primary.verdict.state = State::Primary;
+        primary.verdict.window = Some(Window {
+            from: t0,
+            until: t0 + hour,
+        });
+        let mut standby = primary.clone();
+        standby.verdict.state = State::Standby;
+        standby.verdict.window = None;
+        // (snapshot, the instant asked at, the state it answers, whether warp, which
+        // decides at its own `now`, answers the same)
+        let cases = [
+            (
+                primary.clone(),
+                t0 + Duration::from_secs(1),
+                State::Primary,
+                true,
+            ),
+            (
+                primary,
+                t0 + hour + Duration::from_secs(1),
+                State::Unknown,
+                false,
+            ),
+            (standby, t0 + Duration::from_secs(1), State::Standby, true),
+            (Snapshot::starting(), t0, State::Down, true),
+        ];
+        let (mut answered, mut compared) = (0, 0);
+        for (snapshot, at, state, same_now) in cases {
+            app.shared.store.store(snapshot);
+            let code = state.code().to_string();
+            for target in ["/state", "/", "/state?x=1"] {
+                for method in [Method::GET, Method::HEAD, Method::OPTIONS] {
+                    let what = format!("{method} {target} ({state})");
+                    let uri: Uri = target.parse().expect("uri");
+                    let before = app.requests.snapshot();
+                    let direct = app
+                        .answer_now(&method, &uri, &hyper::HeaderMap::new(), at)
+                        .unwrap_or_else(|| panic!("{what} is answered directly"));
+                    let after = app.requests.snapshot();
+                    let rows =
+                        |from: &Vec<(&'static str, String, u64)>,
+                         to: &Vec<(&'static str, String, u64)>| {
+                            to.iter()
+                                .filter(|r| !from.contains(r))
+                                .map(|(e, c, _)| (*e, c.clone()))
+                                .collect::<Vec<_>>()
+                        };
+                    assert_eq!(rows(&before, &after), [("/state", code.clone())], "{what}");
+                    let (parts, body) = direct.into_parts();
+                    let body = body.collect().await.expect("body").to_bytes();
+                    assert_eq!(parts.status.as_u16(), state.code(), "{what}");
+                    let expected = if method == Method::GET {
+                        state_body(state)
+                    } else {
+                        Bytes::new()
+                    };
+                    assert_eq!(body, expected, "{what}");
+                    answered += 1;
+                    if !same_now {
+                        continue;
+                    }
+                    let request = Request::builder()
+                        .method(method.clone())
+                        .uri(target)
+                        .body(Empty::<Bytes>::new())
+                        .expect("request");
+                    let routed = app.service(client).call(request).await.expect("infallible");
+                    assert_eq!(
+                        rows(&after, &app.requests.snapshot()),
+                        [("/state", code.clone())],
+                        "{what}"
+                    );
+                    let (wparts, wbody) = routed.into_parts();
+                    let wbody = wbody.collect().await.expect("body").to_bytes();
+                    assert_eq!(wparts.status, parts.status, "{what}");
+                    assert_eq!(wparts.headers, parts.headers, "{what}");
+                    assert_eq!(wbody, body, "{what}");
+                    compared += 1;
+                }
+            }
+        }
+        let mut signed = hyper::HeaderMap::new();
+        signed.insert(auth::HEADER, HeaderValue::from_static("v1 anything"));
+        let left = [
+            (Method::POST, "/state", hyper::HeaderMap::new()),
+            (Method::DELETE, "/", hyper::HeaderMap::new()),
+            (Method::GET, "/state/", hyper::HeaderMap::new()),
+            (Method::GET, "//state", hyper::HeaderMap::new()),
+            (Method::GET, "/State", hyper::HeaderMap::new()),
+            (Method::GET, "/status", hyper::HeaderMap::new()),
+            (Method::GET, "/read-write", hyper::HeaderMap::new()),
+            (Method::GET, "/state", signed),
+        ];
+        for (method, target, headers) in &left {
+            let uri: Uri = target.parse().expect("uri");
+            assert!(
+                app.answer_now(method, &uri, headers, Instant::now())
+                    .is_none(),
+                "{method} {target} ({headers:?}) is warp's"
+            );
+        }
+        println!(
+            "direct health check: {answered} answers checked, {compared} compared with warp's, \
+             {} requests left to warp",
+            left.len()
         );
     }
 

@@ -115,12 +115,14 @@ where
             }),
         }
     };
+    let app = api::App::new(shared.clone());
     let policy = server::Policy {
         clients: Arc::new(Members(shared.clone())),
         members_on: Some(poll_thread.runtime.clone()),
         tls: shared.tls.server.as_ref().map(|t| t.config()),
+        // The health check, answered in front of warp (`api`'s `Direct`).
+        direct: Some(app.clone()),
     };
-    let app = api::App::new(shared);
     server::serve_with(listener, |client| app.service(client), stop_serving, policy).await;
 
     if let Some(why) = died {

@@ -3,8 +3,9 @@
 //! Owns how connections are served, not what is answered (that is [`crate::api`]). Every limit
 //! that keeps a misbehaving client from hurting the health checks lives here: a cap on open
 //! connections with slots kept for the members ([`MEMBER_RESERVE`]), a cap per client address
-//! (`max_connections_per_client`, [`Clients`]), a cap on request-head size, a timeout for
-//! reading a request head that also closes idle keep-alive connections (`idle_timeout`), the
+//! (`max_connections_per_client`, [`Clients`]), a cap on request-head size, a deadline for
+//! each request head that also closes idle keep-alive connections (`idle_timeout`, kept by
+//! one timer per connection: [`Activity`]), the
 //! refusal of request bodies (no endpoint takes one) and of request targets without a path
 //! ([`refusal`]), and a deadline for draining at shutdown. The accounting is per connection
 //! (at accept and at its end), never per request. A member's connections may be served on a
@@ -13,24 +14,28 @@
 //! With TLS (`tls_cert_file`), each connection's handshake comes first, under the same timeout
 //! as a request head, in the connection's own task.
 //! What is answered comes in as a tower service per connection (the API's warp filters,
-//! `warp::service(routes)`), run by hyper-util's `TowerToHyperService` behind those limits.
+//! `warp::service(routes)`), run by hyper-util's `TowerToHyperService` behind those limits,
+//! and, in front of it, an optional [`Direct`] answer: the health check, answered from what
+//! the API holds without going through the service (the service answers everything else).
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Incoming};
-use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::service::{Service as _, service_fn};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -39,9 +44,9 @@ use tower_service::Service;
 use tracing::{debug, warn};
 
 /// The default `idle_timeout`: a connection that does not send a complete request head within
-/// this time is closed. The same timer runs while a keep-alive connection sits idle between
-/// requests, so it is also the idle timeout. Longer than the peer client's pool idle time
-/// ([`crate::peers::POOL_IDLE_TIMEOUT`]).
+/// this time of its start or of its last request is closed ([`Activity`]). The same deadline
+/// runs while a keep-alive connection sits idle between requests, so it is also the idle
+/// timeout. Longer than the peer client's pool idle time ([`crate::peers::POOL_IDLE_TIMEOUT`]).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest request head (request line and headers) accepted; a larger one gets 431 and the
@@ -139,6 +144,126 @@ pub struct Policy {
     /// handshake and is closed. The certificate is resolved at each handshake, so a reload's
     /// renewed one applies without a new listener.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Requests answered in front of the service ([`Direct`]); None: the service answers all.
+    pub direct: Option<Arc<dyn Direct>>,
+}
+
+/// An answer the server gives in front of the tower service: the API's health check
+/// ([`crate::api::App`]'s), answered from what the API holds at once, without the service's
+/// routing. Everything it does not answer (`None`) goes to the service, which stays the one
+/// place every endpoint is defined; what it answers must be what the service would answer
+/// (status, headers, body, counters), which the API's tests compare.
+pub trait Direct: Send + Sync + 'static {
+    /// The reply to a request without a body (the server refused any other) for `method
+    /// uri` with `headers`, received at `now` (read before anything else of the request), or
+    /// None when the service answers it.
+    fn answer_now(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        now: Instant,
+    ) -> Option<Response<Full<Bytes>>>;
+}
+
+/// When a connection last began a request, for its idle deadline: a connection that sends no
+/// complete request head within the idle timeout of its start or of its last request's start
+/// is closed (by the server's `idle_deadline`, one timer per connection). hyper's own
+/// `header_read_timeout` arms a new timer for every request head (an allocation and two
+/// updates of the runtime's timer wheel per request); this is a store per request and one
+/// timer per connection, re-armed only when it fires. A request still being answered (a
+/// `/realPrimary` fan-out) keeps the connection open; the time a response takes to be written
+/// counts as idle time.
+pub struct Activity {
+    /// When the connection began to be served (after its TLS handshake, if any).
+    start: Instant,
+    /// The last request's start, in nanoseconds after `start`.
+    last: AtomicU64,
+    /// Requests whose answer is not ready yet.
+    busy: AtomicU32,
+}
+
+impl Activity {
+    fn new(start: Instant) -> Activity {
+        Activity {
+            start,
+            last: AtomicU64::new(0),
+            busy: AtomicU32::new(0),
+        }
+    }
+
+    /// A request began at `now`: one relaxed store (only the connection's task writes).
+    fn began(&self, now: Instant) {
+        let nanos = now.saturating_duration_since(self.start).as_nanos() as u64;
+        self.last.store(nanos, Ordering::Relaxed);
+    }
+
+    /// When the connection must be closed if no request begins before, as seen at `now`; None:
+    /// it is due now.
+    fn due(&self, idle: Duration, now: Instant) -> Option<Instant> {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            return Some(now + idle);
+        }
+        let due = self.deadline(idle);
+        (due > now).then_some(due)
+    }
+
+    /// The idle timeout after the last request's start (or the connection's).
+    fn deadline(&self, idle: Duration) -> Instant {
+        self.start + Duration::from_nanos(self.last.load(Ordering::Relaxed)) + idle
+    }
+}
+
+/// A request whose answer is not ready yet: keeps its connection from being closed as idle.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(activity: &Arc<Activity>) -> Busy {
+        activity.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(Arc::clone(activity))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Drives `conn` until it ends, or until [`Activity::due`] says it has been idle for `idle`:
+/// then it is dropped, which closes the connection (None). The timer is polled only when it
+/// has fired or the task's waker changed, not at every wake of the connection: an elapsed
+/// check (one atomic load) and a waker comparison per poll.
+async fn idle_deadline<C: Future>(
+    conn: C,
+    activity: &Activity,
+    idle: Duration,
+) -> Option<C::Output> {
+    let sleep = tokio::time::sleep_until(activity.deadline(idle).into());
+    tokio::pin!(conn);
+    tokio::pin!(sleep);
+    // The waker the timer holds (None: not registered yet).
+    let mut registered: Option<Waker> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let current = registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()) && !sleep.is_elapsed());
+        if current {
+            return Poll::Pending;
+        }
+        while sleep.as_mut().poll(cx).is_ready() {
+            match activity.due(idle, Instant::now()) {
+                Some(later) => sleep.as_mut().reset(later.into()),
+                None => return Poll::Ready(None),
+            }
+        }
+        registered = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await
 }
 
 /// [`serve_with`] with the default limits, no members and every connection on the caller's
@@ -163,6 +288,7 @@ pub async fn serve<M, S, B, F>(
         clients: Arc::new(Defaults),
         members_on: None,
         tls,
+        direct: None,
     };
     serve_with(listener, service_for, shutdown, policy).await
 }
@@ -222,47 +348,74 @@ pub async fn serve_with<M, S, B, F>(
             }
         };
         let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(slot.idle_timeout)
+        // No hyper timer: the head deadline is the connection's [`Activity`] (`idle_deadline`).
+        http.header_read_timeout(None)
             // Without max_header_size a head that arrives in one read is parsed whatever its
             // size; max_buf_size only bounds the buffer while a head is still incomplete.
             .max_header_size(MAX_HEAD_BYTES)
             .max_buf_size(MAX_HEAD_BYTES)
             .keep_alive(true);
         let service = TowerToHyperService::new(service_for(client));
+        let direct = policy.direct.clone();
+        let activity = Arc::new(Activity::new(Instant::now()));
+        let watched = Arc::clone(&activity);
         // Requests answered on this connection since it last gave way ([`GIVE_WAY_EVERY`]).
         let answered = std::cell::Cell::new(0u32);
         let gate = service_fn(move |request: Request<Incoming>| {
-            let now = match refusal(&request) {
-                Some(refused) => Ok(refused.map(Either::Left)),
-                None if answered.get() + 1 >= GIVE_WAY_EVERY => {
-                    answered.set(0);
-                    let reply = service.call(request.map(|_| Empty::new()));
-                    let reply = async move {
+            // The one clock read of the request: its start for the idle deadline, and the
+            // instant a direct answer is decided at.
+            let now = Instant::now();
+            activity.began(now);
+            let give_way = answered.get() + 1 >= GIVE_WAY_EVERY;
+            answered.set(if give_way { 0 } else { answered.get() + 1 });
+            let direct = match refusal(&request) {
+                Some(refused) => Some(refused),
+                None => direct.as_ref().and_then(|d| {
+                    d.answer_now(request.method(), request.uri(), request.headers(), now)
+                }),
+            };
+            if let Some(reply) = direct {
+                drop(request);
+                let reply = Ok(reply.map(Either::Left));
+                if give_way {
+                    // Not boxed: the health check allocates nothing of its own.
+                    return future::Either::Right(future::Either::Left(async move {
                         tokio::task::yield_now().await;
-                        reply.await.map(|r| r.map(Either::Right))
-                    };
-                    return future::Either::Right(future::Either::Right(reply));
+                        reply
+                    }));
+                }
+                return future::Either::Left(future::ready(reply));
+            }
+            // No body (the refusal saw its end): the service gets an empty one.
+            let mut reply = Box::pin(service.call(request.map(|_| Empty::new())));
+            // Polled once here, so that a reply ready at once (every one but a fan-out's)
+            // drops its request before hyper reads on: a request still alive then holds
+            // hyper's read buffer, which hyper must then allocate anew (more than a box for
+            // the future costs).
+            let ready = if give_way {
+                None
+            } else {
+                reply.as_mut().now_or_never()
+            };
+            match ready {
+                Some(reply) => {
+                    future::Either::Left(future::ready(reply.map(|r| r.map(Either::Right))))
                 }
                 None => {
-                    answered.set(answered.get() + 1);
-                    // No body (the refusal saw its end): the service gets an empty one.
-                    let mut reply = Box::pin(service.call(request.map(|_| Empty::new())));
-                    // Polled once here, so that a reply ready at once (every one but a
-                    // fan-out's) drops its request before hyper reads on: a request still
-                    // alive then holds hyper's read buffer, which hyper must then allocate
-                    // anew (more than a box for the future costs).
-                    match reply.as_mut().now_or_never() {
-                        Some(reply) => reply.map(|r| r.map(Either::Right)),
-                        None => {
-                            return future::Either::Right(future::Either::Left(
-                                reply.map(|reply| reply.map(|r| r.map(Either::Right))),
-                            ));
+                    let busy = Busy::new(&activity);
+                    future::Either::Right(future::Either::Right(
+                        async move {
+                            if give_way {
+                                tokio::task::yield_now().await;
+                            }
+                            let reply = reply.await.map(|r| r.map(Either::Right));
+                            drop(busy);
+                            reply
                         }
-                    }
+                        .boxed(),
+                    ))
                 }
-            };
-            future::Either::Left(future::ready(now))
+            }
         });
         if let Some(acceptor) = &tls {
             let (acceptor, http, watcher) = (acceptor.clone(), http.clone(), graceful.watcher());
@@ -271,8 +424,12 @@ pub async fn serve_with<M, S, B, F>(
                 match tokio::time::timeout(idle, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
                         let conn = http.serve_connection(TokioIo::new(stream), gate);
-                        if let Err(e) = watcher.watch(conn).await {
-                            debug!("connection ended with an error: {e}");
+                        // The head deadline counts from the end of the handshake.
+                        watched.began(Instant::now());
+                        match idle_deadline(watcher.watch(conn), &watched, idle).await {
+                            Some(Err(e)) => debug!("connection ended with an error: {e}"),
+                            Some(Ok(())) => {}
+                            None => debug!("{client}: no request head within {idle:?}"),
                         }
                     }
                     Ok(Err(e)) => debug!("{client}: TLS handshake failed: {e}"),
@@ -287,9 +444,12 @@ pub async fn serve_with<M, S, B, F>(
             continue;
         }
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), gate));
+        let idle = slot.idle_timeout;
         let served = async move {
-            if let Err(e) = conn.await {
-                debug!("connection ended with an error: {e}");
+            match idle_deadline(conn, &watched, idle).await {
+                Some(Err(e)) => debug!("connection ended with an error: {e}"),
+                Some(Ok(())) => {}
+                None => debug!("{client}: no request head within {idle:?}"),
             }
             drop(slot);
         };

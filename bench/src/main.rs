@@ -11,11 +11,14 @@
 //! (`--interval 1s --peer-timeout 500ms`), starts `baseline` (the smallest hyper server that
 //! answers `GET /state` with the same status, headers and body as node1's daemon), and measures:
 //!
-//! 1. `GET /state` with wrk at 64 and at 4 keep-alive connections and with a new connection per
-//!    request (16 connections sending `Connection: close`), alternating primgr and the baseline
-//!    over several rounds; ratios per round and their median, and each server's CPU time per
-//!    request; then, when valgrind is installed, the user-space instructions per request of
-//!    each under callgrind (a figure the machine's other load does not move);
+//! 1. `GET /state` as an outsider measures it: `wrk -t2` at 64 keep-alive connections (a full
+//!    run also at 4, and with a new connection per request: 16 connections sending
+//!    `Connection: close`), primgr and the baseline one after the other over 5 rounds,
+//!    alternating which goes first, each server's CPU per request from `/proc/PID/stat` over
+//!    its run; req/s, CPU µs per request and p99 of each, medians and spread, and the ratios;
+//!    the heap allocations per request of both servers, counted in-process
+//!    (`allocations.rs`); then, when valgrind is installed, the user-space instructions per
+//!    request of each under callgrind (figures the machine's other load does not move);
 //! 2. database transactions per health check: `pg_stat_database` of `repmgr` over a window under
 //!    load, minus the background of the poller over an idle window, with the daemon's
 //!    connections ended at every window edge so that PostgreSQL 15 reports their counts, and
@@ -38,6 +41,7 @@
 //   opts.rs           command line
 //   report.rs         the summary lines, the machine, the printed report
 //   throughput.rs     1. /state under wrk, primgr and the baseline alternating
+//   allocations.rs    1. heap allocations per /state, in-process (the global allocator)
 //   instructions.rs   1. instructions per /state under callgrind (noise-free part of 1)
 //   transactions.rs   2. database transactions per health check
 //   memory.rs         3. resident memory after the load
@@ -47,11 +51,14 @@
 //   callgrind.rs      valgrind's callgrind around a server
 //   pgstat.rs         pg_stat_database and statement-log counts of a window
 //   fake.rs           fake peers for measurement 5
+//   hello.rs          the baseline's server (also the `baseline` binary's)
 // Shared with the tests (one copy in primgr-lab): statistics (`stats`), tables (`table`),
 // /proc readers (`procfs`), the raw HTTP exchange (`http`), bounded waits (`wait`).
 
+mod allocations;
 mod callgrind;
 mod fake;
+mod hello;
 mod instructions;
 mod memory;
 mod opts;
@@ -77,6 +84,10 @@ use primgr_lab::{DAEMON_PORT, Lab, LabSpec};
 use crate::opts::{Opts, USAGE};
 use crate::report::{Findings, Machine, Outcome, render, write_report};
 use crate::wrk::{Mode, Wrk};
+
+/// Counts the allocations of the servers measured in-process ([`allocations`]).
+#[global_allocator]
+static ALLOCATOR: allocations::Counting = allocations::Counting;
 
 /// Daemon settings of the whole run (the poll-cycle measurement changes node1's interval).
 const INTERVAL: &str = "1s";
@@ -236,6 +247,8 @@ async fn measure(o: &Opts, lab: &Lab, wrk: &Wrk, machine: &Machine) -> Result<Ou
 
     if o.runs(1) {
         throughput::measure(o, wrk, &servers, &mut f).await?;
+        // Blocking (a client thread and two runtimes of its own): off this runtime's workers.
+        tokio::task::block_in_place(|| allocations::measure(&mut f))?;
     }
     if o.runs(2) {
         progress("2. database transactions per health check ...");

@@ -8,9 +8,10 @@ pub(crate) const USAGE: &str = "\
 usage: primgr-bench [--short] [--rounds N] [--seconds S] [--subnet N] [--out FILE]
                     [--primgr PATH] [--baseline PATH] [--only LIST] [--strict]
 
-  --short          CI mode: 1 round of 2 s per load run, few samples (about a minute)
-  --rounds N       rounds of alternating primgr/baseline load runs (default 5; short 1)
-  --seconds S      length of each load run (default 5; short 2)
+  --short          CI mode: /state at 64 connections only, 5 rounds of 1 s per load run,
+                   few samples (about a minute)
+  --rounds N       rounds of alternating primgr/baseline load runs (default 5)
+  --seconds S      length of each load run (default 5; short 1)
   --subnet N       lab subnet, addresses 127.0.N.x (default 61; short 62; shifted by
                    $PRIMGR_LAB_SUBNET_SHIFT like every lab subnet)
   --out FILE       where to write the report (default target/bench/report.txt)
@@ -41,8 +42,8 @@ impl Opts {
         let here = std::env::current_exe().context("locating the current executable")?;
         let mut o = Opts {
             short,
-            rounds: if short { 1 } else { 5 },
-            seconds: if short { 2 } else { 5 },
+            rounds: 5,
+            seconds: if short { 1 } else { 5 },
             subnet: if short {
                 primgr_lab::subnet_of("primgr-bench --short")
             } else {

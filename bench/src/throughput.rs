@@ -1,11 +1,18 @@
-//! Measurement 1: `GET /state` under wrk at 64 and 4 keep-alive connections and with a new
-//! connection per request, primgr and the baseline alternating over several rounds.
+//! Measurement 1: `GET /state` under wrk, measured as an outsider measures it: `wrk -t2` at 64
+//! keep-alive connections (and, in a full run, at 4, and with a new connection per request),
+//! primgr and the baseline one after the other over at least 5 rounds, alternating which goes
+//! first; each server's CPU time (user + system, `/proc/PID/stat`) over its own run divided by
+//! the requests wrk completed. Reported per server, not only as ratios: requests per second,
+//! CPU µs per request and p99 of each, their medians and spread (lowest–highest) over the
+//! rounds, and the per-round ratios' medians; the load average is printed with each run, since
+//! the machine's other work moves every figure here (the callgrind and allocation counts are
+//! the ones it does not move).
 
 use std::fmt::Write as _;
 
 use anyhow::{Result, ensure};
-use primgr_lab::procfs::cpu_time;
-use primgr_lab::stats::{median, micros};
+use primgr_lab::procfs::{cpu_time, loadavg};
+use primgr_lab::stats::{median, micros, quantile};
 use primgr_lab::table::Table;
 
 use crate::opts::Opts;
@@ -13,16 +20,41 @@ use crate::report::{Findings, Line};
 use crate::wrk::{Mode, Wrk, WrkResult};
 use crate::{MODES, Servers, progress};
 
+/// One server's run: what wrk saw and the server's CPU per request.
+#[derive(Clone, Debug)]
+struct Run {
+    wrk: WrkResult,
+    cpu_us: f64,
+}
+
+/// One round of one load: both servers, and who went first.
+struct Round {
+    mode: Mode,
+    round: u32,
+    primgr_first: bool,
+    primgr: Run,
+    baseline: Run,
+    load: String,
+}
+
+/// The load modes measured: all of [`MODES`] in a full run, the 64-connection one in a short.
+fn modes(o: &Opts) -> Vec<Mode> {
+    if o.short {
+        MODES[..1].to_vec()
+    } else {
+        MODES.to_vec()
+    }
+}
+
 /// Measurement 1: `/state` under wrk, primgr and the baseline alternating.
 pub(crate) async fn measure(o: &Opts, wrk: &Wrk, s: &Servers, f: &mut Findings) -> Result<()> {
     progress("1. /state under wrk: warming up ...");
     for u in [&s.primgr_url, &s.baseline_url] {
         wrk.run(u, Mode::KeepAlive(64), 1).await?;
     }
-    // (mode, round, primgr, baseline, CPU µs per request of primgr and of the baseline)
-    let mut runs: Vec<(Mode, u32, WrkResult, WrkResult, f64, f64)> = Vec::new();
+    let mut rounds: Vec<Round> = Vec::new();
     for round in 1..=o.rounds {
-        for mode in MODES {
+        for mode in modes(o) {
             progress(format!(
                 "1. round {round}/{}: {} ({} s each) ...",
                 o.rounds,
@@ -35,104 +67,163 @@ pub(crate) async fn measure(o: &Opts, wrk: &Wrk, s: &Servers, f: &mut Findings) 
                     let cpu0 = cpu_time(pid)?;
                     let r = wrk.run(&url, mode, o.seconds).await?;
                     let cpu = cpu_time(pid)? - cpu0;
-                    Ok::<_, anyhow::Error>((r.clone(), cpu.as_secs_f64() * 1e6 / r.requests as f64))
+                    let cpu_us = cpu.as_secs_f64() * 1e6 / r.requests as f64;
+                    Ok::<_, anyhow::Error>(Run { wrk: r, cpu_us })
                 }
             };
-            let ((p, pcpu), (b, bcpu)) = if round % 2 == 1 {
+            let load = loadavg();
+            let primgr_first = round % 2 == 1;
+            let (primgr, baseline) = if primgr_first {
                 let p = one(&s.primgr_url, s.primgr_pid).await?;
                 (p, one(&s.baseline_url, s.baseline_pid).await?)
             } else {
                 let b = one(&s.baseline_url, s.baseline_pid).await?;
                 (one(&s.primgr_url, s.primgr_pid).await?, b)
             };
-            for (who, r) in [("primgr", &p), ("baseline", &b)] {
+            for (who, r) in [("primgr", &primgr), ("baseline", &baseline)] {
                 ensure!(
-                    r.status_errors == 0,
+                    r.wrk.status_errors == 0,
                     "{who} answered {} of {} requests with a non-2xx status ({})",
-                    r.status_errors,
-                    r.requests,
+                    r.wrk.status_errors,
+                    r.wrk.requests,
                     mode.label()
                 );
             }
-            runs.push((mode, round, p, b, pcpu, bcpu));
+            rounds.push(Round {
+                mode,
+                round,
+                primgr_first,
+                primgr,
+                baseline,
+                load,
+            });
         }
     }
+    for mode in modes(o) {
+        report_mode(o, mode, rounds.iter().filter(|r| r.mode == mode), f)?;
+    }
+    Ok(())
+}
+
+/// "median (lowest–highest)" of `values`, each shown by `show`.
+fn spread(values: &[f64], show: impl Fn(f64) -> String) -> String {
+    format!(
+        "{} ({}–{})",
+        show(median(values)),
+        show(quantile(values, 0.0)),
+        show(quantile(values, 1.0))
+    )
+}
+
+fn report_mode<'a>(
+    o: &Opts,
+    mode: Mode,
+    rounds: impl Iterator<Item = &'a Round>,
+    f: &mut Findings,
+) -> Result<()> {
     let mut t = Table::new(&[
-        "load",
         "round",
-        "primgr req/s",
-        "baseline req/s",
+        "first",
+        "load avg",
+        "req/s p / b",
         "ratio",
-        "primgr p50 / p99",
-        "baseline p50 / p99",
-        "p99 ratio",
-        "CPU/req p / b",
+        "CPU µs/req p / b",
+        "ratio",
+        "p50 p / b",
+        "p99 p / b",
         "errors p/b",
     ]);
-    for mode in MODES {
-        let mut ratios = Vec::new();
-        let mut p99_ratios = Vec::new();
-        let mut cpu_ratios = Vec::new();
-        for (_, round, p, b, pcpu, bcpu) in runs.iter().filter(|r| r.0 == mode) {
-            let ratio = p.rps() / b.rps();
-            let p99_ratio = p.p99_us as f64 / (b.p99_us as f64).max(1.0);
-            ratios.push(ratio);
-            p99_ratios.push(p99_ratio);
-            cpu_ratios.push(pcpu / bcpu);
-            t.row(vec![
-                mode.label(),
-                round.to_string(),
-                format!("{:.0}", p.rps()),
-                format!("{:.0}", b.rps()),
-                format!("{ratio:.3}"),
-                format!("{} / {}", micros(p.p50_us as f64), micros(p.p99_us as f64)),
-                format!("{} / {}", micros(b.p50_us as f64), micros(b.p99_us as f64)),
-                format!("{p99_ratio:.2}"),
-                format!("{pcpu:.1} / {bcpu:.1} µs"),
-                format!("{}/{}", p.socket_errors, b.socket_errors),
-            ]);
-        }
-        let (r, pr, cr) = (median(&ratios), median(&p99_ratios), median(&cpu_ratios));
+    let (mut p_rps, mut b_rps, mut p_cpu, mut b_cpu) = (vec![], vec![], vec![], vec![]);
+    let (mut p_p99, mut b_p99) = (vec![], vec![]);
+    let (mut rps_ratio, mut cpu_ratio, mut p99_ratio) = (vec![], vec![], vec![]);
+    for r in rounds {
+        let (p, b) = (&r.primgr, &r.baseline);
+        p_rps.push(p.wrk.rps());
+        b_rps.push(b.wrk.rps());
+        p_cpu.push(p.cpu_us);
+        b_cpu.push(b.cpu_us);
+        p_p99.push(p.wrk.p99_us as f64);
+        b_p99.push(b.wrk.p99_us as f64);
+        rps_ratio.push(p.wrk.rps() / b.wrk.rps());
+        cpu_ratio.push(p.cpu_us / b.cpu_us);
+        p99_ratio.push(p.wrk.p99_us as f64 / (b.wrk.p99_us as f64).max(1.0));
         t.row(vec![
-            mode.label(),
-            "median".into(),
-            String::new(),
-            String::new(),
-            format!("{r:.3}"),
-            String::new(),
-            String::new(),
-            format!("{pr:.2}"),
-            format!("ratio {cr:.2}"),
-            String::new(),
-        ]);
-        f.lines.push(
-            Line::new(
-                format!("1 /state req/s primgr ÷ baseline, {}", mode.label()),
-                format!("{r:.3} (median of {})", ratios.len()),
-            )
-            .target("≥ 0.90", r >= 0.90),
-        );
-        f.lines.push(
-            Line::new(
-                format!("1 /state p99 primgr ÷ baseline, {}", mode.label()),
-                format!("{pr:.2} (median of {})", p99_ratios.len()),
-            )
-            .target("≤ 1.20", pr <= 1.20),
-        );
-        f.lines.push(Line::new(
+            r.round.to_string(),
+            if r.primgr_first { "primgr" } else { "baseline" }.into(),
+            r.load.clone(),
+            format!("{:.0} / {:.0}", p.wrk.rps(), b.wrk.rps()),
+            format!("{:.3}", rps_ratio.last().copied().unwrap_or_default()),
+            format!("{:.2} / {:.2}", p.cpu_us, b.cpu_us),
+            format!("{:.3}", cpu_ratio.last().copied().unwrap_or_default()),
             format!(
-                "1 /state server CPU per request primgr ÷ baseline, {}",
-                mode.label()
+                "{} / {}",
+                micros(p.wrk.p50_us as f64),
+                micros(b.wrk.p50_us as f64)
             ),
-            format!("{cr:.2} (median of {})", cpu_ratios.len()),
-        ));
+            format!(
+                "{} / {}",
+                micros(p.wrk.p99_us as f64),
+                micros(b.wrk.p99_us as f64)
+            ),
+            format!("{}/{}", p.wrk.socket_errors, b.wrk.socket_errors),
+        ]);
     }
+    let n = rps_ratio.len();
+    t.row(vec![
+        "median".into(),
+        String::new(),
+        String::new(),
+        format!("{:.0} / {:.0}", median(&p_rps), median(&b_rps)),
+        format!("{:.3}", median(&rps_ratio)),
+        format!("{:.2} / {:.2}", median(&p_cpu), median(&b_cpu)),
+        format!("{:.3}", median(&cpu_ratio)),
+        String::new(),
+        format!("{} / {}", micros(median(&p_p99)), micros(median(&b_p99))),
+        String::new(),
+    ]);
     writeln!(
         f.details,
-        "1. GET /state with wrk -t2 (alternating; odd rounds primgr first), {} s per run; \
-         CPU/req = the server process's user + system time per request:\n{}",
+        "1. GET /state, {}: wrk -t2, {} s per run, primgr (p) and the baseline (b) one after \
+         the other, alternating which goes first; CPU µs/req = the server process's user + \
+         system time over its run (/proc/PID/stat) per request wrk completed:\n{}",
+        mode.label(),
         o.seconds,
         t.render()
     )?;
+    let label = mode.label();
+    let cpu_r = median(&cpu_ratio);
+    let rps_r = median(&rps_ratio);
+    let p99_r = median(&p99_ratio);
+    let main = mode == crate::MODES[0];
+    let mut cpu_line = Line::new(
+        format!("1 /state server CPU per request primgr ÷ baseline, {label}"),
+        format!(
+            "{cpu_r:.2} (median of {n}; {} µs / {} µs)",
+            spread(&p_cpu, |v| format!("{v:.2}")),
+            spread(&b_cpu, |v| format!("{v:.2}"))
+        ),
+    );
+    let mut rps_line = Line::new(
+        format!("1 /state req/s primgr ÷ baseline, {label}"),
+        format!(
+            "{rps_r:.3} (median of {n}; {} / {})",
+            spread(&p_rps, |v| format!("{v:.0}")),
+            spread(&b_rps, |v| format!("{v:.0}"))
+        ),
+    );
+    let mut p99_line = Line::new(
+        format!("1 /state p99 primgr ÷ baseline, {label}"),
+        format!(
+            "{p99_r:.2} (median of {n}; {} / {})",
+            spread(&p_p99, micros),
+            spread(&b_p99, micros)
+        ),
+    );
+    if main {
+        cpu_line = cpu_line.target("≤ 1.20", cpu_r <= 1.20);
+        rps_line = rps_line.target("≥ 0.85", rps_r >= 0.85);
+        p99_line = p99_line.target("≤ 1.00", p99_r <= 1.00);
+    }
+    f.lines.extend([cpu_line, rps_line, p99_line]);
     Ok(())
 }

@@ -146,8 +146,9 @@ group! {
         /// address from taking the slots of every other. Between 1 and 3968 (the server's cap
         /// of 4096 less the 128 slots kept for the members).
         max_connections_per_client: u32 as Count = "256";
-        /// A connection that sends no complete request head within this time (a keep-alive
-        /// connection idle between requests included) is closed.
+        /// A connection that sends no complete request head within this time of its start or
+        /// of its last request (a keep-alive connection idle between requests included) is
+        /// closed.
         idle_timeout: Duration as Period = "10s";
     }
 }

@@ -5,26 +5,23 @@
 //! baseline LISTEN STATUS BODY      e.g.  baseline 127.0.N.10:5999 200 '{"state":"Primary"}'
 //! ```
 //!
-//! It has primgr's runtime shape (tokio multi-thread, 2 workers, `TCP_NODELAY`, HTTP/1.1
-//! keep-alive) and answers `/state` with the given status and body and the same headers as
-//! primgr (`content-type: application/json`, `cache-control: no-store`; hyper adds
-//! `content-length` and `date`); any other path gets an empty 404. It reads no snapshot, routes
-//! nothing else and has no limits or timeouts: whatever primgr costs beyond it is primgr's own
-//! overhead. Runs until killed.
+//! As a new user would write it: `#[tokio::main]` (tokio's multi-thread runtime, one worker
+//! per CPU), `TCP_NODELAY`, hyper 1's `http1::Builder` as it comes; the server itself is
+//! `hello.rs`. Runs until killed.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::StatusCode;
+
+#[path = "../hello.rs"]
+mod hello;
 
 const USAGE: &str = "usage: baseline LISTEN STATUS BODY   (e.g. baseline 127.0.N.10:5999 200 '{\"state\":\"Primary\"}')";
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [listen, status, body] = args.as_slice() else {
         eprintln!("{USAGE}");
@@ -42,55 +39,14 @@ fn main() -> ExitCode {
         eprintln!("baseline: bad status {status:?}\n{USAGE}");
         return ExitCode::from(64);
     };
-    let body = Bytes::from(body.clone());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("baseline: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => {
+            hello::serve(listener, status, Bytes::from(body.clone())).await;
+            ExitCode::SUCCESS
         }
-    };
-    match runtime.block_on(serve(listen, status, body)) {
-        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("baseline: {e}");
             ExitCode::from(69)
         }
-    }
-}
-
-async fn serve(listen: SocketAddr, status: StatusCode, body: Bytes) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let http = hyper::server::conn::http1::Builder::new();
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(_) => continue,
-        };
-        let _ = stream.set_nodelay(true);
-        let body = body.clone();
-        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-            let reply = if req.uri().path() == "/state" {
-                let mut r = Response::new(Full::new(body.clone()));
-                *r.status_mut() = status;
-                let h = r.headers_mut();
-                h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                r
-            } else {
-                let mut r = Response::new(Full::new(Bytes::new()));
-                *r.status_mut() = StatusCode::NOT_FOUND;
-                r
-            };
-            async move { Ok::<_, Infallible>(reply) }
-        });
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
     }
 }
