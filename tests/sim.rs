@@ -366,6 +366,22 @@ struct World {
 }
 
 impl World {
+    /// Everything up and connected; `in_recovery` says which databases are standbys.
+    fn new(in_recovery: Vec<bool>) -> World {
+        let total = in_recovery.len();
+        World {
+            down: vec![0; total],
+            paused: vec![0; total],
+            db_down: vec![0; total],
+            hang: vec![0; total],
+            in_recovery,
+            view: vec![0; total],
+            nobody: vec![0; total],
+            cut: vec![vec![0; total]; total],
+            slow: 0,
+        }
+    }
+
     fn view(&self, j: usize) -> Option<usize> {
         (self.nobody[j] == 0).then_some(self.view[j])
     }
@@ -586,6 +602,34 @@ struct Node {
     obs: Option<(Option<usize>, bool, Rc<DbObservation>)>,
 }
 
+impl Node {
+    /// A node named `name` of `site`, its daemon not started, with a clock drawn from `rng`:
+    /// its rate at one end of ±`ppm` (most often) or anywhere between, and its offset.
+    fn drawn(rng: &mut Rng, ppm: u64, name: String, site: usize, witness: bool) -> Node {
+        let k = match rng.below(10) {
+            0..=3 => -(ppm as i64),
+            4..=7 => ppm as i64,
+            _ => rng.range(0, 2 * ppm) as i64 - ppm as i64,
+        };
+        Node {
+            name,
+            site,
+            witness,
+            clock: Clock {
+                off: rng.range(100 * SEC, 1000 * SEC),
+                num: (DEN as i64 + k) as u64,
+            },
+            d: None,
+            inc: 0,
+            deferred: Vec::new(),
+            busy_until: 0,
+            seg_start: 0,
+            iv: Vec::new(),
+            obs: None,
+        }
+    }
+}
+
 /// The liveness conditions of the world between two faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Health {
@@ -782,44 +826,21 @@ impl Sim {
         let end = rng.range(2 * scale, 7 * scale / 2);
         let nodes = (0..total)
             .map(|j| {
-                let k = match rng.below(10) {
-                    0..=3 => -(p.ppm as i64),
-                    4..=7 => p.ppm as i64,
-                    _ => rng.range(0, 2 * p.ppm) as i64 - p.ppm as i64,
+                let name = if j < n {
+                    format!("n{}", j + 1)
+                } else {
+                    "far".to_string()
                 };
-                Node {
-                    name: if j < n {
-                        format!("n{}", j + 1)
-                    } else {
-                        "far".to_string()
-                    },
-                    site: usize::from(j >= n),
-                    witness: Some(j) == witness,
-                    clock: Clock {
-                        off: rng.range(100 * SEC, 1000 * SEC),
-                        num: (DEN as i64 + k) as u64,
-                    },
-                    d: None,
-                    inc: 0,
-                    deferred: Vec::new(),
-                    busy_until: 0,
-                    seg_start: 0,
-                    iv: Vec::new(),
-                    obs: None,
-                }
+                Node::drawn(
+                    &mut rng,
+                    p.ppm,
+                    name,
+                    usize::from(j >= n),
+                    Some(j) == witness,
+                )
             })
             .collect();
-        let world = World {
-            down: vec![0; total],
-            paused: vec![0; total],
-            db_down: vec![0; total],
-            hang: vec![0; total],
-            in_recovery: (0..total).map(|j| j != 0 && Some(j) != witness).collect(),
-            view: vec![0; total],
-            nobody: vec![0; total],
-            cut: vec![vec![0; total]; total],
-            slow: 0,
-        };
+        let world = World::new((0..total).map(|j| j != 0 && Some(j) != witness).collect());
         let mut sim = Sim {
             seed,
             p,
@@ -2997,44 +3018,16 @@ impl Sim {
         let nodes = layout
             .iter()
             .map(|&(name, site, witness)| {
-                let k = match rng.below(10) {
-                    0..=3 => -(p.ppm as i64),
-                    4..=7 => p.ppm as i64,
-                    _ => rng.range(0, 2 * p.ppm) as i64 - p.ppm as i64,
-                };
-                Node {
-                    name: name.to_string(),
-                    site,
-                    witness,
-                    clock: Clock {
-                        off: rng.range(100 * SEC, 1000 * SEC),
-                        num: (DEN as i64 + k) as u64,
-                    },
-                    d: None,
-                    inc: 0,
-                    deferred: Vec::new(),
-                    busy_until: 0,
-                    seg_start: 0,
-                    iv: Vec::new(),
-                    obs: None,
-                }
+                Node::drawn(&mut rng, p.ppm, name.to_string(), site, witness)
             })
             .collect();
-        let world = World {
-            down: vec![0; total],
-            paused: vec![0; total],
-            db_down: vec![0; total],
-            hang: vec![0; total],
-            in_recovery: layout
+        let world = World::new(
+            layout
                 .iter()
                 .enumerate()
                 .map(|(j, l)| j != 0 && !l.2)
                 .collect(),
-            view: vec![0; total],
-            nobody: vec![0; total],
-            cut: vec![vec![0; total]; total],
-            slow: 0,
-        };
+        );
         let mut sim = Sim {
             seed,
             p,
