@@ -451,6 +451,17 @@ mod tests {
         crate::auth::BootId::from_bytes([b; 16])
     }
 
+    /// What a voter whose metadata names n1 publishes at `t`.
+    fn serving_n1(t: Instant) -> Snapshot {
+        Snapshot {
+            observed_at: Some(t),
+            primary: Some("n1".into()),
+            db: DbStatus::of(Ok(&metadata("n1", true))),
+            max_staleness: ms(5000),
+            ..Snapshot::starting()
+        }
+    }
+
     /// A site-scope candidate's request.
     fn ask(candidate: &str) -> VoteRequest {
         VoteRequest {
@@ -559,13 +570,7 @@ mod tests {
         assert_eq!(p.voters, ["n2", "n3", "far"]);
         assert_eq!((p.candidate, p.needed), (true, 3));
         let t = t0 + L;
-        let published = Snapshot {
-            observed_at: Some(t),
-            primary: Some("n1".into()),
-            db: DbStatus::of(Ok(&metadata("n1", true))),
-            max_staleness: ms(5000),
-            ..Snapshot::starting()
-        };
+        let published = serving_n1(t);
         let asked = VoteRequest {
             scope: VoteScope::Cluster,
             ..ask("n1")
@@ -596,13 +601,7 @@ mod tests {
         let t0 = Instant::now();
         let t = t0 + L;
         let mut book = Book::new(L, t0, boot(3));
-        let published = Snapshot {
-            observed_at: Some(t),
-            primary: Some("n1".into()),
-            db: DbStatus::of(Ok(&metadata("n1", true))),
-            max_staleness: ms(5000),
-            ..Snapshot::starting()
-        };
+        let published = serving_n1(t);
         assert_eq!(
             vote(&mut book, &ask("n1"), VoteScope::Site, &published, t)
                 .unwrap()

@@ -321,6 +321,20 @@ fn label(text: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The extras of a site-scope node in key mode that has answered nothing yet, with
+    /// `failures` (empty) for its per-peer counters.
+    fn quiet(failures: &BTreeMap<String, u64>) -> Extra<'_> {
+        Extra {
+            requests: Vec::new(),
+            voter_failures: failures,
+            config_loaded: SystemTime::UNIX_EPOCH,
+            peer_auth: "key",
+            peer_auth_failures: failures,
+            peer_requests_refused: 0,
+            vote_scope: VoteScope::Site,
+        }
+    }
+
     #[test]
     fn counters_count_by_endpoint_and_code() {
         let c = RequestCounters::new(["/state", "/status"]);
@@ -346,15 +360,7 @@ mod tests {
     fn hook_runs_by_outcome_and_the_last_duration() {
         let s = Snapshot::starting();
         let failures = BTreeMap::new();
-        let extra = Extra {
-            requests: Vec::new(),
-            voter_failures: &failures,
-            config_loaded: SystemTime::UNIX_EPOCH,
-            peer_auth: "key",
-            peer_auth_failures: &failures,
-            peer_requests_refused: 0,
-            vote_scope: VoteScope::Site,
-        };
+        let extra = quiet(&failures);
         let before = render(&s, &extra, Instant::now());
         for outcome in ["ok", "failed", "timeout"] {
             let line = format!("primgr_hook_runs_total{{outcome=\"{outcome}\"}} 0\n");
@@ -393,15 +399,7 @@ mod tests {
             needed: 3,
         };
         let failures = BTreeMap::new();
-        let mut extra = Extra {
-            requests: Vec::new(),
-            voter_failures: &failures,
-            config_loaded: SystemTime::UNIX_EPOCH,
-            peer_auth: "key",
-            peer_auth_failures: &failures,
-            peer_requests_refused: 0,
-            vote_scope: VoteScope::Site,
-        };
+        let mut extra = quiet(&failures);
         let text = render(&s, &extra, now);
         assert!(
             text.contains("primgr_vote_scope{scope=\"site\"} 1\n"),
