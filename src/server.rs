@@ -65,8 +65,11 @@ pub const MEMBER_RESERVE: usize = 128;
 /// Length of the kernel's queue of connections not yet accepted ([`bind`]). The default of
 /// the standard library and tokio (128) overflows under a burst of connects; an overflowed
 /// queue drops the SYN of a health check, which then waits a full second for the
-/// retransmission.
-pub const LISTEN_BACKLOG: u32 = 1024;
+/// retransmission, and fails. 4096 is Linux's default `net.core.somaxconn` (since 5.4), which
+/// caps it: a client reconnecting as fast as it can must outrun the accept loop by 4,096
+/// connections before another client's SYN is dropped (one client's 4,500 held connections
+/// reopened every 500 ms, `tests/flood.rs`, are about 8,500 connects a second).
+pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// A connection gives way to the others (its task yields) once every this many requests: a
 /// client that pipelines requests on a few connections would otherwise keep a worker for

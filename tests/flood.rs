@@ -327,6 +327,7 @@ async fn one_address_holding_thousands_of_connections_costs_no_check_and_no_writ
         move |_| stop.load(Ordering::Relaxed),
     ));
     let before = failed_checks(&hp).await;
+    let log_from = std::fs::metadata(hp.log_path()).map_or(0, |m| m.len() as usize);
     let hog = Hog::start(hog_from, lab.daemon_addr("node1"), HOG);
     hog.wait_started(HOG).await;
     // What haproxy's checks see, from its address (127.0.0.1), every 100 ms for 6 s.
@@ -409,6 +410,13 @@ async fn one_address_holding_thousands_of_connections_costs_no_check_and_no_writ
     );
     for m in missed.iter().chain(&missed2).chain(&missed3) {
         println!("  check missed: {m:?}");
+    }
+    // haproxy's own account of each check that failed under the hogs (its reason and
+    // duration: `option log-health-checks`).
+    let log = std::fs::read_to_string(hp.log_path()).unwrap_or_default();
+    let under_hogs = log.get(log_from..).unwrap_or_default().lines();
+    for line in under_hogs.filter(|l| l.starts_with("Health check") && l.contains(" failed")) {
+        println!("  haproxy: {line}");
     }
     assert_eq!(
         haproxy_failed, 0,

@@ -499,7 +499,7 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_and_health_checks_keep_a
     let mut idle = JoinSet::new();
     for i in 0..IDLE_CONNECTIONS {
         idle.spawn(async move { (i % 4, idle_client(addr, i % 4).await) });
-        // Paced: a burst of hundreds of connects at once overflows the listen backlog (128),
+        // Paced: a burst of hundreds of connects at once can overflow the listen backlog,
         // and a silent client's handshake then completes only when the kernel retries it,
         // seconds later, which would blur the idle-timeout figures.
         if i % 50 == 49 {
