@@ -296,7 +296,9 @@ impl Conclusion {
     /// Step 4, under the holder's lock: `store` publishes the snapshot, then the window it
     /// replaced is retired at the instant `clock` reads, called after the store. The replaced
     /// window could answer 200 until the store: a `/state` reads its clock before it loads the
-    /// snapshot, so one that loaded the old snapshot decided at an instant before this one.
+    /// snapshot, so one that loaded the old snapshot decided at an instant before this one (its
+    /// clock read, or the old snapshot's decision: [`Snapshot::judged_at`]; both precede
+    /// its load, hence the store).
     /// (Retiring first would tell a later `/release` a last 200 earlier than the real one.)
     /// Returns the verdict published, for the log.
     pub fn publish(

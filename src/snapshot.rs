@@ -466,9 +466,29 @@ impl Snapshot {
         }
     }
 
-    /// The state served at `now`: Down when withheld; a Primary outside the window of its
-    /// votes is Unknown; otherwise the verdict. This is the health check's whole decision.
+    /// The instant the verdict was decided at: the end of the cycle that published it.
+    pub fn decided_at(&self) -> Option<Instant> {
+        self.observed_at.map(|started| started + self.cycle_time)
+    }
+
+    /// The instant a request that read its clock at `now` and then loaded this snapshot is
+    /// judged at: `now`, or the snapshot's [`decided_at`](Self::decided_at) when that is later.
+    /// A request reads its clock before it loads the snapshot (the retiring of a replaced
+    /// window counts on that order, [`crate::cycle::Conclusion::publish`]), so a cycle may
+    /// publish between the two; the request then holds a snapshot decided after its clock
+    /// read, whose window, held without a break, opens only at that decision. The request is
+    /// in truth past the decision (it loaded what was published after it) and before its own
+    /// answer, so judging it there is judging it at a real instant of its own: without this,
+    /// a healthy primary answered 509 to such a request (1 of 350,078 under `contrib/bench`).
+    pub fn judged_at(&self, now: Instant) -> Instant {
+        self.decided_at().map_or(now, |decided| now.max(decided))
+    }
+
+    /// The state served to a request that read its clock at `now` ([`judged_at`](Self::judged_at)):
+    /// Down when withheld; a Primary outside the window of its votes is Unknown; otherwise the
+    /// verdict. This is the health check's whole decision.
     pub fn served_state(&self, now: Instant) -> State {
+        let now = self.judged_at(now);
         if self.withheld(now).is_some() {
             return State::Down;
         }
@@ -481,6 +501,7 @@ impl Snapshot {
 
     /// Why the node is in its served state at `now`, for `/status` and the logs.
     pub fn served_reason(&self, now: Instant) -> String {
+        let now = self.judged_at(now);
         if let Some(w) = self.withheld(now) {
             return w.reason().to_string();
         }
@@ -717,6 +738,42 @@ mod tests {
         assert!(s.served_reason(at(3500)).contains("expired 500 ms ago"));
         s.verdict.window = None;
         assert_eq!(s.served_state(at(1500)), State::Unknown);
+    }
+
+    /// A request reads its clock, then loads the snapshot; a cycle that publishes in between
+    /// hands it a window that opens at the cycle's decision, after the request's clock read.
+    /// It is judged at the decision (the earliest instant it can be at), not before it: a
+    /// primary that holds its votes without a break stays 200, and a window that opens later
+    /// (a handoff) or has closed is still not 200.
+    #[test]
+    fn a_request_that_read_its_clock_before_the_snapshot_was_decided_is_judged_at_the_decision() {
+        let t = Instant::now();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        let mut s = snapshot(State::Primary, Some("node1"), true, t);
+        s.cycle_time = Duration::from_millis(8);
+        assert_eq!(s.decided_at(), Some(at(8)));
+        s.verdict.window = Some(Window {
+            from: at(8),
+            until: at(3000),
+        });
+        for clock_read in [0, 1, 7, 8, 9, 2999] {
+            assert_eq!(
+                s.served_state(at(clock_read)),
+                State::Primary,
+                "clock read {clock_read} ms after the cycle began"
+            );
+        }
+        assert_eq!(s.served_state(at(3000)), State::Unknown);
+        s.verdict.window = Some(Window {
+            from: at(2508),
+            until: at(5000),
+        });
+        assert_eq!(s.served_state(at(1)), State::Unknown);
+        assert!(
+            s.served_reason(at(1)).contains("200 in 2500 ms"),
+            "{}",
+            s.served_reason(at(1))
+        );
     }
 
     #[test]

@@ -182,7 +182,10 @@ async fn run(o: &Opts) -> Result<Outcome> {
 /// The two servers under test.
 struct Servers {
     primgr_url: String,
+    primgr_addr: SocketAddr,
     primgr_pid: u32,
+    /// primgr's log, for what it said when it answered anything but 2xx.
+    primgr_log: Option<std::path::PathBuf>,
     baseline_url: String,
     baseline_pid: u32,
 }
@@ -227,7 +230,9 @@ async fn measure(o: &Opts, lab: &Lab, wrk: &Wrk, machine: &Machine) -> Result<Ou
         .with_context(|| format!("starting {}", o.baseline.display()))?;
     let servers = Servers {
         primgr_url: format!("http://{primgr_addr}/state"),
+        primgr_addr,
         primgr_pid: node1.pid().context("node1's daemon is not running")?,
+        primgr_log: node1.log_path().map(Into::into),
         baseline_url: format!("http://{baseline_addr}/state"),
         baseline_pid: baseline.id().context("baseline exited at once")?,
     };

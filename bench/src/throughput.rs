@@ -10,7 +10,7 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail};
 use primgr_lab::procfs::{cpu_time, loadavg};
 use primgr_lab::stats::{median, micros, quantile};
 use primgr_lab::table::Table;
@@ -81,13 +81,19 @@ pub(crate) async fn measure(o: &Opts, wrk: &Wrk, s: &Servers, f: &mut Findings) 
                 (one(&s.primgr_url, s.primgr_pid).await?, b)
             };
             for (who, r) in [("primgr", &primgr), ("baseline", &baseline)] {
-                ensure!(
-                    r.wrk.status_errors == 0,
-                    "{who} answered {} of {} requests with a non-2xx status ({})",
-                    r.wrk.status_errors,
-                    r.wrk.requests,
-                    mode.label()
-                );
+                if r.wrk.status_errors > 0 {
+                    let why = if who == "primgr" {
+                        primgr_account(s).await
+                    } else {
+                        String::new()
+                    };
+                    bail!(
+                        "{who} answered {} of {} requests with a non-2xx status ({}){why}",
+                        r.wrk.status_errors,
+                        r.wrk.requests,
+                        mode.label()
+                    );
+                }
             }
             rounds.push(Round {
                 mode,
@@ -226,4 +232,36 @@ fn report_mode<'a>(
     }
     f.lines.extend([cpu_line, rps_line, p99_line]);
     Ok(())
+}
+
+/// primgr's own account of answers that were not 2xx: its `/state` counters by status, why it
+/// serves what it serves now, and the end of its log.
+async fn primgr_account(s: &Servers) -> String {
+    let mut out = String::new();
+    let timeout = std::time::Duration::from_secs(2);
+    match primgr_lab::http::get(s.primgr_addr, "/metrics", timeout).await {
+        Ok(r) => {
+            let counted = r
+                .body
+                .lines()
+                .filter(|l| l.starts_with("primgr_http_requests_total{endpoint=\"state\""));
+            for line in counted {
+                let _ = write!(out, "\n  {line}");
+            }
+        }
+        Err(e) => {
+            let _ = write!(out, "\n  /metrics: {e:#}");
+        }
+    }
+    if let Ok(r) = primgr_lab::http::get(s.primgr_addr, "/status", timeout).await {
+        let _ = write!(out, "\n  /status: {}", r.body);
+    }
+    if let Some(log) = &s.primgr_log {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for line in &lines[lines.len().saturating_sub(20)..] {
+            let _ = write!(out, "\n  log: {line}");
+        }
+    }
+    out
 }
