@@ -357,7 +357,12 @@ pub async fn serve_with<M, S, B, F>(
             // size; max_buf_size only bounds the buffer while a head is still incomplete.
             .max_header_size(MAX_HEAD_BYTES)
             .max_buf_size(MAX_HEAD_BYTES)
-            .keep_alive(true);
+            .keep_alive(true)
+            // One buffer and one write(2) per answer: hyper copies the body (19 bytes for a
+            // health check) behind the head instead of queueing both for writev(2), which
+            // costs about 430 fewer instructions per `/state` (docs/benchmarks.md). The bytes
+            // on the wire are the same.
+            .writev(false);
         let service = TowerToHyperService::new(service_for(client));
         let direct = policy.direct.clone();
         let activity = Arc::new(Activity::new(Instant::now()));
