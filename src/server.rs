@@ -71,13 +71,6 @@ pub const MEMBER_RESERVE: usize = 128;
 /// reopened every 500 ms, `tests/flood.rs`, are about 8,500 connects a second).
 pub const LISTEN_BACKLOG: u32 = 4096;
 
-/// A connection gives way to the others (its task yields) once every this many requests: a
-/// client that pipelines requests on a few connections would otherwise keep a worker for
-/// every request hyper has buffered (a 64 kB read holds about 1,500 `GET /state`), and a
-/// health check on a new connection would wait behind all of them. One counter per request,
-/// one yield per this many.
-pub const GIVE_WAY_EVERY: u32 = 16;
-
 /// How long in-flight requests may take to finish after shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -367,15 +360,15 @@ pub async fn serve_with<M, S, B, F>(
         let direct = policy.direct.clone();
         let activity = Arc::new(Activity::new(Instant::now()));
         let watched = Arc::clone(&activity);
-        // Requests answered on this connection since it last gave way ([`GIVE_WAY_EVERY`]).
-        let answered = std::cell::Cell::new(0u32);
+        // No yield of our own per request: hyper's dispatcher gives way after 16 requests
+        // read in one go from a pipelining client, and tokio's budget bounds a task's reads
+        // and writes, so a health check on another connection is never kept waiting
+        // (`a_pipelining_client_never_keeps_a_health_check_waiting`).
         let gate = service_fn(move |request: Request<Incoming>| {
             // The one clock read of the request: its start for the idle deadline, and the
             // instant a direct answer is decided at.
             let now = Instant::now();
             activity.began(now);
-            let give_way = answered.get() + 1 >= GIVE_WAY_EVERY;
-            answered.set(if give_way { 0 } else { answered.get() + 1 });
             let direct = match refusal(&request) {
                 Some(refused) => Some(refused),
                 None => direct.as_ref().and_then(|d| {
@@ -384,15 +377,7 @@ pub async fn serve_with<M, S, B, F>(
             };
             if let Some(reply) = direct {
                 drop(request);
-                let reply = Ok(reply.map(Either::Left));
-                if give_way {
-                    // Not boxed: the health check allocates nothing of its own.
-                    return future::Either::Right(future::Either::Left(async move {
-                        tokio::task::yield_now().await;
-                        reply
-                    }));
-                }
-                return future::Either::Left(future::ready(reply));
+                return future::Either::Left(future::ready(Ok(reply.map(Either::Left))));
             }
             // No body (the refusal saw its end): the service gets an empty one.
             let mut reply = Box::pin(service.call(request.map(|_| Empty::new())));
@@ -400,28 +385,20 @@ pub async fn serve_with<M, S, B, F>(
             // drops its request before hyper reads on: a request still alive then holds
             // hyper's read buffer, which hyper must then allocate anew (more than a box for
             // the future costs).
-            let ready = if give_way {
-                None
-            } else {
-                reply.as_mut().now_or_never()
-            };
-            match ready {
+            match reply.as_mut().now_or_never() {
                 Some(reply) => {
                     future::Either::Left(future::ready(reply.map(|r| r.map(Either::Right))))
                 }
                 None => {
                     let busy = Busy::new(&activity);
-                    future::Either::Right(future::Either::Right(
+                    future::Either::Right(
                         async move {
-                            if give_way {
-                                tokio::task::yield_now().await;
-                            }
                             let reply = reply.await.map(|r| r.map(Either::Right));
                             drop(busy);
                             reply
                         }
                         .boxed(),
-                    ))
+                    )
                 }
             }
         });
@@ -721,6 +698,24 @@ mod tests {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// Answers 200 "ok" to whatever it is given.
+    #[derive(Clone)]
+    struct Ok200;
+    impl Service<Request<Empty<Bytes>>> for Ok200 {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<Empty<Bytes>>) -> Self::Future {
+            std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"ok")))))
+        }
+    }
+
     /// Admission under the default limits (`max_connections_per_client` 256) with the
     /// members 10.0.0.11 and 10.0.0.12.
     struct TwoMembers;
@@ -803,23 +798,6 @@ mod tests {
     async fn oversized_heads_bodies_and_targets_without_a_path_are_refused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        /// Answers 200 "ok" to whatever it is given.
-        #[derive(Clone)]
-        struct Ok200;
-        impl Service<Request<Empty<Bytes>>> for Ok200 {
-            type Response = Response<Full<Bytes>>;
-            type Error = Infallible;
-            type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-            fn poll_ready(
-                &mut self,
-                _: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<Result<(), Infallible>> {
-                std::task::Poll::Ready(Ok(()))
-            }
-            fn call(&mut self, _: Request<Empty<Bytes>>) -> Self::Future {
-                std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"ok")))))
-            }
-        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, None, |_| Ok200, async {
             let _ = stopped.await;
@@ -872,6 +850,107 @@ mod tests {
             "an empty body is no body: {empty}"
         );
 
+        let _ = stop.send(());
+        server.await.unwrap();
+    }
+
+    /// A client that pipelines requests as fast as it can write them must not keep a health
+    /// check on another connection waiting behind its buffered requests, even on a runtime
+    /// with one thread: the pipelining connection's task gives way (hyper's dispatcher yields
+    /// after 16 requests read in one go, and tokio's budget bounds its reads and writes).
+    #[tokio::test]
+    async fn a_pipelining_client_never_keeps_a_health_check_waiting() {
+        use std::io::{Read, Write};
+        use std::sync::atomic::AtomicUsize;
+        const PIPELINED: usize = 100_000;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, None, |_| Ok200, async {
+            let _ = stopped.await;
+        }));
+
+        // The pipelining client: one thread writes every request at once, another counts the
+        // answers as they come.
+        let answered = Arc::new(AtomicUsize::new(0));
+        let (started, flowing) = tokio::sync::oneshot::channel::<()>();
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let pipeline = std::thread::spawn(move || {
+            let one = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+            let batch = one.repeat(1000);
+            for _ in 0..PIPELINED / 1000 {
+                writer.write_all(&batch).unwrap();
+            }
+            writer
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+        });
+        let counted = Arc::clone(&answered);
+        let reader = std::thread::spawn(move || {
+            let (mut stream, mut started) = (stream, Some(started));
+            let needle = b"HTTP/1.1 200 ";
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut carry = 0;
+            loop {
+                let n = stream.read(&mut buf[carry..]).unwrap();
+                if n == 0 {
+                    break;
+                }
+                let end = carry + n;
+                let found = buf[..end]
+                    .windows(needle.len())
+                    .filter(|w| w == needle)
+                    .count();
+                if counted.fetch_add(found, Ordering::SeqCst) + found >= 1000 {
+                    if let Some(started) = started.take() {
+                        let _ = started.send(());
+                    }
+                }
+                // Keep a partial status line for the next read.
+                carry = (needle.len() - 1).min(end);
+                buf.copy_within(end - carry..end, 0);
+            }
+        });
+
+        // Once answers are flowing, a health check on a new connection.
+        flowing.await.unwrap();
+        let seen = Arc::clone(&answered);
+        let (check, before, after) = tokio::task::spawn_blocking(move || {
+            let before = seen.load(Ordering::SeqCst);
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            (out, before, seen.load(Ordering::SeqCst))
+        })
+        .await
+        .unwrap();
+        tokio::task::spawn_blocking(move || {
+            pipeline.join().unwrap();
+            reader.join().unwrap();
+        })
+        .await
+        .unwrap();
+        let total = answered.load(Ordering::SeqCst);
+        println!(
+            "pipelining: {total} answers on one connection; the health check was answered \
+             after {} of them ({before} before it connected, {after} when it was answered)",
+            after - before
+        );
+        assert!(check.starts_with("HTTP/1.1 200"), "{check}");
+        assert_eq!(total, PIPELINED + 1, "every pipelined request is answered");
+        // The bound: tokio looks for new I/O (here, the check's connection and its request)
+        // at least once every 61 task polls, and hyper answers at most 16 pipelined requests
+        // per poll: about 1,000 answers, a millisecond of a release build. Four times that
+        // is the test's margin; without the dispatcher's yield the check would wait behind
+        // all 100,000.
+        assert!(
+            after - before < 4 * 61 * 16,
+            "the health check waited behind {} pipelined answers",
+            after - before
+        );
         let _ = stop.send(());
         server.await.unwrap();
     }
