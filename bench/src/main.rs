@@ -188,6 +188,10 @@ struct Servers {
     primgr_log: Option<std::path::PathBuf>,
     baseline_url: String,
     baseline_pid: u32,
+    /// A second copy of the baseline, the A/A control: what the measurement shows between two
+    /// identical servers is its noise.
+    control_url: String,
+    control_pid: u32,
 }
 
 fn daemon_args(interval: &str) -> Vec<String> {
@@ -220,14 +224,19 @@ async fn measure(o: &Opts, lab: &Lab, wrk: &Wrk, machine: &Machine) -> Result<Ou
     let primgr_addr = lab.daemon_addr(NODE);
     let primgr_state = fetch_raw(primgr_addr, "/state").await?;
     let baseline_addr = SocketAddr::from((primgr_lab::node_address(lab.subnet(), 0), DAEMON_PORT));
-    let mut baseline = tokio::process::Command::new(&o.baseline)
-        .arg(baseline_addr.to_string())
-        .arg(primgr_state.status.to_string())
-        .arg(String::from_utf8_lossy(&primgr_state.body).into_owned())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", o.baseline.display()))?;
+    let control_addr = SocketAddr::new(baseline_addr.ip(), DAEMON_PORT + 1);
+    let start_baseline = |addr: SocketAddr| {
+        tokio::process::Command::new(&o.baseline)
+            .arg(addr.to_string())
+            .arg(primgr_state.status.to_string())
+            .arg(String::from_utf8_lossy(&primgr_state.body).into_owned())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", o.baseline.display()))
+    };
+    let mut baseline = start_baseline(baseline_addr)?;
+    let mut control = start_baseline(control_addr)?;
     let servers = Servers {
         primgr_url: format!("http://{primgr_addr}/state"),
         primgr_addr,
@@ -235,15 +244,21 @@ async fn measure(o: &Opts, lab: &Lab, wrk: &Wrk, machine: &Machine) -> Result<Ou
         primgr_log: node1.log_path().map(Into::into),
         baseline_url: format!("http://{baseline_addr}/state"),
         baseline_pid: baseline.id().context("baseline exited at once")?,
+        control_url: format!("http://{control_addr}/state"),
+        control_pid: control
+            .id()
+            .context("the control baseline exited at once")?,
     };
-    listening(baseline_addr, Duration::from_secs(10)).await?;
-    let baseline_state = fetch_raw(baseline_addr, "/state").await?;
-    ensure!(
-        same_answer(&primgr_state, &baseline_state),
-        "the baseline does not answer like primgr:\nprimgr:   {}\nbaseline: {}",
-        describe(&primgr_state),
-        describe(&baseline_state)
-    );
+    for addr in [baseline_addr, control_addr] {
+        listening(addr, Duration::from_secs(10)).await?;
+        let baseline_state = fetch_raw(addr, "/state").await?;
+        ensure!(
+            same_answer(&primgr_state, &baseline_state),
+            "the baseline at {addr} does not answer like primgr:\nprimgr:   {}\nbaseline: {}",
+            describe(&primgr_state),
+            describe(&baseline_state)
+        );
+    }
     writeln!(
         f.details,
         "GET /state — both answer: {}\n",
@@ -262,8 +277,10 @@ async fn measure(o: &Opts, lab: &Lab, wrk: &Wrk, machine: &Machine) -> Result<Ou
     if o.runs(3) {
         memory::measure(&servers, &mut f)?;
     }
-    baseline.start_kill().ok();
-    let _ = baseline.wait().await;
+    for b in [&mut baseline, &mut control] {
+        b.start_kill().ok();
+        let _ = b.wait().await;
+    }
     if o.runs(1) {
         instructions::measure(o, lab, wrk, &primgr_state, &mut f).await?;
     }
