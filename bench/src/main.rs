@@ -13,9 +13,10 @@
 //!
 //! 1. `GET /state` as an outsider measures it: `wrk -t2` at 64 keep-alive connections (a full
 //!    run also at 4, and with a new connection per request: 16 connections sending
-//!    `Connection: close`), primgr and the baseline one after the other over 5 rounds,
-//!    alternating which goes first, each server's CPU per request from `/proc/PID/stat` over
-//!    its run; req/s, CPU µs per request and p99 of each, medians and spread, and the ratios;
+//!    `Connection: close`), primgr, the baseline and a second copy of the baseline (the A/A
+//!    control, the measurement's resolution) one after the other over 5 rounds, the order
+//!    rotating, each server's CPU per request from `/proc/PID/stat` over its run; req/s, CPU
+//!    µs per request and p99 of each, medians and spread, and the ratios;
 //!    the heap allocations per request of both servers, counted in-process
 //!    (`allocations.rs`); then, when valgrind is installed, the user-space instructions per
 //!    request of each under callgrind (figures the machine's other load does not move);
@@ -40,7 +41,7 @@
 // Layout (one module per measurement, then the tools they use):
 //   opts.rs           command line
 //   report.rs         the summary lines, the machine, the printed report
-//   throughput.rs     1. /state under wrk, primgr and the baseline alternating
+//   throughput.rs     1. /state under wrk, primgr, the baseline and the A/A control rotating
 //   allocations.rs    1. heap allocations per /state, in-process (the global allocator)
 //   instructions.rs   1. instructions per /state under callgrind (noise-free part of 1)
 //   transactions.rs   2. database transactions per health check

@@ -10,7 +10,7 @@ usage: primgr-bench [--short] [--rounds N] [--seconds S] [--subnet N] [--out FIL
 
   --short          CI mode: /state at 64 connections only, 5 rounds of 1 s per load run,
                    few samples (about a minute)
-  --rounds N       rounds of alternating primgr/baseline load runs (default 5)
+  --rounds N       rounds of primgr/baseline/control load runs, the order rotating (default 5)
   --seconds S      length of each load run (default 5; short 1)
   --subnet N       lab subnet, addresses 127.0.N.x (default 61; short 62; shifted by
                    $PRIMGR_LAB_SUBNET_SHIFT like every lab subnet)

@@ -135,8 +135,8 @@ pub(crate) fn render(o: &Opts, machine: &Machine, mut f: Findings) -> Outcome {
         "primgr benchmark, {} — {mode}: {} round(s) × {} s per load run\n\
          machine: {}, {} CPUs, Linux {}; load average {} at start, {} at end\n\
          primgr {}; daemons: --interval {INTERVAL} --peer-timeout {PEER_TIMEOUT_MS}ms (release build)\n\
-         primgr and the baseline both run tokio multi-thread with 2 workers; wrk (2 threads) \
-         shares the same CPUs, so runs alternate\n\n",
+         primgr and the baseline (and its copy, the A/A control) run tokio multi-thread with 2 \
+         workers; wrk (2 threads) shares the same CPUs, so runs take turns\n\n",
         machine.date,
         o.rounds,
         o.seconds,

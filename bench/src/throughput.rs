@@ -77,7 +77,8 @@ fn modes(o: &Opts) -> Vec<Mode> {
     }
 }
 
-/// Measurement 1: `/state` under wrk, primgr and the baseline alternating.
+/// Measurement 1: `/state` under wrk, primgr, the baseline and the A/A control, the order
+/// rotating.
 pub(crate) async fn measure(o: &Opts, wrk: &Wrk, s: &Servers, f: &mut Findings) -> Result<()> {
     progress("1. /state under wrk: warming up ...");
     for u in [&s.primgr_url, &s.baseline_url] {
