@@ -12,8 +12,8 @@
 //! answers `GET /state` with the same status, headers and body as node1's daemon), and measures:
 //!
 //! 1. `GET /state` as an outsider measures it: `wrk -t2` at 64 keep-alive connections (a full
-//!    run also at 4, and with a new connection per request: 16 connections sending
-//!    `Connection: close`), primgr, the baseline and a second copy of the baseline (the A/A
+//!    run also at 64 that each wait 5 ms between an answer and the next request, at 4, and
+//!    with a new connection per request: 16 connections sending `Connection: close`), primgr, the baseline and a second copy of the baseline (the A/A
 //!    control, the measurement's resolution) one after the other over 5 rounds, the order
 //!    rotating, each server's CPU per request from `/proc/PID/stat` over its run; req/s, CPU
 //!    µs per request and p99 of each, medians and spread, and the ratios;
@@ -102,7 +102,12 @@ const BLACKHOLED: &str = "node2";
 /// Voter counts of the poll-cycle measurement.
 const VOTERS: [usize; 4] = [2, 8, 32, 64];
 /// The load modes of measurement 1.
-const MODES: [Mode; 3] = [Mode::KeepAlive(64), Mode::KeepAlive(4), Mode::Close(16)];
+const MODES: [Mode; 4] = [
+    Mode::KeepAlive(64),
+    Mode::Paced(64, 5),
+    Mode::KeepAlive(4),
+    Mode::Close(16),
+];
 /// Bound on one HTTP exchange made by the bench itself.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -1,5 +1,6 @@
 //! Measurement 1: `GET /state` under wrk, measured as an outsider measures it: `wrk -t2` at 64
-//! keep-alive connections (and, in a full run, at 4, and with a new connection per request),
+//! keep-alive connections (and, in a full run, at 64 paced by 5 ms, at 4, and with a new
+//! connection per request),
 //! primgr, the baseline and a second copy of the baseline (the A/A control) one after the
 //! other over at least 5 rounds, the order rotating; each server's CPU time (user + system,
 //! `/proc/PID/stat`) over its own run divided by the requests wrk completed. Reported per

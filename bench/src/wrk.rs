@@ -15,12 +15,17 @@ pub enum Mode {
     /// `n` connections that send `Connection: close`: a new TCP connection per request, as
     /// haproxy's health checks do.
     Close(u32),
+    /// `n` keep-alive connections, each waiting `ms` milliseconds after an answer before it
+    /// sends the next request (wrk's Lua `delay`): a load below saturation, as a fleet of
+    /// checkers makes it, where the latency is the server's and not a queue's. wrk measures
+    /// each request from its write, so the wait is not counted.
+    Paced(u32, u32),
 }
 
 impl Mode {
     pub fn connections(self) -> u32 {
         match self {
-            Mode::KeepAlive(n) | Mode::Close(n) => n,
+            Mode::KeepAlive(n) | Mode::Close(n) | Mode::Paced(n, _) => n,
         }
     }
 
@@ -28,6 +33,7 @@ impl Mode {
         match self {
             Mode::KeepAlive(n) => format!("keep-alive, {n} conns"),
             Mode::Close(n) => format!("new conn/request, {n} conns"),
+            Mode::Paced(n, ms) => format!("keep-alive, {n} conns, {ms} ms between requests"),
         }
     }
 }
@@ -62,9 +68,15 @@ done = function(summary, latency, requests)
 end
 "#;
 
-/// Runs wrk; knows where its Lua script lives.
+/// The pause of [`Mode::Paced`], in milliseconds, for wrk's `delay` hook.
+fn paced_script(ms: u32) -> String {
+    format!("{SCRIPT}delay = function() return {ms} end\n")
+}
+
+/// Runs wrk; knows where its Lua scripts live.
 #[derive(Clone, Debug)]
 pub struct Wrk {
+    dir: PathBuf,
     script: PathBuf,
     threads: u32,
 }
@@ -83,7 +95,11 @@ impl Wrk {
             probe.is_ok(),
             "wrk is not installed (Debian: apt-get install wrk; contrib/install-deps does it)"
         );
-        Ok(Wrk { script, threads })
+        Ok(Wrk {
+            dir: dir.to_path_buf(),
+            script,
+            threads,
+        })
     }
 
     /// `wrk -t<threads> -c<n> -d<secs> --timeout 2s [-H 'Connection: close'] -s <script> <url>`.
@@ -98,8 +114,17 @@ impl Wrk {
         if let Mode::Close(_) = mode {
             cmd.args(["-H", "Connection: close"]);
         }
+        let script = match mode {
+            Mode::Paced(_, ms) => {
+                let path = self.dir.join(format!("wrk-paced-{ms}ms.lua"));
+                std::fs::write(&path, paced_script(ms))
+                    .with_context(|| format!("writing {}", path.display()))?;
+                path
+            }
+            _ => self.script.clone(),
+        };
         cmd.arg("-s")
-            .arg(&self.script)
+            .arg(&script)
             .arg(url)
             .stdin(Stdio::null())
             .kill_on_drop(true);
