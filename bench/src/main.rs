@@ -13,10 +13,11 @@
 //!
 //! 1. `GET /state` as an outsider measures it: `wrk -t2` at 64 keep-alive connections (a full
 //!    run also at 64 that each wait 5 ms between an answer and the next request, at 4, and
-//!    with a new connection per request: 16 connections sending `Connection: close`), primgr, the baseline and a second copy of the baseline (the A/A
-//!    control, the measurement's resolution) one after the other over 5 rounds, the order
-//!    rotating, each server's CPU per request from `/proc/PID/stat` over its run; req/s, CPU
-//!    µs per request and p99 of each, medians and spread, and the ratios;
+//!    with a new connection per request: 16 connections sending `Connection: close`);
+//!    primgr, the baseline and a second copy of the baseline (the A/A control, the
+//!    measurement's resolution) one after the other over 5 rounds, the order rotating; each
+//!    server's CPU per request from `/proc/PID/stat` over its run; req/s, CPU µs per request
+//!    and p99 of each, medians and spread, and the ratios;
 //!    the heap allocations per request of both servers, counted in-process
 //!    (`allocations.rs`); then, when valgrind is installed, the user-space instructions per
 //!    request of each under callgrind (figures the machine's other load does not move);

@@ -1,16 +1,16 @@
 //! Measurement 1: `GET /state` under wrk, measured as an outsider measures it: `wrk -t2` at 64
 //! keep-alive connections (and, in a full run, at 64 paced by 5 ms, at 4, and with a new
-//! connection per request),
-//! primgr, the baseline and a second copy of the baseline (the A/A control) one after the
-//! other over at least 5 rounds, the order rotating; each server's CPU time (user + system,
-//! `/proc/PID/stat`) over its own run divided by the requests wrk completed. Reported per
-//! server, not only as ratios: requests per second, CPU µs per request and p99 of each, their
-//! medians and spread (lowest–highest) over the rounds, and the per-round ratios' medians.
-//! The control's ratios to the baseline are what the measurement shows between two identical
-//! servers, its resolution: the p99 target ("no worse than the baseline's") passes at a
-//! median ratio of at most 1.00, or of at most the highest ratio the control reached in the
-//! same run. The load average is printed with each run, since the machine's other work moves
-//! every figure here (the callgrind and allocation counts are the ones it does not move).
+//! connection per request), primgr, the baseline and a second copy of the baseline (the A/A
+//! control) one after the other over at least 5 rounds, the order rotating; each server's CPU
+//! time (user + system, `/proc/PID/stat`) over its own run divided by the requests wrk
+//! completed. Reported per server, not only as ratios: requests per second, CPU µs per
+//! request and p99 of each, their medians and spread (lowest–highest) over the rounds, and
+//! the per-round ratios' medians. The control's ratios to the baseline are what the
+//! measurement shows between two identical servers, its resolution: the p99 target ("no
+//! worse than the baseline's") passes at a median ratio of at most 1.00, or of at most the
+//! highest ratio the control reached in the same run. The load average is printed with each
+//! run, since the machine's other work moves every figure here (the callgrind and allocation
+//! counts are the ones it does not move).
 
 use std::fmt::Write as _;
 
@@ -82,7 +82,7 @@ fn modes(o: &Opts) -> Vec<Mode> {
 /// rotating.
 pub(crate) async fn measure(o: &Opts, wrk: &Wrk, s: &Servers, f: &mut Findings) -> Result<()> {
     progress("1. /state under wrk: warming up ...");
-    for u in [&s.primgr_url, &s.baseline_url] {
+    for u in [&s.primgr_url, &s.baseline_url, &s.control_url] {
         wrk.run(u, Mode::KeepAlive(64), 1).await?;
     }
     let mut rounds: Vec<Round> = Vec::new();
@@ -183,7 +183,8 @@ fn report_mode<'a>(
         "c÷b",
         "errors p/b/c",
     ]);
-    let (mut p_rps, mut b_rps, mut p_cpu, mut b_cpu) = (vec![], vec![], vec![], vec![]);
+    let (mut p_rps, mut b_rps, mut c_rps) = (vec![], vec![], vec![]);
+    let (mut p_cpu, mut b_cpu, mut c_cpu) = (vec![], vec![], vec![]);
     let (mut p_p99, mut b_p99, mut c_p99) = (vec![], vec![], vec![]);
     let (mut rps_ratio, mut cpu_ratio, mut p99_ratio) = (vec![], vec![], vec![]);
     let (mut c_rps_ratio, mut c_cpu_ratio, mut c_p99_ratio) = (vec![], vec![], vec![]);
@@ -191,8 +192,10 @@ fn report_mode<'a>(
         let (p, b, c) = (&r.primgr, &r.baseline, &r.control);
         p_rps.push(p.wrk.rps());
         b_rps.push(b.wrk.rps());
+        c_rps.push(c.wrk.rps());
         p_cpu.push(p.cpu_us);
         b_cpu.push(b.cpu_us);
+        c_cpu.push(c.cpu_us);
         p_p99.push(p.wrk.p99_us as f64);
         b_p99.push(b.wrk.p99_us as f64);
         c_p99.push(c.wrk.p99_us as f64);
@@ -242,9 +245,19 @@ fn report_mode<'a>(
         "median".into(),
         String::new(),
         String::new(),
-        format!("{:.0} / {:.0}", median(&p_rps), median(&b_rps)),
+        format!(
+            "{:.0} / {:.0} / {:.0}",
+            median(&p_rps),
+            median(&b_rps),
+            median(&c_rps)
+        ),
         format!("{:.3}", median(&rps_ratio)),
-        format!("{:.2} / {:.2}", median(&p_cpu), median(&b_cpu)),
+        format!(
+            "{:.2} / {:.2} / {:.2}",
+            median(&p_cpu),
+            median(&b_cpu),
+            median(&c_cpu)
+        ),
         format!("{:.3}", median(&cpu_ratio)),
         String::new(),
         format!(
